@@ -99,6 +99,62 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_assess(args) -> int:
+    """Compare a reconstruction with its reference: metrics as text/JSON, optional GeoTIFF maps."""
+    from .assess import assess_rasters
+
+    if args.json and os.path.exists(args.json) and not args.overwrite:
+        raise SarInputError(args.json, "output already exists (pass --overwrite to replace it)")
+    with _progress_bar("assess") as bar:
+        report = assess_rasters(args.reference, args.test, units=args.units, test_units=args.test_units,
+                                bands=args.bands, db_range=tuple(args.range) if args.range else None,
+                                maps_dir=args.maps, window=args.window, block=args.block,
+                                overwrite=args.overwrite, progress=bar)
+    print(f"PSNR {report['psnr']:.2f} dB | SSIM {report['ssim']:.4f} | RMSE {report['rmse_db']:.3f} dB | "
+          f"ENL ratio {report['enl_ratio']:.3f} | EPI {report['epi']:.4f} | valid {report['valid_fraction']:.1%}")
+    for b in report["bands"]:
+        print(f"  band {b['band']} {b['name'] or ''}: range [{b['range_db'][0]:.2f}, {b['range_db'][1]:.2f}] dB, "
+              f"PSNR {b['psnr']:.2f}, SSIM {b['ssim']:.4f}, RMSE {b['rmse_db']:.3f} dB, "
+              f"ENL ratio {b['enl_ratio']:.3f}, EPI {b['epi']:.4f}")
+    for kind, path in report["maps"].items():
+        print(f"  map {kind}: {path}")
+    if args.json:
+        from .raster import AtomicOutput
+
+        with AtomicOutput(args.json, overwrite=True) as out:
+            with open(out.tmp, "w", encoding="utf-8") as fh:
+                json.dump(report, fh, indent=2, default=_json_default)
+    return 0
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)
+
+
+class _progress_bar:
+    """A tqdm bar on stderr driven by the core's progress callback (silent when stderr is not a terminal)."""
+
+    def __init__(self, desc: str):
+        self.desc = desc
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=1000, desc=self.desc, unit="‰", disable=not sys.stderr.isatty(), leave=False)
+        return self
+
+    def __call__(self, fraction: float, message: str = "") -> bool:
+        self.bar.n = int(1000 * fraction)
+        self.bar.set_postfix_str(message, refresh=False)
+        self.bar.refresh()
+        return True
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree for every command."""
     p = argparse.ArgumentParser(prog="python -m sar_ae_core",
@@ -112,6 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--units", default="auto", choices=UNIT_CHOICES, help="source units (default auto)")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("assess", help="compare a reconstruction with its reference (PSNR, SSIM, RMSE, ENL ratio, EPI)")
+    s.add_argument("reference", help="original raster")
+    s.add_argument("test", help="reconstruction on the same grid")
+    s.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
+    s.add_argument("--maps", metavar="DIR", help="write abs_error_db.tif, enl_ratio.tif, epi.tif into DIR")
+    s.add_argument("--units", default="auto", choices=UNIT_CHOICES, help="units of the reference (default auto)")
+    s.add_argument("--test-units", default=None, choices=UNIT_CHOICES, help="units of the test raster (default: as --units)")
+    s.add_argument("--bands", default="all", help="'all' or a list like 1,2")
+    s.add_argument("--range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                   help="dB range for PSNR/SSIM scaling (default: reference 1st-99th percentile per band)")
+    s.add_argument("--window", type=int, default=15, help="window of the local ENL/EPI maps (odd, default 15)")
+    s.add_argument("--block", type=int, default=1024, help="processing block size in pixels (memory bound)")
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    s.set_defaults(func=cmd_assess)
 
     s = sub.add_parser("demo", help="run the main job on the bundled Sentinel-1 sample")
     s.add_argument("--input", default=None, help="raster to use instead of the bundled sample")

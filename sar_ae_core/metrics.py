@@ -51,6 +51,7 @@ __all__ = [
     "ms_ssim",
     "rmse",
     "homogeneous_mask",
+    "local_cv_window",
     "enl",
     "enl_ratio",
     "epi",
@@ -299,22 +300,7 @@ def homogeneous_mask(
     ENL upwards), while edges, point targets and texture (CV well above the
     speckle level) are rejected.
     """
-    window = _check_window(window)
-    x = _as_f64(intensity)
-    if x.ndim != 2:
-        raise ValueError(f"expected a 2-D image, got shape {x.shape}")
-    v = _valid(x.shape, valid, x)
-    xf = np.where(v, x, 0.0)
-    vf = v.astype(np.float64)
-    n = _box_sum(vf, window)
-    s1 = _box_sum(xf, window)
-    s2 = _box_sum(xf * xf, window)
-    full = n >= window * window - 0.5
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = s1 / n
-        var = np.maximum(s2 / n - mean * mean, 0.0)
-        cv = np.sqrt(var) / mean
-    cand = v & full & (mean > 0) & np.isfinite(cv)
+    cv, cand = local_cv_window(intensity, valid, window)
     if not cand.any():
         return cand
     if cv_threshold is None:
@@ -322,6 +308,29 @@ def homogeneous_mask(
     else:
         thr = float(cv_threshold)
     return cand & (cv < thr)
+
+
+def local_cv_window(intensity, valid=None, window: int = 15) -> Tuple[np.ndarray, np.ndarray]:
+    """Local coefficient of variation of LINEAR intensity in a window x window box, and where it is usable.
+
+    A pixel is a candidate when it is valid and finite, its whole box is valid and the box mean is > 0.
+    Keep ``[core]`` of both results when streaming (halo ``window // 2``).
+    """
+    window = _check_window(window)
+    x = _as_f64(intensity)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {x.shape}")
+    v = _valid(x.shape, valid, x)
+    xf = np.where(v, x, 0.0)
+    n = _box_sum(v.astype(np.float64), window)
+    s1 = _box_sum(xf, window)
+    s2 = _box_sum(xf * xf, window)
+    full = n >= window * window - 0.5
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s1 / n
+        var = np.maximum(s2 / n - mean * mean, 0.0)
+        cv = np.sqrt(var) / mean
+    return cv, v & full & (mean > 0) & np.isfinite(cv)
 
 
 def enl(intensity, mask=None) -> float:

@@ -493,6 +493,9 @@ class AtomicOutput:
         if os.path.exists(self.path) and not self.overwrite:
             self.discard()
             raise SarInputError(self.path, "output appeared while working; not overwriting it")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get normal permissions
         os.replace(self.tmp, self.path)
 
     def discard(self) -> None:

@@ -112,7 +112,8 @@ def test_ms_ssim_falls_back_to_ssim_on_small_inputs() -> None:
 @pytest.mark.parametrize("structural", ["ssim", "ms_ssim"])
 @pytest.mark.parametrize("gradient_weight", [0.0, 0.25])
 def test_combined_loss_components_sum_to_total(structural: str, gradient_weight: float) -> None:
-    loss_fn = CombinedLoss(LossConfig(mse_weight=0.7, ssim_weight=0.3, structural=structural, gradient_weight=gradient_weight))
+    cfg = LossConfig(mse_weight=0.7, ssim_weight=0.3, structural=structural, gradient_weight=gradient_weight)
+    loss_fn = CombinedLoss(cfg)
     x = _image(64)
     x_hat = (x + 0.1 * _noise(x.shape)).requires_grad_(True)
     total, comps = loss_fn(x_hat, x)
