@@ -99,6 +99,79 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    """Compress a raster into a .sarz file."""
+    from .codec import compress_raster
+
+    with _progress_bar("compress") as bar:
+        r = compress_raster(args.input, args.output, model=args.model, bands=args.bands, units=args.units,
+                            bits=args.bits, device=args.device, tile=args.tile, batch_size=args.batch_size,
+                            overwrite=args.overwrite, progress=bar)
+    print(f"wrote {r['output']}: {r['bytes']} bytes, {r['bpp']:.4f} bits per pixel "
+          f"({r['compression_ratio']:.1f}:1 vs the source dtype), model {r['model']}, {r['device']}, "
+          f"{r['seconds']:.1f} s")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    """Reconstruct a GeoTIFF from a .sarz file."""
+    from .codec import reconstruct_raster
+
+    with _progress_bar("reconstruct") as bar:
+        r = reconstruct_raster(args.input, args.output, units=args.units, window=args.window, model=args.model,
+                               device=args.device, overwrite=args.overwrite, progress=bar)
+    print(f"wrote {r['output']}: {r['width']}x{r['height']} px, {r['bands']} band(s), {r['units']} "
+          f"{r['dtype']}, {r['seconds']:.1f} s")
+    return 0
+
+
+def cmd_info(args) -> int:
+    """Show the header and rate of a .sarz file."""
+    from .codec import sarz_info
+
+    info = sarz_info(args.input)
+    if args.json:
+        print(json.dumps(info, indent=2, default=_json_default))
+        return 0
+    print(f"{info['path']}")
+    print(f"  raster    : {info['width']} x {info['height']} px, {info['bands']} band(s) {info['band_names']}, "
+          f"source {info['source_units']} {info['source_dtype']}, georef {info['georef']}")
+    print(f"  rate      : {info['bytes']} bytes = {info['bpp']:.4f} bits per pixel "
+          f"(latents {info['parts']['latents']}, masks {info['parts']['masks']}, "
+          f"header+index {info['parts']['header+index']} bytes)")
+    print(f"  model     : {info['model']} (sha256 {info['model_sha256'][:16]}…)")
+    print(f"  codec     : {info['codec']}, tiles {info['tiling']['tile']} px + halo "
+          f"{info['tiling']['halo_cells']} cells, {info['tiling']['tile_rows']}x{info['tiling']['tile_cols']} tiles")
+    sc = info["scaling"]
+    print(f"  scaling   : [{sc['vmin_db']:.2f}, {sc['vmax_db']:.2f}] dB ({sc['clip_method']})")
+    return 0
+
+
+def cmd_models(args) -> int:
+    """List the bundled models with their measured rate and quality."""
+    from .model_io import bundled_models, load_bundle
+
+    rows = []
+    for path in bundled_models():
+        b = load_bundle(str(path))
+        rows.append({"name": b.name, "path": str(path), "variant": b.config.variant,
+                     "latent_channels": b.config.latent_channels, "parameters": b.model.parameter_count(),
+                     "nominal_ratio": b.model.nominal_compression_ratio, "size_bytes": path.stat().st_size,
+                     "scaling_db": [b.scaling.vmin_db, b.scaling.vmax_db], **b.info})
+    if args.json:
+        print(json.dumps(rows, indent=2, default=_json_default))
+        return 0
+    if not rows:
+        print("no bundled models")
+    for r in rows:
+        measured = r.get("measured") or {}
+        quality = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in measured.items())
+        print(f"{r['name']}: {r['variant']}, latent {r['latent_channels']} ch (nominal {r['nominal_ratio']:.0f}x), "
+              f"{r['parameters']:,} parameters, {r['size_bytes'] / 1e6:.1f} MB; scaling "
+              f"[{r['scaling_db'][0]:.1f}, {r['scaling_db'][1]:.1f}] dB" + (f"; measured: {quality}" if quality else ""))
+    return 0
+
+
 def cmd_assess(args) -> int:
     """Compare a reconstruction with its reference: metrics as text/JSON, optional GeoTIFF maps."""
     from .assess import assess_rasters
@@ -168,6 +241,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--units", default="auto", choices=UNIT_CHOICES, help="source units (default auto)")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("compress", help="compress a SAR raster into a .sarz file")
+    s.add_argument("input", help="GeoTIFF / any GDAL raster / .npy array")
+    s.add_argument("output", help="the .sarz file to write")
+    s.add_argument("--model", default=None, help="bundled model name or path to a .pt bundle (default sarae-default)")
+    s.add_argument("--bands", default="all", help="'all' or a list like 1,2 (default all)")
+    s.add_argument("--units", default="auto", choices=UNIT_CHOICES, help="source units (default auto)")
+    s.add_argument("--bits", type=int, default=8, help="latent quantization bits, 1-16 (default 8)")
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    s.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
+    s.add_argument("--batch-size", type=int, default=8, help="encoder batch size (default 8)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    s.set_defaults(func=cmd_compress)
+
+    s = sub.add_parser("reconstruct", help="reconstruct a georeferenced GeoTIFF from a .sarz file")
+    s.add_argument("input", help="the .sarz file")
+    s.add_argument("output", help="GeoTIFF to write")
+    s.add_argument("--units", default="source", choices=("source", "db"),
+                   help="source units and dtype (default) or dB float32")
+    s.add_argument("--window", nargs=4, type=int, metavar=("COL", "ROW", "WIDTH", "HEIGHT"),
+                   help="decode only this pixel window")
+    s.add_argument("--model", default=None, help="model bundle (default: the one named in the file)")
+    s.add_argument("--device", default="cpu",
+                   help="cpu (default: bit-exact everywhere) | auto | cuda | cuda:N")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("info", help="show the header and rate (bits per pixel) of a .sarz file")
+    s.add_argument("input", help="the .sarz file")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("models", help="list the bundled models and their measured rate/quality")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("assess", help="compare a reconstruction with its reference (PSNR, SSIM, RMSE, ENL ratio, EPI)")
     s.add_argument("reference", help="original raster")

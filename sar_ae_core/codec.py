@@ -1,0 +1,408 @@
+"""Compress a SAR raster into a `.sarz` file and reconstruct a georeferenced GeoTIFF from it, streaming
+tile row by tile row so memory does not grow with the raster height (and only linearly with its width).
+
+Decoding is deterministic: every decode window runs alone (batch 1, fixed size) on the CPU by default,
+windows are blended in a fixed order, and the quantized latents are integers with float16 bounds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .container import ContainerReader, ContainerWriter
+from .errors import SarInputError
+from .latent_coding import UniformZstdCodec, codec_from_params, decode_mask, encode_mask
+from .model_io import ModelBundle, load_bundle, select_device
+from .progress import Progress, ProgressFn
+from .raster import AtomicOutput, Georef, GeoTiffWriter, Window, check_output_path, open_raster
+from .scaling import ScalingParams, output_dtype, output_nodata
+from .tiling import TilePlan, blend_weights
+
+
+def _chunk_id(plan: TilePlan, bands: int, row: int, col: int, band: int, kind: int) -> int:
+    """Index of a chunk: tiles row-major, then bands, then (latent=0, mask=1)."""
+    return ((row * plan.tile_cols + col) * bands + band) * 2 + kind
+
+
+def _pad_to(block: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """Mirror-pad the last two axes (repeatedly for pads larger than the block)."""
+    if top or bottom or left or right:
+        block = np.pad(block, [(0, 0)] * (block.ndim - 2) + [(top, bottom), (left, right)], mode="symmetric")
+    return block
+
+
+@dataclass
+class _Timer:
+    network: float = 0.0
+    io: float = 0.0
+    coding: float = 0.0
+    blending: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 4) for k, v in vars(self).items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Compress
+# ------------------------------------------------------------------------------------------------
+def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLike, *, model: Optional[str] = None,
+                    bands: str | Sequence[int] = "all", units: str = "auto", bits: int = 8, device: str = "auto",
+                    tile: int = 256, halo_cells: int = 2, batch_size: int = 8, overwrite: bool = False,
+                    progress: Optional[ProgressFn] = None, bundle: Optional[ModelBundle] = None) -> dict:
+    """Encode a raster into a `.sarz` file; returns the measured rate (bits per pixel from file bytes)."""
+    t_start = time.perf_counter()
+    check_output_path(output_path, overwrite)
+    prog = Progress(progress)
+    codec = UniformZstdCodec(bits=bits)
+    dev = select_device(device)
+    bundle = bundle or load_bundle(model, dev)
+    bundle.to(dev)
+    d = bundle.model.downsample_factor
+    timer = _Timer()
+    with open_raster(input_path, bands=bands, units=units) as r:
+        if r.width < d or r.height < d:
+            raise SarInputError(r.path, f"raster is {r.width}x{r.height} px; the codec needs at least {d}x{d}")
+        plan = TilePlan(r.width, r.height, d, tile, halo_cells)
+        scaling = bundle.scaling
+        info = r.info
+        header = {
+            "created_by": f"sar_ae_core {__version__}",
+            "model": {"name": bundle.name, "sha256": bundle.sha256, "config": bundle.config.to_dict()},
+            "scaling": scaling.to_dict(),
+            "source": {"name": os.path.basename(r.path), "units": r.units, "units_reason": r.units_reason,
+                       "dtype": r.dtype, "nodata": _json_nodata(r.nodata), "width": r.width, "height": r.height,
+                       "bands": r.band_indexes, "band_names": r.band_names, "tags": info.tags},
+            "georef": r.georef.to_dict(),
+            "tiling": plan.to_dict(),
+            "codec": codec.params(),
+            "mask": {"id": "packbits-zstd"},
+        }
+        n_valid = 0
+        with AtomicOutput(output_path, overwrite, suffix=".sarz") as out, open(out.tmp, "wb") as fh:
+            writer = ContainerWriter(fh, header)
+            for tr in range(plan.tile_rows):
+                t0 = time.perf_counter()
+                strip, valid, y0 = _read_strip(r, plan, scaling, tr)
+                timer.io += time.perf_counter() - t0
+                for b in range(r.count):
+                    latents = _encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer)
+                    t0 = time.perf_counter()
+                    for tc, lat in enumerate(latents):
+                        writer.add(codec.encode(lat), "latents")
+                        m = _tile_mask(valid[b], plan, tr, tc, y0)
+                        n_valid += int(m.sum())
+                        writer.add(encode_mask(m), "masks")
+                    timer.coding += time.perf_counter() - t0
+                prog.step((tr + 1) / plan.tile_rows, f"compressing tile row {tr + 1}/{plan.tile_rows}")
+            if n_valid == 0:
+                raise SarInputError(r.path, "no valid pixels to compress (all nodata, NaN, infinite or <= 0)")
+            sizes = writer.finish()
+    nbytes = os.path.getsize(output_path)
+    pixels = plan.width * plan.height * info.count
+    source_bits = np.dtype(output_dtype(info.dtype, "db") if info.dtype.startswith("complex") else info.dtype).itemsize * 8
+    return {"output": os.fspath(output_path), "bytes": nbytes, "bpp": nbytes * 8 / pixels,
+            "compression_ratio": source_bits * pixels / (nbytes * 8), "parts": sizes, "pixels": pixels,
+            "bands": info.count, "model": bundle.name, "device": str(dev), "seconds": time.perf_counter() - t_start,
+            "timing": timer.as_dict()}
+
+
+def _json_nodata(v):
+    if v is None:
+        return None
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    return v
+
+
+def _nodata_from_json(v):
+    return float("nan") if v == "nan" else v
+
+
+def _read_strip(r, plan: TilePlan, scaling: ScalingParams, tr: int):
+    """Scaled pixels and validity for the encode windows of tile row `tr`, mirror-padded past the edges.
+
+    Returns (scaled (bands, rows, cols), valid (bands, rows, cols), y0) where row 0 of the strip is raster
+    row y0 and column 0 is raster column −halo."""
+    h, tile = plan.halo, plan.tile
+    y0, y1 = tr * tile - h, (tr + 1) * tile + h
+    x0, x1 = -h, plan.tile_cols * tile + h
+    ry0, ry1 = max(y0, 0), min(y1, plan.height)
+    raw = r.read(Window(0, ry0, plan.width, ry1 - ry0))
+    scaled, valid = scaling.forward(raw, r.units, r.nodata)
+    # Fill invalid pixels with the strip's mean valid value: fewer bits than a hard 0 edge.
+    for b in range(scaled.shape[0]):
+        v = valid[b]
+        fill = float(scaled[b][v].mean()) if v.any() else 0.5
+        scaled[b][~v] = fill
+    scaled = _pad_to(scaled, ry0 - y0, y1 - ry1, -x0, x1 - plan.width)
+    valid = np.pad(valid, [(0, 0), (ry0 - y0, y1 - ry1), (-x0, x1 - plan.width)], constant_values=False)
+    return scaled, valid, y0
+
+
+def _encode_strip(bundle: ModelBundle, plan: TilePlan, strip: np.ndarray, tr: int, dev, batch_size: int,
+                  timer) -> list:
+    """Latent cells of every tile in tile row `tr` (each tile encoded from its window with halo)."""
+    wp, tile, hc = plan.window_pixels, plan.tile, plan.halo_cells
+    windows = [strip[:, tc * tile: tc * tile + wp] for tc in range(plan.tile_cols)]
+    out = []
+    for i in range(0, len(windows), batch_size):
+        batch = torch.from_numpy(np.stack(windows[i:i + batch_size])[:, None]).to(dev)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            y = bundle.model.encode(batch).float().cpu().numpy()
+        timer.network += time.perf_counter() - t0
+        for k in range(y.shape[0]):
+            r0, r1, c0, c1 = plan.tile_cells(tr, i + k)
+            out.append(np.ascontiguousarray(y[k, :, hc:hc + (r1 - r0), hc:hc + (c1 - c0)]))
+    return out
+
+
+def _tile_mask(valid: np.ndarray, plan: TilePlan, tr: int, tc: int, y0: int) -> np.ndarray:
+    """Validity of the raster pixels a tile owns (its core, clipped to the raster)."""
+    r0, r1 = tr * plan.tile, min((tr + 1) * plan.tile, plan.height)
+    c0, c1 = tc * plan.tile, min((tc + 1) * plan.tile, plan.width)
+    return valid[r0 - y0: r1 - y0, c0 + plan.halo: c1 + plan.halo]
+
+
+# ------------------------------------------------------------------------------------------------
+# Reconstruct
+# ------------------------------------------------------------------------------------------------
+class SarzFile:
+    """An open `.sarz` file: header facts and access to the latent and mask tiles it stores."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.reader = ContainerReader.open(path)
+        self.path = self.reader.path
+        h = self.reader.header
+        try:
+            self.plan = TilePlan.from_dict(h["tiling"])
+            self.scaling = ScalingParams.from_dict(h["scaling"])
+            self.source = h["source"]
+            self.georef = Georef.from_dict(h["georef"])
+            self.model_name = h["model"]["name"]
+            self.model_sha = h["model"]["sha256"]
+            self.latent_channels = int(h["model"]["config"]["latent_channels"])
+            self.bands = len(self.source["bands"])
+        except (KeyError, TypeError, ValueError) as exc:
+            self.close()
+            raise SarInputError(self.path, f"header is incomplete ({exc})") from None
+        try:
+            self.codec = codec_from_params(h["codec"])
+        except KeyError:
+            self.close()
+            raise SarInputError(self.path, f"made with latent codec '{h['codec'].get('id')}' which this version "
+                                           "cannot decode; please upgrade") from None
+        expected = self.plan.tile_rows * self.plan.tile_cols * self.bands * 2
+        if self.reader.chunk_count != expected:
+            self.close()
+            raise SarInputError(self.path, f"has {self.reader.chunk_count} chunks, the header implies {expected} "
+                                           "(file is damaged)")
+
+    @property
+    def header(self) -> dict:
+        return self.reader.header
+
+    def latent_tile(self, row: int, col: int, band: int) -> np.ndarray:
+        """Dequantized latent cells of one tile (C, h, w)."""
+        r0, r1, c0, c1 = self.plan.tile_cells(row, col)
+        payload = self.reader.chunk(_chunk_id(self.plan, self.bands, row, col, band, 0))
+        try:
+            return self.codec.decode(payload, (self.latent_channels, r1 - r0, c1 - c0))
+        except Exception as exc:  # noqa: BLE001 - any decoding failure means a damaged chunk
+            raise SarInputError(self.path, f"latent tile ({row}, {col}) band {band + 1} cannot be decoded "
+                                           f"({exc})") from None
+
+    def mask_tile(self, row: int, col: int, band: int) -> np.ndarray:
+        """Validity of the raster pixels owned by one tile."""
+        p = self.plan
+        shape = (min((row + 1) * p.tile, p.height) - row * p.tile, min((col + 1) * p.tile, p.width) - col * p.tile)
+        payload = self.reader.chunk(_chunk_id(p, self.bands, row, col, band, 1))
+        try:
+            return decode_mask(payload, shape)
+        except Exception as exc:  # noqa: BLE001
+            raise SarInputError(self.path, f"mask tile ({row}, {col}) cannot be decoded ({exc})") from None
+
+    def close(self) -> None:
+        """Close the file."""
+        self.reader.close()
+
+    def __enter__(self) -> "SarzFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def sarz_info(path: str | os.PathLike) -> dict:
+    """Header and rate facts of a `.sarz` file (bits per pixel from the file's bytes)."""
+    with SarzFile(path) as f:
+        p, src = f.plan, f.source
+        sizes = {"latents": 0, "masks": 0}
+        for i, n in enumerate(f.reader.lengths):
+            sizes["latents" if i % 2 == 0 else "masks"] += int(n)
+        nbytes = f.reader.file_size
+        pixels = p.width * p.height * f.bands
+        return {"path": f.path, "bytes": nbytes, "bpp": nbytes * 8 / pixels, "pixels": pixels,
+                "parts": {**sizes, "header+index": nbytes - sizes["latents"] - sizes["masks"]},
+                "width": p.width, "height": p.height, "bands": f.bands, "band_names": src.get("band_names"),
+                "source_units": src["units"], "source_dtype": src["dtype"], "georef": f.georef.kind,
+                "model": f.model_name, "model_sha256": f.model_sha, "codec": f.header["codec"],
+                "tiling": f.header["tiling"], "scaling": f.header["scaling"], "created_by": f.header.get("created_by")}
+
+
+def _bundle_for(f: SarzFile, model: Optional[str], dev) -> ModelBundle:
+    try:
+        bundle = load_bundle(model or f.model_name, dev)
+    except SarInputError as exc:
+        if model:
+            raise
+        raise SarInputError(f.path, f"needs model '{f.model_name}' (sha256 {f.model_sha[:12]}…), which is not "
+                                    f"installed; pass --model PATH ({exc.problem})") from None
+    if bundle.sha256 != f.model_sha:
+        raise SarInputError(f.path, f"was compressed with model '{f.model_name}' (sha256 {f.model_sha[:12]}…); "
+                                    f"the given model '{bundle.name}' (sha256 {bundle.sha256[:12]}…) is different")
+    return bundle
+
+
+def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.PathLike, *, units: str = "source",
+                       window: Optional[Sequence[int]] = None, model: Optional[str] = None, device: str = "cpu",
+                       overwrite: bool = False, progress: Optional[ProgressFn] = None,
+                       bundle: Optional[ModelBundle] = None) -> dict:
+    """Decode a `.sarz` file (or a window COL ROW WIDTH HEIGHT of it) into a georeferenced GeoTIFF in the
+    source units and dtype (`units='source'`) or in dB (`units='db'`)."""
+    t_start = time.perf_counter()
+    if units not in ("source", "db"):
+        raise SarInputError(None, f"--units must be 'source' or 'db' (got '{units}')")
+    check_output_path(output_path, overwrite)
+    prog = Progress(progress)
+    timer = _Timer()
+    dev = select_device(device)
+    with SarzFile(input_path) as f:
+        p, src = f.plan, f.source
+        if bundle is None or bundle.sha256 != f.model_sha:
+            bundle = _bundle_for(f, model, dev)
+        bundle.to(dev)
+        col0, row0, width, height = window if window is not None else (0, 0, p.width, p.height)
+        if width <= 0 or height <= 0 or col0 < 0 or row0 < 0 or col0 + width > p.width or row0 + height > p.height:
+            raise SarInputError(f.path, f"window {col0} {row0} {width} {height} is outside the "
+                                        f"{p.width}x{p.height} raster")
+        out_units = src["units"] if units == "source" else "db"
+        dtype = output_dtype(src["dtype"], out_units) if units == "source" else "float32"
+        nodata = _nodata_from_json(src["nodata"]) if units == "source" else float("nan")
+        nodata = output_nodata(dtype, nodata)
+        georef = f.georef.window_transform(Window(col0, row0, width, height))
+        tags = dict(src.get("tags") or {})
+        tags.update(SARAE_SOURCE=src["name"], SARAE_MODEL=f.model_name, SARAE_UNITS=out_units,
+                    SARAE_CODEC=f.header["codec"]["id"])
+        weights = blend_weights(p)
+        tile_rows = sorted({r for r, _ in p.tiles_touching(row0, row0 + height, col0, col0 + width)})
+        tile_cols = sorted({c for _, c in p.tiles_touching(row0, row0 + height, col0, col0 + width)})
+        with GeoTiffWriter(output_path, width, height, f.bands, dtype, georef, nodata=nodata,
+                           band_names=src.get("band_names"), tags=tags, overwrite=overwrite) as w:
+            steps = len(tile_rows) * f.bands
+            for b in range(f.bands):
+                _decode_band(f, bundle, dev, b, (col0, row0, width, height), tile_rows, tile_cols, weights,
+                             w, out_units, dtype, nodata, timer, prog, steps)
+    return {"output": os.fspath(output_path), "width": width, "height": height, "bands": f.bands,
+            "units": out_units, "dtype": dtype, "device": str(dev), "seconds": time.perf_counter() - t_start,
+            "timing": timer.as_dict()}
+
+
+def _latent_window(f: SarzFile, cache: dict, tr: int, tc: int, band: int) -> np.ndarray:
+    """Latent cells of a decode window (tile cells + halo), edge-replicated beyond the stored grid."""
+    p = f.plan
+    r0, r1, c0, c1 = p.window_cells(tr, tc)
+    rows = np.clip(np.arange(r0, r1), 0, p.latent_height - 1)
+    cols = np.clip(np.arange(c0, c1), 0, p.latent_width - 1)
+    out = np.empty((f.latent_channels, len(rows), len(cols)), dtype=np.float32)
+    trs, tcs = rows // p.cells, cols // p.cells
+    for t_r in np.unique(trs):
+        for t_c in np.unique(tcs):
+            key = (int(t_r), int(t_c))
+            if key not in cache:
+                cache[key] = f.latent_tile(key[0], key[1], band)
+            tile = cache[key]
+            ri, ci = np.nonzero(trs == t_r)[0], np.nonzero(tcs == t_c)[0]
+            out[:, ri[:, None], ci[None, :]] = tile[:, (rows[ri] - t_r * p.cells)[:, None],
+                                                     (cols[ci] - t_c * p.cells)[None, :]]
+    return out
+
+
+def _decode_band(f: SarzFile, bundle: ModelBundle, dev, band: int, region, tile_rows, tile_cols, weights,
+                 writer: GeoTiffWriter, out_units: str, dtype: str, nodata, timer: _Timer, prog: Progress,
+                 steps: int) -> None:
+    """Decode one band of the region tile row by tile row, blending windows into a rolling accumulator."""
+    p = f.plan
+    col0, row0, width, height = region
+    wp, h = p.window_pixels, p.halo
+    cache: dict = {}
+    acc_y0 = row0                          # raster row of accumulator row 0
+    num = np.zeros((0, width))
+    den = np.zeros((0, width))
+    written = row0
+    for k, tr in enumerate(tile_rows):
+        # window rows of this tile row, clipped to the region
+        wy0 = tr * p.tile - h
+        top, bottom = max(wy0, row0), min(wy0 + wp, row0 + height)
+        need = bottom - acc_y0
+        if need > num.shape[0]:
+            num = np.vstack([num, np.zeros((need - num.shape[0], width))])
+            den = np.vstack([den, np.zeros((need - den.shape[0], width))])
+        for tc in tile_cols:
+            t0 = time.perf_counter()
+            lat = _latent_window(f, cache, tr, tc, band)
+            timer.coding += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                x = bundle.model.decode(torch.from_numpy(lat[None]).to(dev)).float().cpu().numpy()[0, 0]
+            timer.network += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            wx0 = tc * p.tile - h
+            left, right = max(wx0, col0), min(wx0 + wp, col0 + width)
+            if right > left and bottom > top:
+                sl = (slice(top - wy0, bottom - wy0), slice(left - wx0, right - wx0))
+                wgt = weights[sl]
+                num[top - acc_y0:bottom - acc_y0, left - col0:right - col0] += wgt * x[sl]
+                den[top - acc_y0:bottom - acc_y0, left - col0:right - col0] += wgt
+            timer.blending += time.perf_counter() - t0
+        # rows above the next tile row's first window row are final
+        last = k == len(tile_rows) - 1
+        final_to = row0 + height if last else min(tile_rows[k + 1] * p.tile - h, row0 + height)
+        if final_to > written:
+            n = final_to - written
+            t0 = time.perf_counter()
+            scaled = num[:n] / den[:n]
+            valid = _mask_rows(f, band, written, final_to, col0, width)
+            values = f.scaling.inverse(scaled, valid, out_units, dtype, nodata)
+            timer.blending += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            writer._ds.write(values, band + 1, window=Window(0, written - row0, width, n).to_rasterio())
+            timer.io += time.perf_counter() - t0
+            num, den = num[n:], den[n:]
+            acc_y0 = written = final_to
+        for key in [key for key in cache if key[0] < tr]:
+            del cache[key]  # latent tiles of rows above are no longer needed
+        prog.step((band * len(tile_rows) + k + 1) / steps, f"reconstructing band {band + 1}, tile row {k + 1}")
+
+
+def _mask_rows(f: SarzFile, band: int, y0: int, y1: int, col0: int, width: int) -> np.ndarray:
+    """Validity of raster rows [y0, y1) × cols [col0, col0 + width) from the stored mask tiles."""
+    p = f.plan
+    out = np.zeros((y1 - y0, width), dtype=bool)
+    for tr in range(y0 // p.tile, (y1 - 1) // p.tile + 1):
+        for tc in range(col0 // p.tile, (col0 + width - 1) // p.tile + 1):
+            m = f.mask_tile(tr, tc, band)
+            ty0, tx0 = tr * p.tile, tc * p.tile
+            a0, a1 = max(y0, ty0), min(y1, ty0 + m.shape[0])
+            b0, b1 = max(col0, tx0), min(col0 + width, tx0 + m.shape[1])
+            out[a0 - y0:a1 - y0, b0 - col0:b1 - col0] = m[a0 - ty0:a1 - ty0, b0 - tx0:b1 - tx0]
+    return out
+

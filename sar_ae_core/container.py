@@ -1,0 +1,156 @@
+"""The `.sarz` container: a small binary frame around a JSON header and independently decodable chunks.
+
+Layout (little-endian)::
+
+    magic      8 bytes  b"\\x89SARZ\\r\\n\\x1a"   (PNG-style: catches text-mode and truncation damage)
+    version    2 × u16  major, minor            (readers refuse a newer major)
+    header     u32 length, u32 CRC-32, then zstd-compressed UTF-8 JSON
+    chunks     concatenated payloads, in the order the header's tile plan defines
+    index      zstd-compressed array of (u32 length, u32 CRC-32) per chunk
+    footer     u64 index offset, u32 index length, u32 index CRC-32, 8 bytes b"SARZEND\\0"
+
+Chunk offsets are the running sum of the lengths, so one window can be decoded by reading only its
+chunks. Every chunk, the header and the index carry a CRC-32; any mismatch is reported with the file name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO, Optional
+
+import numpy as np
+import zstandard
+
+from .errors import SarInputError
+
+MAGIC = b"\x89SARZ\r\n\x1a"
+END = b"SARZEND\0"
+FORMAT_MAJOR, FORMAT_MINOR = 1, 0
+_FOOTER = struct.Struct("<QII8s")
+_PRE = struct.Struct("<8sHHII")
+
+
+class ContainerWriter:
+    """Streams chunks into an open binary file; call `finish()` once after the last chunk."""
+
+    def __init__(self, fh: BinaryIO, header: dict):
+        self.fh = fh
+        text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        body = zstandard.ZstdCompressor(level=19).compress(text)
+        fh.write(_PRE.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, len(body), zlib.crc32(body)))
+        fh.write(body)
+        self.entries: list[tuple[int, int]] = []
+        self.sizes = {"header": _PRE.size + len(body)}
+
+    def add(self, payload: bytes, kind: str = "data") -> None:
+        """Append one chunk."""
+        self.fh.write(payload)
+        self.entries.append((len(payload), zlib.crc32(payload)))
+        self.sizes[kind] = self.sizes.get(kind, 0) + len(payload)
+
+    def finish(self) -> dict:
+        """Write index and footer; returns the byte count of each part."""
+        offset = self.fh.tell()
+        raw = np.asarray(self.entries, dtype="<u4").reshape(-1, 2).tobytes()
+        index = zstandard.ZstdCompressor(level=19).compress(raw)
+        self.fh.write(index)
+        self.fh.write(_FOOTER.pack(offset, len(index), zlib.crc32(index), END))
+        self.sizes["index+footer"] = len(index) + _FOOTER.size
+        return dict(self.sizes)
+
+
+@dataclass
+class ContainerReader:
+    """Random access to the header and chunks of a `.sarz` file, verifying every checksum it reads."""
+
+    path: str
+    header: dict
+    offsets: np.ndarray
+    lengths: np.ndarray
+    crcs: np.ndarray
+    file_size: int
+    _fh: Optional[BinaryIO] = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "ContainerReader":
+        """Open and validate frame, header and index (chunks are checked when read)."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise SarInputError(path, "file not found")
+        if os.path.isdir(path):
+            raise SarInputError(path, "is a folder, not a .sarz file")
+        size = os.path.getsize(path)
+        fh = open(path, "rb")
+        try:
+            pre = fh.read(_PRE.size)
+            if len(pre) < _PRE.size or pre[:8] != MAGIC:
+                raise SarInputError(path, "not a .sarz file (wrong magic bytes)")
+            _, major, minor, hlen, hcrc = _PRE.unpack(pre)
+            if major > FORMAT_MAJOR:
+                raise SarInputError(path, f".sarz format version {major}.{minor} is newer than this software "
+                                          f"({FORMAT_MAJOR}.{FORMAT_MINOR}); please upgrade")
+            if major < 1:
+                raise SarInputError(path, f"unknown .sarz format version {major}.{minor}")
+            body = fh.read(hlen)
+            if len(body) < hlen:
+                raise SarInputError(path, "file is truncated (header incomplete)")
+            if zlib.crc32(body) != hcrc:
+                raise SarInputError(path, "header checksum mismatch (file is damaged)")
+            try:
+                header = json.loads(zstandard.ZstdDecompressor().decompress(body).decode("utf-8"))
+            except (ValueError, zstandard.ZstdError):
+                raise SarInputError(path, "header is not valid JSON (file is damaged)") from None
+            if size < _PRE.size + hlen + _FOOTER.size:
+                raise SarInputError(path, "file is truncated (no index)")
+            fh.seek(size - _FOOTER.size)
+            ioff, ilen, icrc, end = _FOOTER.unpack(fh.read(_FOOTER.size))
+            if end != END:
+                raise SarInputError(path, "file is truncated or damaged (end marker missing)")
+            if ioff + ilen != size - _FOOTER.size or ioff < _PRE.size + hlen:
+                raise SarInputError(path, "index position is inconsistent (file is damaged)")
+            fh.seek(ioff)
+            index = fh.read(ilen)
+            if zlib.crc32(index) != icrc:
+                raise SarInputError(path, "chunk index checksum mismatch (file is damaged)")
+            table = np.frombuffer(zstandard.ZstdDecompressor().decompress(index), dtype="<u4").reshape(-1, 2)
+            lengths = table[:, 0].astype(np.int64)
+            offsets = _PRE.size + hlen + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            if len(lengths) and offsets[-1] + lengths[-1] != ioff:
+                raise SarInputError(path, "chunk sizes do not add up (file is damaged)")
+        except SarInputError:
+            fh.close()
+            raise
+        except (struct.error, zstandard.ZstdError, ValueError) as exc:
+            fh.close()
+            raise SarInputError(path, f"file is damaged ({exc})") from None
+        return cls(path, header, offsets, lengths, table[:, 1].copy(), size, fh)
+
+    def chunk(self, i: int) -> bytes:
+        """Payload of chunk i, CRC-checked."""
+        if not 0 <= i < len(self.lengths):
+            raise SarInputError(self.path, f"chunk {i} missing (file has {len(self.lengths)} chunks)")
+        self._fh.seek(int(self.offsets[i]))
+        data = self._fh.read(int(self.lengths[i]))
+        if len(data) != self.lengths[i] or zlib.crc32(data) != int(self.crcs[i]):
+            raise SarInputError(self.path, f"chunk {i} checksum mismatch (file is damaged)")
+        return data
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.lengths)
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "ContainerReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

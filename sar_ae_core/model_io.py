@@ -1,0 +1,131 @@
+"""Model bundles: one `.pt` file holding the model config, its weights, the scaling parameters it was
+trained with, and what is known about it (training data, measured rate/quality). Bundled models live in
+`sar_ae_core/models_bundled/`; any other bundle is loaded by path. Loading always maps to the CPU first,
+so a bundle saved on CUDA loads anywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .errors import SarInputError
+from .models import ModelConfig, SarAutoencoder, build_model
+from .scaling import ScalingParams
+
+BUNDLE_FORMAT = "sarae-model"
+BUNDLE_VERSION = 1
+BUNDLED_DIR = Path(__file__).resolve().parent / "models_bundled"
+DEFAULT_MODEL = "sarae-default"
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the weights in a canonical order and dtype (independent of file layout or device)."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model with everything needed to use it on new rasters."""
+
+    name: str
+    model: SarAutoencoder
+    config: ModelConfig
+    scaling: ScalingParams
+    sha256: str
+    path: Optional[str] = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "ModelBundle":
+        """Move the model to a device (in eval mode)."""
+        self.model.to(device).eval()
+        return self
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """'auto' → CUDA when present, else CPU; 'cpu', 'cuda', 'cuda:N' as given (checked)."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SarInputError(None, f"device '{device}' requested but CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise SarInputError(None, f"device '{device}' does not exist ({torch.cuda.device_count()} CUDA device(s))")
+    return dev
+
+
+def save_bundle(path: str | os.PathLike, model: SarAutoencoder, scaling: ScalingParams, name: str,
+                info: Optional[dict] = None, half: bool = True) -> str:
+    """Write a bundle atomically; fp16 weights by default (float buffers such as BatchNorm stats included).
+    Returns the SHA-256 of the stored weights."""
+    from .raster import AtomicOutput
+
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        state[k] = v.half() if (half and v.is_floating_point()) else v.clone()
+    digest = weights_sha256(state)
+    payload = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "name": name,
+               "model_config": model.config.to_dict(), "scaling": scaling.to_dict(), "state_dict": state,
+               "weights_sha256": digest, "info": dict(info or {})}
+    with AtomicOutput(path, overwrite=True, suffix=".pt") as out:
+        torch.save(payload, out.tmp)
+    return digest
+
+
+def bundled_models() -> list[Path]:
+    """Paths of the models shipped with the package, sorted by name."""
+    return sorted(BUNDLED_DIR.glob("*.pt")) if BUNDLED_DIR.is_dir() else []
+
+
+def resolve_model(name_or_path: Optional[str]) -> Path:
+    """A bundled model name (e.g. 'sarae-default') or a path to a bundle file."""
+    name_or_path = name_or_path or DEFAULT_MODEL
+    p = Path(name_or_path)
+    if p.suffix == ".pt" and p.exists():
+        return p
+    candidate = BUNDLED_DIR / f"{name_or_path}.pt"
+    if candidate.exists():
+        return candidate
+    names = ", ".join(b.stem for b in bundled_models()) or "none"
+    if p.suffix == ".pt" or os.sep in name_or_path:
+        raise SarInputError(name_or_path, "model file not found")
+    raise SarInputError(name_or_path, f"no such model (bundled models: {names}; or give a path to a .pt bundle)")
+
+
+def load_bundle(name_or_path: Optional[str] = None, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load a model bundle (bundled name or path) onto `device` in eval mode, in float32."""
+    path = resolve_model(name_or_path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
+        raise SarInputError(path, f"not a readable model bundle ({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
+        raise SarInputError(path, "not a SAR autoencoder model bundle (wrong format tag)")
+    if int(payload.get("version", 0)) > BUNDLE_VERSION:
+        raise SarInputError(path, f"model bundle version {payload['version']} is newer than this software")
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+        scaling = ScalingParams.from_dict(payload["scaling"])
+        model = build_model(config)
+        state = payload["state_dict"]
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise SarInputError(path, f"model bundle is inconsistent ({str(exc).splitlines()[0][:160]})") from None
+    digest = weights_sha256(state)
+    if payload.get("weights_sha256") and payload["weights_sha256"] != digest:
+        raise SarInputError(path, "model weights do not match their recorded SHA-256 (file damaged)")
+    model.to(device).eval()
+    return ModelBundle(name=payload.get("name", path.stem), model=model, config=config, scaling=scaling,
+                       sha256=digest, path=str(path), info=payload.get("info", {}))

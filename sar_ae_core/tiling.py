@@ -1,0 +1,117 @@
+"""Tile plan for streaming inference on rasters of any size.
+
+The stored latent grid covers the raster once, without overlap: tile (i, j) owns latent cells
+[i·T, (i+1)·T) × [j·T, (j+1)·T) (T = tile / downsample). Each tile is *encoded* from a pixel window that
+adds a halo on every side (the encoder sees context, no bits are spent on overlap) and *decoded* from its
+latent cells plus `halo` neighbouring cells, so neighbouring decode windows overlap and are blended with a
+cosine ramp: no seams, and each output pixel depends only on a fixed set of windows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Geometry of the latent grid and of the encode/decode windows (all sizes in pixels or latent cells)."""
+
+    width: int
+    height: int
+    downsample: int          # pixels per latent cell (2**stages)
+    tile: int = 256          # pixels per stored tile side (multiple of downsample)
+    halo_cells: int = 2      # latent cells of context on each side of a tile
+
+    def __post_init__(self):
+        if self.tile % self.downsample or self.tile <= 0:
+            raise ValueError(f"tile size {self.tile} must be a positive multiple of {self.downsample}")
+        if self.halo_cells < 0:
+            raise ValueError("halo must be >= 0")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TilePlan":
+        """Inverse of to_dict (ignores derived fields)."""
+        return cls(**{k: d[k] for k in ("width", "height", "downsample", "tile", "halo_cells")})
+
+    def to_dict(self) -> dict:
+        """JSON form, with derived sizes for readers."""
+        return {**asdict(self), "latent_width": self.latent_width, "latent_height": self.latent_height,
+                "tile_rows": self.tile_rows, "tile_cols": self.tile_cols}
+
+    @property
+    def cells(self) -> int:
+        """Latent cells per tile side."""
+        return self.tile // self.downsample
+
+    @property
+    def latent_width(self) -> int:
+        return math.ceil(self.width / self.downsample)
+
+    @property
+    def latent_height(self) -> int:
+        return math.ceil(self.height / self.downsample)
+
+    @property
+    def tile_rows(self) -> int:
+        return math.ceil(self.latent_height / self.cells)
+
+    @property
+    def tile_cols(self) -> int:
+        return math.ceil(self.latent_width / self.cells)
+
+    @property
+    def halo(self) -> int:
+        """Halo in pixels."""
+        return self.halo_cells * self.downsample
+
+    def tile_cells(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """Latent cells (r0, r1, c0, c1) stored for tile (row, col)."""
+        r0, c0 = row * self.cells, col * self.cells
+        return r0, min(r0 + self.cells, self.latent_height), c0, min(c0 + self.cells, self.latent_width)
+
+    def tiles(self) -> Iterator[tuple[int, int]]:
+        """All tiles, row-major (the order chunks are stored in)."""
+        for r in range(self.tile_rows):
+            for c in range(self.tile_cols):
+                yield r, c
+
+    def window_cells(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """Latent cells of the decode window of a tile: its cells plus the halo (may exceed the grid)."""
+        r0, _, c0, _ = self.tile_cells(row, col)
+        h = self.halo_cells
+        return r0 - h, r0 + self.cells + h, c0 - h, c0 + self.cells + h
+
+    def tiles_touching(self, row0: int, row1: int, col0: int, col1: int) -> list[tuple[int, int]]:
+        """Tiles whose decode windows cover any pixel of rows [row0, row1) × cols [col0, col1)."""
+        d, h = self.downsample, self.halo
+        rows = [r for r in range(self.tile_rows)
+                if r * self.tile - h < row1 and (r + 1) * self.tile + h > row0]
+        cols = [c for c in range(self.tile_cols)
+                if c * self.tile - h < col1 and (c + 1) * self.tile + h > col0]
+        return [(r, c) for r in rows for c in cols]
+
+    @property
+    def window_pixels(self) -> int:
+        """Side of an encode/decode window in pixels."""
+        return self.tile + 2 * self.halo
+
+
+def cosine_ramp(length: int, ramp: int) -> np.ndarray:
+    """1-D blend weights: sin² rising over `ramp` samples at each end, 1 in between, never 0."""
+    w = np.ones(length, dtype=np.float64)
+    if ramp > 0:
+        x = (np.arange(ramp) + 0.5) / ramp
+        rise = np.sin(0.5 * np.pi * x) ** 2
+        w[:ramp] = rise
+        w[length - ramp:] = np.minimum(w[length - ramp:], rise[::-1])
+    return w
+
+
+def blend_weights(plan: TilePlan) -> np.ndarray:
+    """2-D cosine blend weights of one decode window (window_pixels²): ramps span the overlap with neighbours."""
+    w = cosine_ramp(plan.window_pixels, 2 * plan.halo)
+    return np.outer(w, w)
