@@ -106,10 +106,11 @@ def cmd_compress(args) -> int:
     with _progress_bar("compress") as bar:
         r = compress_raster(args.input, args.output, model=args.model, bands=args.bands, units=args.units,
                             bits=args.bits, device=args.device, tile=args.tile, batch_size=args.batch_size,
-                            overwrite=args.overwrite, progress=bar)
+                            scaling=args.scaling, overwrite=args.overwrite, progress=bar)
     print(f"wrote {r['output']}: {r['bytes']} bytes, {r['bpp']:.4f} bits per pixel "
           f"({r['compression_ratio']:.1f}:1 vs the source dtype), model {r['model']}, {r['device']}, "
           f"{r['seconds']:.1f} s")
+    print(f"dB range: {r['scaling']}")
     return 0
 
 
@@ -252,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     s.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
     s.add_argument("--batch-size", type=int, default=8, help="encoder batch size (default 8)")
+    s.add_argument("--scaling", default="auto", choices=("auto", "model", "source"),
+                   help="dB range: the model's, fitted on this raster, or auto (model's unless the raster "
+                        "falls outside it)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.set_defaults(func=cmd_compress)
 

@@ -55,9 +55,15 @@ class _Timer:
 # ------------------------------------------------------------------------------------------------
 def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLike, *, model: Optional[str] = None,
                     bands: str | Sequence[int] = "all", units: str = "auto", bits: int = 8, device: str = "auto",
-                    tile: int = 256, halo_cells: int = 2, batch_size: int = 8, overwrite: bool = False,
-                    progress: Optional[ProgressFn] = None, bundle: Optional[ModelBundle] = None) -> dict:
-    """Encode a raster into a `.sarz` file; returns the measured rate (bits per pixel from file bytes)."""
+                    tile: int = 256, halo_cells: int = 2, batch_size: int = 8, scaling: str = "auto",
+                    overwrite: bool = False, progress: Optional[ProgressFn] = None,
+                    bundle: Optional[ModelBundle] = None) -> dict:
+    """Encode a raster into a `.sarz` file; returns the measured rate (bits per pixel from file bytes).
+
+    `scaling`: 'model' uses the dB range the model was trained with; 'source' fits a 0.1–99.9 percentile
+    range on this raster; 'auto' keeps the model's range unless the raster's 1st–99th percentiles fall
+    outside it (e.g. uncalibrated DN or SLC data), then fits on the source. The range used is stored in
+    the file, so decoding needs nothing else."""
     t_start = time.perf_counter()
     check_output_path(output_path, overwrite)
     prog = Progress(progress)
@@ -71,12 +77,13 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
         if r.width < d or r.height < d:
             raise SarInputError(r.path, f"raster is {r.width}x{r.height} px; the codec needs at least {d}x{d}")
         plan = TilePlan(r.width, r.height, d, tile, halo_cells)
-        scaling = bundle.scaling
+        scaling, scaling_reason = choose_scaling(r, bundle.scaling, scaling)
         info = r.info
         header = {
             "created_by": f"sar_ae_core {__version__}",
             "model": {"name": bundle.name, "sha256": bundle.sha256, "config": bundle.config.to_dict()},
             "scaling": scaling.to_dict(),
+            "scaling_reason": scaling_reason,
             "source": {"name": os.path.basename(r.path), "units": r.units, "units_reason": r.units_reason,
                        "dtype": r.dtype, "nodata": _json_nodata(r.nodata), "width": r.width, "height": r.height,
                        "bands": r.band_indexes, "band_names": r.band_names, "tags": info.tags},
@@ -92,15 +99,15 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                 t0 = time.perf_counter()
                 strip, valid, y0 = _read_strip(r, plan, scaling, tr)
                 timer.io += time.perf_counter() - t0
-                for b in range(r.count):
-                    latents = _encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer)
-                    t0 = time.perf_counter()
-                    for tc, lat in enumerate(latents):
-                        writer.add(codec.encode(lat), "latents")
+                latents = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer) for b in range(r.count)]
+                t0 = time.perf_counter()
+                for tc in range(plan.tile_cols):  # chunk order: see _chunk_id
+                    for b in range(r.count):
+                        writer.add(codec.encode(latents[b][tc]), "latents")
                         m = _tile_mask(valid[b], plan, tr, tc, y0)
                         n_valid += int(m.sum())
                         writer.add(encode_mask(m), "masks")
-                    timer.coding += time.perf_counter() - t0
+                timer.coding += time.perf_counter() - t0
                 prog.step((tr + 1) / plan.tile_rows, f"compressing tile row {tr + 1}/{plan.tile_rows}")
             if n_valid == 0:
                 raise SarInputError(r.path, "no valid pixels to compress (all nodata, NaN, infinite or <= 0)")
@@ -110,8 +117,29 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     source_bits = np.dtype(output_dtype(info.dtype, "db") if info.dtype.startswith("complex") else info.dtype).itemsize * 8
     return {"output": os.fspath(output_path), "bytes": nbytes, "bpp": nbytes * 8 / pixels,
             "compression_ratio": source_bits * pixels / (nbytes * 8), "parts": sizes, "pixels": pixels,
-            "bands": info.count, "model": bundle.name, "device": str(dev), "seconds": time.perf_counter() - t_start,
+            "bands": info.count, "model": bundle.name, "scaling": scaling_reason, "device": str(dev), "seconds": time.perf_counter() - t_start,
             "timing": timer.as_dict()}
+
+
+def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto") -> tuple[ScalingParams, str]:
+    """The dB range to code a raster with, and why (see compress_raster)."""
+    from .scaling import fit_scaling
+
+    if mode not in ("auto", "model", "source"):
+        raise SarInputError(None, f"scaling must be auto, model or source (got '{mode}')")
+    if mode == "model":
+        return model_scaling, "the model's training range"
+    quick = fit_scaling([r], low=1, high=99, max_pixels_per_raster=1_000_000)
+    lo, hi = model_scaling.vmin_db - 1.0, model_scaling.vmax_db + 1.0
+    if mode == "auto" and lo <= quick.vmin_db and quick.vmax_db <= hi:
+        return model_scaling, "the model's training range (covers this raster's 1st-99th percentiles)"
+    fitted = fit_scaling([r], low=0.1, high=99.9, max_pixels_per_raster=16_000_000,
+                         noise_floor=model_scaling.noise_floor)
+    why = "fitted on this raster (0.1-99.9 percentiles)"
+    if mode == "auto":
+        why += (f": its 1st-99th percentiles [{quick.vmin_db:.1f}, {quick.vmax_db:.1f}] dB fall outside the "
+                f"model's range [{model_scaling.vmin_db:.1f}, {model_scaling.vmax_db:.1f}] dB")
+    return fitted, why
 
 
 def _json_nodata(v):

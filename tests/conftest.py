@@ -47,3 +47,27 @@ def tsx_complex(sar_data) -> Path:
 def camargue_db(sar_data) -> Path:
     """Camargue dB float32, nodata -99, 268x217 (smaller than a patch in rows)."""
     return sar_data / "s1_iw_grd_camargue_20150309_asc_vv_db.tif"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, spain_db):
+    """A small real model bundle (untrained weights, scaling fitted on the Spain chip) for fast codec tests."""
+    import torch
+
+    from sar_ae_core.model_io import save_bundle
+    from sar_ae_core.models import ModelConfig, build_model
+    from sar_ae_core.scaling import fit_scaling
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(variant="res_cbam", base_channels=8, latent_channels=8))
+    path = tmp_path_factory.mktemp("models") / "tiny-test.pt"
+    save_bundle(path, model.eval(), fit_scaling([spain_db]), "tiny-test")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def default_bundle():
+    """The bundled default model (trained on real Sentinel-1 data); the suite fails if it is missing."""
+    from sar_ae_core.model_io import DEFAULT_MODEL, resolve_model
+
+    return str(resolve_model(DEFAULT_MODEL))

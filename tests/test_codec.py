@@ -1,0 +1,221 @@
+"""Compress → .sarz → reconstruct on real rasters: georeference, nodata, rate from bytes, determinism,
+window decodes, seams, damaged files and clean failure."""
+
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+
+from sar_ae_core.cli import main
+from sar_ae_core.codec import compress_raster, reconstruct_raster, sarz_info
+from sar_ae_core.errors import Cancelled, SarInputError
+from sar_ae_core.raster import GeoTiffWriter
+
+
+def _round_trip(tmp_path, src, bundle, **kw):
+    sarz, tif = tmp_path / "x.sarz", tmp_path / "x.tif"
+    facts = compress_raster(src, sarz, model=bundle, device="cpu", **kw)
+    reconstruct_raster(sarz, tif, model=bundle)
+    return facts, sarz, tif
+
+
+@pytest.mark.parametrize("fixture", ["spain_db", "kerala_dn", "camargue_db", "opera_lin"])
+def test_reconstruction_keeps_georeference_units_and_rate_from_bytes(request, tmp_path, tiny_bundle, fixture):
+    src = request.getfixturevalue(fixture)
+    facts, sarz, tif = _round_trip(tmp_path, src, tiny_bundle)
+    with rasterio.open(src) as a, rasterio.open(tif) as b:
+        assert (b.width, b.height, b.count) == (a.width, a.height, a.count)
+        assert b.dtypes == a.dtypes
+        assert (a.crs.to_wkt() if a.crs else None) == (b.crs.to_wkt() if b.crs else None)
+        assert tuple(a.transform) == tuple(b.transform)
+        assert [(g.row, g.col, g.x, g.y, g.z) for g in a.gcps[0]] == [(g.row, g.col, g.x, g.y, g.z) for g in b.gcps[0]]
+        if a.nodata is None:  # DN products: 0 marks no-data, and the reconstruction says so
+            assert b.nodata == 0
+        else:
+            assert a.nodata == b.nodata or (np.isnan(a.nodata) and np.isnan(b.nodata))
+        assert a.descriptions == b.descriptions
+    size = os.path.getsize(sarz)
+    pixels = facts["pixels"]
+    assert facts["bytes"] == size and facts["bpp"] == size * 8 / pixels
+    assert sarz_info(sarz)["bpp"] == size * 8 / pixels
+
+
+def test_nodata_comes_back_exactly(tmp_path, tiny_bundle, kerala_dn, spain_db):
+    _, _, tif = _round_trip(tmp_path, kerala_dn, tiny_bundle)
+    with rasterio.open(kerala_dn) as a, rasterio.open(tif) as b:
+        src, rec = a.read(1), b.read(1)
+    np.testing.assert_array_equal(rec == 0, src == 0)
+    assert (src == 0).sum() == 21505
+    with rasterio.open(spain_db) as ds:
+        data, profile = ds.read(), ds.profile
+    data[:, 100:140, 200:300] = np.nan
+    data[1, 400:, :50] = np.nan
+    holes = tmp_path / "holes_db.tif"
+    with rasterio.open(holes, "w", **profile) as dst:
+        dst.write(data)
+    (tmp_path / "x.sarz").unlink(), (tmp_path / "x.tif").unlink()
+    _, _, tif = _round_trip(tmp_path, holes, tiny_bundle)
+    with rasterio.open(tif) as b:
+        np.testing.assert_array_equal(np.isnan(b.read()), np.isnan(data))
+
+
+def test_decoding_is_deterministic_across_runs_and_thread_counts(tmp_path, tiny_bundle, spain_db):
+    sarz = tmp_path / "s.sarz"
+    compress_raster(spain_db, sarz, model=tiny_bundle, device="cpu")
+    outs = []
+    for i, threads in enumerate(("1", "2", "2")):
+        out = tmp_path / f"r{i}.tif"
+        env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        proc = subprocess.run([sys.executable, "-m", "sar_ae_core", "reconstruct", str(sarz), str(out),
+                               "--model", tiny_bundle], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        with rasterio.open(out) as ds:
+            outs.append(ds.read())
+    assert outs[0].tobytes() == outs[1].tobytes() == outs[2].tobytes()
+
+
+@pytest.mark.parametrize("window", [(0, 0, 512, 512), (100, 37, 300, 211), (250, 250, 20, 20), (480, 0, 32, 512)])
+def test_window_decode_equals_that_window_of_the_full_decode(tmp_path, tiny_bundle, spain_db, window):
+    sarz, full = tmp_path / "s.sarz", tmp_path / "full.tif"
+    compress_raster(spain_db, sarz, model=tiny_bundle, device="cpu", tile=128)
+    reconstruct_raster(sarz, full, model=tiny_bundle)
+    reconstruct_raster(sarz, tmp_path / "win.tif", model=tiny_bundle, window=window)
+    c, r, w, h = window
+    with rasterio.open(full) as a, rasterio.open(tmp_path / "win.tif") as b:
+        assert a.read()[:, r:r + h, c:c + w].tobytes() == b.read().tobytes()
+        assert b.transform == a.transform * a.transform.translation(c, r)
+
+
+def test_no_seams_at_tile_borders(tmp_path, default_bundle, kerala_dn):
+    sarz, tif = tmp_path / "k.sarz", tmp_path / "k.tif"
+    compress_raster(kerala_dn, sarz, model=default_bundle, device="cpu", tile=128)
+    reconstruct_raster(sarz, tif, units="db")
+    with rasterio.open(tif) as ds:
+        db = ds.read(1).astype(np.float64)
+    ok = np.isfinite(db)
+    ratios = []
+    for axis in (0, 1):
+        diff = np.abs(np.diff(db, axis=axis))
+        valid = ok[1:, :] & ok[:-1, :] if axis == 0 else ok[:, 1:] & ok[:, :-1]
+        n = diff.shape[axis]
+        border = np.zeros(n, bool)
+        border[127::128] = True  # difference between pixel 128k-1 and 128k
+        sel = np.expand_dims(border, 1 - axis)
+        across = diff[valid & sel].mean()
+        elsewhere = diff[valid & ~sel].mean()
+        ratios.append(across / elsewhere)
+    assert all(0.95 < r < 1.05 for r in ratios), ratios
+
+
+def _sarz(tmp_path, tiny_bundle, spain_db):
+    sarz = tmp_path / "s.sarz"
+    compress_raster(spain_db, sarz, model=tiny_bundle, device="cpu")
+    return sarz, bytearray(sarz.read_bytes())
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[: len(b) - 100], "truncated"),
+    (lambda b: b[:5000], "truncated"),
+    (lambda b: b"GIF89a" + b[6:], "wrong magic"),
+    (lambda b: b[:8] + struct.pack("<H", 9) + b[10:], "newer than this software"),
+    (lambda b: b[:2000] + bytes([b[2000] ^ 0x10]) + b[2001:], "checksum mismatch"),
+    (lambda b: b[:30] + bytes([b[30] ^ 0x01]) + b[31:], "header checksum mismatch"),
+])
+def test_damaged_files_give_exit_2_and_no_output(tmp_path, tiny_bundle, spain_db, capsys, damage, message):
+    sarz, data = _sarz(tmp_path, tiny_bundle, spain_db)
+    bad = tmp_path / "bad.sarz"
+    bad.write_bytes(bytes(damage(data)))
+    out = tmp_path / "out.tif"
+    assert main(["reconstruct", str(bad), str(out), "--model", tiny_bundle]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(bad) in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.sarz", "s.sarz"]
+
+
+def test_missing_or_different_model_is_refused(tmp_path, tiny_bundle, spain_db, capsys):
+    import torch
+
+    from sar_ae_core.model_io import save_bundle
+    from sar_ae_core.models import ModelConfig, build_model
+    from sar_ae_core.scaling import fit_scaling
+
+    sarz, _ = _sarz(tmp_path, tiny_bundle, spain_db)
+    assert main(["reconstruct", str(sarz), str(tmp_path / "o.tif")]) == 2
+    assert "needs model 'tiny-test'" in capsys.readouterr().err
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    save_bundle(other, build_model(ModelConfig(variant="res_cbam", base_channels=8, latent_channels=8)),
+                fit_scaling([spain_db]), "tiny-test")
+    assert main(["reconstruct", str(sarz), str(tmp_path / "o.tif"), "--model", str(other)]) == 2
+    assert "is different" in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_cancel_leaves_nothing_behind(tmp_path, tiny_bundle, kerala_dn):
+    calls = []
+
+    def cancel_after_first(fraction, message):
+        calls.append(fraction)
+        return len(calls) < 2
+
+    with pytest.raises(Cancelled):
+        compress_raster(kerala_dn, tmp_path / "k.sarz", model=tiny_bundle, device="cpu", tile=128,
+                        progress=cancel_after_first)
+    assert list(tmp_path.iterdir()) == []
+    compress_raster(kerala_dn, tmp_path / "k.sarz", model=tiny_bundle, device="cpu", tile=128)
+    calls.clear()
+    with pytest.raises(Cancelled):
+        reconstruct_raster(tmp_path / "k.sarz", tmp_path / "k.tif", model=tiny_bundle, progress=cancel_after_first)
+    assert [p.name for p in tmp_path.iterdir()] == ["k.sarz"]
+
+
+def test_bad_inputs_exit_2_without_output(tmp_path, tiny_bundle, spain_db, capsys):
+    def write(name, array, nodata=None):
+        with GeoTiffWriter(tmp_path / name, array.shape[-1], array.shape[-2], 1, array.dtype.name, nodata=nodata) as w:
+            w.write(array)
+        return str(tmp_path / name)
+
+    small = write("small_db.tif", np.full((8, 8), -10, np.float32))
+    empty = write("empty_lin.tif", np.full((64, 64), np.nan, np.float32), nodata=float("nan"))
+    cases = [(small, "needs at least 16x16"), (empty, "no valid pixels"),
+             (str(tmp_path / "none.tif"), "file not found")]
+    for src, message in cases:
+        out = tmp_path / "o.sarz"
+        assert main(["compress", src, str(out), "--model", tiny_bundle, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and src in err, err
+        assert not out.exists()
+    existing = tmp_path / "keep.sarz"
+    existing.write_bytes(b"mine")
+    assert main(["compress", str(spain_db), str(existing), "--model", tiny_bundle]) == 2
+    assert "already exists" in capsys.readouterr().err and existing.read_bytes() == b"mine"
+    assert main(["compress", str(spain_db), str(tmp_path / "o.sarz"), "--model", "no-such-model"]) == 2
+    assert "no such model" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty_lin.tif", "keep.sarz", "small_db.tif"]
+
+
+def test_complex_slc_and_band_selection(tmp_path, tiny_bundle, tsx_complex, spain_db):
+    facts, sarz, tif = _round_trip(tmp_path, tsx_complex, tiny_bundle)
+    with rasterio.open(tif) as ds:
+        assert ds.dtypes == ("float32",) and ds.tags()["SARAE_UNITS"] == "complex"
+        rec = ds.read(1)
+    z = np.load(tsx_complex)
+    zero = (z[..., 0] == 0) & (z[..., 1] == 0)
+    np.testing.assert_array_equal(np.isnan(rec), zero)
+    assert np.all(rec[~zero] > 0)
+    info = sarz_info(sarz)
+    assert info["source_units"] == "complex" and info["bands"] == 1
+    f2 = compress_raster(spain_db, tmp_path / "vh.sarz", model=tiny_bundle, bands="2", device="cpu")
+    assert f2["bands"] == 1 and sarz_info(tmp_path / "vh.sarz")["band_names"] == ["VH"]
+
+
+def test_fewer_bits_give_fewer_bytes(tmp_path, tiny_bundle, spain_db):
+    sizes = {bits: compress_raster(spain_db, tmp_path / f"b{bits}.sarz", model=tiny_bundle, bits=bits,
+                                   device="cpu")["bytes"] for bits in (8, 4, 2)}
+    assert sizes[8] > sizes[4] > sizes[2]
+    with pytest.raises(ValueError, match="bits must be between 1 and 16"):
+        compress_raster(spain_db, tmp_path / "b0.sarz", model=tiny_bundle, bits=0)

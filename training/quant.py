@@ -1,0 +1,66 @@
+"""Quantisation-aware training of the latent, matched to the codec's quantiser.
+
+The codec quantises each latent channel of a tile with its own min/max: ``levels = 2**bits - 1``,
+``step = (max - min) / levels``, ``q = round((y - min) / step)``, ``y_hat = min + q * step``.
+During training the patch plays the role of the tile:
+
+* ``uniform``: ``y + U(-step/2, step/2)`` - additive noise of one quantisation step (Ballé et al. 2017),
+  a differentiable proxy of the rounding error;
+* ``ste``: the real rounding in the forward pass, identity gradient in the backward pass
+  (straight-through estimator);
+* ``none``: the latent is left as is.
+
+The step is computed from the current latent but detached: the network cannot shrink the noise by
+changing the range through the gradient of the step itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import LATENT_NOISE
+
+
+def latent_range(y: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel minimum and quantisation step of a (B, C, h, w) latent (both detached)."""
+    y = y.detach()
+    lo = y.amin(dim=(-2, -1), keepdim=True)
+    hi = y.amax(dim=(-2, -1), keepdim=True)
+    return lo, (hi - lo) / float(2 ** bits - 1)
+
+
+def quantize_latent(y: torch.Tensor, bits: int) -> torch.Tensor:
+    """Quantise and dequantise like the codec (per-channel min/max, 2**bits - 1 levels); float32 result."""
+    y = y.float()
+    lo, step = latent_range(y, bits)
+    safe = torch.where(step > 0, step, torch.ones_like(step))
+    q = torch.clamp(torch.round((y - lo) / safe), 0, 2 ** bits - 1)
+    return torch.where(step > 0, lo + q * step, y)
+
+
+def apply_latent_noise(y: torch.Tensor, mode: str, bits: int) -> torch.Tensor:
+    """Training-time latent perturbation ('none', 'uniform' or 'ste'), see the module docstring."""
+    if mode == "none":
+        return y
+    if mode == "uniform":
+        _, step = latent_range(y, bits)
+        return y + (torch.rand_like(y) - 0.5) * step.to(y.dtype)
+    if mode == "ste":
+        return y + (quantize_latent(y, bits).to(y.dtype) - y).detach()
+    raise ValueError(f"latent noise '{mode}' unknown (choose from {', '.join(LATENT_NOISE)})")
+
+
+class QuantAwareAutoencoder(torch.nn.Module):
+    """Wraps a SarAutoencoder so one forward (the one DDP sees) is encode -> latent noise -> decode."""
+
+    def __init__(self, autoencoder: torch.nn.Module, noise: str = "uniform", bits: int = 8):
+        super().__init__()
+        self.ae = autoencoder
+        self.noise = noise
+        self.bits = bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ae.encode(x)
+        if self.training:
+            y = apply_latent_noise(y, self.noise, self.bits)
+        return self.ae.decode(y)

@@ -1,0 +1,492 @@
+"""The training loop: one process, or several under `torchrun` (DistributedDataParallel).
+
+Order of work: validate the configuration, resolve and open every raster, split by scene, fit the
+scaling on the training split, index the patches - all before the first step, so a bad setting stops
+the run at once with a one-line message (SarInputError, exit code 2).
+
+Then: AdamW with linear warm-up + cosine decay (per step), optional gradient clipping, optional
+quantisation-aware latent noise (training.quant), validation every `val_interval` steps and at the end
+(rank 0 only), `last.pt` after every validation and `best.pt` whenever the validation loss improves,
+`metrics.csv`, `curves.png`, TensorBoard when installed, and `summary.json` at the end (metrics of
+`best.pt` on the validation and test splits).
+
+Resuming (`--resume RUN_DIR|CKPT`) restores model, optimizer, scheduler, step, random states and the
+position in the epoch, so the run continues with exactly the same learning rate and - with
+`workers 0` - the same batches and noise as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.losses import CombinedLoss
+from sar_ae_core.model_io import select_device, weights_sha256
+from sar_ae_core.models import build_model
+from sar_ae_core.scaling import ScalingParams
+
+from .checkpoint import BEST, LAST, code_version, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, apply_overrides, validate
+from .data import PreparedData, prepare_data
+from .evaluate import evaluate
+from .quant import QuantAwareAutoencoder
+
+CSV_COLUMNS = ["step", "epoch", "split", "lr", "loss", "loss_mse", "loss_ssim", "loss_ms_ssim", "loss_gradient",
+               "grad_norm", "psnr", "ssim", "enl_ratio", "epi", "psnr_float", "patches", "elapsed_s"]
+METRIC_KEYS = ("loss", "psnr", "ssim", "enl_ratio", "epi", "psnr_float")
+# Settings that may change when resuming (they do not alter what is computed at each step).
+RESUMABLE_OVERRIDES = {("run", "device"), ("data", "workers"), ("run", "stop_at_step"), ("run", "time_limit_min"),
+                       ("run", "tensorboard"), ("run", "log_interval")}
+
+
+# --------------------------------------------------------------------------------------------
+# Learning-rate schedule
+# --------------------------------------------------------------------------------------------
+class WarmupCosine:
+    """LR factor for step k (0-based): linear warm-up to 1 over `warmup` steps, then cosine to `min_ratio`.
+
+    A class (not a lambda) so LambdaLR.state_dict() stores its fields and a resumed run has the same
+    schedule.
+    """
+
+    def __init__(self, warmup: int, total: int, min_ratio: float):
+        self.warmup, self.total, self.min_ratio = int(warmup), int(total), float(min_ratio)
+
+    def __call__(self, k: int) -> float:
+        if k < self.warmup:
+            return (k + 1) / (self.warmup + 1)
+        progress = min(1.0, (k - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------------------------
+# Processes and devices
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_request: str) -> tuple[Dist, torch.device]:
+    """Device from --device (model_io.select_device); under torchrun, join the process group
+    (nccl on CUDA, gloo on CPU) and use cuda:LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    info = Dist(world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")))
+    device = select_device(device_request)
+    if device.type == "cuda":
+        if info.enabled:
+            device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if info.enabled and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------------------------
+# Logging helpers
+# --------------------------------------------------------------------------------------------
+class MetricsLog:
+    """metrics.csv (rank 0), plus TensorBoard when importable."""
+
+    def __init__(self, run_dir: Path, resume_step: Optional[int], tensorboard: bool, log: Callable):
+        self.path = run_dir / "metrics.csv"
+        if resume_step is not None and self.path.exists():
+            # drop rows written after the checkpoint we resume from (they will be written again)
+            with open(self.path, newline="", encoding="utf-8") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+            self._write(rows, "w")
+        else:
+            self._write([], "w")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                log("tensorboard: not installed, logging to metrics.csv and curves.png only")
+
+    def _write(self, rows: list[dict], mode: str) -> None:
+        with open(self.path, mode, newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+            if mode == "w":
+                w.writeheader()
+            for r in rows:
+                w.writerow({k: _fmt(r.get(k, "")) for k in CSV_COLUMNS})
+
+    def row(self, **values: Any) -> None:
+        self._write([values], "a")
+        if self.tb is not None:
+            split, step = values["split"], int(values["step"])
+            for k, v in values.items():
+                if k not in ("step", "epoch", "split", "elapsed_s", "patches") and isinstance(v, (int, float)) \
+                        and math.isfinite(v):
+                    self.tb.add_scalar(f"{split}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) and not math.isinf(v) else f"{v:.8g}"
+    return v
+
+
+def _fmt_metrics(m: dict) -> str:
+    return (f"loss {m['loss']:.5f} | PSNR {m['psnr']:.2f} dB (float latent {m['psnr_float']:.2f}) | "
+            f"SSIM {m['ssim']:.4f} | ENL ratio {m['enl_ratio']:.3f} | EPI {m['epi']:.4f} | {m['patches']} patches")
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+def plan_steps(n_patches: int, world: int, batch: int, steps: Optional[int], epochs: Optional[int]) -> tuple[int, int]:
+    """(steps per epoch, total steps): an epoch is one pass over the training patches by all processes."""
+    per_rank = math.ceil(n_patches / world)
+    spe = per_rank // batch if per_rank >= batch else 1
+    candidates = [s for s in (steps, epochs * spe if epochs else None) if s]
+    return spe, min(candidates)
+
+
+def epoch_batches(dataset, d: Dist, batch: int, spe: int, seed: int, epoch: int) -> list[list[int]]:
+    """This process's batches of one epoch (DistributedSampler order: shuffled by seed + epoch)."""
+    sampler = DistributedSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=seed,
+                                 drop_last=False)
+    sampler.set_epoch(epoch)
+    idx = list(sampler)
+    if len(idx) < batch:
+        return [idx]
+    return [idx[i * batch:(i + 1) * batch] for i in range(spe)]
+
+
+def describe_model(ae) -> dict:
+    c = ae.config
+    return {"parameters": ae.parameter_count(), "nominal_compression_ratio": ae.nominal_compression_ratio,
+            "downsample_factor": ae.downsample_factor, "model_config": c.to_dict()}
+
+
+def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False, check_only: bool = False,
+          resume_overrides: Optional[dict] = None, quiet: bool = False) -> dict:
+    """Run (or continue) one training run; returns the summary (rank 0) or {} (other ranks)."""
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(resume, prefer=LAST)
+        saved = TrainConfig.from_dict(ckpt["config"], source=ckpt["path"])
+        if resume_overrides:
+            bad = [f"{s}.{k}" for s, vals in resume_overrides.items() for k in vals
+                   if (s, k) not in RESUMABLE_OVERRIDES and getattr(getattr(saved, s), k) != vals[k]]
+            if bad:
+                allowed = ", ".join(sorted(f"{s}.{k}" for s, k in RESUMABLE_OVERRIDES))
+                raise SarInputError(ckpt["path"], f"cannot change {', '.join(bad)} when resuming (the run continues "
+                                                  f"with its saved configuration; only {allowed} may change)")
+            saved = apply_overrides(saved, resume_overrides)
+        cfg = saved
+        cfg.run.out_dir = str(Path(ckpt["path"]).parent)
+    validate(cfg)
+    d, device = setup_distributed(cfg.run.device)
+    log: Callable[..., None] = (lambda *a, **k: print(*a, **k, flush=True)) if d.main and not quiet else \
+        (lambda *a, **k: None)
+    run_dir = Path(cfg.run.out_dir)
+    if not resume and not check_only and (run_dir / LAST).exists() and not overwrite:
+        raise SarInputError(run_dir, f"already holds a training run ({LAST}); continue it with --resume {run_dir} "
+                                     f"or start again with --overwrite")
+
+    # -- data (all checks before any training) ----------------------------------------------------
+    t0 = time.perf_counter()
+    scaling = ScalingParams.from_dict(ckpt["scaling"]) if ckpt else None
+    data = prepare_data(cfg.data, scaling=scaling)
+    if ckpt:
+        saved_files = ckpt["data"]["files"]
+        if {k: sorted(v) for k, v in saved_files.items()} != {k: sorted(v) for k, v in data.splits.items()}:
+            raise SarInputError(ckpt["path"], "the data changed since this checkpoint (files per split differ); "
+                                              "start a new run instead of resuming")
+    spe, total = plan_steps(len(data.train), d.world, cfg.optim.batch_size, cfg.optim.steps, cfg.optim.epochs)
+    warmup = min(cfg.optim.warmup_steps, total // 5)
+    val_interval = cfg.run.val_interval or spe
+    _log_plan(log, cfg, data, d, device, spe, total, warmup, val_interval, time.perf_counter() - t0)
+    if check_only:
+        return {"data": data.describe(), "steps_per_epoch": spe, "total_steps": total}
+
+    # -- model, optimizer, schedule ----------------------------------------------------------------
+    torch.manual_seed(cfg.run.seed)  # same initial weights in every process
+    ae = build_model(cfg.model)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        ae = ae.to(device, memory_format=torch.channels_last)
+    else:
+        ae = ae.to(device)
+    net: torch.nn.Module = QuantAwareAutoencoder(ae, cfg.run.latent_noise, cfg.run.latent_bits)
+    if d.enabled:
+        if cuda:
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            ae = net.ae
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
+    optimizer = torch.optim.AdamW(ae.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, cfg.optim.min_lr_ratio))
+    loss_fn = CombinedLoss(cfg.loss)
+    step, train_time, best_loss, best_step, last_val = 0, 0.0, math.inf, 0, None
+    torch.manual_seed(cfg.run.seed + 1 + d.rank)  # augmentation / noise differ between processes
+    if ckpt:
+        ae.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step, train_time = int(ckpt["step"]), float(ckpt.get("train_time_s", 0.0))
+        best_loss, best_step = float(ckpt.get("best_val_loss", math.inf)), int(ckpt.get("best_step", 0))
+        last_val = ckpt.get("val_metrics")
+        rng = ckpt["rng"]
+        if d.enabled and ckpt.get("rng_per_rank"):
+            rng = ckpt["rng_per_rank"][d.rank] if d.rank < len(ckpt["rng_per_rank"]) else rng
+        set_rng_state(rng)
+        log(f"resuming   : {ckpt['path']} at step {step}/{total} (epoch {step // spe}), "
+            f"lr {scheduler.get_last_lr()[0]:.3e}")
+        if step >= total:
+            log("the run is already complete")
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(cfg.to_json(), encoding="utf-8")
+    _barrier(d)
+    mlog = MetricsLog(run_dir, step if ckpt else None, cfg.run.tensorboard, log) if d.main else None
+
+    def payload(current_step: int, rng: dict, rng_all: Optional[list], val: Optional[dict]) -> dict:
+        return {
+            "model_config": ae.config.to_dict(),
+            "state_dict": {k: v.detach().to("cpu").clone() for k, v in ae.state_dict().items()},
+            "scaling": data.scaling.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": current_step, "epoch": current_step // spe, "steps_per_epoch": spe, "total_steps": total,
+            "rng": rng, "rng_per_rank": rng_all,
+            "val_metrics": val, "best_val_loss": best_loss, "best_step": best_step,
+            "data": data.describe(), "code": code_version(), "config": cfg.to_dict(),
+            "train_time_s": train_time, "device": str(device), "world_size": d.world,
+        }
+
+    def gather_rng() -> tuple[dict, Optional[list]]:
+        mine = rng_state()
+        if not d.enabled:
+            return mine, None
+        everyone: list = [None] * d.world
+        dist.all_gather_object(everyone, mine)
+        return mine, everyone
+
+    def validate_and_save(current_step: int, rng: dict, rng_all: Optional[list]) -> Optional[dict]:
+        nonlocal best_loss, best_step, last_val
+        if not d.main:
+            return None
+        val = evaluate(ae, data.val, data.scaling, loss_fn, device, bits=cfg.run.latent_bits,
+                       batch_size=cfg.run.val_batch_size, max_patches=cfg.run.val_max_patches,
+                       autocast=cuda, channels_last=cuda)
+        last_val = val
+        improved = val["loss"] < best_loss
+        if improved:
+            best_loss, best_step = val["loss"], current_step
+        mlog.row(step=current_step, epoch=current_step // spe, split="val", elapsed_s=train_time, **val)
+        tqdm_write(f"val @ {current_step}: {_fmt_metrics(val)}{'  (best)' if improved else ''}", log)
+        ckpt_payload = payload(current_step, rng, rng_all, val)
+        save_checkpoint(run_dir / LAST, ckpt_payload)
+        if improved:
+            save_checkpoint(run_dir / BEST, ckpt_payload)
+        _try_plot(run_dir, cfg)
+        return val
+
+    # -- loop ------------------------------------------------------------------------------------
+    from tqdm import tqdm
+
+    stop_at = min(total, cfg.run.stop_at_step or total)
+    session_start = time.perf_counter()
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not d.main or quiet,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+    acc = torch.zeros(6, dtype=torch.float64)  # loss, mse, structural, gradient, grad norm, count
+    structural = cfg.loss.structural
+    stopped_reason = None
+    net.train()
+    try:
+        while step < stop_at and stopped_reason is None:
+            epoch, offset = step // spe, step % spe
+            batches = epoch_batches(data.train, d, cfg.optim.batch_size, spe, cfg.run.seed, epoch)[offset:]
+            loader = DataLoader(data.train, batch_sampler=batches, num_workers=cfg.data.workers, pin_memory=cuda,
+                                generator=torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch))
+            for batch in loader:
+                t_step = time.perf_counter()
+                x = batch["image"].to(device, non_blocking=True)
+                m = batch["mask"].to(device, non_blocking=True)
+                if cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                lr = scheduler.get_last_lr()[0]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    x_hat = net(x)
+                loss, comps = loss_fn(x_hat.float(), x.float(), m)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(ae.parameters(),
+                                                       cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                acc += torch.tensor([float(loss), comps.get("mse", 0.0), comps.get(structural, 0.0),
+                                     comps.get("gradient", math.nan if cfg.loss.gradient_weight == 0 else 0.0),
+                                     float(gnorm), 1.0], dtype=torch.float64)
+                train_time += time.perf_counter() - t_step
+                bar.update(1)
+                if step % cfg.run.log_interval == 0 or step == stop_at:
+                    if d.enabled:
+                        dist.all_reduce(acc)
+                    n = acc[5].item()
+                    if d.main:
+                        row = {"step": step, "epoch": (step - 1) // spe, "split": "train", "lr": lr,
+                               "loss": acc[0].item() / n, "loss_mse": acc[1].item() / n,
+                               f"loss_{structural}": acc[2].item() / n, "grad_norm": acc[4].item() / n,
+                               "elapsed_s": train_time}
+                        if cfg.loss.gradient_weight > 0:
+                            row["loss_gradient"] = acc[3].item() / n
+                        mlog.row(**row)
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+                    acc.zero_()
+                if cfg.run.time_limit_min and step < stop_at:
+                    over = torch.tensor([float(time.perf_counter() - session_start > 60 * cfg.run.time_limit_min)])
+                    if d.enabled:
+                        dist.all_reduce(over, op=dist.ReduceOp.MAX)
+                    if over.item() > 0:
+                        stopped_reason = f"time limit of {cfg.run.time_limit_min:g} min reached"
+                if step % val_interval == 0 or step == stop_at or stopped_reason:
+                    rng, rng_all = gather_rng()  # the state right after this step, before validation
+                    t_val = time.perf_counter()
+                    validate_and_save(step, rng, rng_all)
+                    train_time += time.perf_counter() - t_val
+                    _barrier(d)
+                if step >= stop_at or stopped_reason:
+                    break
+    except KeyboardInterrupt:
+        bar.close()
+        log(f"\ninterrupted: the last checkpoint ({run_dir / LAST}) can be resumed with --resume {run_dir}")
+        raise
+    bar.close()
+    if step < total and stopped_reason is None:
+        stopped_reason = f"stopped at step {step} (--stop-at)"
+
+    # -- wrap up -----------------------------------------------------------------------------------
+    if d.enabled:
+        params = {k: v for k, v in ae.named_parameters()}
+        (run_dir / f"weights_rank{d.rank}.sha256").write_text(weights_sha256(params) + "\n", encoding="utf-8")
+    summary: dict = {}
+    if d.main:
+        summary = _finish(cfg, data, ae, loss_fn, device, run_dir, step, total, train_time, best_step, last_val,
+                          stopped_reason, d, log)
+        mlog.close()
+    _barrier(d)
+    return summary
+
+
+def tqdm_write(msg: str, log: Callable) -> None:
+    from tqdm import tqdm
+
+    if log is not None and getattr(log, "__name__", "") == "<lambda>":
+        tqdm.write(msg, file=sys.stdout)
+        sys.stdout.flush()
+
+
+def _try_plot(run_dir: Path, cfg: TrainConfig) -> None:
+    from .plots import plot_curves
+
+    try:
+        plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
+                    title=f"{cfg.model.variant} latent {cfg.model.latent_channels} ({run_dir.name})")
+    except Exception as exc:  # noqa: BLE001 - a failed figure must never stop training
+        print(f"warning: could not draw curves.png ({exc})", file=sys.stderr)
+
+
+def _finish(cfg, data: PreparedData, ae, loss_fn, device, run_dir: Path, step: int, total: int, train_time: float,
+            best_step: int, last_val: Optional[dict], stopped_reason: Optional[str], d: Dist, log) -> dict:
+    """summary.json: metrics of best.pt on validation and test (finished runs), run facts, data."""
+    import json
+
+    finished = stopped_reason is None
+    best_val, test = last_val, None
+    if finished and (run_dir / BEST).exists():
+        best = load_checkpoint(run_dir / BEST)
+        ae.load_state_dict(best["state_dict"])
+        best_val = best["val_metrics"]
+        test_ds = data.test()
+        if test_ds is not None and len(test_ds):
+            test = evaluate(ae, test_ds, data.scaling, loss_fn, device, bits=cfg.run.latent_bits,
+                            batch_size=cfg.run.val_batch_size, autocast=device.type == "cuda",
+                            channels_last=device.type == "cuda")
+            log(f"test (best.pt, step {best_step}): {_fmt_metrics(test)}")
+    c = ae.config
+    summary = {
+        "status": "finished" if finished else "stopped", "stopped_reason": stopped_reason,
+        "step": step, "total_steps": total, "best_step": best_step,
+        "train_time_s": round(train_time, 2), "steps_per_s": round(step / train_time, 3) if train_time else None,
+        "device": str(device), "world_size": d.world, "torch_threads": torch.get_num_threads(),
+        **describe_model(ae),
+        "bits_per_pixel_uncoded": c.latent_channels * cfg.run.latent_bits / 4 ** c.stages,
+        "latent_noise": cfg.run.latent_noise, "latent_bits": cfg.run.latent_bits,
+        "val": best_val, "test": test, "last_val": last_val,
+        "data": data.describe(), "scaling": data.scaling.to_dict(), "config": cfg.to_dict(), "code": code_version(),
+    }
+    with open(run_dir / "summary.json", "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2, default=str)
+    _try_plot(run_dir, cfg)
+    log(f"{'finished' if finished else stopped_reason}: step {step}/{total}, {train_time / 60:.1f} min of training; "
+        f"run folder {run_dir} (best.pt from step {best_step}, last.pt, metrics.csv, curves.png, summary.json)")
+    if best_val:
+        log(f"validation (best.pt): {_fmt_metrics(best_val)}")
+    return summary
+
+
+def _log_plan(log, cfg: TrainConfig, data: PreparedData, d: Dist, device, spe: int, total: int, warmup: int,
+              val_interval: int, prep_s: float) -> None:
+    s = data.scaling
+    log(f"device     : {device}"
+        + (f" ({torch.cuda.get_device_name(device)}), bf16 autocast, channels_last" if device.type == "cuda"
+           else f" ({torch.get_num_threads()} threads)")
+        + (f"; {d.world} processes, backend {dist.get_backend()}" if d.enabled else ""))
+    for split in ("train", "val", "test"):
+        names = [os.path.basename(p) for p in data.splits[split]]
+        log(f"{split:<5} files: {len(names)}  {', '.join(names)}")
+    log(f"scaling    : {s.clip_method} {s.clip_low:g}-{s.clip_high:g} on the training split -> "
+        f"[{s.vmin_db:.2f}, {s.vmax_db:.2f}] dB ({s.pixels} px of {len(s.fitted_on)} file(s))")
+    log(f"patches    : train {len(data.train)} ({data.train.size}px, stride {data.train.stride}, "
+        f"{data.train.rejected} rejected), val {len(data.val)} ({data.val.rejected} rejected) "
+        f"[{prep_s:.1f} s]")
+    m = cfg.model
+    log(f"model      : {m.variant}{' + self-attention' if m.self_attention else ''}, base {m.base_channels}, "
+        f"latent {m.latent_channels}, {m.stages} stages (nominal {4 ** m.stages / m.latent_channels:g}x); "
+        f"latent noise {cfg.run.latent_noise} ({cfg.run.latent_bits} bits)")
+    log(f"schedule   : {total} steps ({spe} per epoch, batch {cfg.optim.batch_size} x {d.world}), lr "
+        f"{cfg.optim.lr:g}, warm-up {warmup}, cosine to {cfg.optim.lr * cfg.optim.min_lr_ratio:.2g}, "
+        f"grad clip {cfg.optim.grad_clip:g}, validation every {val_interval} steps")
