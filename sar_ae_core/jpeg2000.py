@@ -25,8 +25,6 @@ def encode_jpeg2000(source: str | os.PathLike, jp2_path: str | os.PathLike, bpp:
                     scaling: Optional[ScalingParams] = None, bands: str | Sequence[int] = "all",
                     units: str = "auto", block: int = 1024) -> dict:
     """Encode the scaled source as 16-bit JPEG2000 targeting `bpp` bits per pixel; returns rate facts."""
-    import rasterio
-
     if not bpp > 0:
         raise ValueError("bpp must be > 0")
     scaling = scaling or fit_scaling([source], bands=bands, units=units)
@@ -38,20 +36,38 @@ def encode_jpeg2000(source: str | os.PathLike, jp2_path: str | os.PathLike, bpp:
                 for win in r.blocks(block):
                     scaled, _ = scaling.forward(r.read(win), r.units, r.nodata)
                     w.write(np.rint(scaled * _LEVELS).astype(np.uint16), win)
+            pixels = r.width * r.height * r.count
             quality = min(100.0, 100.0 * bpp / 16.0)
-            with rasterio.open(staged) as src:
-                profile = dict(driver="JP2OpenJPEG", width=src.width, height=src.height, count=src.count,
-                               dtype="uint16", crs=src.crs, transform=src.transform, QUALITY=f"{quality:.6f}",
-                               REVERSIBLE="NO", RESOLUTIONS=max(1, min(6, int(np.log2(min(src.width, src.height))) - 2)))
-                tmp_jp2 = os.path.join(tmp, "out.jp2")
-                with rasterio.open(tmp_jp2, "w", **profile) as dst:
-                    for _, win in src.block_windows(1):
-                        dst.write(src.read(window=win), window=win)
-            os.replace(tmp_jp2, jp2_path)
+            best = None
+            # OpenJPEG's rate control is approximate: a few secant steps match the measured bpp within ~1 %.
+            for attempt in range(6):
+                tmp_jp2 = os.path.join(tmp, f"try{attempt}.jp2")
+                _write_jp2(staged, tmp_jp2, quality)
+                got = os.path.getsize(tmp_jp2) * 8 / pixels
+                if best is None or abs(got - bpp) < abs(best[1] - bpp):
+                    best = (tmp_jp2, got, quality)
+                if abs(got - bpp) <= 0.01 * bpp or quality >= 100.0:
+                    break
+                quality = min(100.0, max(1e-3, quality * bpp / got))
+            os.replace(best[0], jp2_path)
+            quality = best[2]
         nbytes = os.path.getsize(jp2_path)
         pixels = r.width * r.height * r.count
     return {"path": os.fspath(jp2_path), "bytes": nbytes, "bpp": nbytes * 8 / pixels, "target_bpp": bpp,
             "quality_option": quality, "scaling": scaling.to_dict()}
+
+
+def _write_jp2(staged: str, path: str, quality: float) -> None:
+    """Encode a staged 16-bit GeoTIFF as JPEG2000 with OpenJPEG's QUALITY (percent of the raw size)."""
+    import rasterio
+
+    with rasterio.open(staged) as src:
+        profile = dict(driver="JP2OpenJPEG", width=src.width, height=src.height, count=src.count, dtype="uint16",
+                       crs=src.crs, transform=src.transform, QUALITY=f"{quality:.6f}", REVERSIBLE="NO",
+                       RESOLUTIONS=max(1, min(6, int(np.log2(min(src.width, src.height))) - 2)))
+        with rasterio.open(path, "w", **profile) as dst:
+            for _, win in src.block_windows(1):
+                dst.write(src.read(window=win), window=win)
 
 
 def decode_jpeg2000(jp2_path: str | os.PathLike, source: str | os.PathLike, out_path: str | os.PathLike,

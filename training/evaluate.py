@@ -57,7 +57,9 @@ def evaluate(model: torch.nn.Module, dataset, scaling: ScalingParams, loss_fn, d
         # evenly spread, deterministic subset: every source keeps its share
         idx = np.linspace(0, len(dataset) - 1, max_patches).round().astype(int)
         dataset = Subset(dataset, sorted(set(idx.tolist())))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    # own generator: evaluating never consumes the global random stream (exact resume)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                        generator=torch.Generator().manual_seed(0))
     losses, weights = [], []
     per: dict[str, list[float]] = {"psnr": [], "ssim": [], "enl_ratio": [], "epi": [], "psnr_float": []}
     try:

@@ -217,8 +217,18 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         cfg.run.out_dir = str(Path(ckpt["path"]).parent)
     validate(cfg)
     d, device = setup_distributed(cfg.run.device)
-    log: Callable[..., None] = (lambda *a, **k: print(*a, **k, flush=True)) if d.main and not quiet else \
-        (lambda *a, **k: None)
+    verbose = d.main and not quiet
+
+    def log(*args, **kwargs) -> None:
+        if verbose:
+            print(*args, **kwargs, flush=True)
+
+    def say(msg: str) -> None:  # a line that does not break the progress bar
+        if verbose:
+            from tqdm import tqdm as _tqdm
+
+            _tqdm.write(msg, file=sys.stdout)
+            sys.stdout.flush()
     run_dir = Path(cfg.run.out_dir)
     if not resume and not check_only and (run_dir / LAST).exists() and not overwrite:
         raise SarInputError(run_dir, f"already holds a training run ({LAST}); continue it with --resume {run_dir} "
@@ -315,7 +325,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         if improved:
             best_loss, best_step = val["loss"], current_step
         mlog.row(step=current_step, epoch=current_step // spe, split="val", elapsed_s=train_time, **val)
-        tqdm_write(f"val @ {current_step}: {_fmt_metrics(val)}{'  (best)' if improved else ''}", log)
+        say(f"val @ {current_step}: {_fmt_metrics(val)}{'  (best)' if improved else ''}")
         ckpt_payload = payload(current_step, rng, rng_all, val)
         save_checkpoint(run_dir / LAST, ckpt_payload)
         if improved:
@@ -358,7 +368,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
                 scheduler.step()
                 step += 1
                 acc += torch.tensor([float(loss), comps.get("mse", 0.0), comps.get(structural, 0.0),
-                                     comps.get("gradient", math.nan if cfg.loss.gradient_weight == 0 else 0.0),
+                                     comps.get("gradient", 0.0),
                                      float(gnorm), 1.0], dtype=torch.float64)
                 train_time += time.perf_counter() - t_step
                 bar.update(1)
@@ -409,14 +419,6 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         mlog.close()
     _barrier(d)
     return summary
-
-
-def tqdm_write(msg: str, log: Callable) -> None:
-    from tqdm import tqdm
-
-    if log is not None and getattr(log, "__name__", "") == "<lambda>":
-        tqdm.write(msg, file=sys.stdout)
-        sys.stdout.flush()
 
 
 def _try_plot(run_dir: Path, cfg: TrainConfig) -> None:

@@ -1,0 +1,82 @@
+"""Export a training checkpoint as a model bundle (sar_ae_core.model_io.save_bundle, fp16 weights) that the
+codec loads with load_bundle, with what is known about the model in its `info`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.model_io import load_bundle, save_bundle
+from sar_ae_core.raster import check_output_path
+
+from .checkpoint import BEST, checkpoint_model, find_run_file, load_checkpoint
+
+
+def _plain(value):
+    """Only JSON types (bundles load with weights_only=True)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def bundle_info(ckpt: dict, attribution: Optional[str] = None) -> dict:
+    """What a bundle says about its training: data per split, steps, time, device, validation/test metrics."""
+    cfg = ckpt["config"]
+    data = ckpt.get("data", {})
+    files = {k: [os.path.basename(p) for p in v] for k, v in data.get("files", {}).items()}
+    test = None
+    summary_path = find_run_file(ckpt.get("path"), "summary.json")
+    if summary_path:
+        with open(summary_path, encoding="utf-8") as fh:
+            summary = json.load(fh)
+        if summary.get("best_step") == ckpt["step"]:
+            test = summary.get("test")
+    model_cfg = ckpt["model_config"]
+    ratio = 4 ** model_cfg["stages"] / model_cfg["latent_channels"]
+    info = {
+        "description": f"{model_cfg['variant']} autoencoder, base {model_cfg['base_channels']}, latent "
+                       f"{model_cfg['latent_channels']} x 1/{2 ** model_cfg['stages']} (nominal {ratio:g}x), "
+                       f"trained with python -m training",
+        "nominal_compression_ratio": ratio,
+        "training": {
+            "files": files, "scenes": data.get("scenes"), "patches": data.get("patches"),
+            "units": data.get("units"), "patch_size": data.get("patch_size"), "stride": data.get("train_stride"),
+            "steps": ckpt["step"], "total_steps": ckpt.get("total_steps"), "epochs": ckpt.get("epoch"),
+            "train_time_s": round(float(ckpt.get("train_time_s", 0.0)), 1), "device": ckpt.get("device"),
+            "world_size": ckpt.get("world_size", 1), "latent_noise": cfg["run"]["latent_noise"],
+            "latent_bits": cfg["run"]["latent_bits"], "loss": cfg["loss"], "optim": cfg["optim"],
+            "seed": cfg["run"]["seed"], "checkpoint": os.path.basename(ckpt.get("path", "")),
+        },
+        "validation": ckpt.get("val_metrics"),
+        "test": test,
+        "metrics_note": "means over held-out patches; latent quantised to latent_bits per value like the codec; "
+                        "PSNR/SSIM on the [0,1]-scaled dB range, ENL ratio on linear intensity, EPI on dB",
+        "code": ckpt.get("code"),
+    }
+    if attribution:
+        info["data_attribution"] = attribution
+    return _plain(info)
+
+
+def export_checkpoint(ckpt_path: str, out: str, name: str, overwrite: bool = False,
+                      attribution: Optional[str] = None, log=print) -> dict:
+    """Write the bundle; check it loads back and how far its fp16 weights move the output."""
+    if not name or any(c in name for c in "/\\"):
+        raise SarInputError(None, f"bad model name '{name}' (use e.g. sarae-default)")
+    check_output_path(out, overwrite)
+    ckpt = load_checkpoint(ckpt_path, prefer=BEST)
+    model, scaling = checkpoint_model(ckpt)
+    info = bundle_info(ckpt, attribution)
+    digest = save_bundle(out, model, scaling, name, info=info, half=True)
+    bundle = load_bundle(out)
+    size = model.downsample_factor * 8
+    with torch.no_grad():
+        x = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
+        diff = float((bundle.model(x) - model(x)).abs().max())
+    mb = Path(out).stat().st_size / 1e6
+    log(f"wrote {out}: model '{name}', {mb:.2f} MB, sha256 {digest[:16]}..., from {ckpt['path']} (step "
+        f"{ckpt['step']}); fp16 weights change the [0,1] output by at most {diff:.2e}")
+    return {"path": os.fspath(out), "sha256": digest, "size_mb": mb, "fp16_max_abs_diff": diff, "info": info}
