@@ -110,7 +110,7 @@ def cmd_compress(args) -> int:
     with _progress_bar("compress") as bar:
         r = compress_raster(args.input, args.output, model=args.model, bands=args.bands, units=args.units,
                             bits=args.bits, device=args.device, tile=args.tile, batch_size=args.batch_size,
-                            scaling=args.scaling, overwrite=args.overwrite, progress=bar)
+                            scaling=args.scaling, codec=args.codec, overwrite=args.overwrite, progress=bar)
     print(f"wrote {r['output']}: {r['bytes']} bytes, {r['bpp']:.4f} bits per pixel "
           f"({r['compression_ratio']:.1f}:1 vs the source dtype), model {r['model']}, {r['device']}, "
           f"{r['seconds']:.1f} s")
@@ -253,7 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="bundled model name or path to a .pt bundle (default sarae-default)")
     s.add_argument("--bands", default="all", help="'all' or a list like 1,2 (default all)")
     s.add_argument("--units", default="auto", choices=UNIT_CHOICES, help="source units (default auto)")
-    s.add_argument("--bits", type=int, default=8, help="latent quantization bits, 1-16 (default 8)")
+    s.add_argument("--bits", type=int, default=8,
+                   help="latent quantization bits for the uniform-zstd codec, 1-16 (default 8)")
+    s.add_argument("--codec", default="auto", choices=("auto", "uniform-zstd", "factorized-range"),
+                   help="latent coder: the model's learned entropy model when it has one (auto), or uniform "
+                        "quantization + zstd")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     s.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
     s.add_argument("--batch-size", type=int, default=8, help="encoder batch size (default 8)")

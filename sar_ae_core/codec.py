@@ -56,7 +56,7 @@ class _Timer:
 def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLike, *, model: Optional[str] = None,
                     bands: str | Sequence[int] = "all", units: str = "auto", bits: int = 8, device: str = "auto",
                     tile: int = 256, halo_cells: int = 2, batch_size: int = 8, scaling: str = "auto",
-                    overwrite: bool = False, progress: Optional[ProgressFn] = None,
+                    codec: str = "auto", overwrite: bool = False, progress: Optional[ProgressFn] = None,
                     bundle: Optional[ModelBundle] = None) -> dict:
     """Encode a raster into a `.sarz` file; returns the measured rate (bits per pixel from file bytes).
 
@@ -67,10 +67,10 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     t_start = time.perf_counter()
     check_output_path(output_path, overwrite)
     prog = Progress(progress)
-    codec = UniformZstdCodec(bits=bits)
     dev = select_device(device)
     bundle = bundle or load_bundle(model, dev)
     bundle.to(dev)
+    codec = _choose_codec(codec, bundle, bits)
     d = bundle.model.downsample_factor
     timer = _Timer()
     with open_raster(input_path, bands=bands, units=units) as r:
@@ -119,6 +119,19 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             "compression_ratio": source_bits * pixels / (nbytes * 8), "parts": sizes, "pixels": pixels,
             "bands": info.count, "model": bundle.name, "scaling": scaling_reason, "device": str(dev), "seconds": time.perf_counter() - t_start,
             "timing": timer.as_dict()}
+
+
+def _choose_codec(name: str, bundle: ModelBundle, bits: int):
+    """'auto': the model's learned entropy coder when it has one, else uniform quantization + zstd."""
+    if name == "auto":
+        name = "factorized-range" if bundle.tables is not None else UniformZstdCodec.id
+    if name == UniformZstdCodec.id:
+        return UniformZstdCodec(bits=bits)
+    if name == "factorized-range":
+        if bundle.tables is None:
+            raise SarInputError(bundle.path, f"model '{bundle.name}' has no entropy model; use --codec uniform-zstd")
+        return codec_from_params({"id": name}, bundle.tables)
+    raise SarInputError(None, f"unknown codec '{name}' (auto, uniform-zstd, factorized-range)")
 
 
 def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto") -> tuple[ScalingParams, str]:
@@ -222,12 +235,7 @@ class SarzFile:
         except (KeyError, TypeError, ValueError) as exc:
             self.close()
             raise SarInputError(self.path, f"header is incomplete ({exc})") from None
-        try:
-            self.codec = codec_from_params(h["codec"])
-        except KeyError:
-            self.close()
-            raise SarInputError(self.path, f"made with latent codec '{h['codec'].get('id')}' which this version "
-                                           "cannot decode; please upgrade") from None
+        self.codec = None
         expected = self.plan.tile_rows * self.plan.tile_cols * self.bands * 2
         if self.reader.chunk_count != expected:
             self.close()
@@ -237,6 +245,16 @@ class SarzFile:
     @property
     def header(self) -> dict:
         return self.reader.header
+
+    def attach(self, bundle: ModelBundle) -> None:
+        """Set up latent decoding with the file's model (whose SHA-256 the caller has checked)."""
+        try:
+            self.codec = codec_from_params(self.header["codec"], bundle.tables)
+        except KeyError:
+            raise SarInputError(self.path, f"made with latent codec '{self.header['codec'].get('id')}' which this "
+                                           "version cannot decode; please upgrade") from None
+        except ValueError as exc:
+            raise SarInputError(self.path, f"cannot set up latent decoding: {exc}") from None
 
     def latent_tile(self, row: int, col: int, band: int) -> np.ndarray:
         """Dequantized latent cells of one tile (C, h, w)."""
@@ -318,6 +336,7 @@ def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.Path
         if bundle is None or bundle.sha256 != f.model_sha:
             bundle = _bundle_for(f, model, dev)
         bundle.to(dev)
+        f.attach(bundle)
         col0, row0, width, height = window if window is not None else (0, 0, p.width, p.height)
         if width <= 0 or height <= 0 or col0 < 0 or row0 < 0 or col0 + width > p.width or row0 + height > p.height:
             raise SarInputError(f.path, f"window {col0} {row0} {width} {height} is outside the "

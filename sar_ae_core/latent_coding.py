@@ -92,14 +92,22 @@ class UniformZstdCodec:
         return self.dequantize(q, bounds[0], bounds[1])
 
 
-LATENT_CODECS = {UniformZstdCodec.id: UniformZstdCodec}
+LATENT_CODECS = ("uniform-zstd", "factorized-range")
 
 
-def codec_from_params(p: dict) -> LatentCodec:
-    """The codec named in a header (KeyError names unknown ids)."""
-    if p.get("id") not in LATENT_CODECS:
-        raise KeyError(p.get("id"))
-    return LATENT_CODECS[p["id"]].from_params(p)
+def codec_from_params(p: dict, tables=None) -> LatentCodec:
+    """The codec named in a header (KeyError for unknown ids; ValueError when its tables are missing)."""
+    if p.get("id") == UniformZstdCodec.id:
+        return UniformZstdCodec.from_params(p)
+    if p.get("id") == "factorized-range":
+        from .entropy import FactorizedRangeCodec
+
+        if tables is None:
+            raise ValueError("the model has no entropy-coding tables")
+        if int(p.get("precision", tables.precision)) != tables.precision:
+            raise ValueError("table precision differs from the file's")
+        return FactorizedRangeCodec(tables)
+    raise KeyError(p.get("id"))
 
 
 # -- validity masks ------------------------------------------------------------------------------

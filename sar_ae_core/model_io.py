@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import torch
 
+from .entropy import EntropyTables
 from .errors import SarInputError
 from .models import ModelConfig, SarAutoencoder, build_model
 from .scaling import ScalingParams
@@ -46,6 +47,7 @@ class ModelBundle:
     sha256: str
     path: Optional[str] = None
     info: dict[str, Any] = field(default_factory=dict)
+    tables: Optional[EntropyTables] = None     # frozen integer coding tables of the entropy model
 
     def to(self, device: torch.device | str) -> "ModelBundle":
         """Move the model to a device (in eval mode)."""
@@ -74,11 +76,17 @@ def save_bundle(path: str | os.PathLike, model: SarAutoencoder, scaling: Scaling
     state = {}
     for k, v in model.state_dict().items():
         v = v.detach().to("cpu")
-        state[k] = v.half() if (half and v.is_floating_point()) else v.clone()
+        # the entropy prior is tiny and its density defines the coding tables: keep it in float32
+        state[k] = v.half() if (half and v.is_floating_point() and not k.startswith("entropy.")) else v.clone()
     digest = weights_sha256(state)
     payload = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "name": name,
                "model_config": model.config.to_dict(), "scaling": scaling.to_dict(), "state_dict": state,
                "weights_sha256": digest, "info": dict(info or {})}
+    if model.entropy is not None:
+        import copy
+
+        prior = copy.deepcopy(model.entropy).cpu().float().eval()
+        payload["entropy_tables"] = prior.build_tables().to_dict()
     with AtomicOutput(path, overwrite=True, suffix=".pt") as out:
         torch.save(payload, out.tmp)
     return digest
@@ -126,6 +134,11 @@ def load_bundle(name_or_path: Optional[str] = None, device: str | torch.device =
     digest = weights_sha256(state)
     if payload.get("weights_sha256") and payload["weights_sha256"] != digest:
         raise SarInputError(path, "model weights do not match their recorded SHA-256 (file damaged)")
+    tables = None
+    if config.entropy_model != "none":
+        if "entropy_tables" not in payload:
+            raise SarInputError(path, "model has an entropy model but no coding tables (re-export it)")
+        tables = EntropyTables.from_dict(payload["entropy_tables"])
     model.to(device).eval()
     return ModelBundle(name=payload.get("name", path.stem), model=model, config=config, scaling=scaling,
-                       sha256=digest, path=str(path), info=payload.get("info", {}))
+                       sha256=digest, path=str(path), info=payload.get("info", {}), tables=tables)

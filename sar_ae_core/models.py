@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .entropy import FactorizedPrior
+
 __all__ = [
     "VARIANTS",
     "ConvBlock",
@@ -41,6 +43,7 @@ __all__ = [
 ]
 
 VARIANTS: tuple[str, ...] = ("plain", "residual", "res_cbam", "full_attention")
+ENTROPY_MODELS: tuple[str, ...] = ("none", "factorized")
 _RESIDUAL_VARIANTS = frozenset({"residual", "res_cbam", "full_attention"})
 _NEG_SLOPE = 0.2
 
@@ -212,6 +215,7 @@ class ModelConfig:
     base_channels: int = 32
     latent_channels: int = 16
     stages: int = 4
+    entropy_model: Literal["none", "factorized"] = "none"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -231,6 +235,9 @@ class ModelConfig:
         _check_int("base_channels", self.base_channels, 1, 512)
         _check_int("latent_channels", self.latent_channels, 1, 256)
         _check_int("stages", self.stages, 1, 6)
+        if self.entropy_model not in ENTROPY_MODELS:
+            raise ValueError(f"ModelConfig.entropy_model must be one of {', '.join(map(repr, ENTROPY_MODELS))}, "
+                             f"got {self.entropy_model!r}")
         return self
 
     def channels(self) -> list[int]:
@@ -341,6 +348,8 @@ class SarAutoencoder(nn.Module):
         self.config = config.validate()
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        # Learned factorized prior over the rounded latents (rate term and entropy-coding tables).
+        self.entropy = FactorizedPrior(config.latent_channels) if config.entropy_model == "factorized" else None
 
     @property
     def downsample_factor(self) -> int:
@@ -386,6 +395,14 @@ class SarAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct ``x`` through the bottleneck (no quantisation)."""
         return self.decode(self.encode(x))
+
+    def forward_rd(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rate-distortion pass: (reconstruction, latent likelihoods); noisy latents in training mode,
+        rounded latents in eval mode. Needs ``entropy_model='factorized'``."""
+        if self.entropy is None:
+            raise ValueError("forward_rd needs a model with entropy_model='factorized'")
+        y_hat, likelihoods = self.entropy(self.encode(x))
+        return self.decode(y_hat), likelihoods
 
     def spatial_attention_modules(self) -> dict[str, SpatialAttention]:
         """Qualified name -> SpatialAttention module, in forward order."""

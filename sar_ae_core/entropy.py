@@ -1,0 +1,233 @@
+"""Learned factorized prior over quantized latents (Ballé et al. 2018, "variational image compression with a
+scale hyperprior", factorized-prior model) and its deterministic range coding.
+
+Training: latents get additive uniform noise U(−½, ½) and the prior's likelihoods give the rate term.
+Coding: latents are rounded to integers; each channel's probability table is computed ONCE from the
+trained density (`build_tables`), turned into integer counts (16-bit precision, every symbol ≥ 1, one
+escape symbol for values beyond the table) and stored with the model bundle. Encoder and decoder only
+ever read those integers, so they produce identical symbols on any machine, device or thread count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zstandard
+from torch import nn
+
+TABLE_PRECISION = 16
+LIKELIHOOD_BOUND = 1e-9
+
+
+class FactorizedPrior(nn.Module):
+    """Per-channel learned density: a monotonic cumulative MLP (filters 3-3-3) per latent channel."""
+
+    def __init__(self, channels: int, filters: tuple[int, ...] = (3, 3, 3), init_scale: float = 10.0):
+        super().__init__()
+        self.channels = int(channels)
+        dims = (1,) + tuple(filters) + (1,)
+        scale = init_scale ** (1 / (len(dims) - 1))
+        self.matrices = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.factors = nn.ParameterList()
+        for i in range(len(dims) - 1):
+            init = math.log(math.expm1(1 / scale / dims[i + 1]))
+            self.matrices.append(nn.Parameter(torch.full((channels, dims[i + 1], dims[i]), init)))
+            self.biases.append(nn.Parameter(torch.rand(channels, dims[i + 1], 1) - 0.5))
+            if i < len(dims) - 2:
+                self.factors.append(nn.Parameter(torch.zeros(channels, dims[i + 1], 1)))
+
+    def logits_cumulative(self, x: torch.Tensor) -> torch.Tensor:
+        """Logit of the cumulative distribution at x, shape (C, 1, N) → (C, 1, N); increasing in x."""
+        logits = x
+        for i, (m, b) in enumerate(zip(self.matrices, self.biases)):
+            logits = torch.matmul(F.softplus(m), logits) + b
+            if i < len(self.factors):
+                logits = logits + torch.tanh(self.factors[i]) * torch.tanh(logits)
+        return logits
+
+    def likelihood(self, y: torch.Tensor) -> torch.Tensor:
+        """P(round(y)) under the density for a latent tensor (B, C, H, W) (mass of [y−½, y+½])."""
+        b, c, h, w = y.shape
+        x = y.permute(1, 0, 2, 3).reshape(c, 1, -1)
+        lower = self.logits_cumulative(x - 0.5)
+        upper = self.logits_cumulative(x + 0.5)
+        sign = -torch.sign(lower + upper).detach()  # evaluate in the flatter tail for precision
+        p = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
+        p = p.clamp_min(LIKELIHOOD_BOUND)
+        return p.reshape(c, b, h, w).permute(1, 0, 2, 3)
+
+    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noisy or rounded latents, their likelihoods): noise while training, rounding in eval mode."""
+        if self.training:
+            y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        else:
+            y_hat = torch.round(y)
+        return y_hat, self.likelihood(y_hat)
+
+    @torch.no_grad()
+    def build_tables(self, tail_mass: float = 1e-6, precision: int = TABLE_PRECISION) -> "EntropyTables":
+        """Integer probability tables per channel (computed once, in float64 on the CPU, then frozen)."""
+        module = self.to("cpu").double()
+        try:
+            lo, hi = [], []
+            target = math.log(2 / tail_mass - 1)
+            for c in range(self.channels):
+                lo.append(math.floor(_solve(module, c, -target)))
+                hi.append(math.ceil(_solve(module, c, target)))
+            counts = []
+            for c in range(self.channels):
+                k = torch.arange(lo[c], hi[c] + 1, dtype=torch.float64)
+                up = module._channel_logits(c, k + 0.5)
+                down = module._channel_logits(c, k - 0.5)
+                sign = -torch.sign(up + down)
+                pmf = torch.abs(torch.sigmoid(sign * up) - torch.sigmoid(sign * down)).numpy()
+                escape = max(1.0 - pmf.sum(), 0.0)
+                counts.append(_integer_counts(np.append(pmf, escape), precision))
+        finally:
+            self.float()
+        return EntropyTables(offsets=np.asarray(lo, np.int32), counts=counts, precision=precision)
+
+    def _channel_logits(self, c: int, x: torch.Tensor) -> torch.Tensor:
+        logits = x.reshape(1, -1).to(self.matrices[0].dtype)
+        for i, (m, b) in enumerate(zip(self.matrices, self.biases)):
+            logits = torch.matmul(F.softplus(m[c]), logits) + b[c]
+            if i < len(self.factors):
+                logits = logits + torch.tanh(self.factors[i][c]) * torch.tanh(logits)
+        return logits.reshape(-1)
+
+
+def _solve(module: FactorizedPrior, c: int, target: float) -> float:
+    """x where the channel's cumulative logit equals `target` (bisection; the function is increasing)."""
+    a, b = -1.0, 1.0
+    while module._channel_logits(c, torch.tensor([a], dtype=torch.float64)).item() > target and a > -1e6:
+        a *= 2
+    while module._channel_logits(c, torch.tensor([b], dtype=torch.float64)).item() < target and b < 1e6:
+        b *= 2
+    for _ in range(60):
+        m = 0.5 * (a + b)
+        if module._channel_logits(c, torch.tensor([m], dtype=torch.float64)).item() < target:
+            a = m
+        else:
+            b = m
+    return 0.5 * (a + b)
+
+
+def _integer_counts(pmf: np.ndarray, precision: int) -> np.ndarray:
+    """Counts summing to 2**precision with every symbol ≥ 1 (so every symbol stays codable)."""
+    total = 1 << precision
+    n = len(pmf)
+    if n >= total:
+        raise ValueError(f"alphabet of {n} symbols does not fit {precision}-bit tables")
+    pmf = np.maximum(pmf, 0) / max(pmf.sum(), 1e-300)
+    counts = np.maximum(1, np.floor(pmf * (total - n)).astype(np.int64) + 1)
+    counts[np.argmax(counts)] += total - counts.sum()
+    assert counts.sum() == total and counts.min() >= 1
+    return counts.astype(np.int32)
+
+
+@dataclass
+class EntropyTables:
+    """Frozen integer tables: channel c codes symbols offsets[c] … offsets[c] + len(counts[c]) − 2, plus escape."""
+
+    offsets: np.ndarray
+    counts: list[np.ndarray]
+    precision: int = TABLE_PRECISION
+
+    def to_dict(self) -> dict:
+        """Plain lists (stored in model bundles)."""
+        return {"offsets": self.offsets.tolist(), "counts": [c.tolist() for c in self.counts],
+                "precision": self.precision}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EntropyTables":
+        """Inverse of to_dict."""
+        return cls(np.asarray(d["offsets"], np.int32), [np.asarray(c, np.int32) for c in d["counts"]],
+                   int(d["precision"]))
+
+    def probabilities(self, c: int) -> np.ndarray:
+        """Exact dyadic probabilities of channel c (float64, identical bits on every machine)."""
+        return self.counts[c].astype(np.float64) / float(1 << self.precision)
+
+    def bits(self, symbols: np.ndarray) -> float:
+        """Ideal code length (bits) of integer latents (C, h, w) under the tables, escapes included."""
+        total = 0.0
+        for c in range(len(self.counts)):
+            idx, esc = self._index(c, symbols[c].ravel())
+            p = self.probabilities(c)
+            total += float(-np.log2(p[idx]).sum()) + 32.0 * esc.size
+        return total
+
+    def _index(self, c: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.counts[c]) - 1
+        idx = values.astype(np.int64) - int(self.offsets[c])
+        outside = (idx < 0) | (idx >= n)
+        escapes = values[outside].astype(np.int32)
+        idx = np.where(outside, n, idx).astype(np.int32)
+        return idx, escapes
+
+
+class FactorizedRangeCodec:
+    """Latent codec 'factorized-range': rounding + constriction range coding with the model's frozen tables."""
+
+    id = "factorized-range"
+
+    def __init__(self, tables: EntropyTables):
+        import constriction
+
+        self.tables = tables
+        self._cs = constriction
+        self._models = [constriction.stream.model.Categorical(tables.probabilities(c), perfect=False)
+                        for c in range(len(tables.counts))]
+
+    def params(self) -> dict:
+        """Parameters stored in the header (the tables themselves live in the model bundle)."""
+        return {"id": self.id, "precision": self.tables.precision}
+
+    def encode(self, latent: np.ndarray) -> bytes:
+        """Round and range-code one latent tile (C, h, w)."""
+        q = np.rint(latent).astype(np.int64)
+        enc = self._cs.stream.queue.RangeEncoder()
+        escapes = []
+        for c in range(q.shape[0]):
+            idx, esc = self.tables._index(c, q[c].ravel())
+            enc.encode(idx, self._models[c])
+            escapes.append(esc)
+        words = enc.get_compressed().astype("<u4").tobytes()
+        esc = np.concatenate(escapes).astype("<i4").tobytes()
+        tail = zstandard.ZstdCompressor(level=19).compress(esc) if esc else b""
+        return len(words).to_bytes(4, "little") + words + tail
+
+    def decode(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+        """Inverse of encode (float32 latents)."""
+        c_n, h, w = shape
+        n_words = int.from_bytes(payload[:4], "little")
+        words = np.frombuffer(payload[4:4 + n_words], dtype="<u4").astype(np.uint32)
+        esc = np.frombuffer(zstandard.ZstdDecompressor().decompress(payload[4 + n_words:]), dtype="<i4") \
+            if len(payload) > 4 + n_words else np.zeros(0, np.int32)
+        dec = self._cs.stream.queue.RangeDecoder(words)
+        out = np.empty((c_n, h * w), dtype=np.int64)
+        k = 0
+        for c in range(c_n):
+            idx = dec.decode(self._models[c], h * w).astype(np.int64)
+            n = len(self.tables.counts[c]) - 1
+            vals = idx + int(self.tables.offsets[c])
+            hit = idx == n
+            m = int(hit.sum())
+            if m:
+                if k + m > esc.size:
+                    raise ValueError("escape values missing")
+                vals[hit] = esc[k:k + m]
+                k += m
+            out[c] = vals
+        return out.reshape(c_n, h, w).astype(np.float32)
+
+
+def rate_bits(likelihoods: torch.Tensor) -> torch.Tensor:
+    """Total bits −Σ log2 p of a likelihood tensor (the rate term of rate-distortion training)."""
+    return -torch.log2(likelihoods).sum()
