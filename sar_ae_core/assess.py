@@ -110,7 +110,7 @@ def _cv_threshold(ref: SarRaster, test: SarRaster, band: int, window: int, block
 
 def assess_rasters(reference: str | os.PathLike, test: str | os.PathLike, *, units: str = "auto",
                    test_units: Optional[str] = None, bands: str | Sequence[int] = "all",
-                   db_range: Optional[tuple[float, float]] = None, maps_dir: Optional[str | os.PathLike] = None,
+                   test_bands: Optional[str | Sequence[int]] = None, db_range: Optional[tuple[float, float]] = None, maps_dir: Optional[str | os.PathLike] = None,
                    window: int = 15, block: int = 1024, overwrite: bool = False,
                    progress: Optional[ProgressFn] = None) -> dict:
     """Metrics of `test` against `reference` (same grid), per band and pooled, and optional GeoTIFF maps.
@@ -118,6 +118,7 @@ def assess_rasters(reference: str | os.PathLike, test: str | os.PathLike, *, uni
     PSNR/SSIM use dB scaled to [0, 1] with `db_range` or, by default, the reference's 1st–99th percentile
     range per band; RMSE and EPI use dB; the ENL ratio uses linear intensity over the reference's
     homogeneous areas (metrics.homogeneous_mask rule). Only pixels valid in both rasters count.
+    `test_bands` selects the test raster's bands when they differ from the reference's (default: `bands`).
     """
     prog = Progress(progress)
     if db_range is not None and not db_range[1] > db_range[0]:
@@ -129,7 +130,8 @@ def assess_rasters(reference: str | os.PathLike, test: str | os.PathLike, *, uni
         map_paths = {k: check_output_path(os.path.join(maps_dir, f"{k}.tif"), overwrite) for k in MAP_KINDS}
     with contextlib.ExitStack() as stack:
         ref = stack.enter_context(open_raster(reference, bands=bands, units=units))
-        tst = stack.enter_context(open_raster(test, bands=bands, units=test_units or units))
+        tst = stack.enter_context(open_raster(test, bands=bands if test_bands is None else test_bands,
+                                              units=test_units or units))
         check_same_grid(ref, tst)
         writers = {}
         for kind, path in map_paths.items():

@@ -185,7 +185,7 @@ def cmd_assess(args) -> int:
         raise SarInputError(args.json, "output already exists (pass --overwrite to replace it)")
     with _progress_bar("assess") as bar:
         report = assess_rasters(args.reference, args.test, units=args.units, test_units=args.test_units,
-                                bands=args.bands, db_range=tuple(args.range) if args.range else None,
+                                bands=args.bands, test_bands=args.test_bands, db_range=tuple(args.range) if args.range else None,
                                 maps_dir=args.maps, window=args.window, block=args.block,
                                 overwrite=args.overwrite, progress=bar)
     print(f"PSNR {report['psnr']:.2f} dB | SSIM {report['ssim']:.4f} | RMSE {report['rmse_db']:.3f} dB | "
@@ -296,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--maps", metavar="DIR", help="write abs_error_db.tif, enl_ratio.tif, epi.tif into DIR")
     s.add_argument("--units", default="auto", choices=UNIT_CHOICES, help="units of the reference (default auto)")
     s.add_argument("--test-units", default=None, choices=UNIT_CHOICES, help="units of the test raster (default: as --units)")
-    s.add_argument("--bands", default="all", help="'all' or a list like 1,2")
+    s.add_argument("--bands", default="all", help="reference bands: 'all' or a list like 1,2")
+    s.add_argument("--test-bands", default=None, help="test raster bands when they differ (default: --bands)")
     s.add_argument("--range", nargs=2, type=float, metavar=("LOW", "HIGH"),
                    help="dB range for PSNR/SSIM scaling (default: reference 1st-99th percentile per band)")
     s.add_argument("--window", type=int, default=15, help="window of the local ENL/EPI maps (odd, default 15)")

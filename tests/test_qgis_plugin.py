@@ -1,0 +1,505 @@
+"""The QGIS plugin in a real headless QGIS on real Sentinel-1 data: provider, the five algorithms through
+Processing, styling of the loaded outputs, cancel, the dialog, qgis_process, packaging and install."""
+
+import configparser
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+pytestmark = pytest.mark.qgis
+
+ROOT = Path(__file__).resolve().parents[1]
+PROCESSING_PLUGINS = "/usr/share/qgis/python/plugins"
+QGIS_PROCESS = "/usr/bin/qgis_process.bin"
+ALGORITHMS = {"sarae:compress", "sarae:reconstruct", "sarae:assess", "sarae:attention", "sarae:compress_review"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Fixtures
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def qgis_app(tmp_path_factory):
+    """One headless QgsApplication for the session, with its settings in a temporary folder and the
+    plugin's provider registered; never exited (exitQgis with live layers crashes the interpreter)."""
+    os.environ["QGIS_CUSTOM_CONFIG_PATH"] = str(tmp_path_factory.mktemp("qgis-config"))
+    from osgeo import gdal
+    from qgis.core import QgsApplication, QgsProject
+
+    # QGIS's GDAL caches histograms in .aux.xml files beside the rasters: keep the shared data untouched
+    gdal.SetConfigOption("GDAL_PAM_ENABLED", "NO")
+
+    app = QgsApplication.instance()
+    if app is None:
+        app = QgsApplication([], True)
+        app.initQgis()
+    if PROCESSING_PLUGINS not in sys.path:
+        sys.path.append(PROCESSING_PLUGINS)
+    from processing.core.Processing import Processing
+
+    Processing.initialize()
+    from qgis_plugin.provider import SarAeProvider
+
+    provider = QgsApplication.processingRegistry().providerById("sarae")
+    if provider is None:
+        provider = SarAeProvider()  # keep the Python object alive: the registry holds only the C++ side
+        QgsApplication.processingRegistry().addProvider(provider)
+    app.sarae_provider = provider
+    yield app
+    QgsProject.instance().removeAllMapLayers()
+
+
+@pytest.fixture(scope="session")
+def qapp(qgis_app):
+    """pytest-qt's application is the QgsApplication."""
+    return qgis_app
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, spain_db):
+    """A small res_cbam bundle (attention gates sharpened so the map has contrast) and a plain one."""
+    import torch
+
+    from sar_ae_core.model_io import save_bundle
+    from sar_ae_core.models import ModelConfig, build_model
+    from sar_ae_core.scaling import fit_scaling
+
+    folder = tmp_path_factory.mktemp("models")
+    scaling = fit_scaling([spain_db])
+    torch.manual_seed(0)
+    cbam = build_model(ModelConfig(variant="res_cbam", base_channels=8, latent_channels=16))
+    with torch.no_grad():
+        for m in cbam.spatial_attention_modules().values():
+            m.conv.weight.mul_(200.0)
+    save_bundle(folder / "tiny-cbam.pt", cbam, scaling, "tiny-cbam")
+    save_bundle(folder / "tiny-plain.pt", build_model(ModelConfig(variant="plain", base_channels=8,
+                                                                  latent_channels=16)), scaling, "tiny-plain")
+    return {"cbam": str(folder / "tiny-cbam.pt"), "plain": str(folder / "tiny-plain.pt")}
+
+
+def run_and_load(alg_id, params, feedback=None):
+    """processing.runAndLoadResults; returns (results, {layer name: layer} of the layers this run loaded)."""
+    import processing
+    from qgis.core import QgsProcessingFeedback, QgsProject
+
+    before = set(QgsProject.instance().mapLayers())
+    feedback = feedback or QgsProcessingFeedback()
+    results = processing.runAndLoadResults(alg_id, params, feedback=feedback)
+    loaded = {lay.name(): lay for lid, lay in QgsProject.instance().mapLayers().items() if lid not in before}
+    return results, loaded
+
+
+@pytest.fixture(scope="module")
+def source_layer(qgis_app, spain_db):
+    """The Sen1Floods11 scene as a project layer shown in gray with a fixed stretch on band 1."""
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    from qgis_plugin import styling
+
+    layer = QgsRasterLayer(str(spain_db), "spain")
+    assert layer.isValid()
+    styling.style_gray(layer, -21.5, -1.5, band=1)
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+@pytest.fixture(scope="module")
+def chain(qgis_app, tmp_path_factory, spain_db, tiny_models):
+    """compress → reconstruct → assess through Processing, each loading its outputs into the project."""
+    from qgis.core import QgsProcessingFeedback
+
+    d = tmp_path_factory.mktemp("chain")
+    fb = QgsProcessingFeedback()
+    comp, _ = run_and_load("sarae:compress", {"INPUT": str(spain_db), "MODEL_FILE": tiny_models["cbam"],
+                                              "OUTPUT": str(d / "scene.sarz")}, fb)
+    recon, recon_layers = run_and_load("sarae:reconstruct", {"INPUT": comp["OUTPUT"],
+                                                             "MODEL_FILE": tiny_models["cbam"],
+                                                             "OUTPUT": str(d / "reconstruction.tif")})
+    assess, map_layers = run_and_load("sarae:assess", {
+        "REFERENCE": str(spain_db), "INPUT": recon["OUTPUT"], "OUTPUT_HTML": str(d / "report.html"),
+        "ERROR_MAP": str(d / "error.tif"), "ENL_MAP": "TEMPORARY_OUTPUT", "EPI_MAP": str(d / "epi.tif")})
+    return {"dir": d, "compress": comp, "compress_log": fb.textLog(), "reconstruct": recon,
+            "recon_layers": recon_layers, "assess": assess, "map_layers": map_layers}
+
+
+def same_grid(layer, reference_path):
+    """Assert a QGIS layer has the reference raster's CRS, extent and size."""
+    with rasterio.open(reference_path) as ref:
+        assert layer.crs().authid() == f"EPSG:{ref.crs.to_epsg()}"
+        b = ref.bounds
+        e = layer.extent()
+        np.testing.assert_allclose([e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()],
+                                   [b.left, b.bottom, b.right, b.top], rtol=0, atol=1e-9)
+        assert (layer.width(), layer.height()) == (ref.width, ref.height)
+
+
+def ramp_of(renderer):
+    """(first color, last color, min, max) of a pseudocolor renderer's shader."""
+    fn = renderer.shader().rasterShaderFunction()
+    items = fn.colorRampItemList()
+    return items[0].color.name(), items[-1].color.name(), fn.minimumValue(), fn.maximumValue()
+
+
+def style_ramp_ends(name):
+    """First and last colors of a ramp of QGIS's default style."""
+    from qgis.core import QgsStyle
+
+    ramp = QgsStyle.defaultStyle().colorRamp(name)
+    return ramp.color(0.0).name(), ramp.color(1.0).name()
+
+
+# ------------------------------------------------------------------------------------------------
+# Provider
+# ------------------------------------------------------------------------------------------------
+def test_provider_lists_the_five_algorithms(qgis_app):
+    from qgis.core import QgsApplication, QgsProcessingParameterDefinition, QgsProcessingParameterFileDestination
+
+    from qgis_plugin import algorithms
+    from sar_ae_core import model_io, raster
+
+    provider = QgsApplication.processingRegistry().providerById("sarae")
+    assert provider is not None and provider.name() == "SAR autoencoder codec"
+    assert not provider.icon().isNull()
+    assert {a.id() for a in provider.algorithms()} == ALGORITHMS
+    for alg in provider.algorithms():
+        assert len(alg.shortHelpString()) > 150, alg.id()
+        assert alg.group() and alg.groupId()
+        for name in ("DEVICE", "TILE", "BATCH_SIZE"):
+            p = alg.parameterDefinition(name)
+            if p is not None:
+                assert p.flags() & QgsProcessingParameterDefinition.FlagAdvanced, (alg.id(), name)
+    out = QgsApplication.processingRegistry().algorithmById("sarae:compress").parameterDefinition("OUTPUT")
+    assert isinstance(out, QgsProcessingParameterFileDestination) and "*.sarz" in out.fileFilter()
+    # constants the plugin keeps so that it loads without torch must match the core's
+    assert algorithms.DEFAULT_MODEL == model_io.DEFAULT_MODEL
+    assert algorithms.UNIT_CHOICES == raster.UNIT_CHOICES
+    assert algorithms.bundled_model_names() == [p.stem for p in model_io.bundled_models()]
+
+
+# ------------------------------------------------------------------------------------------------
+# Algorithms through Processing
+# ------------------------------------------------------------------------------------------------
+def test_compress_reports_the_measured_rate(chain, spain_db):
+    res = chain["compress"]
+    sarz = Path(res["OUTPUT"])
+    nbytes = sarz.stat().st_size
+    assert res["BYTES"] == nbytes
+    assert res["BPP"] == pytest.approx(nbytes * 8 / (512 * 512 * 2))
+    assert res["COMPRESSION_RATIO"] == pytest.approx(32 / res["BPP"])  # float32 source samples
+    assert f"{res['BPP']:.4f} bits per pixel" in chain["compress_log"]
+
+
+def test_reconstruct_loads_a_gray_layer_on_the_source_grid(chain, spain_db):
+    from qgis_plugin import styling
+
+    layer = chain["recon_layers"]["Reconstruction"]
+    assert layer.isValid() and layer.bandCount() == 2
+    same_grid(layer, spain_db)
+    r = layer.renderer()
+    assert r.type() == "singlebandgray" and r.grayBand() == 1
+    ce = r.contrastEnhancement()
+    lo, hi = styling.cumulative_cut(layer, 1, 0.02, 0.98)  # no source layer: its own 2–98 % stretch
+    assert (ce.minimumValue(), ce.maximumValue()) == pytest.approx((lo, hi))
+    assert -40 < lo < hi < 10  # dB, source units
+
+
+def test_assess_outputs_metrics_report_and_styled_maps(chain, spain_db):
+    from sar_ae_core.assess import assess_rasters
+
+    res = chain["assess"]
+    direct = assess_rasters(spain_db, chain["reconstruct"]["OUTPUT"])
+    for out, key in (("PSNR", "psnr"), ("SSIM", "ssim"), ("RMSE_DB", "rmse_db"), ("ENL_RATIO", "enl_ratio"),
+                     ("EPI", "epi"), ("VALID_FRACTION", "valid_fraction")):
+        assert res[out] == pytest.approx(direct[key], rel=1e-9), out
+    assert res["VALID_FRACTION"] == 1.0
+    html = Path(res["OUTPUT_HTML"]).read_text(encoding="utf-8")
+    assert "PSNR" in html and f"{direct['psnr']:.2f}" in html and "band 2 VH" in html
+    assert not [p for p in chain["dir"].iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+    layers = chain["map_layers"]
+    assert set(layers) == {"Absolute error (dB)", "ENL ratio", "Edge preservation (EPI)"}
+    for layer in layers.values():
+        assert layer.isValid() and layer.renderer().type() == "singlebandpseudocolor"
+        same_grid(layer, spain_db)
+    err = layers["Absolute error (dB)"]
+    p98 = err.dataProvider().cumulativeCut(1, 0.0, 0.98)[1]
+    c0, c1, lo, hi = ramp_of(err.renderer())
+    assert (c0, c1) == style_ramp_ends("Reds")
+    assert (lo, hi) == pytest.approx((0.0, p98)) and hi > 0
+    fn = err.renderer().shader().rasterShaderFunction()
+    assert fn.legendSettings().suffix() == " dB"
+    assert all(item.label.endswith(" dB") for item in fn.colorRampItemList())
+    c0, c1, lo, hi = ramp_of(layers["ENL ratio"].renderer())
+    assert (c0, c1) == style_ramp_ends("RdBu") and (lo, hi) == (0.5, 1.5)
+    items = layers["ENL ratio"].renderer().shader().rasterShaderFunction().colorRampItemList()
+    assert items[len(items) // 2].value == pytest.approx(1.0)  # centred on 1
+    c0, c1, lo, hi = ramp_of(layers["Edge preservation (EPI)"].renderer())
+    assert (c0, c1) == style_ramp_ends("Viridis") and (lo, hi) == (0.0, 1.0)
+    with rasterio.open(res["ERROR_MAP"]) as e:
+        assert e.tags()["SARAE_MAP"] == "abs_error_db" and e.count == 2
+
+
+def test_attention_map_is_a_translucent_heat_overlay(qgis_app, tmp_path, spain_db, tiny_models):
+    from qgis_plugin import styling
+
+    res, layers = run_and_load("sarae:attention", {"INPUT": str(spain_db), "BAND": 2,
+                                                   "MODEL_FILE": tiny_models["cbam"],
+                                                   "OUTPUT": str(tmp_path / "attention.tif")})
+    layer = layers["Attention"]
+    same_grid(layer, spain_db)
+    r = layer.renderer()
+    assert r.type() == "singlebandpseudocolor" and r.opacity() == pytest.approx(0.6)
+    c0, c1, lo, hi = ramp_of(r)
+    assert (c0, c1) == style_ramp_ends("Inferno")
+    assert (lo, hi) == pytest.approx(styling.cumulative_cut(layer, 1, 0.02, 0.98))
+    assert 0.0 <= lo < hi <= 1.0
+    with rasterio.open(res["OUTPUT"]) as a:
+        assert a.tags()["SARAE_BAND"] == "2"
+        assert np.nanmean(a.read(1)) == pytest.approx(res["MEAN"], abs=1e-4)
+
+
+def test_attention_with_a_plain_model_says_why(qgis_app, tmp_path, spain_db, tiny_models):
+    import processing
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    with pytest.raises(QgsProcessingException) as err:
+        processing.run("sarae:attention", {"INPUT": str(spain_db), "MODEL_FILE": tiny_models["plain"],
+                                           "OUTPUT": str(tmp_path / "attention.tif")}, feedback=QgsProcessingFeedback())
+    assert "model 'tiny-plain' (variant plain) has no spatial attention" in str(err.value)
+    assert "Traceback" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_input_is_a_processing_error_naming_the_file(qgis_app, tmp_path, spain_db, tiny_models):
+    import processing
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    with pytest.raises(QgsProcessingException) as err:
+        processing.run("sarae:compress", {"INPUT": str(spain_db), "BANDS": "1,5", "MODEL_FILE": tiny_models["cbam"],
+                                          "OUTPUT": str(tmp_path / "x.sarz")}, feedback=QgsProcessingFeedback())
+    assert str(err.value) == f"{spain_db}: band(s) [5] do not exist (the raster has 2 band(s))"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compress_review_loads_everything_styled_like_the_source(qgis_app, tmp_path, spain_db, source_layer,
+                                                                 tiny_models):
+    from qgis.core import QgsProcessingFeedback
+
+    from qgis_plugin import screenshots
+
+    fb = QgsProcessingFeedback()
+    params = {"INPUT": source_layer, "MODEL_FILE": tiny_models["cbam"], "BITS": 6,
+              "OUTPUT": str(tmp_path / "scene.sarz"), "RECONSTRUCTION": str(tmp_path / "recon.tif"),
+              "OUTPUT_HTML": str(tmp_path / "review.html"), "ERROR_MAP": str(tmp_path / "error.tif"),
+              "ENL_MAP": str(tmp_path / "enl.tif"), "EPI_MAP": str(tmp_path / "epi.tif")}
+    res, layers = run_and_load("sarae:compress_review", params, fb)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enl.tif", "epi.tif", "error.tif", "recon.tif",
+                                                          "review.html", "scene.sarz"]
+    assert set(layers) == {"Reconstruction", "Absolute error (dB)", "ENL ratio", "Edge preservation (EPI)"}
+    recon = layers["Reconstruction"]
+    same_grid(recon, spain_db)
+    ce = recon.renderer().contrastEnhancement()
+    assert (ce.minimumValue(), ce.maximumValue()) == (-21.5, -1.5)  # the source layer's stretch
+    assert res["BPP"] == pytest.approx((tmp_path / "scene.sarz").stat().st_size * 8 / (512 * 512 * 2))
+    assert 0 < res["SSIM"] <= 1 and res["RMSE_DB"] > 0 and res["VALID_FRACTION"] == 1.0
+    html = (tmp_path / "review.html").read_text(encoding="utf-8")
+    assert f"{res['BPP']:.4f} bits per pixel" in html
+    # the documentation picture, rendered from these layers
+    png = screenshots.review_map(source_layer, recon, layers["Absolute error (dB)"], str(tmp_path / "map.png"),
+                                 panel=200)
+    from qgis.PyQt.QtGui import QImage
+
+    img = QImage(png)
+    assert img.width() > 600 and img.height() > 200
+    colors = {img.pixel(x, y) for x in range(0, img.width(), 7) for y in range(0, img.height(), 7)}
+    assert len(colors) > 200, "rendered map looks blank"
+
+
+def test_compress_review_refuses_a_band_subset(qgis_app, tmp_path, spain_db, tiny_models):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match="set Bands to 'all'"):
+        processing.run("sarae:compress_review", {"INPUT": str(spain_db), "BANDS": "2",
+                                                  "MODEL_FILE": tiny_models["cbam"],
+                                                  "OUTPUT": str(tmp_path / "a.sarz"),
+                                                  "RECONSTRUCTION": str(tmp_path / "r.tif")})
+
+
+@pytest.mark.parametrize("cancel_above", [0.0, 40.0], ids=["first-progress", "after-compress"])
+def test_cancel_stops_and_leaves_no_output(qgis_app, tmp_path, spain_db, tiny_models, cancel_above):
+    from qgis.core import QgsProcessingFeedback, QgsProject
+
+    class CancelAbove(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+            self.progressChanged.connect(self._on_progress)
+
+        def _on_progress(self, percent):
+            self.seen.append(percent)
+            if percent > cancel_above and not self.isCanceled():
+                self.cancel()
+
+    fb = CancelAbove()
+    n_layers = len(QgsProject.instance().mapLayers())
+    params = {"INPUT": str(spain_db), "MODEL_FILE": tiny_models["cbam"], "OUTPUT": str(tmp_path / "a.sarz"),
+              "RECONSTRUCTION": str(tmp_path / "r.tif"), "OUTPUT_HTML": str(tmp_path / "r.html"),
+              "ERROR_MAP": str(tmp_path / "e.tif"), "ENL_MAP": str(tmp_path / "n.tif"),
+              "EPI_MAP": str(tmp_path / "p.tif")}
+    res, layers = run_and_load("sarae:compress_review", params, fb)
+    assert res == {} and layers == {}
+    assert list(tmp_path.iterdir()) == []
+    assert len(QgsProject.instance().mapLayers()) == n_layers
+    assert "Cancelled: no output was written." in fb.textLog()
+    # the work stopped at the next progress report instead of running to the end
+    assert min(p for p in fb.seen if p > cancel_above) == max(p for p in fb.seen if p < 100)
+
+
+# ------------------------------------------------------------------------------------------------
+# GUI
+# ------------------------------------------------------------------------------------------------
+def test_runs_as_a_background_task_like_the_dialog(qtbot, qgis_app, tmp_path, spain_db, tiny_models):
+    """The dialog runs algorithms in a QgsProcessingAlgRunnerTask: torch works in the worker thread and
+    the event loop keeps turning meanwhile."""
+    from qgis.core import (QgsApplication, QgsProcessingAlgorithm, QgsProcessingAlgRunnerTask,
+                           QgsProcessingContext, QgsProcessingFeedback)
+
+    alg = QgsApplication.processingRegistry().createAlgorithmById("sarae:attention")
+    assert not alg.flags() & QgsProcessingAlgorithm.FlagNoThreading
+    context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
+    progress, done = [], {}
+    feedback.progressChanged.connect(progress.append)
+    task = QgsProcessingAlgRunnerTask(alg, {"INPUT": str(spain_db), "MODEL_FILE": tiny_models["cbam"], "TILE": 128,
+                                            "OUTPUT": str(tmp_path / "attention.tif")}, context, feedback)
+    task.executed.connect(lambda ok, results: done.update(ok=ok, results=results))
+    QgsApplication.taskManager().addTask(task)
+    qtbot.waitUntil(lambda: "ok" in done, timeout=120_000)
+    assert done["ok"] and Path(done["results"]["OUTPUT"]).is_file()
+    assert len(progress) >= 4 and progress[-1] == pytest.approx(100.0)
+
+
+
+def test_dialog_opens_and_offers_the_project_rasters(qtbot, qgis_app, tmp_path, spain_db, camargue_db):
+    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.gui import QgsMapLayerComboBox
+    from qgis.PyQt import sip
+    from qgis.PyQt.QtWidgets import QComboBox
+
+    from processing.gui.AlgorithmDialog import AlgorithmDialog
+
+    extra = QgsRasterLayer(str(camargue_db), "camargue")
+    QgsProject.instance().addMapLayer(extra)
+    rasters = {lay.name() for lay in QgsProject.instance().mapLayers().values() if isinstance(lay, QgsRasterLayer)}
+    alg = qgis_app.processingRegistry().createAlgorithmById("sarae:compress_review")
+    dlg = AlgorithmDialog(alg)
+    qtbot.addWidget(dlg)
+    dlg.resize(860, 720)
+    dlg.show()
+    qtbot.waitExposed(dlg)
+    wrapper = dlg.mainWidget().wrappers["INPUT"]
+    combos = [sip.cast(c, QgsMapLayerComboBox) for c in wrapper.wrappedWidget().findChildren(QComboBox)
+              if c.metaObject().className() == "QgsMapLayerComboBox"]
+    assert len(combos) == 1
+    offered = {combos[0].layer(i).name() for i in range(combos[0].count()) if combos[0].layer(i) is not None}
+    assert {"camargue"} <= offered and offered == rasters
+    assert wrapper.parameterValue() is not None
+    assert dlg.grab().save(str(tmp_path / "dialog.png"))
+    assert (tmp_path / "dialog.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------------------
+# qgis_process, packaging, install
+# ------------------------------------------------------------------------------------------------
+def _qgis_process(args, env):
+    return subprocess.run([QGIS_PROCESS, *args], env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_qgis_process_compresses_and_reconstructs(tmp_path, spain_db, tiny_models):
+    config = tmp_path / "qgis"
+    profile = config / "profiles" / "default"
+    subprocess.run([sys.executable, "-m", "qgis_plugin", "install", "--profile", str(profile)], cwd=ROOT,
+                   check=True, capture_output=True)
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "QGIS_CUSTOM_CONFIG_PATH": str(config),
+           "GDAL_PAM_ENABLED": "NO",
+           "HOME": str(tmp_path / "home"), "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    sarz = tmp_path / "scene.sarz"
+    run = _qgis_process(["--json", "run", "sarae:compress", "--", f"INPUT={spain_db}",
+                         f"MODEL_FILE={tiny_models['cbam']}", f"OUTPUT={sarz}"], env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout)["results"]
+    assert out["BYTES"] == sarz.stat().st_size
+    tif = tmp_path / "reconstruction.tif"
+    run = _qgis_process(["--json", "run", "sarae:reconstruct", "--", f"INPUT={sarz}",
+                         f"MODEL_FILE={tiny_models['cbam']}", "UNITS=db", f"OUTPUT={tif}"], env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["results"]["OUTPUT"] == str(tif)
+    with rasterio.open(spain_db) as src, rasterio.open(tif) as rec:
+        assert (rec.crs, rec.transform, rec.count, rec.dtypes[0]) == (src.crs, src.transform, 2, "float32")
+        assert rec.tags()["SARAE_UNITS"] == "db"
+    assert not (tmp_path / "home" / ".local" / "share" / "QGIS").exists(), "used a profile outside the temp one"
+
+    # QGIS's own Python without the venv: the provider still loads and the algorithm says what to install
+    has_torch = subprocess.run(["/usr/bin/python3", "-c", "import torch, rasterio"], capture_output=True)
+    if has_torch.returncode == 0:
+        return
+    env.pop("PYTHONPATH")
+    run = _qgis_process(["run", "sarae:compress", "--", f"INPUT={spain_db}", f"OUTPUT={tmp_path / 'x.sarz'}"], env)
+    text = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "needs Python packages that QGIS's Python cannot import" in text
+    assert "-m pip install --user" in text and '"torch==2.13.0"' in text and "Traceback" not in text
+    assert not (tmp_path / "x.sarz").exists()
+
+
+def test_package_builds_a_complete_reproducible_zip(tmp_path):
+    from sar_ae_core.model_io import bundled_models
+
+    for out in ("a", "b"):
+        subprocess.run([sys.executable, "-m", "qgis_plugin", "package", "--out", str(tmp_path / out)], cwd=ROOT,
+                       check=True, capture_output=True)
+    a, b = tmp_path / "a" / "sarae_codec.zip", tmp_path / "b" / "sarae_codec.zip"
+    assert a.read_bytes() == b.read_bytes()
+    with zipfile.ZipFile(a) as zf:
+        names = set(zf.namelist())
+        assert {n.split("/")[0] for n in names} == {"sarae_codec"}
+        for required in ("metadata.txt", "__init__.py", "plugin.py", "provider.py", "algorithms.py", "styling.py",
+                         "deps.py", "README.md", "icons/sarae.svg", "sar_ae_core/__init__.py",
+                         "sar_ae_core/codec.py", "sar_ae_core/assess.py", "sar_ae_core/attention.py"):
+            assert f"sarae_codec/{required}" in names, required
+        for model in bundled_models():
+            assert f"sarae_codec/sar_ae_core/models_bundled/{model.name}" in names
+        assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", "packaging.py", "__main__.py"))
+                    and not n.startswith("sarae_codec/sar_ae_core/")]
+        assert "def classFactory(iface)" in zf.read("sarae_codec/__init__.py").decode()
+        meta = configparser.ConfigParser(interpolation=None)
+        meta.read_string(zf.read("sarae_codec/metadata.txt").decode())
+    g = meta["general"]
+    for key in ("name", "description", "about", "author", "email", "tags"):
+        assert g.get(key, "").strip(), key
+    assert (g["qgisMinimumVersion"], g["version"], g["hasProcessingProvider"], g["category"], g["experimental"]) \
+        == ("3.22", "0.1.0", "yes", "Raster", "True")
+    assert (ROOT / "qgis_plugin" / g["icon"]).is_file()
+
+
+def test_install_enables_the_plugin_and_keeps_other_settings(tmp_path):
+    from qgis_plugin.packaging import install
+
+    profile = tmp_path / "profile"
+    ini = profile / "QGIS" / "QGIS3.ini"
+    ini.parent.mkdir(parents=True)
+    ini.write_text("[General]\nfoo=bar\n\n[PythonPlugins]\nother=true\nsarae_codec=false\n\n[Qgis]\nx=1\n")
+    target = install(profile)
+    assert (target / "metadata.txt").is_file() and (target / "sar_ae_core" / "codec.py").is_file()
+    assert ini.read_text() == "[General]\nfoo=bar\n\n[PythonPlugins]\nother=true\nsarae_codec=true\n\n[Qgis]\nx=1\n"
+    target = install(profile, link=True)  # replaces the copy with links to the source tree
+    assert (target / "algorithms.py").is_symlink()
+    assert (target / "sar_ae_core").resolve() == (ROOT / "sar_ae_core").resolve()
+    assert ini.read_text().count("sarae_codec=true") == 1
