@@ -8,8 +8,10 @@ The rate is always measured from the bytes of the .jp2 file on disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -57,15 +59,27 @@ def encode_jpeg2000(source: str | os.PathLike, jp2_path: str | os.PathLike, bpp:
             "quality_option": quality, "scaling": scaling.to_dict()}
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Silence rasterio's not-georeferenced warning: the JPEG2000 twin is pixels only by design."""
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
 def _write_jp2(staged: str, path: str, quality: float) -> None:
     """Encode a staged 16-bit GeoTIFF as JPEG2000 with OpenJPEG's QUALITY (percent of the raw size)."""
     import rasterio
 
+    # The JPEG2000 twin carries pixels only (no GeoJP2/GML boxes): its rate is never inflated by
+    # georeferencing, and decode_jpeg2000 restores the source's grid. This favours JPEG2000 slightly.
     with rasterio.open(staged) as src:
         profile = dict(driver="JP2OpenJPEG", width=src.width, height=src.height, count=src.count, dtype="uint16",
-                       crs=src.crs, transform=src.transform, QUALITY=f"{quality:.6f}", REVERSIBLE="NO",
+                       QUALITY=f"{quality:.6f}", REVERSIBLE="NO", GMLJP2="NO", GeoJP2="NO",
                        RESOLUTIONS=max(1, min(6, int(np.log2(min(src.width, src.height))) - 2)))
-        with rasterio.open(path, "w", **profile) as dst:
+        with _quiet(), rasterio.open(path, "w", **profile) as dst:
             for _, win in src.block_windows(1):
                 dst.write(src.read(window=win), window=win)
 
@@ -76,14 +90,15 @@ def decode_jpeg2000(jp2_path: str | os.PathLike, source: str | os.PathLike, out_
     """Decode a JPEG2000 twin into a GeoTIFF on the source's grid (dB or source units; source nodata kept)."""
     import rasterio
 
-    with open_raster(source, bands=bands, units=units) as r, rasterio.open(jp2_path) as jp:
+    with open_raster(source, bands=bands, units=units) as r, _quiet(), rasterio.open(jp2_path) as jp:
         if (jp.width, jp.height, jp.count) != (r.width, r.height, r.count):
             raise SarInputError(jp2_path, "JPEG2000 file does not match the source grid")
         to_db = out_units == "db"
         dtype = "float32" if to_db else r.dtype
         nodata = float("nan") if to_db else r.nodata
         with GeoTiffWriter(out_path, r.width, r.height, r.count, dtype, r.georef, nodata=nodata,
-                           band_names=r.band_names, overwrite=overwrite) as w:
+                           band_names=r.band_names, overwrite=overwrite,
+                           tags={"SARAE_UNITS": "db" if to_db else r.units, "SARAE_CODEC": "jpeg2000"}) as w:
             for win in r.blocks(block):
                 _, valid = scaling.forward(r.read(win), r.units, r.nodata)
                 scaled = jp.read(window=win.to_rasterio()).astype(np.float64) / _LEVELS
