@@ -27,7 +27,7 @@ LAST, BEST = "last.pt", "best.pt"
 
 def code_version() -> dict[str, Any]:
     """sar_ae_core version and, when the code is a git checkout, its commit and whether it has local changes."""
-    info: dict[str, Any] = {"sar_ae_core": sar_ae_core.__version__, "torch": torch.__version__,
+    info: dict[str, Any] = {"sar_ae_core": sar_ae_core.__version__, "torch": str(torch.__version__),
                             "git_commit": None, "git_dirty": None}
     root = Path(__file__).resolve().parents[1]
     try:

@@ -49,6 +49,9 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
     ("--stages", "model", "stages", {"type": int}, "stride-2 levels (downsampling 2**stages)"),
     ("--self-attention", "model", "self_attention", {"action": argparse.BooleanOptionalAction},
      "self-attention at the bottleneck"),
+    ("--entropy-model", "model", "entropy_model", {"choices": ("none", "factorized")},
+     "learned entropy model of the latent: 'factorized' trains a factorized prior with a rate term "
+     "(see --rate-weight) for the codec's factorized-range coder"),
     # loss
     ("--mse-weight", "loss", "mse_weight", {"type": float}, "weight of MSE"),
     ("--ssim-weight", "loss", "ssim_weight", {"type": float}, "weight of the structural term (1 - SSIM)"),
@@ -70,6 +73,8 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
     ("--latent-noise", "run", "latent_noise", {"choices": LATENT_NOISE},
      "quantisation-aware training: uniform noise of one quantisation step, straight-through rounding, or none"),
     ("--latent-bits", "run", "latent_bits", {"type": int}, "bits per latent value in the codec"),
+    ("--rate-weight", "run", "rate_weight", {"type": float},
+     "rate-distortion trade-off for --entropy-model factorized: loss + X * bits per pixel"),
     ("--val-interval", "run", "val_interval", {"type": int}, "validate every N steps (default: every epoch)"),
     ("--val-max-patches", "run", "val_max_patches", {"type": int}, "cap on validation patches (0 = all)"),
     ("--val-batch-size", "run", "val_batch_size", {"type": int}, "patches per validation batch"),

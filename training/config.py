@@ -80,6 +80,8 @@ class RunConfig:
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     latent_noise: str = "uniform"    # none | uniform | ste: quantisation-aware training of the latent
     latent_bits: int = 8             # bits per latent value of the codec (step = (max-min)/(2**bits-1))
+    rate_weight: float = 0.01        # models with an entropy model (model.entropy_model = factorized) only:
+                                     # loss = distortion + rate_weight * estimated bits per pixel
     val_interval: Optional[int] = None  # validate every N steps (default: once per epoch) and at the end
     val_max_patches: int = 0         # cap on validation patches (0 = all)
     val_batch_size: int = 32         # patches per validation forward pass
@@ -239,6 +241,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if r.latent_noise not in LATENT_NOISE:
         bad("run.latent_noise", f"'{r.latent_noise}' unknown (choose from {', '.join(LATENT_NOISE)})")
     check_int("run.latent_bits", r.latent_bits, 1)
+    check_num("run.rate_weight", r.rate_weight, 0.0)
     if r.latent_bits > 16:
         bad("run.latent_bits", f"must be <= 16, got {r.latent_bits}")
     check_int("run.seed", r.seed, 0)

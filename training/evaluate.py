@@ -10,8 +10,11 @@ Per patch (only valid pixels count):
 * ``epi``: edge preservation index on dB.
 
 By default the latent goes through the codec's quantiser (``bits`` per value, see training.quant) so the
-numbers are those a user of the codec gets; ``psnr_float`` is the PSNR without quantisation.
-Reported values are means over patches (ENL ratio / EPI: over patches where they are defined).
+numbers are those a user of the codec gets; ``psnr_float`` is the PSNR without quantisation. Models
+with a factorized entropy model are evaluated as the factorized-range codec uses them: latents rounded
+to integers, ``bpp`` = estimated bits per pixel from the prior (and ``loss`` includes rate_weight * bpp).
+Reported values are means over patches, except the ENL ratio: its median over the patches where it is
+defined (a ratio of variances explodes on patches the model renders flat, which would swamp a mean).
 """
 
 from __future__ import annotations
@@ -26,12 +29,19 @@ from torch.utils.data import DataLoader, Subset
 from sar_ae_core.metrics import enl_ratio, epi, homogeneous_mask, psnr, ssim
 from sar_ae_core.scaling import ScalingParams
 
+from sar_ae_core.entropy import rate_bits
+
 from .quant import quantize_latent
 
 
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
+
+
+def _median(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]  # +inf (output completely flat) counts as very large
+    return float(np.median(finite)) if finite else float("nan")
 
 
 def patch_metrics(ref: np.ndarray, rec: np.ndarray, valid: np.ndarray, scaling: ScalingParams) -> dict[str, float]:
@@ -49,7 +59,7 @@ def patch_metrics(ref: np.ndarray, rec: np.ndarray, valid: np.ndarray, scaling: 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, scaling: ScalingParams, loss_fn, device: torch.device,
              bits: Optional[int] = 8, batch_size: int = 32, max_patches: int = 0, autocast: bool = False,
-             channels_last: bool = False) -> dict[str, float]:
+             channels_last: bool = False, rate_weight: float = 0.0) -> dict[str, float]:
     """Metrics of a SarAutoencoder on a patch dataset (eval mode; the caller's training mode is restored)."""
     was_training = model.training
     model.eval()
@@ -60,7 +70,8 @@ def evaluate(model: torch.nn.Module, dataset, scaling: ScalingParams, loss_fn, d
     # own generator: evaluating never consumes the global random stream (exact resume)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
                         generator=torch.Generator().manual_seed(0))
-    losses, weights = [], []
+    prior = getattr(model, "entropy", None)
+    losses, weights, total_bits, total_px = [], [], 0.0, 0
     per: dict[str, list[float]] = {"psnr": [], "ssim": [], "enl_ratio": [], "epi": [], "psnr_float": []}
     try:
         for batch in loader:
@@ -71,9 +82,19 @@ def evaluate(model: torch.nn.Module, dataset, scaling: ScalingParams, loss_fn, d
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 y = model.encode(x)
                 x_float = model.decode(y)
-                x_hat = model.decode(quantize_latent(y, bits)) if bits else x_float
+                if prior is not None:  # the factorized-range codec: integer rounding, rate from the prior
+                    y_hat = torch.round(y.float())
+                    with torch.autocast(device.type, enabled=False):
+                        bits_batch = float(rate_bits(prior.likelihood(y_hat)))
+                    x_hat = model.decode(y_hat.to(y.dtype))
+                else:
+                    x_hat = model.decode(quantize_latent(y, bits)) if bits else x_float
             x_hat, x_float = x_hat.float().clamp(0, 1), x_float.float().clamp(0, 1)
             loss, _ = loss_fn(x_hat, x.float(), m)
+            if prior is not None:
+                px = x.shape[0] * x.shape[-2] * x.shape[-1]
+                total_bits, total_px = total_bits + bits_batch, total_px + px
+                loss = loss + rate_weight * bits_batch / px
             losses.append(float(loss))
             weights.append(x.shape[0])
             ref = x.float().cpu().numpy()[:, 0]
@@ -88,6 +109,7 @@ def evaluate(model: torch.nn.Module, dataset, scaling: ScalingParams, loss_fn, d
     finally:
         model.train(was_training)
     out = {"loss": float(np.average(losses, weights=weights)) if losses else float("nan")}
-    out.update({k: _mean(v) for k, v in per.items()})
+    out.update({k: (_median if k == "enl_ratio" else _mean)(v) for k, v in per.items()})
+    out["bpp"] = total_bits / total_px if total_px else float("nan")
     out["patches"] = int(sum(weights))
     return out

@@ -49,6 +49,8 @@ def _cell(v) -> str:
     if isinstance(v, float):
         if not math.isfinite(v):
             return "nan" if math.isnan(v) else "inf"
+        if v.is_integer():
+            return str(int(v))
         return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
     return str(v)
 

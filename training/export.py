@@ -47,13 +47,16 @@ def bundle_info(ckpt: dict, attribution: Optional[str] = None) -> dict:
             "steps": ckpt["step"], "total_steps": ckpt.get("total_steps"), "epochs": ckpt.get("epoch"),
             "train_time_s": round(float(ckpt.get("train_time_s", 0.0)), 1), "device": ckpt.get("device"),
             "world_size": ckpt.get("world_size", 1), "latent_noise": cfg["run"]["latent_noise"],
-            "latent_bits": cfg["run"]["latent_bits"], "loss": cfg["loss"], "optim": cfg["optim"],
+            "latent_bits": cfg["run"]["latent_bits"], "entropy_model": model_cfg.get("entropy_model", "none"),
+            "rate_weight": cfg["run"].get("rate_weight"), "loss": cfg["loss"], "optim": cfg["optim"],
             "seed": cfg["run"]["seed"], "checkpoint": os.path.basename(ckpt.get("path", "")),
         },
         "validation": ckpt.get("val_metrics"),
         "test": test,
-        "metrics_note": "means over held-out patches; latent quantised to latent_bits per value like the codec; "
-                        "PSNR/SSIM on the [0,1]-scaled dB range, ENL ratio on linear intensity, EPI on dB",
+        "metrics_note": "means over held-out patches (ENL ratio: median); latent quantised like the codec "
+                        "(latent_bits per value, or integer rounding for a factorized entropy model, bpp then "
+                        "estimated from the prior); PSNR/SSIM on the [0,1]-scaled dB range, ENL ratio on linear "
+                        "intensity, EPI on dB",
         "code": ckpt.get("code"),
     }
     if attribution:

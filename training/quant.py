@@ -51,7 +51,13 @@ def apply_latent_noise(y: torch.Tensor, mode: str, bits: int) -> torch.Tensor:
 
 
 class QuantAwareAutoencoder(torch.nn.Module):
-    """Wraps a SarAutoencoder so one forward (the one DDP sees) is encode -> latent noise -> decode."""
+    """Wraps a SarAutoencoder so one forward (the one DDP sees) is encode -> latent noise -> decode.
+
+    Returns ``(reconstruction, likelihoods)``. Models with a learned entropy model
+    (``entropy_model='factorized'``) go through their prior instead of the min/max quantiser: noise
+    U(-1/2, 1/2) while training, rounding in eval mode, and the likelihoods give the rate term (computed
+    in float32 even under autocast). Other models return ``None`` likelihoods.
+    """
 
     def __init__(self, autoencoder: torch.nn.Module, noise: str = "uniform", bits: int = 8):
         super().__init__()
@@ -59,8 +65,13 @@ class QuantAwareAutoencoder(torch.nn.Module):
         self.noise = noise
         self.bits = bits
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         y = self.ae.encode(x)
+        prior = getattr(self.ae, "entropy", None)
+        if prior is not None:
+            with torch.autocast(x.device.type, enabled=False):
+                y_hat, likelihoods = prior(y.float())
+            return self.ae.decode(y_hat.to(y.dtype)), likelihoods
         if self.training:
             y = apply_latent_noise(y, self.noise, self.bits)
-        return self.ae.decode(y)
+        return self.ae.decode(y), None

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from sar_ae_core.entropy import rate_bits
 from sar_ae_core.errors import SarInputError
 from sar_ae_core.losses import CombinedLoss
 from sar_ae_core.model_io import select_device, weights_sha256
@@ -43,7 +44,7 @@ from .evaluate import evaluate
 from .quant import QuantAwareAutoencoder
 
 CSV_COLUMNS = ["step", "epoch", "split", "lr", "loss", "loss_mse", "loss_ssim", "loss_ms_ssim", "loss_gradient",
-               "grad_norm", "psnr", "ssim", "enl_ratio", "epi", "psnr_float", "patches", "elapsed_s"]
+               "bpp", "grad_norm", "psnr", "ssim", "enl_ratio", "epi", "psnr_float", "patches", "elapsed_s"]
 METRIC_KEYS = ("loss", "psnr", "ssim", "enl_ratio", "epi", "psnr_float")
 # Settings that may change when resuming (they do not alter what is computed at each step).
 RESUMABLE_OVERRIDES = {("run", "device"), ("data", "workers"), ("run", "stop_at_step"), ("run", "time_limit_min"),
@@ -166,8 +167,10 @@ def _fmt(v: Any) -> Any:
 
 
 def _fmt_metrics(m: dict) -> str:
+    bpp = f" | {m['bpp']:.3f} bpp (estimated)" if math.isfinite(m.get("bpp", math.nan)) else ""
     return (f"loss {m['loss']:.5f} | PSNR {m['psnr']:.2f} dB (float latent {m['psnr_float']:.2f}) | "
-            f"SSIM {m['ssim']:.4f} | ENL ratio {m['enl_ratio']:.3f} | EPI {m['epi']:.4f} | {m['patches']} patches")
+            f"SSIM {m['ssim']:.4f} | ENL ratio {m['enl_ratio']:.3f} | EPI {m['epi']:.4f}{bpp} | "
+            f"{m['patches']} patches")
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,6 +215,9 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
                 allowed = ", ".join(sorted(f"{s}.{k}" for s, k in RESUMABLE_OVERRIDES))
                 raise SarInputError(ckpt["path"], f"cannot change {', '.join(bad)} when resuming (the run continues "
                                                   f"with its saved configuration; only {allowed} may change)")
+        # a stop point belongs to the session that set it; the continued run goes to the end unless told again
+        saved.run.stop_at_step, saved.run.time_limit_min = None, None
+        if resume_overrides:
             saved = apply_overrides(saved, resume_overrides)
         cfg = saved
         cfg.run.out_dir = str(Path(ckpt["path"]).parent)
@@ -229,6 +235,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
 
             _tqdm.write(msg, file=sys.stdout)
             sys.stdout.flush()
+
     run_dir = Path(cfg.run.out_dir)
     if not resume and not check_only and (run_dir / LAST).exists() and not overwrite:
         raise SarInputError(run_dir, f"already holds a training run ({LAST}); continue it with --resume {run_dir} "
@@ -287,6 +294,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
             log("the run is already complete")
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and not ckpt:  # nothing of the previous run may be mistaken for this one's
+            for old in [LAST, BEST, "summary.json", "curves.png", "results.json", *[p.name for p in
+                        run_dir.glob("weights_rank*.sha256")]]:
+                (run_dir / old).unlink(missing_ok=True)
         (run_dir / "config.json").write_text(cfg.to_json(), encoding="utf-8")
     _barrier(d)
     mlog = MetricsLog(run_dir, step if ckpt else None, cfg.run.tensorboard, log) if d.main else None
@@ -313,13 +324,15 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         dist.all_gather_object(everyone, mine)
         return mine, everyone
 
+    last_plot = [time.perf_counter()]
+
     def validate_and_save(current_step: int, rng: dict, rng_all: Optional[list]) -> Optional[dict]:
         nonlocal best_loss, best_step, last_val
         if not d.main:
             return None
         val = evaluate(ae, data.val, data.scaling, loss_fn, device, bits=cfg.run.latent_bits,
                        batch_size=cfg.run.val_batch_size, max_patches=cfg.run.val_max_patches,
-                       autocast=cuda, channels_last=cuda)
+                       autocast=cuda, channels_last=cuda, rate_weight=cfg.run.rate_weight)
         last_val = val
         improved = val["loss"] < best_loss
         if improved:
@@ -330,7 +343,9 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         save_checkpoint(run_dir / LAST, ckpt_payload)
         if improved:
             save_checkpoint(run_dir / BEST, ckpt_payload)
-        _try_plot(run_dir, cfg)
+        if time.perf_counter() - last_plot[0] > 60:  # a figure costs about a second: at most once a minute
+            _try_plot(run_dir, cfg)
+            last_plot[0] = time.perf_counter()
         return val
 
     # -- loop ------------------------------------------------------------------------------------
@@ -340,8 +355,9 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
     session_start = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not d.main or quiet,
                mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
-    acc = torch.zeros(6, dtype=torch.float64)  # loss, mse, structural, gradient, grad norm, count
+    acc = torch.zeros(7, dtype=torch.float64)  # loss, mse, structural, gradient, grad norm, bpp, count
     structural = cfg.loss.structural
+    has_prior = getattr(ae, "entropy", None) is not None
     stopped_reason = None
     net.train()
     try:
@@ -358,8 +374,12 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
                     x = x.contiguous(memory_format=torch.channels_last)
                 lr = scheduler.get_last_lr()[0]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    x_hat = net(x)
+                    x_hat, likelihoods = net(x)
                 loss, comps = loss_fn(x_hat.float(), x.float(), m)
+                if likelihoods is not None:  # rate-distortion: + rate_weight * estimated bits per pixel
+                    bpp = rate_bits(likelihoods) / (x.shape[0] * x.shape[-2] * x.shape[-1])
+                    loss = loss + cfg.run.rate_weight * bpp
+                    comps["bpp"] = bpp.item()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 gnorm = torch.nn.utils.clip_grad_norm_(ae.parameters(),
@@ -367,15 +387,15 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                acc += torch.tensor([float(loss), comps.get("mse", 0.0), comps.get(structural, 0.0),
+                acc += torch.tensor([loss.item(), comps.get("mse", 0.0), comps.get(structural, 0.0),
                                      comps.get("gradient", 0.0),
-                                     float(gnorm), 1.0], dtype=torch.float64)
+                                     float(gnorm), comps.get("bpp", 0.0), 1.0], dtype=torch.float64)
                 train_time += time.perf_counter() - t_step
                 bar.update(1)
                 if step % cfg.run.log_interval == 0 or step == stop_at:
                     if d.enabled:
                         dist.all_reduce(acc)
-                    n = acc[5].item()
+                    n = acc[6].item()
                     if d.main:
                         row = {"step": step, "epoch": (step - 1) // spe, "split": "train", "lr": lr,
                                "loss": acc[0].item() / n, "loss_mse": acc[1].item() / n,
@@ -383,6 +403,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
                                "elapsed_s": train_time}
                         if cfg.loss.gradient_weight > 0:
                             row["loss_gradient"] = acc[3].item() / n
+                        if has_prior:
+                            row["bpp"] = acc[5].item() / n
                         mlog.row(**row)
                         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
                     acc.zero_()
@@ -446,7 +468,7 @@ def _finish(cfg, data: PreparedData, ae, loss_fn, device, run_dir: Path, step: i
         if test_ds is not None and len(test_ds):
             test = evaluate(ae, test_ds, data.scaling, loss_fn, device, bits=cfg.run.latent_bits,
                             batch_size=cfg.run.val_batch_size, autocast=device.type == "cuda",
-                            channels_last=device.type == "cuda")
+                            channels_last=device.type == "cuda", rate_weight=cfg.run.rate_weight)
             log(f"test (best.pt, step {best_step}): {_fmt_metrics(test)}")
     c = ae.config
     summary = {
@@ -457,6 +479,7 @@ def _finish(cfg, data: PreparedData, ae, loss_fn, device, run_dir: Path, step: i
         **describe_model(ae),
         "bits_per_pixel_uncoded": c.latent_channels * cfg.run.latent_bits / 4 ** c.stages,
         "latent_noise": cfg.run.latent_noise, "latent_bits": cfg.run.latent_bits,
+        "entropy_model": c.to_dict().get("entropy_model", "none"), "rate_weight": cfg.run.rate_weight,
         "val": best_val, "test": test, "last_val": last_val,
         "data": data.describe(), "scaling": data.scaling.to_dict(), "config": cfg.to_dict(), "code": code_version(),
     }
@@ -486,9 +509,13 @@ def _log_plan(log, cfg: TrainConfig, data: PreparedData, d: Dist, device, spe: i
         f"{data.train.rejected} rejected), val {len(data.val)} ({data.val.rejected} rejected) "
         f"[{prep_s:.1f} s]")
     m = cfg.model
+    if getattr(m, "entropy_model", "none") != "none":
+        latent = (f"{m.entropy_model} entropy model (noise U(-1/2, 1/2), rounding at validation), rate weight "
+                  f"{cfg.run.rate_weight:g}")
+    else:
+        latent = f"latent noise {cfg.run.latent_noise} ({cfg.run.latent_bits} bits)"
     log(f"model      : {m.variant}{' + self-attention' if m.self_attention else ''}, base {m.base_channels}, "
-        f"latent {m.latent_channels}, {m.stages} stages (nominal {4 ** m.stages / m.latent_channels:g}x); "
-        f"latent noise {cfg.run.latent_noise} ({cfg.run.latent_bits} bits)")
+        f"latent {m.latent_channels}, {m.stages} stages (nominal {4 ** m.stages / m.latent_channels:g}x); {latent}")
     log(f"schedule   : {total} steps ({spe} per epoch, batch {cfg.optim.batch_size} x {d.world}), lr "
         f"{cfg.optim.lr:g}, warm-up {warmup}, cosine to {cfg.optim.lr * cfg.optim.min_lr_ratio:.2g}, "
         f"grad clip {cfg.optim.grad_clip:g}, validation every {val_interval} steps")

@@ -1,0 +1,371 @@
+"""The training package (`python -m training`) on real Sentinel-1 rasters: a tiny model (base 8, 64 px
+patches, a few steps) so the whole module runs in well under a minute on 2 CPU cores."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sar_ae_core.model_io import load_bundle, weights_sha256
+from sar_ae_core.models import build_model
+from sar_ae_core.scaling import fit_scaling
+from training.checkpoint import checkpoint_model, load_checkpoint, save_checkpoint
+from training.cli import main
+from training.config import TrainConfig
+from training.data import prepare_data
+from training.evaluate import evaluate
+from training.quant import apply_latent_noise, quantize_latent
+from training.train import WarmupCosine
+from sar_ae_core.losses import CombinedLoss
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = ["--patch-size", "64", "--base-channels", "8", "--latent-channels", "16", "--stages", "4",
+        "--batch-size", "8", "--lr", "2e-3", "--warmup-steps", "2", "--log-interval", "1",
+        "--val-max-patches", "8", "--no-tensorboard"]
+
+
+def _files(sar_data: Path) -> dict[str, str]:
+    f, s = sar_data / "fullres", sar_data
+    return {
+        "ghana_a": str(f / "s1_iw_grd_sen1floods11_ghana_53713_vv_vh_db.tif"),
+        "ghana_b": str(f / "s1_iw_grd_sen1floods11_ghana_83483_vv_vh_db.tif"),
+        "ghana_c": str(f / "s1_iw_grd_sen1floods11_ghana_97059_vv_vh_db.tif"),
+        "india": str(f / "s1_iw_grd_sen1floods11_india_900498_vv_vh_db.tif"),
+        "bolivia": str(f / "s1_iw_grd_sen1floods11_bolivia_312675_vv_vh_db.tif"),
+        "pakistan": str(f / "s1_iw_grd_sen1floods11_pakistan_849790_vv_vh_db.tif"),
+        "nigeria": str(f / "s1_iw_grd_sen1floods11_nigeria_812045_vv_vh_db.tif"),
+        "sea_vv": str(s / "s1_opera_rtc_t137-292318-iw1_20211119_vv_lin.tif"),
+        "sea_vh": str(s / "s1_opera_rtc_t137-292318-iw1_20211119_vh_lin.tif"),
+    }
+
+
+def _rows(run: Path, split: str) -> list[dict]:
+    with open(run / "metrics.csv", newline="", encoding="utf-8") as fh:
+        return [r for r in csv.DictReader(fh) if r["split"] == split]
+
+
+def _three_scenes(sar_data: Path) -> list[str]:
+    f = _files(sar_data)
+    # 3 scenes: one for validation, two for training (no test split)
+    return ["--data", f["ghana_a"], f["ghana_b"], f["india"], "--val-fraction", "0.34", "--test-fraction", "0"]
+
+
+# --------------------------------------------------------------------------------------------
+# One short real run shared by several tests
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def short_run(sar_data, tmp_path_factory):
+    """60 steps on five scenes (Sen1Floods11 + OPERA). With split seed 0 the dark river scene (India) is
+    the validation scene, so fitting the scaling on everything would move vmin by several dB."""
+    f = _files(sar_data)
+    run = tmp_path_factory.mktemp("short") / "run"
+    files = [f["bolivia"], f["pakistan"], f["nigeria"], f["india"], f["sea_vv"], f["sea_vh"]]
+    rc = main(["--data", *files, "--val-fraction", "0.2", "--test-fraction", "0.2", "--split-seed", "0",
+               *TINY, "--steps", "60", "--val-interval", "30", "--out-dir", str(run)])
+    assert rc == 0
+    return run, files
+
+
+def test_short_run_lowers_the_training_loss(short_run):
+    run, _ = short_run
+    train = _rows(run, "train")
+    assert [int(r["step"]) for r in train] == list(range(1, 61))
+    loss = [float(r["loss"]) for r in train]
+    mse = [float(r["loss_mse"]) for r in train]
+    first, last = np.mean(loss[:5]), np.mean(loss[-5:])
+    # the total is dominated by 1 - SSIM, which moves slowly on speckle; MSE falls fast
+    assert last < 0.95 * first, (first, last)
+    assert np.mean(mse[-5:]) < 0.6 * np.mean(mse[:5])
+    val = _rows(run, "val")
+    assert [int(r["step"]) for r in val] == [30, 60]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["step"] == 60
+    for split in ("val", "test"):
+        m = summary[split]
+        assert 8 < m["psnr"] < 60 and 0 < m["ssim"] <= 1 and 0 < m["epi"] <= 1 and m["enl_ratio"] > 0, m
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scaling_is_fitted_on_the_training_split_only(short_run):
+    run, files = short_run
+    ckpt = load_checkpoint(run / "last.pt")
+    splits = ckpt["data"]["files"]
+    names = {k: sorted(os.path.basename(p) for p in v) for k, v in splits.items()}
+    assert names["val"] == ["s1_iw_grd_sen1floods11_india_900498_vv_vh_db.tif"]
+    assert names["test"] and not set(names["test"]) & set(names["train"])
+    scaling = ckpt["scaling"]
+    assert sorted(scaling["fitted_on"]) == names["train"]
+    on_train = fit_scaling(splits["train"])
+    on_all = fit_scaling(files)
+    assert scaling["vmin_db"] == pytest.approx(on_train.vmin_db) and scaling["vmax_db"] == pytest.approx(on_train.vmax_db)
+    # the held-out scenes really would have changed the range (the test would be vacuous otherwise)
+    assert abs(on_all.vmin_db - on_train.vmin_db) > 3.0
+
+
+def test_checkpoint_holds_everything_and_round_trips(short_run, tmp_path):
+    run, _ = short_run
+    ckpt = load_checkpoint(run / "best.pt")
+    for key in ("model_config", "state_dict", "scaling", "optimizer", "scheduler", "step", "epoch", "rng",
+                "val_metrics", "data", "code", "config", "train_time_s", "device"):
+        assert key in ckpt, key
+    assert ckpt["data"]["patches"]["train"] > 0 and ckpt["data"]["patches"]["val"] > 0
+    assert ckpt["code"]["sar_ae_core"] and ckpt["config"]["optim"]["steps"] == 60
+    # the model rebuilt from disk reproduces the validation numbers measured in the training process
+    model, scaling = checkpoint_model(ckpt)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    data = prepare_data(cfg.data, scaling=scaling)
+    again = evaluate(model, data.val, scaling, CombinedLoss(cfg.loss), torch.device("cpu"),
+                     bits=cfg.run.latent_bits, max_patches=cfg.run.val_max_patches)
+    for k in ("loss", "psnr", "ssim", "epi", "enl_ratio"):
+        assert again[k] == pytest.approx(ckpt["val_metrics"][k], rel=1e-5, abs=1e-6), k
+    # save -> load again: bit-identical outputs on real patches
+    payload = {k: v for k, v in ckpt.items() if k not in ("format", "version", "path")}
+    save_checkpoint(tmp_path / "copy.pt", payload)
+    model2, _ = checkpoint_model(load_checkpoint(tmp_path / "copy.pt"))
+    x = torch.stack([data.val[i]["image"] for i in range(4)])
+    with torch.no_grad():
+        assert torch.equal(model(x), model2(x))
+
+
+def test_export_writes_a_small_bundle_the_codec_can_load(short_run, tmp_path):
+    run, _ = short_run
+    out = tmp_path / "tiny.pt"
+    assert main(["export", str(run), str(out), "--name", "tiny-test"]) == 0
+    bundle = load_bundle(out)
+    assert bundle.name == "tiny-test" and out.stat().st_size < 1_000_000
+    ckpt = load_checkpoint(run / "best.pt")
+    info = bundle.info
+    assert info["training"]["steps"] == ckpt["step"]
+    assert info["validation"]["psnr"] == pytest.approx(ckpt["val_metrics"]["psnr"])
+    assert sorted(info["training"]["files"]["train"]) == sorted(ckpt["scaling"]["fitted_on"])
+    assert bundle.scaling.vmin_db == pytest.approx(ckpt["scaling"]["vmin_db"])
+    model, _ = checkpoint_model(ckpt)
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert float((bundle.model(x) - model(x)).abs().max()) < 2e-2  # fp16 weights
+    assert main(["export", str(run), str(out), "--name", "tiny-test"]) == 2  # exists, no --overwrite
+
+
+def _as_cuda_checkpoint(src: Path, dst: Path) -> None:
+    """Rewrite a torch.save zip so every storage says it was saved on 'cuda:0' (what a GPU run writes)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if name.endswith("data.pkl"):  # the location string is pickled once and referenced by every storage
+                assert b"X\x03\x00\x00\x00cpu" in data
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            zout.writestr(name, data)
+
+
+def test_checkpoint_saved_on_cuda_loads_on_cpu(short_run, tmp_path):
+    """Honest check of map_location='cpu': the checkpoint's storages are re-labelled 'cuda:0' inside the
+    file (exactly what torch.save records for GPU tensors). Without mapping, torch refuses to load it on
+    this CPU-only machine; load_checkpoint and export must succeed."""
+    run, _ = short_run
+    cuda_ckpt = tmp_path / "gpu_run" / "best.pt"
+    cuda_ckpt.parent.mkdir()
+    _as_cuda_checkpoint(run / "best.pt", cuda_ckpt)
+    seen = []
+    torch.load(cuda_ckpt, weights_only=True, map_location=lambda storage, location: seen.append(location) or storage)
+    assert len(seen) > 10 and set(seen) == {"cuda:0"}  # every tensor in the file now claims to live on a GPU
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(cuda_ckpt, weights_only=True)
+    ckpt = load_checkpoint(cuda_ckpt)
+    assert all(t.device.type == "cpu" for t in ckpt["state_dict"].values())
+    ref = load_checkpoint(run / "best.pt")
+    assert weights_sha256(ckpt["state_dict"]) == weights_sha256(ref["state_dict"])
+    assert main(["export", str(cuda_ckpt), str(tmp_path / "from_gpu.pt"), "--name", "gpu"]) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Resume
+# --------------------------------------------------------------------------------------------
+def test_resume_continues_at_the_saved_step_with_the_same_learning_rate(sar_data, tmp_path, capsys):
+    common = [*_three_scenes(sar_data), *TINY, "--batch-size", "4", "--steps", "8", "--val-interval", "3"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert main([*common, "--out-dir", str(full)]) == 0
+    assert main([*common, "--out-dir", str(split), "--stop-at", "5"]) == 0
+    stopped = load_checkpoint(split / "last.pt")
+    assert stopped["step"] == 5 and json.loads((split / "summary.json").read_text())["status"] == "stopped"
+    capsys.readouterr()
+    assert main(["--resume", str(split)]) == 0
+    assert "at step 5/8" in capsys.readouterr().out
+    a, b = _rows(full, "train"), _rows(split, "train")
+    assert [r["step"] for r in b] == [str(s) for s in range(1, 9)]
+    for ra, rb in zip(a, b):  # same learning rate at every step, same batches and noise (workers 0)
+        assert float(ra["lr"]) == pytest.approx(float(rb["lr"]), rel=1e-9), ra["step"]
+        assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5), ra["step"]
+    assert float(b[5]["lr"]) < float(b[4]["lr"])  # the cosine schedule goes on where it stopped
+    wa, wb = load_checkpoint(full / "last.pt"), load_checkpoint(split / "last.pt")
+    assert wa["step"] == wb["step"] == 8
+    for k in wa["state_dict"]:
+        assert torch.allclose(wa["state_dict"][k].float(), wb["state_dict"][k].float(), atol=1e-6), k
+    # a finished run cannot be restarted by accident
+    assert main([*common, "--out-dir", str(full)]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Distributed (torchrun, gloo on CPU)
+# --------------------------------------------------------------------------------------------
+def test_torchrun_two_processes_end_with_identical_parameters(sar_data, tmp_path):
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun) if torchrun.exists() else sys.executable, *([] if torchrun.exists() else
+           ["-m", "torch.distributed.run"]), "--standalone", "--nproc_per_node=2", "-m", "training",
+           *_three_scenes(sar_data), *TINY, "--batch-size", "4", "--steps", "6", "--val-interval", "3",
+           "--device", "cpu", "--out-dir", str(run)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "2 processes, backend gloo" in proc.stdout
+    h0 = (run / "weights_rank0.sha256").read_text().strip()
+    h1 = (run / "weights_rank1.sha256").read_text().strip()
+    assert len(h0) == 64 and h0 == h1
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 6
+    model = build_model(ckpt["model_config"])
+    params = {k: ckpt["state_dict"][k] for k, _ in model.named_parameters()}
+    assert weights_sha256(params) == h0  # rank 0 saved what both ranks hold
+    torch.manual_seed(0)  # the initial weights (same seed) differ: training really changed them
+    init = {k: v for k, v in build_model(ckpt["model_config"]).named_parameters()}
+    assert weights_sha256(init) != h0
+    # rank 0 alone writes logs: one row per step
+    assert [r["step"] for r in _rows(run, "train")] == [str(s) for s in range(1, 7)]
+
+
+# --------------------------------------------------------------------------------------------
+# Fail fast on bad input (exit 2, one clear line, nothing trained)
+# --------------------------------------------------------------------------------------------
+def test_unknown_variant_exits_2_from_the_command_line(sar_data, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "training", *_three_scenes(sar_data), "--steps", "5",
+                           "--variant", "transformer", "--out-dir", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown model variant 'transformer'" in proc.stderr and "res_cbam" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("case", ["missing_folder", "glob_no_match", "patch_too_large", "no_valid_patches",
+                                  "no_steps", "bad_patch_multiple", "one_scene"])
+def test_bad_configurations_fail_fast(case, sar_data, tmp_path, capsys):
+    f = _files(sar_data)
+    data = _three_scenes(sar_data)
+    args, expected = {
+        "missing_folder": (["--data", str(tmp_path / "nope"), "--steps", "5"], "nope: no such file or folder"),
+        "glob_no_match": (["--data", str(sar_data / "*.xyz"), "--steps", "5"], "pattern matched no files"),
+        "patch_too_large": ([*data, "--steps", "5", "--patch-size", "1024"],
+                            "patch size 1024 is larger than every raster"),
+        "no_valid_patches": ([*data, "--steps", "5", "--min-std", "0.9"], "no valid training patches"),
+        "no_steps": ([*data], "give --steps and/or --epochs"),
+        "bad_patch_multiple": ([*data, "--steps", "5", "--patch-size", "100"], "multiple of 2**stages = 16"),
+        "one_scene": (["--data", f["ghana_a"], "--steps", "5"], "validation split is empty"),
+    }[case]
+    out = tmp_path / "run"
+    assert main([*args, "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    if case == "patch_too_large":
+        assert "512x512" in err  # the sizes are in the message
+    assert not (out / "last.pt").exists()
+
+
+def test_config_file_and_flags(sar_data, tmp_path, capsys):
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"data": {"paths": ["a.tif"], "patch_size": 128}, "optim": {"steps": 5}}))
+    assert main(["--config", str(cfg_file), "--steps", "7", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["optim"]["steps"] == 7 and cfg["data"]["patch_size"] == 128 and cfg["optim"]["lr"] == 1e-4
+    cfg_file.write_text(json.dumps({"optim": {"stepz": 5}}))
+    assert main(["--config", str(cfg_file), "--print-config"]) == 2
+    assert "unknown key(s) ['stepz'] in section 'optim'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Quantisation-aware training and the schedule
+# --------------------------------------------------------------------------------------------
+def test_latent_noise_matches_the_codec_quantiser():
+    torch.manual_seed(0)
+    y = torch.randn(3, 4, 8, 8) * torch.tensor([1.0, 5.0, 0.1, 2.0]).view(1, 4, 1, 1)
+    step = (y.amax((2, 3), keepdim=True) - y.amin((2, 3), keepdim=True)) / 255
+    q = quantize_latent(y, 8)
+    assert float(((q - y).abs() / step).max()) <= 0.5 + 1e-4  # at most half a step per channel
+    levels = (q - y.amin((2, 3), keepdim=True)) / step
+    assert torch.allclose(levels, levels.round(), atol=1e-3)  # on the 256-level grid
+    noisy = apply_latent_noise(y, "uniform", 8)
+    rel = (noisy - y) / step
+    assert float(rel.abs().max()) <= 0.5 and float(rel.std()) == pytest.approx(1 / math.sqrt(12), rel=0.1)
+    y.requires_grad_(True)
+    apply_latent_noise(y, "ste", 8).sum().backward()
+    assert torch.equal(y.grad, torch.ones_like(y))  # straight-through: identity gradient
+
+
+def test_warmup_cosine_schedule():
+    s = WarmupCosine(warmup=10, total=110, min_ratio=0.01)
+    assert s(0) == pytest.approx(1 / 11) and s(9) == pytest.approx(10 / 11)
+    assert s(10) == pytest.approx(1.0) and s(60) == pytest.approx(0.505)
+    assert s(110) == pytest.approx(0.01)
+    assert all(s(k) >= s(k + 1) for k in range(10, 110))
+
+
+# --------------------------------------------------------------------------------------------
+# Experiment matrix
+# --------------------------------------------------------------------------------------------
+def test_tiny_experiment_matrix_writes_results_table_and_plots(sar_data, tmp_path):
+    out = tmp_path / "exp"
+    rc = main(["experiments", "--variants", "plain,res_cbam", "--latents", "8,4", *_three_scenes(sar_data),
+               *TINY, "--steps", "3", "--val-max-patches", "4", "--out-dir", str(out)])
+    assert rc == 0
+    runs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert runs == ["plain_lat4", "plain_lat8", "res_cbam_lat4", "res_cbam_lat8"]
+    for name in runs:
+        res = json.loads((out / name / "results.json").read_text())
+        assert res["step"] == 3 and res["status"] == "finished"
+        assert res["nominal_compression_ratio"] == {"4": 64.0, "8": 32.0}[name.split("lat")[1]]
+        assert math.isfinite(res["val"]["psnr"]) and res["val"]["patches"] == 4
+    with open(out / "comparison.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 4 and {r["variant"] for r in table} == {"plain", "res_cbam"}
+    md = (out / "comparison.md").read_text()
+    assert md.count("\n| plain") == 2 and "val PSNR" in md
+    assert (out / "quality_vs_compression.png").read_bytes()[:4] == b"\x89PNG"
+    # a second invocation reuses the finished runs instead of training again
+    before = hashlib.sha256((out / "plain_lat8" / "best.pt").read_bytes()).hexdigest()
+    assert main(["experiments", "--variants", "plain", "--latents", "8", *_three_scenes(sar_data), *TINY,
+                 "--steps", "3", "--out-dir", str(out)]) == 0
+    assert hashlib.sha256((out / "plain_lat8" / "best.pt").read_bytes()).hexdigest() == before
+
+
+def test_factorized_entropy_model_trains_with_a_rate_term(sar_data, tmp_path):
+    """--entropy-model factorized: the prior is trained (rate term), validation reports the estimated bpp of
+    integer-rounded latents, and the exported bundle carries the coding tables the range coder needs."""
+    run = tmp_path / "rd"
+    assert main([*_three_scenes(sar_data), *TINY, "--steps", "12", "--val-interval", "6",
+                 "--entropy-model", "factorized", "--rate-weight", "0.05", "--out-dir", str(run)]) == 0
+    train = _rows(run, "train")
+    bpp = [float(r["bpp"]) for r in train]
+    assert 0 < bpp[-1] < bpp[0]  # the rate goes down
+    val = _rows(run, "val")
+    assert all(0 < float(r["bpp"]) < 8 for r in val)
+    ckpt = load_checkpoint(run / "best.pt")
+    init = build_model(ckpt["model_config"]).state_dict()
+    prior_keys = [k for k in ckpt["state_dict"] if k.startswith("entropy.")]
+    assert prior_keys and any(not torch.equal(ckpt["state_dict"][k], init[k]) for k in prior_keys)
+    out = tmp_path / "rd.pt"
+    assert main(["export", str(run), str(out), "--name", "rd-test"]) == 0
+    bundle = load_bundle(out)
+    assert bundle.tables is not None and bundle.info["validation"]["bpp"] == pytest.approx(ckpt["val_metrics"]["bpp"])
