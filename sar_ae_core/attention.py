@@ -18,7 +18,7 @@ import torch
 
 from .codec import _read_strip, choose_scaling
 from .errors import SarInputError
-from .model_io import ModelBundle, load_bundle, select_device
+from .model_io import ModelBundle, ready_bundle
 from .progress import Progress, ProgressFn
 from .raster import GeoTiffWriter, Window, check_output_path, open_raster
 from .tiling import TilePlan
@@ -35,9 +35,8 @@ def attention_map_raster(input_path: str | os.PathLike, output_path: str | os.Pa
     t_start = time.perf_counter()
     check_output_path(output_path, overwrite)
     prog = Progress(progress)
-    dev = select_device(device)
-    bundle = bundle or load_bundle(model, dev)
-    bundle.to(dev)
+    bundle = ready_bundle(model, device, bundle)
+    dev = next(bundle.model.parameters()).device
     modules = list(bundle.model.spatial_attention_modules())
     if not modules:
         cfg = bundle.config

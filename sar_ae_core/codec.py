@@ -20,11 +20,14 @@ from . import __version__
 from .container import ContainerReader, ContainerWriter
 from .errors import SarInputError
 from .latent_coding import UniformZstdCodec, codec_from_params, decode_mask, encode_mask
-from .model_io import ModelBundle, load_bundle, select_device
+from .model_io import ModelBundle, load_bundle, ready_bundle, select_device
 from .progress import Progress, ProgressFn
 from .raster import AtomicOutput, Georef, GeoTiffWriter, Window, check_output_path, open_raster
 from .scaling import ScalingParams, output_dtype, output_nodata
 from .tiling import TilePlan, blend_weights
+
+
+_OUT_COLS = 1024
 
 
 def _chunk_id(plan: TilePlan, bands: int, row: int, col: int, band: int, kind: int) -> int:
@@ -67,9 +70,8 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     t_start = time.perf_counter()
     check_output_path(output_path, overwrite)
     prog = Progress(progress)
-    dev = select_device(device)
-    bundle = bundle or load_bundle(model, dev)
-    bundle.to(dev)
+    bundle = ready_bundle(model, device, bundle)
+    dev = next(bundle.model.parameters()).device
     codec = _choose_codec(codec, bundle, bits)
     d = bundle.model.downsample_factor
     timer = _Timer()
@@ -146,7 +148,7 @@ def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto") -> tuple
     lo, hi = model_scaling.vmin_db - 1.0, model_scaling.vmax_db + 1.0
     if mode == "auto" and lo <= quick.vmin_db and quick.vmax_db <= hi:
         return model_scaling, "the model's training range (covers this raster's 1st-99th percentiles)"
-    fitted = fit_scaling([r], low=0.1, high=99.9, max_pixels_per_raster=16_000_000,
+    fitted = fit_scaling([r], low=0.1, high=99.9, max_pixels_per_raster=4_000_000,
                          noise_floor=model_scaling.noise_floor)
     why = "fitted on this raster (0.1-99.9 percentiles)"
     if mode == "auto":
@@ -392,8 +394,8 @@ def _decode_band(f: SarzFile, bundle: ModelBundle, dev, band: int, region, tile_
     wp, h = p.window_pixels, p.halo
     cache: dict = {}
     acc_y0 = row0                          # raster row of accumulator row 0
-    num = np.zeros((0, width))
-    den = np.zeros((0, width))
+    num = np.zeros((0, width), np.float32)
+    den = np.zeros((0, width), np.float32)
     written = row0
     for k, tr in enumerate(tile_rows):
         # window rows of this tile row, clipped to the region
@@ -401,8 +403,8 @@ def _decode_band(f: SarzFile, bundle: ModelBundle, dev, band: int, region, tile_
         top, bottom = max(wy0, row0), min(wy0 + wp, row0 + height)
         need = bottom - acc_y0
         if need > num.shape[0]:
-            num = np.vstack([num, np.zeros((need - num.shape[0], width))])
-            den = np.vstack([den, np.zeros((need - den.shape[0], width))])
+            num = np.vstack([num, np.zeros((need - num.shape[0], width), np.float32)])
+            den = np.vstack([den, np.zeros((need - den.shape[0], width), np.float32)])
         for tc in tile_cols:
             t0 = time.perf_counter()
             lat = _latent_window(f, cache, tr, tc, band)
@@ -425,14 +427,16 @@ def _decode_band(f: SarzFile, bundle: ModelBundle, dev, band: int, region, tile_
         final_to = row0 + height if last else min(tile_rows[k + 1] * p.tile - h, row0 + height)
         if final_to > written:
             n = final_to - written
-            t0 = time.perf_counter()
-            scaled = num[:n] / den[:n]
             valid = _mask_rows(f, band, written, final_to, col0, width)
-            values = f.scaling.inverse(scaled, valid, out_units, dtype, nodata)
-            timer.blending += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            writer._ds.write(values, band + 1, window=Window(0, written - row0, width, n).to_rasterio())
-            timer.io += time.perf_counter() - t0
+            for c in range(0, width, _OUT_COLS):  # column chunks keep float64 temporaries small
+                t0 = time.perf_counter()
+                cs = slice(c, min(c + _OUT_COLS, width))
+                values = f.scaling.inverse(num[:n, cs] / den[:n, cs], valid[:, cs], out_units, dtype, nodata)
+                timer.blending += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                writer._ds.write(values, band + 1,
+                                 window=Window(cs.start, written - row0, cs.stop - cs.start, n).to_rasterio())
+                timer.io += time.perf_counter() - t0
             num, den = num[n:], den[n:]
             acc_y0 = written = final_to
         for key in [key for key in cache if key[0] < tr]:

@@ -142,3 +142,9 @@ def load_bundle(name_or_path: Optional[str] = None, device: str | torch.device =
     model.to(device).eval()
     return ModelBundle(name=payload.get("name", path.stem), model=model, config=config, scaling=scaling,
                        sha256=digest, path=str(path), info=payload.get("info", {}), tables=tables)
+
+
+def ready_bundle(model: Optional[str], device: str = "auto", bundle: Optional[ModelBundle] = None) -> ModelBundle:
+    """The given bundle, or the named one loaded, on the selected device in eval mode."""
+    dev = select_device(device)
+    return (bundle or load_bundle(model, dev)).to(dev)

@@ -246,7 +246,8 @@ def _accumulate(raster: SarRaster, hist: DbHistogram, noise_floor: float, max_pi
     if raster.width * raster.height > max_pixels:
         factor = math.ceil(math.sqrt(raster.width * raster.height / max_pixels))
         raw = raster.read_decimated(max(1, math.ceil(max(raster.width, raster.height) / factor)))
-        chunks: Iterable[np.ndarray] = [raw]
+        rows = max(1, (block * block) // max(raw.shape[-1], 1))  # float64 temporaries stay block-sized
+        chunks: Iterable[np.ndarray] = (raw[..., r:r + rows, :] for r in range(0, raw.shape[-2], rows))
     else:
         chunks = (raster.read(w) for w in raster.blocks(block))
     for raw in chunks:

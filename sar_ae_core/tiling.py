@@ -87,7 +87,7 @@ class TilePlan:
 
     def tiles_touching(self, row0: int, row1: int, col0: int, col1: int) -> list[tuple[int, int]]:
         """Tiles whose decode windows cover any pixel of rows [row0, row1) × cols [col0, col1)."""
-        d, h = self.downsample, self.halo
+        h = self.halo
         rows = [r for r in range(self.tile_rows)
                 if r * self.tile - h < row1 and (r + 1) * self.tile + h > row0]
         cols = [c for c in range(self.tile_cols)

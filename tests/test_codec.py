@@ -12,7 +12,7 @@ import rasterio
 
 from sar_ae_core.cli import main
 from sar_ae_core.codec import compress_raster, reconstruct_raster, sarz_info
-from sar_ae_core.errors import Cancelled, SarInputError
+from sar_ae_core.errors import Cancelled
 from sar_ae_core.raster import GeoTiffWriter
 
 

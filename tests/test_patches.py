@@ -1,6 +1,5 @@
 """Patch grid, quality filter, lazy dataset on real rasters, scene-level split, augmentation."""
 
-import os
 import tracemalloc
 
 import numpy as np

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Optional, Sequence
 
@@ -66,6 +65,8 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
     ("--min-lr-ratio", "optim", "min_lr_ratio", {"type": float}, "final LR as a fraction of --lr"),
     ("--weight-decay", "optim", "weight_decay", {"type": float}, "AdamW weight decay"),
     ("--grad-clip", "optim", "grad_clip", {"type": float}, "clip the gradient norm (0 = off)"),
+    ("--prior-lr-mult", "optim", "prior_lr_mult", {"type": float},
+     "learning rate of the entropy model's parameters as a multiple of --lr"),
     # run
     ("--out-dir", "run", "out_dir", {"metavar": "DIR"}, "run folder (checkpoints, metrics.csv, curves.png)"),
     ("--seed", "run", "seed", {"type": int}, "random seed"),
@@ -75,6 +76,12 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
     ("--latent-bits", "run", "latent_bits", {"type": int}, "bits per latent value in the codec"),
     ("--rate-weight", "run", "rate_weight", {"type": float},
      "rate-distortion trade-off for --entropy-model factorized: loss + X * bits per pixel"),
+    ("--lmbda", "run", "lmbda", {"type": float},
+     "rate-distortion trade-off for --entropy-model factorized in the usual form: loss = X * distortion + bits "
+     "per pixel (replaces --rate-weight; larger X = higher rate and quality)"),
+    ("--init-from", "run", "init_from", {"metavar": "CKPT|RUN_DIR"},
+     "start from the weights of this checkpoint (a run folder: its best.pt), e.g. to fine-tune a trained model to "
+     "another --lmbda; optimizer and schedule start fresh, the checkpoint's dB scaling is kept"),
     ("--val-interval", "run", "val_interval", {"type": int}, "validate every N steps (default: every epoch)"),
     ("--val-max-patches", "run", "val_max_patches", {"type": int}, "cap on validation patches (0 = all)"),
     ("--val-batch-size", "run", "val_batch_size", {"type": int}, "patches per validation batch"),
@@ -192,8 +199,12 @@ def cmd_export(argv: Sequence[str]) -> int:
     p.add_argument("--name", required=True, help="model name stored in the bundle (e.g. sarae-default)")
     p.add_argument("--attribution", help="data attribution text stored in the bundle info")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.pt if it exists")
+    p.add_argument("--measure", metavar="RASTER", help="compress/reconstruct/assess RASTER with the bundle and store "
+                                                       "bpp (file bytes), PSNR, SSIM, ENL ratio, EPI in info['measured']")
+    p.add_argument("--card", metavar="JSON", help="also write the model card (name, sha256 and info) to JSON")
     args = p.parse_args(argv)
-    export_checkpoint(args.checkpoint, args.out, args.name, overwrite=args.overwrite, attribution=args.attribution)
+    export_checkpoint(args.checkpoint, args.out, args.name, overwrite=args.overwrite, attribution=args.attribution,
+                      measure_raster=args.measure, card=args.card)
     return 0
 
 

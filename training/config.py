@@ -69,6 +69,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.01       # cosine decay ends at lr * min_lr_ratio
     weight_decay: float = 0.0        # AdamW weight decay
     grad_clip: float = 1.0           # clip the global gradient norm to this (0 = off)
+    prior_lr_mult: float = 1.0       # learning rate of the entropy model's parameters = lr * this (its density
+                                     # starts broad, init scale 10, and follows the latents slowly at lr 1e-3)
 
 
 @dataclass
@@ -82,6 +84,10 @@ class RunConfig:
     latent_bits: int = 8             # bits per latent value of the codec (step = (max-min)/(2**bits-1))
     rate_weight: float = 0.01        # models with an entropy model (model.entropy_model = factorized) only:
                                      # loss = distortion + rate_weight * estimated bits per pixel
+    lmbda: Optional[float] = None    # entropy models: when set, loss = lmbda * distortion + bits per pixel
+                                     # (the usual rate-distortion form; rate_weight is then ignored)
+    init_from: Optional[str] = None  # start from the weights of this checkpoint (run folder: its best.pt), e.g.
+                                     # to fine-tune a trained model to another rate point; fresh optimizer/schedule
     val_interval: Optional[int] = None  # validate every N steps (default: once per epoch) and at the end
     val_max_patches: int = 0         # cap on validation patches (0 = all)
     val_batch_size: int = 32         # patches per validation forward pass
@@ -237,11 +243,18 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     check_num("optim.min_lr_ratio", o.min_lr_ratio, 0.0, 1.0)
     check_num("optim.weight_decay", o.weight_decay, 0.0)
     check_num("optim.grad_clip", o.grad_clip, 0.0)
+    check_num("optim.prior_lr_mult", o.prior_lr_mult, 0.0, lo_open=True)
 
     if r.latent_noise not in LATENT_NOISE:
         bad("run.latent_noise", f"'{r.latent_noise}' unknown (choose from {', '.join(LATENT_NOISE)})")
     check_int("run.latent_bits", r.latent_bits, 1)
     check_num("run.rate_weight", r.rate_weight, 0.0)
+    if r.lmbda is not None:
+        check_num("run.lmbda", r.lmbda, 0.0, lo_open=True)
+        if m.entropy_model == "none":
+            bad("run.lmbda", "needs an entropy model (--entropy-model factorized): without one there is no rate term")
+    if r.init_from is not None and not os.path.exists(r.init_from):
+        bad("run.init_from", f"'{r.init_from}' does not exist (give a checkpoint file or a run folder)")
     if r.latent_bits > 16:
         bad("run.latent_bits", f"must be <= 16, got {r.latent_bits}")
     check_int("run.seed", r.seed, 0)

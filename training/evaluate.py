@@ -12,7 +12,9 @@ Per patch (only valid pixels count):
 By default the latent goes through the codec's quantiser (``bits`` per value, see training.quant) so the
 numbers are those a user of the codec gets; ``psnr_float`` is the PSNR without quantisation. Models
 with a factorized entropy model are evaluated as the factorized-range codec uses them: latents rounded
-to integers, ``bpp`` = estimated bits per pixel from the prior (and ``loss`` includes rate_weight * bpp).
+to integers, ``bpp`` = estimated bits per pixel from the prior (and ``loss`` is the rate-distortion loss,
+see `rd_loss`), ``bpp_coded`` = bits per pixel of the same latents really range-coded with integer tables built
+from the current prior (what the codec's latent chunks would hold; no header, masks or index).
 Reported values are means over patches, except the ENL ratio: its median over the patches where it is
 defined (a ratio of variances explodes on patches the model renders flat, which would swamp a mean).
 """
@@ -32,6 +34,15 @@ from sar_ae_core.scaling import ScalingParams
 from sar_ae_core.entropy import rate_bits
 
 from .quant import quantize_latent
+
+
+def rd_loss(distortion: torch.Tensor, bpp: torch.Tensor | float, rate_weight: float = 0.0,
+            lmbda: Optional[float] = None):
+    """Rate-distortion loss: ``lmbda * distortion + bpp`` when lmbda is set, else ``distortion + rate_weight * bpp``
+    (bpp = estimated bits per PIXEL, -sum(log2 p) / number of pixels)."""
+    if lmbda is not None:
+        return lmbda * distortion + bpp
+    return distortion + rate_weight * bpp
 
 
 def _mean(values: list[float]) -> float:
@@ -59,7 +70,8 @@ def patch_metrics(ref: np.ndarray, rec: np.ndarray, valid: np.ndarray, scaling: 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, scaling: ScalingParams, loss_fn, device: torch.device,
              bits: Optional[int] = 8, batch_size: int = 32, max_patches: int = 0, autocast: bool = False,
-             channels_last: bool = False, rate_weight: float = 0.0) -> dict[str, float]:
+             channels_last: bool = False, rate_weight: float = 0.0, lmbda: Optional[float] = None,
+             coded: bool = True) -> dict[str, float]:
     """Metrics of a SarAutoencoder on a patch dataset (eval mode; the caller's training mode is restored)."""
     was_training = model.training
     model.eval()
@@ -71,7 +83,15 @@ def evaluate(model: torch.nn.Module, dataset, scaling: ScalingParams, loss_fn, d
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
                         generator=torch.Generator().manual_seed(0))
     prior = getattr(model, "entropy", None)
-    losses, weights, total_bits, total_px = [], [], 0.0, 0
+    losses, weights, total_bits, total_px, coded_bits = [], [], 0.0, 0, 0
+    range_codec = None
+    if prior is not None and coded:
+        import copy
+
+        from sar_ae_core.entropy import FactorizedRangeCodec
+
+        # tables exactly as model_io.save_bundle builds them at export (float64 on the CPU, a copy of the prior)
+        range_codec = FactorizedRangeCodec(copy.deepcopy(prior).cpu().float().eval().build_tables())
     per: dict[str, list[float]] = {"psnr": [], "ssim": [], "enl_ratio": [], "epi": [], "psnr_float": []}
     try:
         for batch in loader:
@@ -87,6 +107,9 @@ def evaluate(model: torch.nn.Module, dataset, scaling: ScalingParams, loss_fn, d
                     with torch.autocast(device.type, enabled=False):
                         bits_batch = float(rate_bits(prior.likelihood(y_hat)))
                     x_hat = model.decode(y_hat.to(y.dtype))
+                    if range_codec is not None:
+                        for lat in y_hat.cpu().numpy():
+                            coded_bits += 8 * len(range_codec.encode(lat))
                 else:
                     x_hat = model.decode(quantize_latent(y, bits)) if bits else x_float
             x_hat, x_float = x_hat.float().clamp(0, 1), x_float.float().clamp(0, 1)
@@ -94,7 +117,7 @@ def evaluate(model: torch.nn.Module, dataset, scaling: ScalingParams, loss_fn, d
             if prior is not None:
                 px = x.shape[0] * x.shape[-2] * x.shape[-1]
                 total_bits, total_px = total_bits + bits_batch, total_px + px
-                loss = loss + rate_weight * bits_batch / px
+                loss = rd_loss(loss, bits_batch / px, rate_weight, lmbda)
             losses.append(float(loss))
             weights.append(x.shape[0])
             ref = x.float().cpu().numpy()[:, 0]
@@ -111,5 +134,7 @@ def evaluate(model: torch.nn.Module, dataset, scaling: ScalingParams, loss_fn, d
     out = {"loss": float(np.average(losses, weights=weights)) if losses else float("nan")}
     out.update({k: (_median if k == "enl_ratio" else _mean)(v) for k, v in per.items()})
     out["bpp"] = total_bits / total_px if total_px else float("nan")
+    if range_codec is not None and total_px:
+        out["bpp_coded"] = coded_bits / total_px
     out["patches"] = int(sum(weights))
     return out

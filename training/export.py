@@ -48,7 +48,8 @@ def bundle_info(ckpt: dict, attribution: Optional[str] = None) -> dict:
             "train_time_s": round(float(ckpt.get("train_time_s", 0.0)), 1), "device": ckpt.get("device"),
             "world_size": ckpt.get("world_size", 1), "latent_noise": cfg["run"]["latent_noise"],
             "latent_bits": cfg["run"]["latent_bits"], "entropy_model": model_cfg.get("entropy_model", "none"),
-            "rate_weight": cfg["run"].get("rate_weight"), "loss": cfg["loss"], "optim": cfg["optim"],
+            "rate_weight": cfg["run"].get("rate_weight"), "lmbda": cfg["run"].get("lmbda"),
+            "init_from": cfg["run"].get("init_from"), "loss": cfg["loss"], "optim": cfg["optim"],
             "seed": cfg["run"]["seed"], "checkpoint": os.path.basename(ckpt.get("path", "")),
         },
         "validation": ckpt.get("val_metrics"),
@@ -65,8 +66,13 @@ def bundle_info(ckpt: dict, attribution: Optional[str] = None) -> dict:
 
 
 def export_checkpoint(ckpt_path: str, out: str, name: str, overwrite: bool = False,
-                      attribution: Optional[str] = None, log=print) -> dict:
-    """Write the bundle; check it loads back and how far its fp16 weights move the output."""
+                      attribution: Optional[str] = None, log=print, measure_raster: Optional[str] = None,
+                      card: Optional[str] = None) -> dict:
+    """Write the bundle; check it loads back and how far its fp16 weights move the output.
+
+    `measure_raster`: also compress/reconstruct/assess that raster with the written bundle and store the result in
+    `info["measured"]` (the bundle is written again with the same weights, so its SHA-256 does not change).
+    `card`: also write the model card JSON ({"name", "sha256", **info}) there."""
     if not name or any(c in name for c in "/\\"):
         raise SarInputError(None, f"bad model name '{name}' (use e.g. sarae-default)")
     check_output_path(out, overwrite)
@@ -79,6 +85,18 @@ def export_checkpoint(ckpt_path: str, out: str, name: str, overwrite: bool = Fal
     with torch.no_grad():
         x = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
         diff = float((bundle.model(x) - model(x)).abs().max())
+    if measure_raster:
+        from .rd import measure
+
+        info["measured"] = measure(bundle, measure_raster, workdir=os.path.dirname(os.path.abspath(out)))
+        again = save_bundle(out, model, scaling, name, info=info, half=True)
+        assert again == digest
+        m = info["measured"]
+        log(f"measured on {m['scene']}: {m['bpp']:.4f} bpp ({m['codec']}), PSNR {m['psnr']:.2f} dB, SSIM "
+            f"{m['ssim']:.4f}, ENL ratio {m['enl_ratio']:.3f}, EPI {m['epi']:.4f}")
+    if card:
+        Path(card).write_text(json.dumps({"name": name, "sha256": digest, **info}, indent=2) + "\n",
+                              encoding="utf-8")
     mb = Path(out).stat().st_size / 1e6
     log(f"wrote {out}: model '{name}', {mb:.2f} MB, sha256 {digest[:16]}..., from {ckpt['path']} (step "
         f"{ckpt['step']}); fp16 weights change the [0,1] output by at most {diff:.2e}")

@@ -40,11 +40,11 @@ from sar_ae_core.scaling import ScalingParams
 from .checkpoint import BEST, LAST, code_version, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, apply_overrides, validate
 from .data import PreparedData, prepare_data
-from .evaluate import evaluate
+from .evaluate import evaluate, rd_loss
 from .quant import QuantAwareAutoencoder
 
 CSV_COLUMNS = ["step", "epoch", "split", "lr", "loss", "loss_mse", "loss_ssim", "loss_ms_ssim", "loss_gradient",
-               "bpp", "grad_norm", "psnr", "ssim", "enl_ratio", "epi", "psnr_float", "patches", "elapsed_s"]
+               "bpp", "bpp_coded", "grad_norm", "psnr", "ssim", "enl_ratio", "epi", "psnr_float", "patches", "elapsed_s"]
 METRIC_KEYS = ("loss", "psnr", "ssim", "enl_ratio", "epi", "psnr_float")
 # Settings that may change when resuming (they do not alter what is computed at each step).
 RESUMABLE_OVERRIDES = {("run", "device"), ("data", "workers"), ("run", "stop_at_step"), ("run", "time_limit_min"),
@@ -168,6 +168,8 @@ def _fmt(v: Any) -> Any:
 
 def _fmt_metrics(m: dict) -> str:
     bpp = f" | {m['bpp']:.3f} bpp (estimated)" if math.isfinite(m.get("bpp", math.nan)) else ""
+    if math.isfinite(m.get("bpp_coded", math.nan)):
+        bpp += f", {m['bpp_coded']:.3f} range-coded"
     return (f"loss {m['loss']:.5f} | PSNR {m['psnr']:.2f} dB (float latent {m['psnr_float']:.2f}) | "
             f"SSIM {m['ssim']:.4f} | ENL ratio {m['enl_ratio']:.3f} | EPI {m['epi']:.4f}{bpp} | "
             f"{m['patches']} patches")
@@ -244,6 +246,13 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
     # -- data (all checks before any training) ----------------------------------------------------
     t0 = time.perf_counter()
     scaling = ScalingParams.from_dict(ckpt["scaling"]) if ckpt else None
+    init = None
+    if cfg.run.init_from and not ckpt:
+        init = load_checkpoint(cfg.run.init_from, prefer=BEST)
+        if init["model_config"] != cfg.model.to_dict():
+            raise SarInputError(init["path"], f"--init-from: its model {init['model_config']} differs from this "
+                                              f"run's {cfg.model.to_dict()}")
+        scaling = ScalingParams.from_dict(init["scaling"])  # the weights were trained on this dB range
     data = prepare_data(cfg.data, scaling=scaling)
     if ckpt:
         saved_files = ckpt["data"]["files"]
@@ -272,10 +281,18 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
             ae = net.ae
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
-    optimizer = torch.optim.AdamW(ae.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    params: list = list(ae.parameters())
+    if getattr(ae, "entropy", None) is not None and cfg.optim.prior_lr_mult != 1.0:
+        prior_ids = {id(p) for p in ae.entropy.parameters()}
+        params = [{"params": [p for p in ae.parameters() if id(p) not in prior_ids]},
+                  {"params": list(ae.entropy.parameters()), "lr": cfg.optim.lr * cfg.optim.prior_lr_mult}]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, cfg.optim.min_lr_ratio))
     loss_fn = CombinedLoss(cfg.loss)
     step, train_time, best_loss, best_step, last_val = 0, 0.0, math.inf, 0, None
+    if init is not None:
+        ae.load_state_dict(init["state_dict"])
+        log(f"init       : weights of {init['path']} (step {init['step']})")
     torch.manual_seed(cfg.run.seed + 1 + d.rank)  # augmentation / noise differ between processes
     if ckpt:
         ae.load_state_dict(ckpt["state_dict"])
@@ -332,7 +349,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
             return None
         val = evaluate(ae, data.val, data.scaling, loss_fn, device, bits=cfg.run.latent_bits,
                        batch_size=cfg.run.val_batch_size, max_patches=cfg.run.val_max_patches,
-                       autocast=cuda, channels_last=cuda, rate_weight=cfg.run.rate_weight)
+                       autocast=cuda, channels_last=cuda, rate_weight=cfg.run.rate_weight, lmbda=cfg.run.lmbda)
         last_val = val
         improved = val["loss"] < best_loss
         if improved:
@@ -376,9 +393,9 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                     x_hat, likelihoods = net(x)
                 loss, comps = loss_fn(x_hat.float(), x.float(), m)
-                if likelihoods is not None:  # rate-distortion: + rate_weight * estimated bits per pixel
+                if likelihoods is not None:  # rate-distortion: estimated bits per PIXEL from the likelihoods
                     bpp = rate_bits(likelihoods) / (x.shape[0] * x.shape[-2] * x.shape[-1])
-                    loss = loss + cfg.run.rate_weight * bpp
+                    loss = rd_loss(loss, bpp, cfg.run.rate_weight, cfg.run.lmbda)
                     comps["bpp"] = bpp.item()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -468,7 +485,8 @@ def _finish(cfg, data: PreparedData, ae, loss_fn, device, run_dir: Path, step: i
         if test_ds is not None and len(test_ds):
             test = evaluate(ae, test_ds, data.scaling, loss_fn, device, bits=cfg.run.latent_bits,
                             batch_size=cfg.run.val_batch_size, autocast=device.type == "cuda",
-                            channels_last=device.type == "cuda", rate_weight=cfg.run.rate_weight)
+                            channels_last=device.type == "cuda", rate_weight=cfg.run.rate_weight,
+                            lmbda=cfg.run.lmbda)
             log(f"test (best.pt, step {best_step}): {_fmt_metrics(test)}")
     c = ae.config
     summary = {
@@ -480,6 +498,7 @@ def _finish(cfg, data: PreparedData, ae, loss_fn, device, run_dir: Path, step: i
         "bits_per_pixel_uncoded": c.latent_channels * cfg.run.latent_bits / 4 ** c.stages,
         "latent_noise": cfg.run.latent_noise, "latent_bits": cfg.run.latent_bits,
         "entropy_model": c.to_dict().get("entropy_model", "none"), "rate_weight": cfg.run.rate_weight,
+        "lmbda": cfg.run.lmbda, "init_from": cfg.run.init_from,
         "val": best_val, "test": test, "last_val": last_val,
         "data": data.describe(), "scaling": data.scaling.to_dict(), "config": cfg.to_dict(), "code": code_version(),
     }
@@ -510,8 +529,11 @@ def _log_plan(log, cfg: TrainConfig, data: PreparedData, d: Dist, device, spe: i
         f"[{prep_s:.1f} s]")
     m = cfg.model
     if getattr(m, "entropy_model", "none") != "none":
-        latent = (f"{m.entropy_model} entropy model (noise U(-1/2, 1/2), rounding at validation), rate weight "
-                  f"{cfg.run.rate_weight:g}")
+        trade = (f"loss = {cfg.run.lmbda:g} x distortion + bpp" if cfg.run.lmbda is not None
+                 else f"rate weight {cfg.run.rate_weight:g}")
+        latent = f"{m.entropy_model} entropy model (noise U(-1/2, 1/2), rounding at validation), {trade}"
+        if cfg.run.init_from:
+            latent += f"; weights from {cfg.run.init_from}"
     else:
         latent = f"latent noise {cfg.run.latent_noise} ({cfg.run.latent_bits} bits)"
     log(f"model      : {m.variant}{' + self-attention' if m.self_attention else ''}, base {m.base_channels}, "
