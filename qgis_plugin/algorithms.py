@@ -324,7 +324,7 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
         return source, output, res
 
     def _assess(self, reference: str, test: str, parameters, context, feedback, progress, *, units: str,
-                bands="all") -> tuple[dict, dict]:
+                bands="all", test_bands=None) -> tuple[dict, dict]:
         """assess_rasters with its maps moved to the requested destinations; returns (result, map paths)."""
         from sar_ae_core.assess import assess_rasters
 
@@ -339,7 +339,8 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
             first = next(iter(wanted.values()))[1]
             tmp = tempfile.mkdtemp(prefix=".sarae-maps-", dir=os.path.dirname(os.path.abspath(first)))
         try:
-            res = assess_rasters(reference, test, units=units, bands=bands, maps_dir=tmp, window=window,
+            res = assess_rasters(reference, test, units=units, bands=bands, test_bands=test_bands, maps_dir=tmp,
+                                 window=window,
                                  overwrite=True, progress=progress)
             placed = {}
             for param, (kind, path) in wanted.items():
@@ -530,9 +531,8 @@ class CompressReviewAlgorithm(SarAeAlgorithm):
         "Compresses the raster (as <i>Compress SAR raster</i>), reconstructs it and assesses the reconstruction "
         "against the original, in one run. The reconstruction is loaded with the same gray stretch as the source "
         "layer so the two compare by eye, with the absolute error (dB), ENL ratio and EPI maps and an HTML report "
-        "that states the real bits per pixel next to PSNR, SSIM, RMSE, ENL ratio and EPI.\n\n"
-        "All bands of the raster are compared, so keep Bands at 'all' here (use the three separate algorithms "
-        "for a band subset).")
+        "that states the real bits per pixel next to PSNR, SSIM, RMSE, ENL ratio and EPI. With a band subset, "
+        "only those bands are compressed and compared.")
 
     def initAlgorithm(self, config=None):
         """Declare parameters and outputs."""
@@ -540,20 +540,6 @@ class CompressReviewAlgorithm(SarAeAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(self.RECONSTRUCTION, self.tr("Reconstruction")))
         self._add_map_destinations()
         self._add_metric_outputs()
-
-    def checkParameterValues(self, parameters, context):
-        """Also refuse a band subset (the assessment compares every band of the source)."""
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        bands = self.parameterAsString(parameters, self.BANDS, context).strip().lower()
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if bands not in ("", "all") and layer is not None:
-            chosen = [b.strip() for b in bands.split(",") if b.strip()]
-            if chosen != [str(i) for i in range(1, layer.bandCount() + 1)]:
-                return False, self.tr("Compress and review compares every band: set Bands to 'all', or run "
-                                      "Compress, Reconstruct and Assess separately for a band subset.")
-        return True, ""
 
     def prepareAlgorithm(self, parameters, context, feedback):
         """Read the source layer's stretch on the main thread (renderers are not thread-safe)."""
@@ -576,7 +562,7 @@ class CompressReviewAlgorithm(SarAeAlgorithm):
         units = sarz_info(sarz)["source_units"]  # the units compress decided, for both rasters
         res, placed = self._assess(source, recon, parameters, context, feedback, self._progress(feedback, 0.55, 1.0),
                                    units=units, bands=self.parameterAsString(parameters, self.BANDS, context).strip()
-                                   or "all")
+                                   or "all", test_bands="all")  # the reconstruction holds exactly the chosen bands
         if self.OUTPUT_HTML in placed:
             self._wrote(write_text_atomic(placed[self.OUTPUT_HTML],
                                           assessment_html(res, title="Compress and review", compression=comp)))
