@@ -63,7 +63,9 @@ def test_rd_training_lowers_the_loss_and_logs_estimated_and_coded_rate(rd_run):
     assert 0 < np.mean(bpp[-5:]) < np.mean(bpp[:5])
     for r in _rows(run, "val"):  # validation: rounded latents, estimated bpp vs really range-coded bpp
         est, coded = float(r["bpp"]), float(r["bpp_coded"])
-        assert 0 < est < 16 and abs(coded - est) / coded < 0.02
+        # each 64 px patch is its own range-coded chunk: ~8 bytes of length field and coder flush per patch on
+        # ~270 bytes, so a few per cent here (the 2 % check on whole rasters is below)
+        assert 0 < est < 16 and abs(coded - est) / coded < 0.05
 
 
 def test_lmbda_needs_an_entropy_model(sar_data, tmp_path, capsys):

@@ -79,6 +79,9 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
     ("--lmbda", "run", "lmbda", {"type": float},
      "rate-distortion trade-off for --entropy-model factorized in the usual form: loss = X * distortion + bits "
      "per pixel (replaces --rate-weight; larger X = higher rate and quality)"),
+    ("--latent-init-gain", "run", "latent_init_gain", {"type": float},
+     "scale the initial weights of the encoder's last convolution (larger initial latents: faster start of "
+     "rate-distortion training with integer rounding)"),
     ("--init-from", "run", "init_from", {"metavar": "CKPT|RUN_DIR"},
      "start from the weights of this checkpoint (a run folder: its best.pt), e.g. to fine-tune a trained model to "
      "another --lmbda; optimizer and schedule start fresh, the checkpoint's dB scaling is kept"),

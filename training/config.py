@@ -86,6 +86,9 @@ class RunConfig:
                                      # loss = distortion + rate_weight * estimated bits per pixel
     lmbda: Optional[float] = None    # entropy models: when set, loss = lmbda * distortion + bits per pixel
                                      # (the usual rate-distortion form; rate_weight is then ignored)
+    latent_init_gain: float = 1.0    # multiply the initial weights of the encoder's last convolution (the latent) by
+                                     # this: with integer rounding the latent must grow to many units before it
+                                     # carries detail, which takes thousands of steps from the default init
     init_from: Optional[str] = None  # start from the weights of this checkpoint (run folder: its best.pt), e.g.
                                      # to fine-tune a trained model to another rate point; fresh optimizer/schedule
     val_interval: Optional[int] = None  # validate every N steps (default: once per epoch) and at the end
@@ -253,6 +256,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         check_num("run.lmbda", r.lmbda, 0.0, lo_open=True)
         if m.entropy_model == "none":
             bad("run.lmbda", "needs an entropy model (--entropy-model factorized): without one there is no rate term")
+    check_num("run.latent_init_gain", r.latent_init_gain, 0.0, lo_open=True)
     if r.init_from is not None and not os.path.exists(r.init_from):
         bad("run.init_from", f"'{r.init_from}' does not exist (give a checkpoint file or a run folder)")
     if r.latent_bits > 16:

@@ -36,10 +36,19 @@ def bundle_info(ckpt: dict, attribution: Optional[str] = None) -> dict:
             test = summary.get("test")
     model_cfg = ckpt["model_config"]
     ratio = 4 ** model_cfg["stages"] / model_cfg["latent_channels"]
+    description = (f"{model_cfg['variant']} autoencoder, base {model_cfg['base_channels']}, latent "
+                   f"{model_cfg['latent_channels']} x 1/{2 ** model_cfg['stages']} (nominal {ratio:g}x), "
+                   f"trained with python -m training")
+    if model_cfg.get("entropy_model", "none") != "none":
+        lm = cfg["run"].get("lmbda")
+        trade = f"loss = {lm:g} x distortion + bits per pixel" if lm is not None else \
+            f"loss = distortion + {cfg['run'].get('rate_weight'):g} x bits per pixel"
+        description = (f"{model_cfg['variant']} autoencoder, base {model_cfg['base_channels']}, latent "
+                       f"{model_cfg['latent_channels']} x 1/{2 ** model_cfg['stages']} with a learned "
+                       f"{model_cfg['entropy_model']} prior (codec factorized-range; the rate comes from the entropy "
+                       f"coder, not the latent size), rate-distortion trained with python -m training: {trade}")
     info = {
-        "description": f"{model_cfg['variant']} autoencoder, base {model_cfg['base_channels']}, latent "
-                       f"{model_cfg['latent_channels']} x 1/{2 ** model_cfg['stages']} (nominal {ratio:g}x), "
-                       f"trained with python -m training",
+        "description": description,
         "nominal_compression_ratio": ratio,
         "training": {
             "files": files, "scenes": data.get("scenes"), "patches": data.get("patches"),

@@ -252,7 +252,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         if init["model_config"] != cfg.model.to_dict():
             raise SarInputError(init["path"], f"--init-from: its model {init['model_config']} differs from this "
                                               f"run's {cfg.model.to_dict()}")
-        scaling = ScalingParams.from_dict(init["scaling"])  # the weights were trained on this dB range
+        s0, dc = init["scaling"], cfg.data
+        if (s0.get("clip_method"), s0.get("clip_low"), s0.get("clip_high")) == (dc.clip_method, dc.clip_low,
+                                                                                dc.clip_high):
+            scaling = ScalingParams.from_dict(s0)  # the weights were trained on this dB range
+        # else: different clip settings - the range is fitted again on the training split and the model adapts
     data = prepare_data(cfg.data, scaling=scaling)
     if ckpt:
         saved_files = ckpt["data"]["files"]
@@ -269,6 +273,12 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
     # -- model, optimizer, schedule ----------------------------------------------------------------
     torch.manual_seed(cfg.run.seed)  # same initial weights in every process
     ae = build_model(cfg.model)
+    if cfg.run.latent_init_gain != 1.0:
+        last = [mod for mod in ae.encoder.levels.modules() if isinstance(mod, torch.nn.Conv2d)][-1]
+        with torch.no_grad():
+            last.weight.mul_(cfg.run.latent_init_gain)
+            if last.bias is not None:
+                last.bias.mul_(cfg.run.latent_init_gain)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
