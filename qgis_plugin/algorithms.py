@@ -36,7 +36,8 @@ from .report import assessment_html, write_text_atomic
 
 ICON_PATH = str(Path(__file__).resolve().parent / "icons" / "sarae.svg")
 # Same as sar_ae_core.model_io.DEFAULT_MODEL (not imported here: model_io needs torch).
-DEFAULT_MODEL = "sarae-default"
+DEFAULT_MODEL = "sarae-q2"
+ATTENTION_MODEL = "sarae-default"  # same as sar_ae_core.model_io.ATTENTION_MODEL
 UNIT_CHOICES = ("auto", "linear", "amplitude", "db", "complex")   # sar_ae_core.raster.UNIT_CHOICES
 SCALING_CHOICES = ("auto", "model", "source")
 CODEC_CHOICES = ("auto", "uniform-zstd", "factorized-range")   # sar_ae_core.codec._choose_codec
@@ -169,10 +170,10 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
     def _add_units(self, description: str = "Units of the pixel values") -> None:
         self.addParameter(self._choice(self.UNITS, description, UNIT_CHOICES, "auto"))
 
-    def _add_model(self) -> None:
+    def _add_model(self, preferred: str = DEFAULT_MODEL) -> None:
         names = bundled_model_names()
         options = names or [NO_BUNDLED_MODEL]
-        default = DEFAULT_MODEL if DEFAULT_MODEL in names else options[0]
+        default = preferred if preferred in names else options[0]
         self.addParameter(self._choice(self.MODEL, "Model", options, default))
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL_FILE, self.tr("Model file (.pt bundle; overrides Model)"),
@@ -496,7 +497,7 @@ class AttentionAlgorithm(SarAeAlgorithm):
         # optional so that a missing BAND means band 1 (a required band parameter has no usable default)
         self.addParameter(QgsProcessingParameterBand(self.BAND, self.tr("Band"), 1, self.INPUT, optional=True))
         self._add_units()
-        self._add_model()
+        self._add_model(ATTENTION_MODEL)
         self._add_device()
         self._add_tiling()
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Attention map")))

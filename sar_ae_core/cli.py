@@ -105,9 +105,13 @@ def cmd_demo(args) -> int:
 def cmd_compress(args) -> int:
     """Compress a raster into a .sarz file."""
     from .codec import compress_raster
+    from .model_io import QUALITY_MODELS
 
+    if args.quality is not None and args.model:
+        raise SarInputError(None, "give either --model or --quality, not both")
+    model = QUALITY_MODELS[args.quality] if args.quality is not None else args.model
     with _progress_bar("compress") as bar:
-        r = compress_raster(args.input, args.output, model=args.model, bands=args.bands, units=args.units,
+        r = compress_raster(args.input, args.output, model=model, bands=args.bands, units=args.units,
                             bits=args.bits, device=args.device, tile=args.tile, batch_size=args.batch_size,
                             scaling=args.scaling, codec=args.codec, overwrite=args.overwrite, progress=bar)
     print(f"wrote {r['output']}: {r['bytes']} bytes, {r['bpp']:.4f} bits per pixel "
@@ -159,6 +163,7 @@ def cmd_models(args) -> int:
     for path in bundled_models():
         b = load_bundle(str(path))
         rows.append({"name": b.name, "path": str(path), "variant": b.config.variant,
+                     "entropy_model": b.config.entropy_model,
                      "latent_channels": b.config.latent_channels, "parameters": b.model.parameter_count(),
                      "nominal_ratio": b.model.nominal_compression_ratio, "size_bytes": path.stat().st_size,
                      "scaling_db": [b.scaling.vmin_db, b.scaling.vmax_db], **b.info})
@@ -170,7 +175,8 @@ def cmd_models(args) -> int:
     for r in rows:
         measured = r.get("measured") or {}
         quality = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in measured.items())
-        print(f"{r['name']}: {r['variant']}, latent {r['latent_channels']} ch (nominal {r['nominal_ratio']:.0f}x), "
+        size = "entropy-coded" if r["entropy_model"] != "none" else f"nominal {r['nominal_ratio']:.0f}x"
+        print(f"{r['name']}: {r['variant']}, latent {r['latent_channels']} ch ({size}), "
               f"{r['parameters']:,} parameters, {r['size_bytes'] / 1e6:.1f} MB; scaling "
               f"[{r['scaling_db'][0]:.1f}, {r['scaling_db'][1]:.1f}] dB" + (f"; measured: {quality}" if quality else ""))
     return 0
@@ -249,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compress", help="compress a SAR raster into a .sarz file")
     s.add_argument("input", help="GeoTIFF / any GDAL raster / .npy array")
     s.add_argument("output", help="the .sarz file to write")
-    s.add_argument("--model", default=None, help="bundled model name or path to a .pt bundle (default sarae-default)")
+    s.add_argument("--model", default=None, help="bundled model name or path to a .pt bundle (default sarae-q2)")
+    s.add_argument("--quality", type=int, choices=(1, 2, 3), default=None,
+                   help="pick a bundled rate point: 1 ≈ 0.2, 2 ≈ 0.6, 3 ≈ 1.0 bits per pixel (instead of --model)")
     s.add_argument("--bands", default="all", help="'all' or a list like 1,2 (default all)")
     s.add_argument("--units", default="auto", choices=UNIT_CHOICES, help="source units (default auto)")
     s.add_argument("--bits", type=int, default=8,
@@ -307,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="run the main job on the bundled Sentinel-1 sample")
     s.add_argument("--input", default=None, help="raster to use instead of the bundled sample")
     s.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    s.add_argument("--model", default=None, help="model bundle (default sarae-default)")
+    s.add_argument("--model", default=None, help="model bundle (default sarae-q2)")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -28,6 +28,7 @@ from .tiling import TilePlan, blend_weights
 
 
 _OUT_COLS = 1024
+HALO_PIXELS = 32
 
 
 def _chunk_id(plan: TilePlan, bands: int, row: int, col: int, band: int, kind: int) -> int:
@@ -58,7 +59,7 @@ class _Timer:
 # ------------------------------------------------------------------------------------------------
 def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLike, *, model: Optional[str] = None,
                     bands: str | Sequence[int] = "all", units: str = "auto", bits: int = 8, device: str = "auto",
-                    tile: int = 256, halo_cells: int = 2, batch_size: int = 8, scaling: str = "auto",
+                    tile: int = 256, halo_cells: Optional[int] = None, batch_size: int = 8, scaling: str = "auto",
                     codec: str = "auto", overwrite: bool = False, progress: Optional[ProgressFn] = None,
                     bundle: Optional[ModelBundle] = None) -> dict:
     """Encode a raster into a `.sarz` file; returns the measured rate (bits per pixel from file bytes).
@@ -78,13 +79,16 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     with open_raster(input_path, bands=bands, units=units) as r:
         if r.width < d or r.height < d:
             raise SarInputError(r.path, f"raster is {r.width}x{r.height} px; the codec needs at least {d}x{d}")
+        if halo_cells is None:  # at least 32 px of context on each side, whatever the downsampling
+            halo_cells = max(2, math.ceil(HALO_PIXELS / d))
         plan = TilePlan(r.width, r.height, d, tile, halo_cells)
         scaling, scaling_reason = choose_scaling(r, bundle.scaling, scaling)
         info = r.info
         header = {
             "created_by": f"sar_ae_core {__version__}",
             "model": {"name": bundle.name, "sha256": bundle.sha256, "config": bundle.config.to_dict()},
-            "scaling": scaling.to_dict(),
+            # the training file list stays in the model bundle: it is not needed to decode and costs bytes
+            "scaling": {**scaling.to_dict(), "fitted_on": []},
             "scaling_reason": scaling_reason,
             "source": {"name": os.path.basename(r.path), "units": r.units, "units_reason": r.units_reason,
                        "dtype": r.dtype, "nodata": _json_nodata(r.nodata), "width": r.width, "height": r.height,

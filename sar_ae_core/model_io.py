@@ -21,7 +21,9 @@ from .scaling import ScalingParams
 BUNDLE_FORMAT = "sarae-model"
 BUNDLE_VERSION = 1
 BUNDLED_DIR = Path(__file__).resolve().parent / "models_bundled"
-DEFAULT_MODEL = "sarae-default"
+DEFAULT_MODEL = "sarae-q2"          # entropy-coded, ≈0.6 bpp; the best rate-quality trade-off bundled
+ATTENTION_MODEL = "sarae-default"   # the bundled model with spatial attention (res_cbam)
+QUALITY_MODELS = {1: "sarae-q1", 2: "sarae-q2", 3: "sarae-q3"}   # --quality: ≈0.2 / 0.6 / 1.0 bpp
 
 
 def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
@@ -98,7 +100,7 @@ def bundled_models() -> list[Path]:
 
 
 def resolve_model(name_or_path: Optional[str]) -> Path:
-    """A bundled model name (e.g. 'sarae-default') or a path to a bundle file."""
+    """A bundled model name (e.g. 'sarae-q2') or a path to a bundle file."""
     name_or_path = name_or_path or DEFAULT_MODEL
     p = Path(name_or_path)
     if p.suffix == ".pt" and p.exists():

@@ -90,25 +90,33 @@ def test_window_decode_equals_that_window_of_the_full_decode(tmp_path, tiny_bund
         assert b.transform == a.transform * a.transform.translation(c, r)
 
 
-def test_no_seams_at_tile_borders(tmp_path, default_bundle, kerala_dn):
-    sarz, tif = tmp_path / "k.sarz", tmp_path / "k.tif"
-    compress_raster(kerala_dn, sarz, model=default_bundle, device="cpu", tile=128)
-    reconstruct_raster(sarz, tif, units="db")
-    with rasterio.open(tif) as ds:
-        db = ds.read(1).astype(np.float64)
+def _border_ratios(db: np.ndarray, tile: int) -> list[float]:
+    """Mean |gradient| across tile borders / elsewhere, for row and column borders."""
     ok = np.isfinite(db)
     ratios = []
     for axis in (0, 1):
         diff = np.abs(np.diff(db, axis=axis))
         valid = ok[1:, :] & ok[:-1, :] if axis == 0 else ok[:, 1:] & ok[:, :-1]
-        n = diff.shape[axis]
-        border = np.zeros(n, bool)
-        border[127::128] = True  # difference between pixel 128k-1 and 128k
+        border = np.zeros(diff.shape[axis], bool)
+        border[tile - 1::tile] = True  # difference between pixel k*tile-1 and k*tile
         sel = np.expand_dims(border, 1 - axis)
-        across = diff[valid & sel].mean()
-        elsewhere = diff[valid & ~sel].mean()
-        ratios.append(across / elsewhere)
-    assert all(0.95 < r < 1.05 for r in ratios), ratios
+        ratios.append(diff[valid & sel].mean() / diff[valid & ~sel].mean())
+    return ratios
+
+
+def test_no_seams_at_tile_borders(tmp_path, default_bundle, kerala_dn):
+    sarz, tif = tmp_path / "k.sarz", tmp_path / "k.tif"
+    compress_raster(kerala_dn, sarz, model=default_bundle, device="cpu", tile=128)
+    reconstruct_raster(sarz, tif, units="db")
+    with rasterio.open(tif) as ds:
+        rec = ds.read(1).astype(np.float64)
+    with rasterio.open(kerala_dn) as ds:
+        dn = ds.read(1).astype(np.float64)
+    orig = np.where(dn > 0, 20 * np.log10(np.maximum(dn, 1)), np.nan)
+    # the same lines of the original are the yardstick: real scenes are not uniform either
+    for r_rec, r_orig in zip(_border_ratios(rec, 128), _border_ratios(orig, 128)):
+        assert abs(r_rec / r_orig - 1) < 0.05, (r_rec, r_orig)
+        assert 0.9 < r_rec < 1.1
 
 
 def _sarz(tmp_path, tiny_bundle, spain_db):
