@@ -114,17 +114,24 @@ def resolve_model(name_or_path: Optional[str]) -> Path:
     raise SarInputError(name_or_path, f"no such model (bundled models: {names}; or give a path to a .pt bundle)")
 
 
-def load_bundle(name_or_path: Optional[str] = None, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load a model bundle (bundled name or path) onto `device` in eval mode, in float32."""
-    path = resolve_model(name_or_path)
+def load_tagged(path: str | os.PathLike, fmt: str, version: int, what: str) -> dict:
+    """torch.load a dict saved by this project (on the CPU, tensors and plain types only) and check its
+    format tag and version; errors name the file."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
-        raise SarInputError(path, f"not a readable model bundle ({str(exc).splitlines()[0][:160]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
-        raise SarInputError(path, "not a SAR autoencoder model bundle (wrong format tag)")
-    if int(payload.get("version", 0)) > BUNDLE_VERSION:
-        raise SarInputError(path, f"model bundle version {payload['version']} is newer than this software")
+        raise SarInputError(path, f"not a readable {what} ({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise SarInputError(path, f"not a {what} of this project (wrong format tag)")
+    if int(payload.get("version", 0)) > version:
+        raise SarInputError(path, f"{what} version {payload['version']} is newer than this software")
+    return payload
+
+
+def load_bundle(name_or_path: Optional[str] = None, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load a model bundle (bundled name or path) onto `device` in eval mode, in float32."""
+    path = resolve_model(name_or_path)
+    payload = load_tagged(path, BUNDLE_FORMAT, BUNDLE_VERSION, "model bundle")
     try:
         config = ModelConfig.from_dict(payload["model_config"])
         scaling = ScalingParams.from_dict(payload["scaling"])

@@ -18,6 +18,7 @@ import torch
 
 import sar_ae_core
 from sar_ae_core.errors import SarInputError
+from sar_ae_core.model_io import load_tagged
 from sar_ae_core.raster import AtomicOutput
 
 CKPT_FORMAT = "sarae-train-checkpoint"
@@ -94,14 +95,7 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: str = LAST) -> Path:
 def load_checkpoint(path: str | os.PathLike, prefer: str = LAST) -> dict[str, Any]:
     """Load a training checkpoint on the CPU, whatever device it was saved from."""
     p = resolve_checkpoint(path, prefer)
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
-        raise SarInputError(p, f"not a readable checkpoint ({str(exc).splitlines()[0][:200]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CKPT_FORMAT:
-        raise SarInputError(p, "not a training checkpoint of this project (wrong format tag)")
-    if int(payload.get("version", 0)) > CKPT_VERSION:
-        raise SarInputError(p, f"checkpoint version {payload['version']} is newer than this software")
+    payload = load_tagged(p, CKPT_FORMAT, CKPT_VERSION, "training checkpoint")
     payload["path"] = str(p)
     return payload
 
