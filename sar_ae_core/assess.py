@@ -213,7 +213,7 @@ def _accumulate_window(ref, tst, win, band, lo, hi, thr, window, sums: _BandSums
             "epi": M.local_epi_window(r_db, t_db, v, window),
         }
         for kind, w in writers.items():
-            w._ds.write(maps[kind][core].astype(np.float32), band, window=out_win.to_rasterio())
+            w.write(maps[kind][core], out_win, band=band)
 
 
 def _pool(all_sums: list[_BandSums]) -> dict:

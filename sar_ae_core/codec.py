@@ -438,8 +438,7 @@ def _decode_band(f: SarzFile, bundle: ModelBundle, dev, band: int, region, tile_
                 values = f.scaling.inverse(num[:n, cs] / den[:n, cs], valid[:, cs], out_units, dtype, nodata)
                 timer.blending += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                writer._ds.write(values, band + 1,
-                                 window=Window(cs.start, written - row0, cs.stop - cs.start, n).to_rasterio())
+                writer.write(values, Window(cs.start, written - row0, cs.stop - cs.start, n), band=band + 1)
                 timer.io += time.perf_counter() - t0
             num, den = num[n:], den[n:]
             acc_y0 = written = final_to

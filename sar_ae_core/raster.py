@@ -586,12 +586,16 @@ class GeoTiffWriter:
             raise
         return self
 
-    def write(self, data: np.ndarray, window: Optional[Window] = None) -> None:
-        """Write (bands, rows, cols) values into a window (the whole raster when window is None)."""
-        if data.ndim == 2:
-            data = data[None]
+    def write(self, data: np.ndarray, window: Optional[Window] = None, band: Optional[int] = None) -> None:
+        """Write (bands, rows, cols) values into a window (the whole raster when window is None);
+        with `band` (1-based), write one (rows, cols) band only."""
         if window is None:
             window = Window(0, 0, self.width, self.height)
+        if band is not None:
+            self._ds.write(data.astype(self.dtype, copy=False), band, window=window.to_rasterio())
+            return
+        if data.ndim == 2:
+            data = data[None]
         self._ds.write(data.astype(self.dtype, copy=False), window=window.to_rasterio())
 
     def _close_ds(self):
