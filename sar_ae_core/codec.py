@@ -29,6 +29,7 @@ from .tiling import TilePlan, blend_weights
 
 _OUT_COLS = 1024
 HALO_PIXELS = 32
+SHA_PREFIX = 16  # hex digits of the model SHA-256 stored in `.sarz` headers (64 bits: no accidental match)
 
 
 def _chunk_id(plan: TilePlan, bands: int, row: int, col: int, band: int, kind: int) -> int:
@@ -84,16 +85,19 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
         plan = TilePlan(r.width, r.height, d, tile, halo_cells)
         scaling, scaling_reason = choose_scaling(r, bundle.scaling, scaling)
         info = r.info
+        # Every header byte counts in the rate of small rasters: only what decoding and `info` need. The model
+        # is named by its name and a 64-bit SHA-256 prefix (its bundle has the rest), the CRS by its EPSG code
+        # when that is exact, the scaling without its training-file list; the reasons are printed at compress time.
+        sc = scaling.to_dict()
         header = {
             "created_by": f"sar_ae_core {__version__}",
-            "model": {"name": bundle.name, "sha256": bundle.sha256, "config": bundle.config.to_dict()},
-            # the training file list stays in the model bundle: it is not needed to decode and costs bytes
-            "scaling": {**scaling.to_dict(), "fitted_on": []},
-            "scaling_reason": scaling_reason,
-            "source": {"name": os.path.basename(r.path), "units": r.units, "units_reason": r.units_reason,
+            "model": {"name": bundle.name, "sha256": bundle.sha256[:SHA_PREFIX],
+                      "config": {"latent_channels": bundle.config.latent_channels}},
+            "scaling": {k: sc[k] for k in ("vmin_db", "vmax_db", "noise_floor", "clip_method")},
+            "source": {"name": os.path.basename(r.path), "units": r.units,
                        "dtype": r.dtype, "nodata": _json_nodata(r.nodata), "width": r.width, "height": r.height,
                        "bands": r.band_indexes, "band_names": r.band_names, "tags": info.tags},
-            "georef": r.georef.to_dict(),
+            "georef": r.georef.to_compact(),
             "tiling": plan.to_dict(),
             "codec": codec.params(),
             "mask": {"id": "packbits-zstd"},
@@ -235,7 +239,9 @@ class SarzFile:
             self.source = h["source"]
             self.georef = Georef.from_dict(h["georef"])
             self.model_name = h["model"]["name"]
-            self.model_sha = h["model"]["sha256"]
+            self.model_sha = str(h["model"]["sha256"]).lower()
+            if len(self.model_sha) < SHA_PREFIX or any(ch not in "0123456789abcdef" for ch in self.model_sha):
+                raise ValueError(f"model sha256 {self.model_sha!r} is not a hex digest of >= {SHA_PREFIX} digits")
             self.latent_channels = int(h["model"]["config"]["latent_channels"])
             self.bands = len(self.source["bands"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -318,7 +324,7 @@ def _bundle_for(f: SarzFile, model: Optional[str], dev) -> ModelBundle:
             raise
         raise SarInputError(f.path, f"needs model '{f.model_name}' (sha256 {f.model_sha[:12]}…), which is not "
                                     f"installed; pass --model PATH ({exc.problem})") from None
-    if bundle.sha256 != f.model_sha:
+    if not bundle.sha256.startswith(f.model_sha):
         raise SarInputError(f.path, f"was compressed with model '{f.model_name}' (sha256 {f.model_sha[:12]}…); "
                                     f"the given model '{bundle.name}' (sha256 {bundle.sha256[:12]}…) is different")
     return bundle
@@ -339,7 +345,7 @@ def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.Path
     dev = select_device(device)
     with SarzFile(input_path) as f:
         p, src = f.plan, f.source
-        if bundle is None or bundle.sha256 != f.model_sha:
+        if bundle is None or not bundle.sha256.startswith(f.model_sha):
             bundle = _bundle_for(f, model, dev)
         bundle.to(dev)
         f.attach(bundle)

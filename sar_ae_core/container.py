@@ -4,7 +4,9 @@ Layout (little-endian)::
 
     magic      8 bytes  b"\\x89SARZ\\r\\n\\x1a"   (PNG-style: catches text-mode and truncation damage)
     version    2 × u16  major, minor            (readers refuse a newer major)
-    header     u32 length, u32 CRC-32, then zstd-compressed UTF-8 JSON
+    header     u32 length, u32 CRC-32, then zstd-compressed UTF-8 JSON (version 1.1 and later: compressed
+               with the fixed raw-content dictionary HEADER_DICT_V1, which holds the usual keys and values,
+               so a header costs ~200 bytes instead of ~450; 1.0 files, without it, still read)
     chunks     concatenated payloads, in the order the header's tile plan defines
     index      zstd-compressed array of (u32 length, u32 CRC-32) per chunk
     footer     u64 index offset, u32 index length, u32 index CRC-32, 8 bytes b"SARZEND\\0"
@@ -29,7 +31,23 @@ from .errors import SarInputError
 
 MAGIC = b"\x89SARZ\r\n\x1a"
 END = b"SARZEND\0"
-FORMAT_MAJOR, FORMAT_MINOR = 1, 0
+FORMAT_MAJOR, FORMAT_MINOR = 1, 1
+# Part of the format: never edit (a new dictionary needs a new minor version). Typical header text, keys sorted.
+HEADER_DICT_V1 = (
+    b'{"codec":{"id":"factorized-range","precision":16},"created_by":"sar_ae_core 0.1.0",'
+    b'"georef":{"crs":"EPSG:326","transform":[10.0,0.0,0.0,-10.0,'
+    b'"crs_wkt":"PROJCS[\\"WGS 84 / UTM zone ","gcps":[[0.0,0.0,'
+    b'"mask":{"id":"packbits-zstd"},"model":{"config":{"latent_channels":64},"name":"sarae-q2","sha256":"'
+    b'"scaling":{"clip_method":"fixed","noise_floor":1e-10,"vmax_db":8.0,"vmin_db":-45.0},'
+    b'"source":{"band_names":["VV","VH"],"bands":[1,2],"dtype":"float32","uint16","height":512,'
+    b'"name":"s1_iw_grd_sen1floods11_","nodata":null,"tags":{"AREA_OR_POINT":"Area"},"units":"db","linear","dn",'
+    b'"width":512},"tiling":{"downsample":16,"halo_cells":2,"height":512,"latent_height":32,"latent_width":32,'
+    b'"tile":256,"tile_cols":2,"tile_rows":2,"width":512}}'
+)
+
+
+def _header_dict() -> "zstandard.ZstdCompressionDict":
+    return zstandard.ZstdCompressionDict(HEADER_DICT_V1, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 _FOOTER = struct.Struct("<QII8s")
 _PRE = struct.Struct("<8sHHII")
 
@@ -40,7 +58,8 @@ class ContainerWriter:
     def __init__(self, fh: BinaryIO, header: dict):
         self.fh = fh
         text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-        body = zstandard.ZstdCompressor(level=19).compress(text)
+        body = zstandard.ZstdCompressor(level=19, dict_data=_header_dict(), write_checksum=False,
+                                        write_content_size=True, write_dict_id=False).compress(text)
         fh.write(_PRE.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, len(body), zlib.crc32(body)))
         fh.write(body)
         self.entries: list[tuple[int, int]] = []
@@ -101,7 +120,9 @@ class ContainerReader:
             if zlib.crc32(body) != hcrc:
                 raise SarInputError(path, "header checksum mismatch (file is damaged)")
             try:
-                header = json.loads(zstandard.ZstdDecompressor().decompress(body).decode("utf-8"))
+                dctx = zstandard.ZstdDecompressor(dict_data=_header_dict()) if (major, minor) >= (1, 1) \
+                    else zstandard.ZstdDecompressor()
+                header = json.loads(dctx.decompress(body).decode("utf-8"))
             except (ValueError, zstandard.ZstdError):
                 raise SarInputError(path, "header is not valid JSON (file is damaged)") from None
             if size < _PRE.size + hlen + _FOOTER.size:

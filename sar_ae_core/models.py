@@ -10,6 +10,12 @@ Variants differ in what is inserted between the levels:
 * ``full_attention`` - ``residual`` plus a CBAM after every level of encoder and decoder,
   including the bottleneck.
 
+* ``gdn``            - the transform of learned image codecs (Ballé et al. 2018): 5x5 stride-2
+  convolutions with (simplified) GDN between them in the encoder, 5x5 stride-2 transposed
+  convolutions with inverse GDN in the decoder, ``base_channels`` features at every level, a
+  linear output clamped to [0, 1] outside training. GDN gaussianises local statistics, which is
+  what an entropy-coded latent wants; per pixel it costs a fraction of the BN/LeakyReLU variants.
+
 ``self_attention=True`` additionally puts a SAGAN-style SelfAttention2d at the bottleneck
 (encoder end and decoder start) of any variant.
 """
@@ -42,7 +48,7 @@ __all__ = [
     "build_model",
 ]
 
-VARIANTS: tuple[str, ...] = ("plain", "residual", "res_cbam", "full_attention")
+VARIANTS: tuple[str, ...] = ("plain", "residual", "res_cbam", "full_attention", "gdn")
 ENTROPY_MODELS: tuple[str, ...] = ("none", "factorized")
 _RESIDUAL_VARIANTS = frozenset({"residual", "res_cbam", "full_attention"})
 _NEG_SLOPE = 0.2
@@ -80,6 +86,36 @@ class DeconvBlock(nn.Sequential):
             nn.BatchNorm2d(out_channels),
             nn.LeakyReLU(_NEG_SLOPE, inplace=True),
         )
+
+
+class GDN(nn.Module):
+    """Simplified generalized divisive normalization (Johnston et al. 2019, as used by Ballé et al.):
+    ``y_i = x_i / (beta_i + sum_j gamma_ij |x_j|)``; ``inverse=True`` multiplies instead (IGDN).
+
+    beta and gamma are kept non-negative by squaring stored parameters (beta bounded below by 1e-6).
+    """
+
+    def __init__(self, channels: int, inverse: bool = False, gamma_init: float = 0.1) -> None:
+        super().__init__()
+        self.inverse = bool(inverse)
+        self.beta_sqrt = nn.Parameter(torch.ones(channels))
+        self.gamma_sqrt = nn.Parameter(torch.eye(channels).mul_(gamma_init).add_(1e-4).sqrt_())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise (B, C, H, W) across channels at every position."""
+        beta = self.beta_sqrt.pow(2).clamp_min(1e-6)
+        gamma = self.gamma_sqrt.pow(2)
+        c = gamma.shape[0]
+        norm = F.conv2d(torch.abs(x), gamma.reshape(c, c, 1, 1).to(x.dtype), beta.to(x.dtype))
+        return x * norm if self.inverse else x / norm
+
+
+def _down(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 5, stride=2, padding=2)
+
+
+def _up(cin: int, cout: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1)
 
 
 class ResidualBlock(nn.Module):
@@ -209,7 +245,7 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
 class ModelConfig:
     """Architecture of a SarAutoencoder; validated on construction, JSON-serialisable."""
 
-    variant: Literal["plain", "residual", "res_cbam", "full_attention"] = "res_cbam"
+    variant: Literal["plain", "residual", "res_cbam", "full_attention", "gdn"] = "res_cbam"
     self_attention: bool = False
     in_channels: int = 1
     base_channels: int = 32
@@ -241,7 +277,10 @@ class ModelConfig:
         return self
 
     def channels(self) -> list[int]:
-        """Feature channels of the encoder levels before the latent: base*2**i capped at base*8."""
+        """Feature channels of the encoder levels before the latent: base*2**i capped at base*8
+        (``gdn``: base at every level, as in learned image codecs)."""
+        if self.variant == "gdn":
+            return [self.base_channels] * (self.stages - 1)
         return [min(self.base_channels * 2**i, self.base_channels * 8) for i in range(self.stages - 1)]
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,7 +324,10 @@ class Encoder(nn.Module):
         levels: list[nn.Module] = []
         prev = config.in_channels
         for ch in chans:
-            levels.append(_level(ConvBlock(prev, ch), ch, residual, every_level))
+            if config.variant == "gdn":
+                levels.append(nn.Sequential(_down(prev, ch), GDN(ch)))
+            else:
+                levels.append(_level(ConvBlock(prev, ch), ch, residual, every_level))
             prev = ch
         # The latent is left linear (no norm/activation) so that it can take any value before
         # quantisation and the entropy model sees an unconstrained distribution.
@@ -318,6 +360,14 @@ class Decoder(nn.Module):
         self.bottleneck = nn.Sequential(*bottleneck)
         levels: list[nn.Module] = []
         prev = config.latent_channels
+        self.clamp_output = config.variant == "gdn"
+        if config.variant == "gdn":
+            for ch in reversed(config.channels()):
+                levels.append(nn.Sequential(_up(prev, ch), GDN(ch, inverse=True)))
+                prev = ch
+            levels.append(_up(prev, config.in_channels))
+            self.levels = nn.Sequential(*levels)
+            return
         for ch in reversed(config.channels()):
             levels.append(_level(DeconvBlock(prev, ch), ch, residual, every_level))
             prev = ch
@@ -332,7 +382,10 @@ class Decoder(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """Map a latent (B, C_lat, h, w) to an image (B, C_in, h * 2**stages, w * 2**stages)."""
-        return self.levels(self.bottleneck(y))
+        x = self.levels(self.bottleneck(y))
+        if self.clamp_output and not self.training:
+            x = x.clamp(0.0, 1.0)  # linear output (gdn): the loss sees it unclamped, users get [0, 1]
+        return x
 
 
 # --------------------------------------------------------------------------------------------

@@ -59,6 +59,19 @@ def iter_blocks(width: int, height: int, block: int = 1024) -> Iterator[Window]:
 # --------------------------------------------------------------------------------------------
 # Georeference
 # --------------------------------------------------------------------------------------------
+def _exact_epsg(wkt: str) -> Optional[str]:
+    """'EPSG:n' when the WKT is exactly what that EPSG code produces (so nothing is lost), else None."""
+    try:
+        from rasterio.crs import CRS
+
+        code = CRS.from_wkt(wkt).to_epsg()
+        if code and CRS.from_epsg(code).to_wkt() == wkt:
+            return f"EPSG:{code}"
+    except Exception:  # noqa: BLE001 - any doubt: keep the WKT
+        pass
+    return None
+
+
 @dataclass
 class Georef:
     """Where a raster sits on Earth: CRS + affine transform, or ground control points with their CRS."""
@@ -82,13 +95,33 @@ class Georef:
             "gcps": None if self.gcps is None else [list(g) for g in self.gcps],
         }
 
+    def to_compact(self) -> dict:
+        """Smallest exact JSON form (used in `.sarz` headers): the CRS as "EPSG:n" when that code gives back
+        exactly the same WKT text, else the WKT; empty entries left out. `from_dict` reads both forms."""
+        out: dict = {}
+        if self.crs_wkt:
+            out["crs_wkt"] = self.crs_wkt
+            code = _exact_epsg(self.crs_wkt)
+            if code:
+                out = {"crs": code}
+        if self.transform is not None:
+            out["transform"] = list(self.transform)
+        if self.gcps:
+            out["gcps"] = [list(g) for g in self.gcps]
+        return out
+
     @classmethod
     def from_dict(cls, d: dict) -> "Georef":
-        """Inverse of to_dict."""
+        """Inverse of to_dict and to_compact."""
         t = d.get("transform")
         g = d.get("gcps")
+        wkt = d.get("crs_wkt")
+        if not wkt and d.get("crs"):
+            from rasterio.crs import CRS
+
+            wkt = CRS.from_user_input(d["crs"]).to_wkt()
         return cls(
-            crs_wkt=d.get("crs_wkt"),
+            crs_wkt=wkt,
             transform=None if t is None else tuple(float(v) for v in t),
             gcps=None if g is None else [
                 (float(r), float(c), float(x), float(y), float(z), str(i), str(n)) for r, c, x, y, z, i, n in g

@@ -227,3 +227,73 @@ def test_fewer_bits_give_fewer_bytes(tmp_path, tiny_bundle, spain_db):
     assert sizes[8] > sizes[4] > sizes[2]
     with pytest.raises(ValueError, match="bits must be between 1 and 16"):
         compress_raster(spain_db, tmp_path / "b0.sarz", model=tiny_bundle, bits=0)
+
+
+def _rewrite_as_v10(src, dst, bundle_sha, crs_wkt):
+    """The same file in the 1.0 layout: header zstd-compressed without the dictionary, full SHA-256, CRS as WKT."""
+    import json
+    import zlib
+
+    import zstandard
+
+    from sar_ae_core.container import _PRE, _header_dict
+
+    raw = open(src, "rb").read()
+    _, major, minor, hlen, _ = _PRE.unpack(raw[:_PRE.size])
+    assert (major, minor) == (1, 1)
+    h = json.loads(zstandard.ZstdDecompressor(dict_data=_header_dict()).decompress(raw[_PRE.size:_PRE.size + hlen]))
+    h["model"]["sha256"] = bundle_sha
+    h["georef"] = {"crs_wkt": crs_wkt, "transform": h["georef"]["transform"], "gcps": None}
+    body = zstandard.ZstdCompressor(level=19).compress(json.dumps(h).encode())
+    rest = raw[_PRE.size + hlen:]
+    # the footer's index offset moves with the header length
+    foot = struct.Struct("<QII8s")
+    ioff, ilen, icrc, end = foot.unpack(rest[-foot.size:])
+    rest = rest[:-foot.size] + foot.pack(ioff - hlen + len(body), ilen, icrc, end)
+    open(dst, "wb").write(_PRE.pack(raw[:8], 1, 0, len(body), zlib.crc32(body)) + body + rest)
+
+
+def test_format_1_0_files_still_decode_identically(tmp_path, tiny_bundle, spain_db):
+    from sar_ae_core.model_io import load_bundle
+
+    facts, sarz, tif = _round_trip(tmp_path, spain_db, tiny_bundle)
+    with rasterio.open(spain_db) as ds:
+        wkt = ds.crs.to_wkt()
+    old = tmp_path / "old.sarz"
+    _rewrite_as_v10(sarz, old, load_bundle(tiny_bundle).sha256, wkt)
+    assert old.stat().st_size > sarz.stat().st_size + 100  # the 1.1 header is much smaller
+    reconstruct_raster(old, tmp_path / "old.tif", model=tiny_bundle)
+    with rasterio.open(tif) as a, rasterio.open(tmp_path / "old.tif") as b:
+        assert np.array_equal(a.read(), b.read(), equal_nan=True)
+        assert a.crs == b.crs and a.transform == b.transform
+
+
+def test_header_and_index_stay_small(tmp_path, default_bundle):
+    """A 120 x 120 chip: everything but the coded tiles (header, index, footer) is under 260 bytes, so small
+    rasters are not starved by the container (the CRS is stored as its EPSG code, the model by a SHA prefix)."""
+    import glob
+
+    from conftest import SAR_DATA
+
+    chip = sorted(glob.glob(str(SAR_DATA / "s1_bigearthnet_*_VV_db.tif")))[0]
+    sarz = tmp_path / "chip.sarz"
+    compress_raster(chip, sarz, model=default_bundle, device="cpu")
+    info = sarz_info(sarz)
+    assert info["parts"]["header+index"] < 260, info["parts"]
+    assert info["georef"] == "transform"
+    with rasterio.open(chip) as ds:
+        crs, transform = ds.crs, ds.transform
+    reconstruct_raster(sarz, tmp_path / "chip.tif", model=default_bundle)
+    with rasterio.open(tmp_path / "chip.tif") as out:
+        assert out.crs.to_wkt() == crs.to_wkt() and out.transform == transform
+
+
+def test_header_dictionary_is_frozen():
+    """HEADER_DICT_V1 is part of the 1.1 format: changing it would make every 1.1 file unreadable."""
+    import hashlib
+
+    from sar_ae_core.container import FORMAT_MINOR, HEADER_DICT_V1
+
+    assert hashlib.sha256(HEADER_DICT_V1).hexdigest() == \
+        "9a7a241587036b08a4cf92dedf3bbd8789409c5f9bca07f79a0f8504cd9bf067"
+    assert FORMAT_MINOR >= 1
