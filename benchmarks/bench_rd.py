@@ -49,13 +49,13 @@ def _assess(ref, test) -> dict:
     return {k: float(r[k]) for k in ("psnr", "ssim", "rmse_db", "enl_ratio", "epi", "valid_fraction")}
 
 
-def _learned_point(scene: Path, bundle, tmp: Path, tag: str, bits: int = 8) -> tuple:
+def _learned_point(scene: Path, bundle, tmp: Path, tag: str, bits: int = 8, codec: str = "auto") -> tuple:
     from sar_ae_core.codec import compress_raster, reconstruct_raster, sarz_info
     from sar_ae_core.scaling import ScalingParams
 
     sarz, rec = tmp / f"{scene.stem}_{tag}.sarz", tmp / f"{scene.stem}_{tag}.tif"
     t0 = time.perf_counter()
-    facts = compress_raster(scene, sarz, bundle=bundle, bits=bits, device="cpu", overwrite=True)
+    facts = compress_raster(scene, sarz, bundle=bundle, bits=bits, device="cpu", overwrite=True, codec=codec)
     t1 = time.perf_counter()
     reconstruct_raster(sarz, rec, units="db", bundle=bundle, overwrite=True)
     t2 = time.perf_counter()
@@ -85,17 +85,20 @@ def run(args) -> dict:
         tmp = Path(tmpdir)
         for scene_name in args.scenes:
             scene = Path(scene_name) if os.path.exists(scene_name) else DATA / scene_name
-            entries = [(b, b.name, 8) for b in models]
+            entries = [(b, b.name, 8, "auto") for b in models]
+            # the same RD model without its entropy model: per-channel uniform quantization + zstd
+            entries += [(b, f"{b.name}@uniform{bits}", bits, "uniform-zstd") for b in models
+                        if b.name in args.no_entropy for bits in args.no_entropy_bits]
             if baseline is not None:
-                entries += [(baseline, f"{baseline.name}@{bits}bit", bits) for bits in args.baseline_bits]
+                entries += [(baseline, f"{baseline.name}@{bits}bit", bits, "auto") for bits in args.baseline_bits]
             scaling = None
-            for bundle, label, bits in entries:
-                learned, scaling_used = _learned_point(scene, bundle, tmp, label.replace("@", "_"), bits)
+            for bundle, label, bits, codec in entries:
+                learned, scaling_used = _learned_point(scene, bundle, tmp, label.replace("@", "_"), bits, codec)
                 scaling = scaling or scaling_used
                 jp2 = _jp2_point(scene, learned["bpp"], scaling_used, tmp, label.replace("@", "_"))
                 gap = {k: learned[k] - jp2[k] for k in ("psnr", "ssim", "epi", "enl_ratio")}
-                row = {"scene": scene.name, "model": label, "entropy_coded": bundle.tables is not None,
-                       "bits": None if bundle.tables is not None else bits,
+                coded = learned["codec"] == "factorized-range"
+                row = {"scene": scene.name, "model": label, "entropy_coded": coded, "bits": None if coded else bits,
                        "learned": learned, "jpeg2000": jp2, "gap": gap}
                 if learned["overhead_bytes"] * 8 > 0.05 * learned["bytes"] * 8:
                     # small rasters: the .sarz header (~1.1 kB of JSON) is a large part of the file; JPEG2000 at
@@ -148,9 +151,12 @@ def plot(report: dict, png: Path) -> None:
                         mfc="none", color="tab:blue", alpha=0.6, label="learned at latent-only bpp (no header)")
             for r in rd:
                 ax.annotate(r["model"].replace("sarae-", ""), (r["learned"]["bpp"], r["learned"][key]), fontsize=7)
-            if base:
-                ax.plot([r["learned"]["bpp"] for r in base], [r["learned"][key] for r in base], "^:", color="tab:red",
-                        label="sarae-default (uniform-zstd)")
+            for name, style, colour in (("sarae-default", "^:", "tab:red"), ("@uniform", "v:", "tab:purple")):
+                pts = [r for r in base if name in r["model"]]
+                if pts:
+                    ax.plot([r["learned"]["bpp"] for r in pts], [r["learned"][key] for r in pts], style, color=colour,
+                            label=("sarae-default (uniform-zstd)" if name == "sarae-default"
+                                   else "RD model without entropy model (uniform-zstd)"))
             if key == "enl_ratio":
                 ax.axhspan(0.8, 1.2, color="tab:green", alpha=0.08)
                 ax.set_ylim(0.5, 2.5)  # a flat (starved) JPEG2000 image gives ENL ratios of 1e14
@@ -169,9 +175,10 @@ def markdown(report: dict) -> str:
              "Δ = learned − JPEG2000 at the same bpp (positive PSNR/SSIM/EPI Δ = learned better; ENL ratio: 1 is "
              "ideal, > 1 smoothed). `latent bpp` = the range-coded latents alone; where the `.sarz` header, masks "
              "and index are > 5 % of the file (small rasters) the last column compares with JPEG2000 at the "
-             "latent-only rate. That column is only a hint: JPEG2000 keeps its own headers (a few hundred bytes), "
-             "which starve it at 120x120 px and 0.1 bpp (a '+10 dB' there is JPEG2000 having almost no codestream "
-             "left, not a learned win); the whole-file comparison is the real one.", ""]
+             "latent-only rate. That column is only a hint: JPEG2000 keeps its own headers (a few hundred bytes); "
+             "the whole-file comparison is the real one. The `.sarz` carries the georeference (EPSG code + "
+             "transform), the JPEG2000 twin carries pixels only. `@uniformN` rows: the same RD model without its "
+             "entropy model (per-channel uniform N-bit quantization + zstd).", ""]
     for scene in report["scenes"]:
         lines += [f"## {scene}", "",
                   "| model | bpp | latent bpp | PSNR learned / J2K (Δ) | SSIM learned / J2K (Δ) | "
@@ -197,7 +204,54 @@ def markdown(report: dict) -> str:
                      f"{sum(r['gap']['psnr'] for r in rs) / n:+.2f} | {sum(r['gap']['ssim'] for r in rs) / n:+.3f} | "
                      f"{sum(r['gap']['epi'] for r in rs) / n:+.3f} | {wins}/{n} scenes |")
     lines.append("")
+    lines += summary_lines(report)
     return "\n".join(lines)
+
+
+def summary(report: dict) -> dict:
+    """Per model: mean bpp and mean metrics of learned and JPEG2000 over the scenes, gaps, ENL ratio range."""
+    out = {}
+    for name in dict.fromkeys(r["model"] for r in report["results"]):
+        rs = [r for r in report["results"] if r["model"] == name]
+        n = len(rs)
+        mean = {side: {k: sum(r[side][k] for r in rs) / n for k in ("bpp",) + METRICS} for side in ("learned", "jpeg2000")}
+        enl = [r["learned"]["enl_ratio"] for r in rs]
+        out[name] = {"scenes": n, **mean, "gap": {k: mean["learned"][k] - mean["jpeg2000"][k] for k in METRICS},
+                     "psnr_wins": sum(r["gap"]["psnr"] > 0 for r in rs), "epi_wins": sum(r["gap"]["epi"] >= 0 for r in rs),
+                     "enl_ratio_min": min(enl), "enl_ratio_max": max(enl), "entropy_coded": rs[0]["entropy_coded"]}
+    return out
+
+
+def summary_lines(report: dict) -> list[str]:
+    lines = ["## Means over the held-out scenes (each scene weighs the same)", "",
+             "| model | bpp learned / J2K | PSNR learned / J2K (Δ) | SSIM learned / J2K | EPI learned / J2K (Δ) | "
+             "ENL ratio learned (per-scene range) / J2K | PSNR wins | EPI ≥ J2K |", "|---|---|---|---|---|---|---|---|"]
+    for name, m in summary(report).items():
+        a, b, g = m["learned"], m["jpeg2000"], m["gap"]
+        lines.append(f"| {name} | {a['bpp']:.3f} / {b['bpp']:.3f} | {a['psnr']:.2f} / {b['psnr']:.2f} ({g['psnr']:+.2f} dB) "
+                     f"| {a['ssim']:.3f} / {b['ssim']:.3f} | {a['epi']:.3f} / {b['epi']:.3f} ({g['epi']:+.3f}) | "
+                     f"{a['enl_ratio']:.2f} ({m['enl_ratio_min']:.2f}–{m['enl_ratio_max']:.2f}) / {b['enl_ratio']:.2f} | "
+                     f"{m['psnr_wins']}/{m['scenes']} | {m['epi_wins']}/{m['scenes']} |")
+    lines.append("")
+    return lines
+
+
+def update_cards(report: dict) -> None:
+    """Write the held-out means into the bundled model cards (`python -m sar_ae_core models` shows them)."""
+    from sar_ae_core.model_io import resolve_model
+
+    for name, m in summary(report).items():
+        if "@" in name:
+            continue
+        card = resolve_model(name).with_suffix(".json")
+        if not card.exists():
+            continue
+        d = json.loads(card.read_text())
+        d["measured"] = {"scenes": report["scenes"], "bpp": round(m["learned"]["bpp"], 4),
+                         **{k: round(m["learned"][k], 4) for k in METRICS},
+                         "jpeg2000_at_same_bpp": {k: round(m["jpeg2000"][k], 4) for k in METRICS},
+                         "source": "benchmarks/bench_rd.py (mean over the held-out scenes, rates from file bytes)"}
+        card.write_text(json.dumps(d, indent=2) + "\n")
 
 
 def main() -> None:
@@ -207,6 +261,10 @@ def main() -> None:
     p.add_argument("--baseline", default="sarae-default", help="model without entropy model ('' = none)")
     p.add_argument("--baseline-bits", nargs="+", type=int, default=[8, 4], help="uniform-zstd bit depths")
     p.add_argument("--jp2-curve", nargs="*", type=float, default=list(JP2_CURVE), help="JPEG2000 curve rates")
+    p.add_argument("--no-entropy", nargs="*", default=["sarae-q2"],
+                   help="models also run without their entropy model (uniform-zstd)")
+    p.add_argument("--no-entropy-bits", nargs="+", type=int, default=[6, 4], help="bit depths for --no-entropy")
+    p.add_argument("--update-cards", action="store_true", help="write the means into the bundled model cards")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rd_report.json"))
     args = p.parse_args()
     t0 = time.perf_counter()
@@ -216,7 +274,11 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     plot(report, out.with_suffix(".png"))
+    report["summary"] = summary(report)
+    out.write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
+    if args.update_cards:
+        update_cards(report)
     print(f"wrote {out}, {out.with_suffix('.png')}, {out.with_suffix('.md')}")
 
 

@@ -3,6 +3,9 @@ tile row by tile row so memory does not grow with the raster height (and only li
 
 Decoding is deterministic: every decode window runs alone (batch 1, fixed size) on the CPU by default,
 windows are blended in a fixed order, and the quantized latents are integers with float16 bounds.
+On the CPU every network call runs with ONE intra-op thread (oneDNN picks convolution algorithms, and so
+summation orders, by thread count) and the machine's cores work on different windows at once instead
+(`_Runner`): the bytes written and the pixels decoded do not depend on the number of threads.
 """
 
 from __future__ import annotations
@@ -103,13 +106,15 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             "mask": {"id": "packbits-zstd"},
         }
         n_valid = 0
-        with AtomicOutput(output_path, overwrite, suffix=".sarz") as out, open(out.tmp, "wb") as fh:
+        with AtomicOutput(output_path, overwrite, suffix=".sarz") as out, open(out.tmp, "wb") as fh, \
+                _Runner(dev) as runner:
             writer = ContainerWriter(fh, header)
             for tr in range(plan.tile_rows):
                 t0 = time.perf_counter()
                 strip, valid, y0 = _read_strip(r, plan, scaling, tr)
                 timer.io += time.perf_counter() - t0
-                latents = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer) for b in range(r.count)]
+                latents = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner)
+                           for b in range(r.count)]
                 t0 = time.perf_counter()
                 for tc in range(plan.tile_cols):  # chunk order: see _chunk_id
                     for b in range(r.count):
@@ -133,15 +138,19 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
 
 def _choose_codec(name: str, bundle: ModelBundle, bits: int):
     """'auto': the model's learned entropy coder when it has one, else uniform quantization + zstd."""
+    coded = None if bundle.tables is None else (
+        "hyperprior-range" if getattr(bundle.tables, "kind", "") == "hyperprior" else "factorized-range")
     if name == "auto":
-        name = "factorized-range" if bundle.tables is not None else UniformZstdCodec.id
+        name = coded or UniformZstdCodec.id
     if name == UniformZstdCodec.id:
         return UniformZstdCodec(bits=bits)
-    if name == "factorized-range":
+    if name in ("factorized-range", "hyperprior-range"):
+        if bundle.tables is not None and name != coded:
+            raise SarInputError(bundle.path, f"model '{bundle.name}' codes its latents with {coded}, not {name}")
         if bundle.tables is None:
             raise SarInputError(bundle.path, f"model '{bundle.name}' has no entropy model; use --codec uniform-zstd")
         return codec_from_params({"id": name}, bundle.tables)
-    raise SarInputError(None, f"unknown codec '{name}' (auto, uniform-zstd, factorized-range)")
+    raise SarInputError(None, f"unknown codec '{name}' (auto, uniform-zstd, factorized-range, hyperprior-range)")
 
 
 def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto") -> tuple[ScalingParams, str]:
@@ -198,20 +207,53 @@ def _read_strip(r, plan: TilePlan, scaling: ScalingParams, tr: int):
     return scaled, valid, y0
 
 
+class _Runner:
+    """Runs network calls on independent windows. CPU: one intra-op thread per call (thread-count independent
+    results) and as many calls in parallel as torch had threads; CUDA: one call after the other."""
+
+    def __init__(self, dev):
+        self.dev = dev
+        self.threads = torch.get_num_threads()
+        self.pool = None
+
+    def __enter__(self) -> "_Runner":
+        if self.dev.type == "cpu":
+            torch.set_num_threads(1)
+            if self.threads > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="sarae")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        if self.dev.type == "cpu":
+            torch.set_num_threads(self.threads)
+
+    def map(self, fn, items: list) -> list:
+        def call(item):
+            with torch.inference_mode():
+                return fn(item)
+
+        return list(self.pool.map(call, items)) if self.pool is not None else [call(i) for i in items]
+
+
 def _encode_strip(bundle: ModelBundle, plan: TilePlan, strip: np.ndarray, tr: int, dev, batch_size: int,
-                  timer) -> list:
-    """Latent cells of every tile in tile row `tr` (each tile encoded from its window with halo)."""
+                  timer, runner: "_Runner") -> list:
+    """Latent cells of every tile in tile row `tr` (each tile encoded from its window with halo). On the CPU each
+    window is its own call (batch 1: results independent of how windows are grouped); on CUDA in batches."""
     wp, tile, hc = plan.window_pixels, plan.tile, plan.halo_cells
     windows = [strip[:, tc * tile: tc * tile + wp] for tc in range(plan.tile_cols)]
+    step = batch_size if dev.type != "cpu" else 1
+    batches = [np.stack(windows[i:i + step])[:, None] for i in range(0, len(windows), step)]
+    t0 = time.perf_counter()
+    ys = runner.map(lambda b: bundle.model.encode(torch.from_numpy(b).to(dev)).float().cpu().numpy(), batches)
+    timer.network += time.perf_counter() - t0
     out = []
-    for i in range(0, len(windows), batch_size):
-        batch = torch.from_numpy(np.stack(windows[i:i + batch_size])[:, None]).to(dev)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            y = bundle.model.encode(batch).float().cpu().numpy()
-        timer.network += time.perf_counter() - t0
+    for y in ys:
         for k in range(y.shape[0]):
-            r0, r1, c0, c1 = plan.tile_cells(tr, i + k)
+            r0, r1, c0, c1 = plan.tile_cells(tr, len(out))
             out.append(np.ascontiguousarray(y[k, :, hc:hc + (r1 - r0), hc:hc + (c1 - c0)]))
     return out
 
@@ -367,9 +409,10 @@ def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.Path
         with GeoTiffWriter(output_path, width, height, f.bands, dtype, georef, nodata=nodata,
                            band_names=src.get("band_names"), tags=tags, overwrite=overwrite) as w:
             steps = len(tile_rows) * f.bands
-            for b in range(f.bands):
-                _decode_band(f, bundle, dev, b, (col0, row0, width, height), tile_rows, tile_cols, weights,
-                             w, out_units, dtype, nodata, timer, prog, steps)
+            with _Runner(dev) as runner:
+                for b in range(f.bands):
+                    _decode_band(f, bundle, dev, b, (col0, row0, width, height), tile_rows, tile_cols, weights,
+                                 w, out_units, dtype, nodata, timer, prog, steps, runner)
     return {"output": os.fspath(output_path), "width": width, "height": height, "bands": f.bands,
             "units": out_units, "dtype": dtype, "device": str(dev), "seconds": time.perf_counter() - t_start,
             "timing": timer.as_dict()}
@@ -397,7 +440,7 @@ def _latent_window(f: SarzFile, cache: dict, tr: int, tc: int, band: int) -> np.
 
 def _decode_band(f: SarzFile, bundle: ModelBundle, dev, band: int, region, tile_rows, tile_cols, weights,
                  writer: GeoTiffWriter, out_units: str, dtype: str, nodata, timer: _Timer, prog: Progress,
-                 steps: int) -> None:
+                 steps: int, runner: _Runner) -> None:
     """Decode one band of the region tile row by tile row, blending windows into a rolling accumulator."""
     p = f.plan
     col0, row0, width, height = region
@@ -415,14 +458,15 @@ def _decode_band(f: SarzFile, bundle: ModelBundle, dev, band: int, region, tile_
         if need > num.shape[0]:
             num = np.vstack([num, np.zeros((need - num.shape[0], width), np.float32)])
             den = np.vstack([den, np.zeros((need - den.shape[0], width), np.float32)])
-        for tc in tile_cols:
-            t0 = time.perf_counter()
-            lat = _latent_window(f, cache, tr, tc, band)
-            timer.coding += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                x = bundle.model.decode(torch.from_numpy(lat[None]).to(dev)).float().cpu().numpy()[0, 0]
-            timer.network += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lats = [_latent_window(f, cache, tr, tc, band) for tc in tile_cols]
+        timer.coding += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        xs = runner.map(lambda lat: bundle.model.decode(torch.from_numpy(lat[None]).to(dev)).float().cpu().numpy()[0, 0],
+                        lats)
+        timer.network += time.perf_counter() - t0
+        del lats
+        for tc, x in zip(tile_cols, xs):
             t0 = time.perf_counter()
             wx0 = tc * p.tile - h
             left, right = max(wx0, col0), min(wx0 + wp, col0 + width)

@@ -92,20 +92,27 @@ class UniformZstdCodec:
         return self.dequantize(q, bounds[0], bounds[1])
 
 
-LATENT_CODECS = ("uniform-zstd", "factorized-range")
+LATENT_CODECS = ("uniform-zstd", "factorized-range", "hyperprior-range")
 
 
 def codec_from_params(p: dict, tables=None) -> LatentCodec:
     """The codec named in a header (KeyError for unknown ids; ValueError when its tables are missing)."""
     if p.get("id") == UniformZstdCodec.id:
         return UniformZstdCodec.from_params(p)
-    if p.get("id") == "factorized-range":
+    if p.get("id") in ("factorized-range", "hyperprior-range"):
         from .entropy import FactorizedRangeCodec
 
         if tables is None:
             raise ValueError("the model has no entropy-coding tables")
+        kind = getattr(tables, "kind", "factorized")
+        if (kind == "hyperprior") != (p["id"] == "hyperprior-range"):
+            raise ValueError(f"the model's entropy model ({kind}) does not match the file's codec {p['id']}")
         if int(p.get("precision", tables.precision)) != tables.precision:
             raise ValueError("table precision differs from the file's")
+        if kind == "hyperprior":
+            from .hyperprior import HyperpriorRangeCodec
+
+            return HyperpriorRangeCodec(tables)
         return FactorizedRangeCodec(tables)
     raise KeyError(p.get("id"))
 

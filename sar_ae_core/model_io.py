@@ -6,6 +6,8 @@ so a bundle saved on CUDA loads anywhere."""
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +101,29 @@ def bundled_models() -> list[Path]:
     return sorted(BUNDLED_DIR.glob("*.pt")) if BUNDLED_DIR.is_dir() else []
 
 
+def model_card(name: str) -> dict:
+    """The JSON card next to a bundled model ({} when there is none)."""
+    card = BUNDLED_DIR / f"{name}.json"
+    return json.loads(card.read_text(encoding="utf-8")) if card.is_file() else {}
+
+
+def model_for_rate(bpp: float) -> tuple[str, float]:
+    """The bundled rate point (QUALITY_MODELS) whose measured mean bits per pixel on the held-out scenes is
+    closest to `bpp` (on a log scale), with that measured rate."""
+    if not bpp > 0:
+        raise SarInputError(None, f"--rate must be a positive number of bits per pixel (got {bpp})")
+    best = None
+    for name in QUALITY_MODELS.values():
+        measured = (model_card(name).get("measured") or {}).get("bpp")
+        if measured:
+            d = abs(math.log(float(measured) / bpp))
+            if best is None or d < best[0]:
+                best = (d, name, float(measured))
+    if best is None:
+        raise SarInputError(None, "no bundled model has a measured rate; use --model or --quality")
+    return best[1], best[2]
+
+
 def resolve_model(name_or_path: Optional[str]) -> Path:
     """A bundled model name (e.g. 'sarae-q2') or a path to a bundle file."""
     name_or_path = name_or_path or DEFAULT_MODEL
@@ -147,7 +172,14 @@ def load_bundle(name_or_path: Optional[str] = None, device: str | torch.device =
     if config.entropy_model != "none":
         if "entropy_tables" not in payload:
             raise SarInputError(path, "model has an entropy model but no coding tables (re-export it)")
-        tables = EntropyTables.from_dict(payload["entropy_tables"])
+        d = payload["entropy_tables"]
+        if d.get("kind") == "hyperprior":
+            from .hyperprior import HyperTables
+
+            tables = HyperTables.from_dict(d)
+            tables.prior = model.entropy
+        else:
+            tables = EntropyTables.from_dict(d)
     model.to(device).eval()
     return ModelBundle(name=payload.get("name", path.stem), model=model, config=config, scaling=scaling,
                        sha256=digest, path=str(path), info=payload.get("info", {}), tables=tables)

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 VARIANTS: tuple[str, ...] = ("plain", "residual", "res_cbam", "full_attention", "gdn")
-ENTROPY_MODELS: tuple[str, ...] = ("none", "factorized")
+ENTROPY_MODELS: tuple[str, ...] = ("none", "factorized", "hyperprior")
 _RESIDUAL_VARIANTS = frozenset({"residual", "res_cbam", "full_attention"})
 _NEG_SLOPE = 0.2
 
@@ -102,11 +102,21 @@ class GDN(nn.Module):
         self.gamma_sqrt = nn.Parameter(torch.eye(channels).mul_(gamma_init).add_(1e-4).sqrt_())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise (B, C, H, W) across channels at every position."""
-        beta = self.beta_sqrt.pow(2).clamp_min(1e-6)
-        gamma = self.gamma_sqrt.pow(2)
+        """Normalise (B, C, H, W) across channels at every position.
+
+        Training uses a 1x1 convolution. Outside training the channel sum is accumulated element-wise in a
+        fixed order: CPU 1x1 convolutions are matrix products whose summation order depends on the thread
+        count, and the codec must give the same bits with any number of threads."""
+        beta = self.beta_sqrt.pow(2).clamp_min(1e-6).to(x.dtype)
+        gamma = self.gamma_sqrt.pow(2).to(x.dtype)
         c = gamma.shape[0]
-        norm = F.conv2d(torch.abs(x), gamma.reshape(c, c, 1, 1).to(x.dtype), beta.to(x.dtype))
+        ax = torch.abs(x)
+        if self.training:
+            norm = F.conv2d(ax, gamma.reshape(c, c, 1, 1), beta)
+        else:
+            norm = beta.reshape(1, c, 1, 1).expand_as(x).clone()
+            for j in range(c):
+                norm.addcmul_(gamma[:, j].reshape(1, c, 1, 1), ax[:, j:j + 1])
         return x * norm if self.inverse else x / norm
 
 
@@ -251,7 +261,7 @@ class ModelConfig:
     base_channels: int = 32
     latent_channels: int = 16
     stages: int = 4
-    entropy_model: Literal["none", "factorized"] = "none"
+    entropy_model: Literal["none", "factorized", "hyperprior"] = "none"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -402,7 +412,14 @@ class SarAutoencoder(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         # Learned factorized prior over the rounded latents (rate term and entropy-coding tables).
-        self.entropy = FactorizedPrior(config.latent_channels) if config.entropy_model == "factorized" else None
+        # (or a mean-scale hyperprior: side information predicting a mean and scale per latent element).
+        self.entropy: nn.Module | None = None
+        if config.entropy_model == "factorized":
+            self.entropy = FactorizedPrior(config.latent_channels)
+        elif config.entropy_model == "hyperprior":
+            from .hyperprior import MeanScaleHyperprior
+
+            self.entropy = MeanScaleHyperprior(config.latent_channels)
 
     @property
     def downsample_factor(self) -> int:
@@ -451,9 +468,9 @@ class SarAutoencoder(nn.Module):
 
     def forward_rd(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rate-distortion pass: (reconstruction, latent likelihoods); noisy latents in training mode,
-        rounded latents in eval mode. Needs ``entropy_model='factorized'``."""
+        rounded latents in eval mode. Needs an entropy model ('factorized' or 'hyperprior')."""
         if self.entropy is None:
-            raise ValueError("forward_rd needs a model with entropy_model='factorized'")
+            raise ValueError("forward_rd needs a model with an entropy model ('factorized' or 'hyperprior')")
         y_hat, likelihoods = self.entropy(self.encode(x))
         return self.decode(y_hat), likelihoods
 

@@ -48,6 +48,8 @@ variant_latent = pytest.mark.parametrize(
 @variant_latent
 def test_shapes_range_and_ratio(variant: str, latent: int) -> None:
     model = _model(variant, latent)
+    if variant == "gdn":  # linear output: clamped to [0, 1] outside training only
+        model.eval()
     x = torch.rand(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         y = model.encode(x)
@@ -192,8 +194,10 @@ def test_blocks() -> None:
     assert isinstance(up[0], nn.Upsample) and up[0].mode == "nearest"
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "gdn"])
 def test_no_transposed_convolutions(variant: str) -> None:
+    """The seed-architecture variants upsample by resize-convolution; `gdn` keeps the transposed convolutions of
+    learned image codecs (trained with the rate term, at a quarter of the resize-convolution's cost)."""
     model = _model(variant, 16)
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in model.modules())
 

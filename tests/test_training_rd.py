@@ -33,19 +33,26 @@ def _rows(run: Path, split: str) -> list[dict]:
         return [r for r in csv.DictReader(fh) if r["split"] == split]
 
 
-@pytest.fixture(scope="module")
-def rd_run(sar_data, tmp_path_factory):
+# the factorized prior on the plain model, the mean-scale hyperprior on the GDN transform
+ENTROPY = {"factorized": [],
+           "hyperprior": ["--entropy-model", "hyperprior", "--variant", "gdn", "--base-channels", "16",
+                          "--latent-channels", "24", "--lr", "1e-3"]}
+
+
+@pytest.fixture(scope="module", params=sorted(ENTROPY))
+def rd_run(sar_data, tmp_path_factory, request):
     """40 RD steps on three Sen1Floods11 scenes (two train, one validation), exported as a bundle."""
     f = sar_data / "fullres"
     run = tmp_path_factory.mktemp("rd") / "run"
+    steps = "40" if request.param == "factorized" else "80"
     assert main(["--data", str(f / "s1_iw_grd_sen1floods11_ghana_53713_vv_vh_db.tif"),
                  str(f / "s1_iw_grd_sen1floods11_ghana_83483_vv_vh_db.tif"),
                  str(f / "s1_iw_grd_sen1floods11_india_900498_vv_vh_db.tif"), "--val-fraction", "0.34",
-                 "--test-fraction", "0", *SMALL, "--lmbda", "100", "--steps", "40", "--val-interval", "20",
-                 "--out-dir", str(run)]) == 0
+                 "--test-fraction", "0", *SMALL, *ENTROPY[request.param], "--lmbda", "100", "--steps", steps,
+                 "--val-interval", "20", "--out-dir", str(run)]) == 0
     bundle = run.parent / "rd-small.pt"
     assert main(["export", str(run), str(bundle), "--name", "rd-small"]) == 0
-    return run, str(bundle)
+    return run, str(bundle), request.param
 
 
 def test_rd_loss_forms():
@@ -55,7 +62,7 @@ def test_rd_loss_forms():
 
 
 def test_rd_training_lowers_the_loss_and_logs_estimated_and_coded_rate(rd_run):
-    run, _ = rd_run
+    run = rd_run[0]
     train = _rows(run, "train")
     loss = [float(r["loss"]) for r in train]
     bpp = [float(r["bpp"]) for r in train]
@@ -63,9 +70,9 @@ def test_rd_training_lowers_the_loss_and_logs_estimated_and_coded_rate(rd_run):
     assert 0 < np.mean(bpp[-5:]) < np.mean(bpp[:5])
     for r in _rows(run, "val"):  # validation: rounded latents, estimated bpp vs really range-coded bpp
         est, coded = float(r["bpp"]), float(r["bpp_coded"])
-        # each 64 px patch is its own range-coded chunk: ~8 bytes of length field and coder flush per patch on
-        # ~270 bytes, so a few per cent here (the 2 % check on whole rasters is below)
-        assert 0 < est < 16 and abs(coded - est) / coded < 0.05
+        # each 64 px patch is its own range-coded chunk: a 4-byte length field and up to 8 bytes of coder flush
+        # per patch of ~150-270 bytes, so 3 % + 12 bytes per patch here (the 2 % check on whole rasters is below)
+        assert 0 < est < 16 and abs(coded - est) < 0.03 * coded + 12 * 8 / 64 ** 2
 
 
 def test_lmbda_needs_an_entropy_model(sar_data, tmp_path, capsys):
@@ -78,33 +85,44 @@ def test_lmbda_needs_an_entropy_model(sar_data, tmp_path, capsys):
 def test_init_from_fine_tunes_to_another_rate_point(rd_run, sar_data, tmp_path):
     """--init-from starts from trained weights (and their dB range) with a fresh schedule; a smaller lmbda lowers
     the rate."""
-    run, _ = rd_run
+    run = rd_run[0]
     f = sar_data / "fullres"
     ft = tmp_path / "ft"
+    # the factorized model is fine-tuned to a lower rate, the (very low-rate) hyperprior model to a higher one
+    lower = rd_run[2] == "factorized"
+    lmbda = "10" if lower else "3000"
     assert main(["--data", str(f / "s1_iw_grd_sen1floods11_ghana_53713_vv_vh_db.tif"),
                  str(f / "s1_iw_grd_sen1floods11_ghana_83483_vv_vh_db.tif"),
                  str(f / "s1_iw_grd_sen1floods11_india_900498_vv_vh_db.tif"), "--val-fraction", "0.34",
-                 "--test-fraction", "0", *SMALL, "--lmbda", "10", "--steps", "15", "--val-interval", "15",
+                 "--test-fraction", "0", *SMALL, *ENTROPY[rd_run[2]], "--lmbda", lmbda, "--steps", "15", "--val-interval", "15",
                  "--init-from", str(run), "--out-dir", str(ft)]) == 0
     first = float(_rows(ft, "train")[0]["bpp"])
     assert first < 1.5 * float(_rows(run, "train")[-1]["bpp"])  # starts where the trained model was
-    assert float(_rows(ft, "val")[-1]["bpp"]) < float(_rows(run, "val")[-1]["bpp"])
+    assert (float(_rows(ft, "val")[-1]["bpp"]) < float(_rows(run, "val")[-1]["bpp"])) == lower
     a = torch.load(ft / "best.pt", map_location="cpu", weights_only=True)
     b = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     assert a["scaling"] == b["scaling"] and a["config"]["run"]["init_from"] == str(run)
 
 
 def _rate_models(rd_run) -> list[str]:
-    return [rd_run[1]] + [str(p) for p in bundled_models() if p.stem.startswith("sarae-q")]
+    """The bundled rate points with this kind of entropy model, and the small factorized model just trained (the
+    small hyperprior model of 80 steps codes at ~0.05 bpp, where the few bytes each tile's range coder flushes
+    are several per cent of its size: the 2 % claim is checked on the bundled models, trained for real)."""
+    bundled = [p for p in bundled_models() if p.stem.startswith("sarae-q")]
+    same = [str(p) for p in bundled if load_bundle(str(p)).config.entropy_model == rd_run[2]]
+    return ([rd_run[1]] if rd_run[2] == "factorized" else []) + same
 
 
 def test_estimated_rate_matches_the_real_latent_bytes(rd_run, spain_db, camargue_db):
     """-sum log2 p(round(y)) over the codec's tiles (the training rate term) vs the range-coded latent chunks of the
     .sarz: within 2 %; the whole file adds header, masks and chunk index (reported)."""
-    for model in _rate_models(rd_run):
+    models = _rate_models(rd_run)
+    if not models:
+        pytest.skip(f"no bundled model with a {rd_run[2]} entropy model")
+    for model in models:
         for raster in (spain_db, camargue_db):
             r = latent_rate(model, raster)
-            assert r["codec"] == "factorized-range"
+            assert r["codec"] == f"{rd_run[2]}-range"
             assert abs(r["latent_rel_diff"]) < 0.02, (model, raster, r)
             overhead = r["parts_bytes"]["masks"] + r["parts_bytes"]["header+index"]
             assert r["file_bits"] == r["latent_bits"] + 8 * overhead
@@ -121,7 +139,7 @@ def _cli(args: list[str], threads: str) -> None:
 
 
 def test_encode_decode_is_bit_exact_across_runs_and_thread_counts(rd_run, spain_db, tmp_path):
-    _, bundle = rd_run
+    _, bundle, kind = rd_run
     sarz = {}
     for i, threads in enumerate(("1", "2", "1")):
         sarz[i] = tmp_path / f"s{i}.sarz"
@@ -142,6 +160,7 @@ def test_encode_decode_is_bit_exact_across_runs_and_thread_counts(rd_run, spain_
     with SarzFile(sarz[0]) as f:
         f.attach(b)
         lat = f.latent_tile(0, 0, 0)
-    assert np.array_equal(lat, np.rint(lat))
+    if kind == "factorized":  # (hyperprior latents are integer symbols + a predicted mean)
+        assert np.array_equal(lat, np.rint(lat))
     print(f"encodings with 1 and 2 threads {'identical' if len(encodings) == 1 else 'differ'}")
     assert len(encodings) == 1

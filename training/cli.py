@@ -48,9 +48,10 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
     ("--stages", "model", "stages", {"type": int}, "stride-2 levels (downsampling 2**stages)"),
     ("--self-attention", "model", "self_attention", {"action": argparse.BooleanOptionalAction},
      "self-attention at the bottleneck"),
-    ("--entropy-model", "model", "entropy_model", {"choices": ("none", "factorized")},
+    ("--entropy-model", "model", "entropy_model", {"choices": ("none", "factorized", "hyperprior")},
      "learned entropy model of the latent: 'factorized' trains a factorized prior with a rate term "
-     "(see --rate-weight) for the codec's factorized-range coder"),
+     "(see --lmbda) for the codec's factorized-range coder; 'hyperprior' a mean-scale hyperprior "
+     "(side information, codec hyperprior-range)"),
     # loss
     ("--mse-weight", "loss", "mse_weight", {"type": float}, "weight of MSE"),
     ("--ssim-weight", "loss", "ssim_weight", {"type": float}, "weight of the structural term (1 - SSIM)"),
@@ -75,9 +76,9 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
      "quantisation-aware training: uniform noise of one quantisation step, straight-through rounding, or none"),
     ("--latent-bits", "run", "latent_bits", {"type": int}, "bits per latent value in the codec"),
     ("--rate-weight", "run", "rate_weight", {"type": float},
-     "rate-distortion trade-off for --entropy-model factorized: loss + X * bits per pixel"),
+     "rate-distortion trade-off for entropy models: loss + X * bits per pixel"),
     ("--lmbda", "run", "lmbda", {"type": float},
-     "rate-distortion trade-off for --entropy-model factorized in the usual form: loss = X * distortion + bits "
+     "rate-distortion trade-off for entropy models in the usual form: loss = X * distortion + bits "
      "per pixel (replaces --rate-weight; larger X = higher rate and quality)"),
     ("--latent-init-gain", "run", "latent_init_gain", {"type": float},
      "scale the initial weights of the encoder's last convolution (larger initial latents: faster start of "

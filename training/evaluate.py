@@ -89,9 +89,16 @@ def evaluate(model: torch.nn.Module, dataset, scaling: ScalingParams, loss_fn, d
         import copy
 
         from sar_ae_core.entropy import FactorizedRangeCodec
+        from sar_ae_core.hyperprior import HyperpriorRangeCodec
 
         # tables exactly as model_io.save_bundle builds them at export (float64 on the CPU, a copy of the prior)
-        range_codec = FactorizedRangeCodec(copy.deepcopy(prior).cpu().float().eval().build_tables())
+        frozen = copy.deepcopy(prior).cpu().float().eval()
+        tables = frozen.build_tables()
+        if getattr(tables, "kind", "") == "hyperprior":
+            tables.prior = frozen
+            range_codec = HyperpriorRangeCodec(tables)
+        else:
+            range_codec = FactorizedRangeCodec(tables)
     per: dict[str, list[float]] = {"psnr": [], "ssim": [], "enl_ratio": [], "epi": [], "psnr_float": []}
     try:
         for batch in loader:
@@ -102,13 +109,13 @@ def evaluate(model: torch.nn.Module, dataset, scaling: ScalingParams, loss_fn, d
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 y = model.encode(x)
                 x_float = model.decode(y)
-                if prior is not None:  # the factorized-range codec: integer rounding, rate from the prior
-                    y_hat = torch.round(y.float())
+                if prior is not None:  # the range codecs: integer rounding, rate from the prior (eval mode)
                     with torch.autocast(device.type, enabled=False):
-                        bits_batch = float(rate_bits(prior.likelihood(y_hat)))
+                        y_hat, likelihoods = prior(y.float())
+                        bits_batch = float(rate_bits(likelihoods))
                     x_hat = model.decode(y_hat.to(y.dtype))
                     if range_codec is not None:
-                        for lat in y_hat.cpu().numpy():
+                        for lat in y.float().cpu().numpy():
                             coded_bits += 8 * len(range_codec.encode(lat))
                 else:
                     x_hat = model.decode(quantize_latent(y, bits)) if bits else x_float

@@ -45,7 +45,7 @@ def bundle_info(ckpt: dict, attribution: Optional[str] = None) -> dict:
             f"loss = distortion + {cfg['run'].get('rate_weight'):g} x bits per pixel"
         description = (f"{model_cfg['variant']} autoencoder, base {model_cfg['base_channels']}, latent "
                        f"{model_cfg['latent_channels']} x 1/{2 ** model_cfg['stages']} with a learned "
-                       f"{model_cfg['entropy_model']} prior (codec factorized-range; the rate comes from the entropy "
+                       f"{model_cfg['entropy_model']} prior (codec {model_cfg['entropy_model']}-range; the rate comes from the entropy "
                        f"coder, not the latent size), rate-distortion trained with python -m training: {trade}")
     info = {
         "description": description,

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from sar_ae_core.codec import SarzFile, compress_raster, reconstruct_raster, sarz_info
+from sar_ae_core.codec import SarzFile, _chunk_id, compress_raster, reconstruct_raster, sarz_info
 from sar_ae_core.model_io import ModelBundle, load_bundle
 
 MEASURE_KEYS = ("psnr", "ssim", "enl_ratio", "epi", "rmse_db")
@@ -40,8 +40,13 @@ def estimated_bits_of_sarz(sarz: str | os.PathLike, bundle: ModelBundle) -> dict
         f.attach(bundle)
         for row, col in f.plan.tiles():
             for band in range(f.bands):
-                q = torch.from_numpy(f.latent_tile(row, col, band))[None].float()
-                total += float(-torch.log2(prior.likelihood(q).double()).sum())
+                if hasattr(f.codec, "model_bits"):  # hyperprior: the likelihoods of the stored z and y symbols
+                    r0, r1, c0, c1 = f.plan.tile_cells(row, col)
+                    payload = f.reader.chunk(_chunk_id(f.plan, f.bands, row, col, band, 0))
+                    total += f.codec.model_bits(payload, (f.latent_channels, r1 - r0, c1 - c0))
+                else:
+                    q = torch.from_numpy(f.latent_tile(row, col, band))[None].float()
+                    total += float(-torch.log2(prior.likelihood(q).double()).sum())
                 tiles += 1
     return {"bits": total, "tiles": tiles}
 

@@ -293,9 +293,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
     params: list = list(ae.parameters())
     if getattr(ae, "entropy", None) is not None and cfg.optim.prior_lr_mult != 1.0:
-        prior_ids = {id(p) for p in ae.entropy.parameters()}
+        density = getattr(ae.entropy, "z_prior", ae.entropy)  # hyperprior: only its factorized density
+        prior_ids = {id(p) for p in density.parameters()}
         params = [{"params": [p for p in ae.parameters() if id(p) not in prior_ids]},
-                  {"params": list(ae.entropy.parameters()), "lr": cfg.optim.lr * cfg.optim.prior_lr_mult}]
+                  {"params": list(density.parameters()), "lr": cfg.optim.lr * cfg.optim.prior_lr_mult}]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, cfg.optim.min_lr_ratio))
     loss_fn = CombinedLoss(cfg.loss)
