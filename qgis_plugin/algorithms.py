@@ -58,6 +58,24 @@ def bundled_model_names() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
 
 
+def rate_points_help() -> str:
+    """One line per bundled model with its measured mean rate and quality (from the model cards, no torch)."""
+    import json
+
+    import sar_ae_core
+
+    folder = Path(sar_ae_core.__file__).resolve().parent / "models_bundled"
+    lines = []
+    for name in bundled_model_names():
+        card = folder / f"{name}.json"
+        m = (json.loads(card.read_text(encoding="utf-8")).get("measured") or {}) if card.is_file() else {}
+        if m.get("bpp") and m.get("psnr"):
+            j = m.get("jpeg2000_at_same_bpp") or {}
+            vs = f" (JPEG2000 at that rate: {j['psnr']:.2f} dB)" if j.get("psnr") else ""
+            lines.append(f"{name}: {m['bpp']:.2f} bits per pixel, PSNR {m['psnr']:.2f} dB{vs}, EPI {m['epi']:.3f}")
+    return ("\n\n<b>Bundled rate points</b> (means over held-out Sentinel-1 scenes):\n" + "\n".join(lines)) if lines else ""
+
+
 def _move(src: str, dst: str) -> None:
     """Rename src over dst (atomic on one file system); copy then delete across file systems."""
     try:
@@ -380,12 +398,17 @@ class CompressAlgorithm(SarAeAlgorithm):
         "<b>Bands</b>: 'all' or a comma-separated list (1,2).\n"
         "<b>Units</b>: 'auto' decides from the band metadata, the file name and the values (dB, linear power, "
         "amplitude / GRD digital numbers, complex SLC).\n"
-        "<b>Model</b>: a bundled model, or any .pt bundle chosen as model file.\n"
+        "<b>Model</b>: the rate point: sarae-q1 (lowest rate) .. sarae-q3 (highest quality), see the list below; "
+        "or any .pt bundle chosen as model file.\n"
         "<b>Quantization bits</b> (uniform coder): fewer bits, smaller file, lower quality (8 is a good default).\n\n"
         "The log reports the real rate in bits per pixel, measured from the file's bytes, and the compression "
         "ratio against the source's sample size. Advanced: dB range (auto keeps the model's unless the raster "
         "falls outside it), latent coder (auto: the model's learned entropy coder when it has one, else uniform "
         "quantization + zstd), device (auto uses CUDA when present), tile size and tiles per batch (memory).")
+
+    def shortHelpString(self) -> str:
+        """The help text and the measured rate of every bundled model (pick the rate point with Model)."""
+        return self.tr(self._help) + rate_points_help()
 
     def initAlgorithm(self, config=None):
         """Declare parameters and outputs."""

@@ -189,42 +189,73 @@ class FactorizedRangeCodec:
         return {"id": self.id, "precision": self.tables.precision}
 
     def encode(self, latent: np.ndarray) -> bytes:
-        """Round and range-code one latent tile (C, h, w)."""
+        """Round and range-code one latent tile (C, h, w): channel after channel, each in raster order."""
         q = np.rint(latent).astype(np.int64)
         enc = self._cs.stream.queue.RangeEncoder()
-        escapes = []
-        for c in range(q.shape[0]):
-            idx, esc = self.tables._index(c, q[c].ravel())
-            enc.encode(idx, self._models[c])
-            escapes.append(esc)
-        words = enc.get_compressed().astype("<u4").tobytes()
-        esc = np.concatenate(escapes).astype("<i4").tobytes()
-        tail = zstandard.ZstdCompressor(level=19).compress(esc) if esc else b""
-        return len(words).to_bytes(4, "little") + words + tail
+        escapes = encode_grouped(enc, self._models, self.tables, _channel_of(q.shape), q.ravel())
+        return join_payload(enc, escapes)
 
     def decode(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         """Inverse of encode (float32 latents)."""
-        c_n, h, w = shape
-        n_words = int.from_bytes(payload[:4], "little")
-        words = np.frombuffer(payload[4:4 + n_words], dtype="<u4").astype(np.uint32)
-        esc = np.frombuffer(zstandard.ZstdDecompressor().decompress(payload[4 + n_words:]), dtype="<i4") \
-            if len(payload) > 4 + n_words else np.zeros(0, np.int32)
-        dec = self._cs.stream.queue.RangeDecoder(words)
-        out = np.empty((c_n, h * w), dtype=np.int64)
-        k = 0
-        for c in range(c_n):
-            idx = dec.decode(self._models[c], h * w).astype(np.int64)
-            n = len(self.tables.counts[c]) - 1
-            vals = idx + int(self.tables.offsets[c])
-            hit = idx == n
-            m = int(hit.sum())
-            if m:
-                if k + m > esc.size:
-                    raise ValueError("escape values missing")
-                vals[hit] = esc[k:k + m]
-                k += m
-            out[c] = vals
-        return out.reshape(c_n, h, w).astype(np.float32)
+        dec, esc = split_payload(self._cs, payload)
+        out, _ = decode_grouped(dec, self._models, self.tables, _channel_of(shape), esc, 0)
+        return out.reshape(shape).astype(np.float32)
+
+
+def _channel_of(shape: tuple[int, ...]) -> np.ndarray:
+    """Channel index of every element of a (C, h, w) array, flattened."""
+    return np.broadcast_to(np.arange(shape[0])[:, None, None], shape).ravel()
+
+
+def encode_grouped(enc, models, tables: EntropyTables, table_of: np.ndarray, values: np.ndarray) -> list:
+    """Code values[i] with table table_of[i]: table after table in increasing order, each group in array order.
+    Returns the escaped values (beyond a table's range) in that order."""
+    escapes = []
+    for c in np.unique(table_of):
+        idx, esc = tables._index(int(c), values[table_of == c])
+        enc.encode(idx, models[int(c)])
+        escapes.append(esc)
+    return escapes
+
+
+def decode_grouped(dec, models, tables: EntropyTables, table_of: np.ndarray, esc: np.ndarray, k: int):
+    """Inverse of encode_grouped; `k` = escapes already used. Returns (int64 values, escapes used)."""
+    out = np.empty(table_of.shape, dtype=np.int64)
+    for c in np.unique(table_of):
+        where = table_of == c
+        n_sym = len(tables.counts[int(c)]) - 1
+        idx = dec.decode(models[int(c)], int(where.sum())).astype(np.int64)
+        vals = idx + int(tables.offsets[int(c)])
+        hit = idx == n_sym
+        m = int(hit.sum())
+        if m:
+            if k + m > esc.size:
+                raise ValueError("escape values missing")
+            vals[hit] = esc[k:k + m]
+            k += m
+        out[where] = vals
+    return out, k
+
+
+def join_payload(enc, escapes: list) -> bytes:
+    """u32 byte count of the range coder's 32-bit words, the words, then the escaped values as zstd-compressed
+    int32 (the framing of the first factorized-range files: unchanged, they must keep decoding)."""
+    words = enc.get_compressed().astype("<u4").tobytes()
+    esc = np.concatenate(escapes).astype("<i4").tobytes() if escapes else b""
+    tail = zstandard.ZstdCompressor(level=19).compress(esc) if esc else b""
+    return len(words).to_bytes(4, "little") + words + tail
+
+
+def split_payload(constriction, payload: bytes):
+    """(range decoder, escaped values) of a payload written by join_payload."""
+    n_bytes = int.from_bytes(payload[:4], "little")
+    if 4 + n_bytes > len(payload) or n_bytes % 4:
+        raise ValueError("range-coded stream is truncated")
+    words = np.frombuffer(payload[4:4 + n_bytes], dtype="<u4").astype(np.uint32)
+    rest = payload[4 + n_bytes:]
+    esc = np.frombuffer(zstandard.ZstdDecompressor().decompress(rest), dtype="<i4") if rest \
+        else np.zeros(0, np.int32)
+    return constriction.stream.queue.RangeDecoder(words), esc
 
 
 def rate_bits(likelihoods: torch.Tensor) -> torch.Tensor:

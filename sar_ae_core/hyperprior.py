@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-import zstandard
 from torch import nn
 
-from .entropy import LIKELIHOOD_BOUND, TABLE_PRECISION, EntropyTables, FactorizedPrior, _integer_counts
+from .entropy import (LIKELIHOOD_BOUND, TABLE_PRECISION, EntropyTables, FactorizedPrior, _channel_of, _integer_counts,
+                      decode_grouped, encode_grouped, join_payload, split_payload)
 
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 64.0, 64
 TAIL_SIGMAS = 7.0
@@ -133,36 +133,6 @@ class HyperTables:
                    EntropyTables.from_dict(d["gauss"]))
 
 
-def _encode_symbols(enc, models, tables: EntropyTables, channel_of: np.ndarray, values: np.ndarray) -> list:
-    """Code values[i] with the table of channel_of[i], grouped by table (in increasing table order, each group
-    in raster order); returns the escaped values in that order."""
-    escapes = []
-    for c in np.unique(channel_of):
-        sel = values[channel_of == c]
-        idx, esc = tables._index(int(c), sel)
-        enc.encode(idx, models[int(c)])
-        escapes.append(esc)
-    return escapes
-
-
-def _decode_symbols(dec, models, tables: EntropyTables, channel_of: np.ndarray, esc: np.ndarray, k: int):
-    out = np.empty(channel_of.shape, dtype=np.int64)
-    for c in np.unique(channel_of):
-        where = channel_of == c
-        n_sym = len(tables.counts[int(c)]) - 1
-        idx = dec.decode(models[int(c)], int(where.sum())).astype(np.int64)
-        vals = idx + int(tables.offsets[int(c)])
-        hit = idx == n_sym
-        m = int(hit.sum())
-        if m:
-            if k + m > esc.size:
-                raise ValueError("escape values missing")
-            vals[hit] = esc[k:k + m]
-            k += m
-        out[where] = vals
-    return out, k
-
-
 class HyperpriorRangeCodec:
     """Latent codec 'hyperprior-range': z then y in one range-coded stream, escapes in a zstd tail."""
 
@@ -205,30 +175,19 @@ class HyperpriorRangeCodec:
         mean, _, idx = self._mean_index(z, (h, w))
         sym = np.rint(latent.astype(np.float64) - mean).astype(np.int64)
         enc = self._cs.stream.queue.RangeEncoder()
-        zc = np.broadcast_to(np.arange(z.shape[0])[:, None, None], z.shape).ravel()
-        escapes = _encode_symbols(enc, self._zm, self.tables.z, zc, z.ravel())
-        escapes += _encode_symbols(enc, self._gm, self.tables.gauss, idx.ravel(), sym.ravel())
-        words = enc.get_compressed().astype("<u4").tobytes()
-        esc = np.concatenate(escapes).astype("<i4").tobytes() if escapes else b""
-        tail = zstandard.ZstdCompressor(level=19).compress(esc) if esc else b""
-        return len(words).to_bytes(4, "little") + words + tail
+        escapes = encode_grouped(enc, self._zm, self.tables.z, _channel_of(z.shape), z.ravel())
+        escapes += encode_grouped(enc, self._gm, self.tables.gauss, idx.ravel(), sym.ravel())
+        return join_payload(enc, escapes)
 
     def _decode_symbols(self, payload: bytes, shape: tuple[int, int, int]):
         c_n, h, w = shape
-        n_words = int.from_bytes(payload[:4], "little")
-        if 4 + n_words > len(payload):
-            raise ValueError("range-coded stream is truncated")
-        words = np.frombuffer(payload[4:4 + n_words], dtype="<u4").astype(np.uint32)
-        esc = np.frombuffer(zstandard.ZstdDecompressor().decompress(payload[4 + n_words:]), dtype="<i4") \
-            if len(payload) > 4 + n_words else np.zeros(0, np.int32)
-        dec = self._cs.stream.queue.RangeDecoder(words)
+        dec, esc = split_payload(self._cs, payload)
         zh, zw = -(-h // HYPER_DOWN), -(-w // HYPER_DOWN)
-        zc = np.broadcast_to(np.arange(self.tables.prior.z_channels)[:, None, None],
-                             (self.tables.prior.z_channels, zh, zw)).ravel()
-        z, k = _decode_symbols(dec, self._zm, self.tables.z, zc, esc, 0)
+        z, k = decode_grouped(dec, self._zm, self.tables.z, _channel_of((self.tables.prior.z_channels, zh, zw)),
+                              esc, 0)
         z = z.reshape(-1, zh, zw)
         mean, scale, idx = self._mean_index(z, (h, w))
-        sym, k = _decode_symbols(dec, self._gm, self.tables.gauss, idx.ravel(), esc, k)
+        sym, k = decode_grouped(dec, self._gm, self.tables.gauss, idx.ravel(), esc, k)
         return z, sym.reshape(c_n, h, w), mean, scale
 
     def decode(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:

@@ -297,3 +297,19 @@ def test_header_dictionary_is_frozen():
     assert hashlib.sha256(HEADER_DICT_V1).hexdigest() == \
         "9a7a241587036b08a4cf92dedf3bbd8789409c5f9bca07f79a0f8504cd9bf067"
     assert FORMAT_MINOR >= 1
+
+
+def test_rate_option_picks_the_bundled_rate_point_closest_to_it(tmp_path, spain_db, capsys):
+    import math
+
+    from sar_ae_core.model_io import QUALITY_MODELS, model_card
+
+    measured = {q: model_card(q)["measured"]["bpp"] for q in QUALITY_MODELS.values()}
+    for target in (0.1, 0.5, 2.0):
+        expected = min(measured, key=lambda q: abs(math.log(measured[q] / target)))
+        out = tmp_path / f"r{target}.sarz"
+        assert main(["compress", str(spain_db), str(out), "--rate", str(target)]) == 0
+        assert sarz_info(out)["model"] == expected
+    assert main(["compress", str(spain_db), str(tmp_path / "x.sarz"), "--rate", "0.5", "--quality", "2"]) == 2
+    assert "only one of" in capsys.readouterr().err and not (tmp_path / "x.sarz").exists()
+    assert main(["compress", str(spain_db), str(tmp_path / "x.sarz"), "--rate", "-1"]) == 2

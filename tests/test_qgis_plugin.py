@@ -175,6 +175,11 @@ def test_provider_lists_the_five_algorithms(qgis_app):
             p = alg.parameterDefinition(name)
             if p is not None:
                 assert p.flags() & QgsProcessingParameterDefinition.FlagAdvanced, (alg.id(), name)
+    # the compress help lists every bundled rate point with the rate measured in its model card
+    helptext = QgsApplication.processingRegistry().algorithmById("sarae:compress").shortHelpString()
+    for q in model_io.QUALITY_MODELS.values():
+        bpp = model_io.model_card(q)["measured"]["bpp"]
+        assert f"{q}: {bpp:.2f} bits per pixel" in helptext
     out = QgsApplication.processingRegistry().algorithmById("sarae:compress").parameterDefinition("OUTPUT")
     assert isinstance(out, QgsProcessingParameterFileDestination) and "*.sarz" in out.fileFilter()
     # constants the plugin keeps so that it loads without torch must match the core's
