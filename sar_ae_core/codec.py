@@ -10,6 +10,7 @@ summation orders, by thread count) and the machine's cores work on different win
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -165,6 +166,19 @@ def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto") -> tuple
     lo, hi = model_scaling.vmin_db - 1.0, model_scaling.vmax_db + 1.0
     if mode == "auto" and lo <= quick.vmin_db and quick.vmax_db <= hi:
         return model_scaling, "the model's training range (covers this raster's 1st-99th percentiles)"
+    span = model_scaling.vmax_db - model_scaling.vmin_db
+    if mode == "auto" and quick.vmax_db - quick.vmin_db <= span - 2.0:
+        # Uncalibrated data (GRD digital numbers, SLC amplitudes) is calibrated SAR shifted by a constant in dB:
+        # move the model's window onto it (centred on the 1st-99th percentiles) and keep its width, so the
+        # network sees the contrast it was trained on.
+        shift = (quick.vmin_db + quick.vmax_db) / 2 - (model_scaling.vmin_db + model_scaling.vmax_db) / 2
+        shifted = dataclasses.replace(model_scaling, vmin_db=model_scaling.vmin_db + shift,
+                                      vmax_db=model_scaling.vmax_db + shift, clip_method="fixed",
+                                      clip_low=model_scaling.vmin_db + shift, clip_high=model_scaling.vmax_db + shift,
+                                      fitted_on=[], pixels=0)
+        return shifted, (f"the model's {span:.1f} dB range shifted by {shift:+.2f} dB onto this raster (its "
+                         f"1st-99th percentiles [{quick.vmin_db:.1f}, {quick.vmax_db:.1f}] dB fall outside the "
+                         f"model's range [{model_scaling.vmin_db:.1f}, {model_scaling.vmax_db:.1f}] dB)")
     fitted = fit_scaling([r], low=0.1, high=99.9, max_pixels_per_raster=4_000_000,
                          noise_floor=model_scaling.noise_floor)
     why = "fitted on this raster (0.1-99.9 percentiles)"

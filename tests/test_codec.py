@@ -313,3 +313,30 @@ def test_rate_option_picks_the_bundled_rate_point_closest_to_it(tmp_path, spain_
     assert main(["compress", str(spain_db), str(tmp_path / "x.sarz"), "--rate", "0.5", "--quality", "2"]) == 2
     assert "only one of" in capsys.readouterr().err and not (tmp_path / "x.sarz").exists()
     assert main(["compress", str(spain_db), str(tmp_path / "x.sarz"), "--rate", "-1"]) == 2
+
+
+def test_auto_scaling_shifts_the_model_range_onto_uncalibrated_data(tmp_path, default_bundle, kerala_dn, spain_db):
+    """GRD digital numbers are calibrated backscatter shifted by a constant in dB: 'auto' moves the model's window
+    onto them and keeps its width (the contrast the network was trained on); a raster wider than the window gets a
+    range fitted on itself; calibrated data keeps the model's range."""
+    from sar_ae_core.codec import choose_scaling
+    from sar_ae_core.model_io import load_bundle
+    from sar_ae_core.raster import open_raster
+    from sar_ae_core.scaling import fit_scaling
+
+    b = load_bundle(default_bundle)
+    span = b.scaling.vmax_db - b.scaling.vmin_db
+    with open_raster(kerala_dn) as r:
+        s, why = choose_scaling(r, b.scaling)
+        p = fit_scaling([r], low=1, high=99)
+    assert "shifted" in why and s.vmax_db - s.vmin_db == pytest.approx(span)
+    assert s.vmin_db < p.vmin_db and p.vmax_db < s.vmax_db and s.vmin_db > b.scaling.vmax_db  # DN dB are > +30
+    with open_raster(spain_db) as r:
+        assert choose_scaling(r, b.scaling)[0] == b.scaling
+    wide = tmp_path / "wide_db.tif"
+    data = np.random.default_rng(0).uniform(-70, 30, (1, 64, 64)).astype("float32")
+    with rasterio.open(wide, "w", driver="GTiff", width=64, height=64, count=1, dtype="float32") as ds:
+        ds.write(data)
+    with open_raster(wide) as r:
+        s, why = choose_scaling(r, b.scaling)
+    assert "fitted on this raster" in why and s.vmax_db - s.vmin_db > span
