@@ -37,7 +37,7 @@ DEFAULT_SCENES = [
     "s1_bigearthnet_20170617T064724_29UPU_4_55_VH_db.tif",
     "s1_iw_grdh_kerala_20180716_vv_dn.tiff",
 ]
-DEFAULT_MODELS = ["sarae-q1", "sarae-q2", "sarae-q3"]
+DEFAULT_MODELS = ["sarae-q1", "sarae-q2", "sarae-q3", "sarae-q4"]
 METRICS = ("psnr", "ssim", "epi", "enl_ratio")
 JP2_CURVE = (0.125, 0.25, 0.5, 1.0, 2.0)
 

@@ -398,7 +398,7 @@ class CompressAlgorithm(SarAeAlgorithm):
         "<b>Bands</b>: 'all' or a comma-separated list (1,2).\n"
         "<b>Units</b>: 'auto' decides from the band metadata, the file name and the values (dB, linear power, "
         "amplitude / GRD digital numbers, complex SLC).\n"
-        "<b>Model</b>: the rate point: sarae-q1 (lowest rate) .. sarae-q3 (highest quality), see the list below; "
+        "<b>Model</b>: the rate point: sarae-q1 (lowest rate) .. sarae-q4 (highest quality), see the list below; "
         "or any .pt bundle chosen as model file.\n"
         "<b>Quantization bits</b> (uniform coder): fewer bits, smaller file, lower quality (8 is a good default).\n\n"
         "The log reports the real rate in bits per pixel, measured from the file's bytes, and the compression "

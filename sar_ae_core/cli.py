@@ -161,7 +161,7 @@ def cmd_info(args) -> int:
 
 def cmd_models(args) -> int:
     """List the bundled models with their measured rate and quality."""
-    from .model_io import bundled_models, load_bundle
+    from .model_io import bundled_models, load_bundle, model_card
 
     rows = []
     for path in bundled_models():
@@ -171,19 +171,38 @@ def cmd_models(args) -> int:
                      "latent_channels": b.config.latent_channels, "parameters": b.model.parameter_count(),
                      "nominal_ratio": b.model.nominal_compression_ratio, "size_bytes": path.stat().st_size,
                      "scaling_db": [b.scaling.vmin_db, b.scaling.vmax_db], **b.info})
+        # the card beside a bundled model holds the latest measurement (benchmarks/bench_rd.py --update-cards)
+        card = model_card(b.name) if path.parent == bundled_models()[0].parent else {}
+        if card.get("measured"):
+            rows[-1]["measured"] = card["measured"]
     if args.json:
         print(json.dumps(rows, indent=2, default=_json_default))
         return 0
     if not rows:
         print("no bundled models")
     for r in rows:
-        measured = r.get("measured") or {}
-        quality = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in measured.items())
+        quality = _measured_text(r.get("measured") or {})
         size = "entropy-coded" if r["entropy_model"] != "none" else f"nominal {r['nominal_ratio']:.0f}x"
         print(f"{r['name']}: {r['variant']}, latent {r['latent_channels']} ch ({size}), "
               f"{r['parameters']:,} parameters, {r['size_bytes'] / 1e6:.1f} MB; scaling "
               f"[{r['scaling_db'][0]:.1f}, {r['scaling_db'][1]:.1f}] dB" + (f"; measured: {quality}" if quality else ""))
     return 0
+
+
+def _measured_text(m: dict) -> str:
+    """'0.503 bpp, PSNR 26.94 dB (JPEG2000 26.64), …' from a model card's measured block."""
+    if not m.get("bpp"):
+        return ""
+    j = m.get("jpeg2000_at_same_bpp") or {}
+    where = f"mean of {len(m['scenes'])} held-out scenes" if isinstance(m.get("scenes"), list) else \
+        f"scene {m.get('scene', '?')}"
+    parts = [f"{m['bpp']:.3f} bpp"]
+    for key, label, unit in (("psnr", "PSNR", " dB"), ("ssim", "SSIM", ""), ("epi", "EPI", ""),
+                             ("enl_ratio", "ENL ratio", "")):
+        if key in m:
+            vs = f" (JPEG2000 {j[key]:.3f})" if key in j else ""
+            parts.append(f"{label} {m[key]:.3f}{unit}{vs}")
+    return f"{', '.join(parts)} [{where}]"
 
 
 def cmd_assess(args) -> int:
@@ -260,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", help="GeoTIFF / any GDAL raster / .npy array")
     s.add_argument("output", help="the .sarz file to write")
     s.add_argument("--model", default=None, help="bundled model name or path to a .pt bundle (default sarae-q2)")
-    s.add_argument("--quality", type=int, choices=(1, 2, 3), default=None,
-                   help="pick a bundled rate point: 1 (lowest rate) .. 3 (highest quality); see `models`")
+    s.add_argument("--quality", type=int, choices=(1, 2, 3, 4), default=None,
+                   help="pick a bundled rate point: 1 (lowest rate) .. 4 (highest quality); see `models`")
     s.add_argument("--rate", type=float, default=None, metavar="BPP",
                    help="pick the bundled rate point whose measured bits per pixel is closest to BPP")
     s.add_argument("--bands", default="all", help="'all' or a list like 1,2 (default all)")
