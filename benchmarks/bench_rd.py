@@ -193,18 +193,7 @@ def markdown(report: dict) -> str:
                                                       f"{r['jpeg2000_at_latent_bpp']['bpp']:.3f} bpp)"
                                                       if "gap_at_latent_bpp" in r else "-") + " |")
         lines.append("")
-    # mean gap per model over scenes
-    lines += ["## Mean Δ over scenes (learned − JPEG2000 at matched bpp)", "",
-              "| model | mean bpp | ΔPSNR (dB) | ΔSSIM | ΔEPI | learned better in PSNR on |", "|---|---|---|---|---|---|"]
-    for name in dict.fromkeys(r["model"] for r in report["results"]):
-        rs = [r for r in report["results"] if r["model"] == name]
-        n = len(rs)
-        wins = sum(r["gap"]["psnr"] > 0 for r in rs)
-        lines.append(f"| {name} | {sum(r['learned']['bpp'] for r in rs) / n:.3f} | "
-                     f"{sum(r['gap']['psnr'] for r in rs) / n:+.2f} | {sum(r['gap']['ssim'] for r in rs) / n:+.3f} | "
-                     f"{sum(r['gap']['epi'] for r in rs) / n:+.3f} | {wins}/{n} scenes |")
-    lines.append("")
-    lines += summary_lines(report)
+    lines += summary_lines(report)  # means per model over the scenes
     return "\n".join(lines)
 
 

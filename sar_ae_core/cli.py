@@ -172,7 +172,7 @@ def cmd_models(args) -> int:
                      "nominal_ratio": b.model.nominal_compression_ratio, "size_bytes": path.stat().st_size,
                      "scaling_db": [b.scaling.vmin_db, b.scaling.vmax_db], **b.info})
         # the card beside a bundled model holds the latest measurement (benchmarks/bench_rd.py --update-cards)
-        card = model_card(b.name) if path.parent == bundled_models()[0].parent else {}
+        card = model_card(b.name)
         if card.get("measured"):
             rows[-1]["measured"] = card["measured"]
     if args.json:

@@ -147,6 +147,7 @@ class HyperpriorRangeCodec:
         self._cs = constriction
         self.h_a = copy.deepcopy(tables.prior.h_a).cpu().double().eval()
         self.h_s = copy.deepcopy(tables.prior.h_s).cpu().double().eval()
+        self.z_prior = copy.deepcopy(tables.prior.z_prior).cpu().double().eval()  # for model_bits
         cat = constriction.stream.model.Categorical
         self._zm = [cat(tables.z.probabilities(c), perfect=False) for c in range(len(tables.z.counts))]
         self._gm = [cat(tables.gauss.probabilities(c), perfect=False) for c in range(len(tables.gauss.counts))]
@@ -199,8 +200,7 @@ class HyperpriorRangeCodec:
     def model_bits(self, payload: bytes, shape: tuple[int, int, int]) -> float:
         """The bits the model's likelihoods (the training rate term, with rounding) give the stored symbols."""
         z, sym, _, scale = self._decode_symbols(payload, shape)
-        prior = copy.deepcopy(self.tables.prior.z_prior).cpu().double().eval()
-        z_lik = prior.likelihood(torch.from_numpy(z.astype(np.float64))[None])
+        z_lik = self.z_prior.likelihood(torch.from_numpy(z.astype(np.float64))[None])
         y_lik = _gaussian_mass(torch.from_numpy(sym.astype(np.float64)), torch.from_numpy(scale))
         return float(-torch.log2(y_lik.clamp_min(LIKELIHOOD_BOUND)).sum()
                      - torch.log2(z_lik.clamp_min(LIKELIHOOD_BOUND)).sum())
