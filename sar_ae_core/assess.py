@@ -127,7 +127,8 @@ def assess_rasters(reference: str | os.PathLike, test: str | os.PathLike, *, uni
     if maps_dir is not None:
         if not os.path.isdir(maps_dir):
             raise SarInputError(maps_dir, "maps folder does not exist")
-        map_paths = {k: check_output_path(os.path.join(maps_dir, f"{k}.tif"), overwrite) for k in MAP_KINDS}
+        map_paths = {k: check_output_path(os.path.join(maps_dir, f"{k}.tif"), overwrite, (reference, test))
+                     for k in MAP_KINDS}
     with contextlib.ExitStack() as stack:
         ref = stack.enter_context(open_raster(reference, bands=bands, units=units))
         tst = stack.enter_context(open_raster(test, bands=bands if test_bands is None else test_bands,
@@ -138,7 +139,7 @@ def assess_rasters(reference: str | os.PathLike, test: str | os.PathLike, *, uni
             names = [f"{kind} {n or f'band {b}'}" for n, b in zip(ref.band_names, ref.band_indexes)]
             writers[kind] = stack.enter_context(GeoTiffWriter(
                 path, ref.width, ref.height, ref.count, "float32", ref.georef, nodata=float("nan"),
-                band_names=names, tags={"SARAE_MAP": kind, "SARAE_REFERENCE": os.path.basename(ref.path),
+                inputs=(reference, test), band_names=names, tags={"SARAE_MAP": kind, "SARAE_REFERENCE": os.path.basename(ref.path),
                                         "SARAE_TEST": os.path.basename(tst.path), "SARAE_WINDOW": window},
                 overwrite=overwrite))
         per_band = []

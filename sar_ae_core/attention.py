@@ -33,7 +33,7 @@ def attention_map_raster(input_path: str | os.PathLike, output_path: str | os.Pa
     The raster is scaled as compress_raster would scale it (`scaling` as there), so the map shows what
     the encoder attends to when this raster is compressed."""
     t_start = time.perf_counter()
-    check_output_path(output_path, overwrite)
+    check_output_path(output_path, overwrite, (input_path,))
     prog = Progress(progress)
     bundle = ready_bundle(model, device, bundle)
     dev = next(bundle.model.parameters()).device
@@ -56,7 +56,8 @@ def attention_map_raster(input_path: str | os.PathLike, output_path: str | os.Pa
                 "SARAE_BAND": band, "SARAE_MODULES": ",".join(modules)}
         total, count = 0.0, 0
         with GeoTiffWriter(output_path, r.width, r.height, 1, "float32", r.georef, nodata=float("nan"),
-                           band_names=[f"attention {name}"], tags=tags, overwrite=overwrite) as w:
+                           band_names=[f"attention {name}"], tags=tags, overwrite=overwrite,
+                           inputs=(input_path,)) as w:
             for tr in range(plan.tile_rows):
                 strip, valid, y0 = _read_strip(r, plan, params, tr)
                 rows = _attention_strip(bundle, plan, strip[0], dev, batch_size)

@@ -209,8 +209,10 @@ def cmd_assess(args) -> int:
     """Compare a reconstruction with its reference: metrics as text/JSON, optional GeoTIFF maps."""
     from .assess import assess_rasters
 
-    if args.json and os.path.exists(args.json) and not args.overwrite:
-        raise SarInputError(args.json, "output already exists (pass --overwrite to replace it)")
+    if args.json:
+        from .output import check_output_path
+
+        check_output_path(args.json, args.overwrite, (args.reference, args.test))
     with _progress_bar("assess") as bar:
         report = assess_rasters(args.reference, args.test, units=args.units, test_units=args.test_units,
                                 bands=args.bands, test_bands=args.test_bands, db_range=tuple(args.range) if args.range else None,
@@ -225,9 +227,9 @@ def cmd_assess(args) -> int:
     for kind, path in report["maps"].items():
         print(f"  map {kind}: {path}")
     if args.json:
-        from .raster import AtomicOutput
+        from .output import AtomicOutput
 
-        with AtomicOutput(args.json, overwrite=True) as out:
+        with AtomicOutput(args.json, overwrite=True, inputs=(args.reference, args.test)) as out:
             with open(out.tmp, "w", encoding="utf-8") as fh:
                 json.dump(report, fh, indent=2, default=_json_default)
     return 0
@@ -347,13 +349,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: parse, run, map errors to exit codes with a one-line message."""
+    from .output import Terminated, discard_pending, terminate_as_cancel
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    terminate_as_cancel()  # SIGTERM cleans up like Ctrl-C
     try:
         return int(args.func(args) or 0)
     except SarInputError as exc:
+        discard_pending()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt):
+        discard_pending()
         print("cancelled: no output written", file=sys.stderr)
         return 130
+    except Terminated:
+        discard_pending()
+        print("terminated: no output written", file=sys.stderr)
+        return 143

@@ -74,7 +74,8 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     outside it (e.g. uncalibrated DN or SLC data), then fits on the source. The range used is stored in
     the file, so decoding needs nothing else."""
     t_start = time.perf_counter()
-    check_output_path(output_path, overwrite)
+    inputs = [input_path] + ([model] if model and os.path.exists(os.fspath(model)) else [])
+    check_output_path(output_path, overwrite, inputs)
     prog = Progress(progress)
     bundle = ready_bundle(model, device, bundle)
     dev = next(bundle.model.parameters()).device
@@ -107,7 +108,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             "mask": {"id": "packbits-zstd"},
         }
         n_valid = 0
-        with AtomicOutput(output_path, overwrite, suffix=".sarz") as out, open(out.tmp, "wb") as fh, \
+        with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out, open(out.tmp, "wb") as fh, \
                 _Runner(dev) as runner:
             writer = ContainerWriter(fh, header)
             for tr in range(plan.tile_rows):
@@ -395,7 +396,8 @@ def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.Path
     t_start = time.perf_counter()
     if units not in ("source", "db"):
         raise SarInputError(None, f"--units must be 'source' or 'db' (got '{units}')")
-    check_output_path(output_path, overwrite)
+    inputs = [input_path] + ([model] if model and os.path.exists(os.fspath(model)) else [])
+    check_output_path(output_path, overwrite, inputs)
     prog = Progress(progress)
     timer = _Timer()
     dev = select_device(device)
@@ -421,7 +423,7 @@ def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.Path
         tile_rows = sorted({r for r, _ in p.tiles_touching(row0, row0 + height, col0, col0 + width)})
         tile_cols = sorted({c for _, c in p.tiles_touching(row0, row0 + height, col0, col0 + width)})
         with GeoTiffWriter(output_path, width, height, f.bands, dtype, georef, nodata=nodata,
-                           band_names=src.get("band_names"), tags=tags, overwrite=overwrite) as w:
+                           band_names=src.get("band_names"), tags=tags, overwrite=overwrite, inputs=inputs) as w:
             steps = len(tile_rows) * f.bands
             with _Runner(dev) as runner:
                 for b in range(f.bands):

@@ -97,7 +97,7 @@ def decode_jpeg2000(jp2_path: str | os.PathLike, source: str | os.PathLike, out_
         dtype = "float32" if to_db else r.dtype
         nodata = float("nan") if to_db else r.nodata
         with GeoTiffWriter(out_path, r.width, r.height, r.count, dtype, r.georef, nodata=nodata,
-                           band_names=r.band_names, overwrite=overwrite,
+                           band_names=r.band_names, overwrite=overwrite, inputs=(source, jp2_path),
                            tags={"SARAE_UNITS": "db" if to_db else r.units, "SARAE_CODEC": "jpeg2000"}) as w:
             for win in r.blocks(block):
                 _, valid = scaling.forward(r.read(win), r.units, r.nodata)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from .errors import SarInputError
+from .output import AtomicOutput, check_output_path  # noqa: F401 - re-exported: writers live here
 
 UNITS = ("linear", "amplitude", "db", "complex")
 UNIT_CHOICES = ("auto",) + UNITS
@@ -207,12 +208,18 @@ class _GdalBackend:
         self.driver = ds.driver
 
     def read(self, bands: Sequence[int], window: Window) -> np.ndarray:
-        return self.ds.read(list(bands), window=window.to_rasterio())
+        try:
+            return self.ds.read(list(bands), window=window.to_rasterio())
+        except Exception as exc:  # noqa: BLE001 - every GDAL read error of a damaged file is the file's problem
+            raise SarInputError(self.ds.name, f"cannot read pixels at {window} ({_short(exc)})") from None
 
     def read_decimated(self, bands: Sequence[int], max_side: int) -> np.ndarray:
         scale = max(1.0, max(self.width, self.height) / max_side)
         shape = (len(bands), max(1, int(self.height / scale)), max(1, int(self.width / scale)))
-        return self.ds.read(list(bands), out_shape=shape)
+        try:
+            return self.ds.read(list(bands), out_shape=shape)
+        except Exception as exc:  # noqa: BLE001
+            raise SarInputError(self.ds.name, f"cannot read an overview of the pixels ({_short(exc)})") from None
 
     def close(self):
         self.ds.close()
@@ -488,7 +495,12 @@ class SarRaster:
 
     def read_decimated(self, max_side: int = 512) -> np.ndarray:
         """A reduced-resolution view (nearest) of at most max_side pixels per side, for quick statistics."""
-        return self._b.read_decimated(self.band_indexes, max_side)
+        try:
+            return self._b.read_decimated(self.band_indexes, max_side)
+        except SarInputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - GDAL/numpy errors on damaged files
+            raise SarInputError(self.path, f"cannot read an overview of the pixels ({_short(exc)})") from None
 
 
 def open_raster(path: str | os.PathLike, bands: str | Sequence[int] = "all", units: str = "auto") -> SarRaster:
@@ -499,54 +511,45 @@ def open_raster(path: str | os.PathLike, bands: str | Sequence[int] = "all", uni
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
-def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> str:
-    """Fail early (before any work) if an output exists and may not be overwritten, or its folder is missing."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise SarInputError(path, f"output folder '{folder}' does not exist")
-    if os.path.exists(path) and not overwrite:
-        raise SarInputError(path, "output already exists (pass --overwrite to replace it)")
-    return path
+class _LibStderr:
+    """Collects what GDAL's libtiff prints straight onto file descriptor 2 during a write (e.g.
+    "_tiffWriteProc: File too large."), so that a failed write is one line of the project's own, naming the
+    file and the cause, instead of a trail of library messages. Used around the writer's GDAL calls only."""
 
+    def __init__(self):
+        self.lines: list[str] = []
 
-class AtomicOutput:
-    """A temporary file beside `path`, renamed over it on success and deleted on any failure or cancel."""
+    def __enter__(self):
+        import tempfile
 
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False, suffix: str = ""):
-        self.path = check_output_path(path, overwrite)
-        self.overwrite = overwrite
-        folder = os.path.dirname(os.path.abspath(self.path))
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=f".part{suffix}",
-                                        dir=folder)
-        os.close(fd)
-
-    def commit(self) -> None:
-        """Move the finished temporary file into place."""
-        if os.path.exists(self.path) and not self.overwrite:
-            self.discard()
-            raise SarInputError(self.path, "output appeared while working; not overwriting it")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get normal permissions
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        """Delete the temporary file (and GDAL side-cars) if present."""
-        for p in (self.tmp, self.tmp + ".aux.xml", self.tmp + ".ovr"):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-
-    def __enter__(self) -> "AtomicOutput":
+        try:
+            sys.stderr.flush()
+        except (AttributeError, ValueError, OSError):
+            pass
+        try:
+            self._buf = tempfile.TemporaryFile()
+            self._saved = os.dup(2)
+            os.dup2(self._buf.fileno(), 2)
+        except OSError:
+            self._saved = None
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
+    def __exit__(self, *exc) -> None:
+        if self._saved is None:
+            return
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._buf.seek(0)
+        text = self._buf.read().decode("utf-8", "replace")
+        self._buf.close()
+        self.lines += [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+    def cause(self) -> str:
+        """The most telling captured line ('File too large', 'No space left on device'), or ''."""
+        for ln in self.lines:
+            if ":" in ln and not ln.startswith("ERROR"):
+                return ln.split(":", 1)[1].strip().rstrip(".")
+        return self.lines[0] if self.lines else ""
 
 
 _INT_PREDICTOR = {"uint8", "int8", "uint16", "int16", "uint32", "int32"}
@@ -560,7 +563,7 @@ class GeoTiffWriter:
                  georef: Georef | None = None, nodata: Optional[float] = None,
                  band_names: Optional[Sequence[str]] = None, tags: Optional[dict] = None,
                  band_tags: Optional[Sequence[dict]] = None, overwrite: bool = False, block: int = 256,
-                 compress: str = "deflate"):
+                 compress: str = "deflate", inputs: Sequence[str | os.PathLike | None] = ()):
         self.path = os.fspath(path)
         self.width, self.height, self.count, self.dtype = width, height, count, np.dtype(dtype).name
         self.georef = georef or Georef()
@@ -570,7 +573,8 @@ class GeoTiffWriter:
         self.band_tags = list(band_tags) if band_tags else []
         self.block = block
         self.compress = compress
-        self._out = AtomicOutput(self.path, overwrite, suffix=".tif")
+        self._lib = _LibStderr()
+        self._out = AtomicOutput(self.path, overwrite, suffix=".tif", inputs=inputs, verify=self._verify)
         self._ds = None
 
     def __enter__(self) -> "GeoTiffWriter":
@@ -599,7 +603,7 @@ class GeoTiffWriter:
                 profile.update(crs=crs, transform=Affine(*g.transform))
             elif g.kind == "none" and crs is not None:
                 profile.update(crs=crs)
-            with warnings.catch_warnings():  # GCP-only and plain arrays are normal for SAR
+            with warnings.catch_warnings(), self._lib:  # GCP-only and plain arrays are normal for SAR
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self._ds = rasterio.open(self._out.tmp, "w", **profile)
             if g.kind == "gcps":
@@ -613,9 +617,11 @@ class GeoTiffWriter:
             for i, bt in enumerate(self.band_tags[: self.count], start=1):
                 if bt:
                     self._ds.update_tags(i, **{str(k): str(v) for k, v in bt.items()})
-        except BaseException:
+        except BaseException as exc:
             self._close_ds()
             self._out.discard()
+            if isinstance(exc, Exception):
+                raise self._failed(exc) from None
             raise
         return self
 
@@ -624,24 +630,64 @@ class GeoTiffWriter:
         with `band` (1-based), write one (rows, cols) band only."""
         if window is None:
             window = Window(0, 0, self.width, self.height)
-        if band is not None:
-            self._ds.write(data.astype(self.dtype, copy=False), band, window=window.to_rasterio())
-            return
-        if data.ndim == 2:
-            data = data[None]
-        self._ds.write(data.astype(self.dtype, copy=False), window=window.to_rasterio())
+        data = data.astype(self.dtype, copy=False)
+        try:
+            with self._lib:
+                if band is not None:
+                    self._ds.write(data, band, window=window.to_rasterio())
+                    return
+                self._ds.write(data[None] if data.ndim == 2 else data, window=window.to_rasterio())
+        except Exception as exc:  # noqa: BLE001 - GDAL reports a full disk or a size limit as an I/O error
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: BaseException) -> Exception:
+        from rasterio.errors import RasterioError
+
+        if isinstance(exc, SarInputError):
+            return exc
+        if isinstance(exc, (RasterioError, OSError)):
+            cause = self._lib.cause() or _short(exc)
+            return SarInputError(self.path, f"could not be written ({cause}); nothing was written")
+        return exc  # a bug, not an environment problem: surface it as it is
+
+    def _verify(self, tmp: str) -> None:
+        """GDAL logs some write failures (a full disk, a file-size limit) instead of raising them: read the
+        finished file back, block by block, and check that every block has bytes on disk and decodes."""
+        import rasterio
+
+        try:
+            with self._lib:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ds = rasterio.open(tmp)
+                with ds:
+                    if (ds.width, ds.height, ds.count) != (self.width, self.height, self.count):
+                        raise SarInputError(self.path, "could not be written completely; nothing was written")
+                    for b in range(1, ds.count + 1):
+                        for (i, j), win in ds.block_windows(b):
+                            if ds.block_size(b, i, j) <= 0:
+                                raise SarInputError(self.path, f"block {i},{j} of band {b} is missing on disk "
+                                                               "(disk full or write error); nothing was written")
+                            ds.read(b, window=win)
+        except SarInputError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._failed(exc) from None
 
     def _close_ds(self):
         if self._ds is not None:
-            self._ds.close()
-            self._ds = None
+            ds, self._ds = self._ds, None
+            with self._lib:
+                ds.close()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             self._close_ds()
-        except BaseException:
+        except BaseException as close_exc:
             self._out.discard()
-            raise
+            if exc_type is None:
+                raise self._failed(close_exc) from None
+            return  # the original error is the one to report
         if exc_type is None:
             self._out.commit()
         else:
