@@ -13,8 +13,11 @@ import shutil
 import tempfile
 from pathlib import Path
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingUtils,
+    QgsProject,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBand,
     QgsProcessingParameterDefinition,
@@ -83,6 +86,53 @@ def _move(src: str, dst: str) -> None:
     except OSError:
         shutil.copyfile(src, dst)
         os.unlink(src)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def layer_file(layer) -> str:
+    """The file behind a map layer ('' when it has none): the path part of its data source."""
+    try:
+        source = layer.source()
+        if layer.providerType() == "gdal":
+            return QgsProviderRegistry.instance().decodeUri("gdal", source).get("path") or source
+        return source.split("|")[0]
+    except RuntimeError:  # layer deleted meanwhile
+        return ""
+
+
+def loaded_layer_files(context) -> list[str]:
+    """Files behind every layer of the project (read on the main thread, in prepareAlgorithm)."""
+    project = context.project() if context is not None and context.project() is not None else QgsProject.instance()
+    files = []
+    for layer in project.mapLayers().values():
+        path = layer_file(layer)
+        if path and os.path.exists(path):
+            files.append(path)
+    return files
+
+
+def is_temporary_output(value, path: str) -> bool:
+    """True for QGIS's '[Save to temporary file]': a file deleted when the QGIS session ends."""
+    if value is None or value == QgsProcessing.TEMPORARY_OUTPUT or not path:
+        return True
+    temp = QgsProcessingUtils.tempFolder()
+    return bool(temp) and os.path.abspath(path).startswith(os.path.abspath(temp) + os.sep)
+
+
+def beside(source: str, suffix: str) -> str:
+    """A new file name beside `source` (`scene.sarz`, else `scene_2.sarz`, ...): never an existing file."""
+    folder, stem = os.path.dirname(os.path.abspath(source)), Path(source).stem
+    for i in range(1, 10000):
+        candidate = os.path.join(folder, f"{stem}{suffix}" if i == 1 else f"{stem}_{i}{suffix}")
+        if not os.path.lexists(candidate):
+            return candidate
+    raise QgsProcessingException(f"no free file name for the output beside {source}: choose an output file")
 
 
 class FeedbackProgress:
@@ -223,7 +273,8 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
         self._advanced(self._choice(self.CODEC, "Latent coder", CODEC_CHOICES, "auto"))
         self._add_device()
         self._add_tiling()
-        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("Compressed file"),
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, self.tr(
+            "Compressed file (a temporary file is not kept: by default it is written beside the input)"),
                                                                 "SARZ files (*.sarz)"))
         self.addOutput(QgsProcessingOutputNumber("BPP", self.tr("Bits per pixel")))
         self.addOutput(QgsProcessingOutputNumber("COMPRESSION_RATIO", self.tr("Compression ratio")))
@@ -300,6 +351,33 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
             feedback.reportError(self.tr("Cancelled: no output was written."))
             return {}
 
+    def prepareAlgorithm(self, parameters, context, feedback):
+        """Note the files behind the project's layers on the main thread: no output may replace one of them."""
+        self._protected = loaded_layer_files(context)
+        return True
+
+    def _guard_outputs(self, outputs: dict, inputs, feedback) -> None:
+        """Refuse, before any work, an output that is one of the inputs or the file of a loaded layer (it would
+        replace the user's data); an other existing file is replaced, QGIS's convention, and the log says so."""
+        inputs = [p for p in inputs if p]
+        for label, path in outputs.items():
+            if not path:
+                continue
+            for src in inputs:
+                if _same_file(path, src):
+                    raise QgsProcessingException(self.tr(
+                        f"{label}: {path} is an input of this algorithm; writing it would destroy the input. "
+                        "Choose another output file (nothing was written)."))
+            for src in getattr(self, "_protected", []):
+                if _same_file(path, src):
+                    raise QgsProcessingException(self.tr(
+                        f"{label}: {path} is the file of a layer loaded in the project; writing it would replace "
+                        "that layer's data. Choose another output file (nothing was written)."))
+            if os.path.isdir(path):
+                raise QgsProcessingException(self.tr(f"{label}: {path} is a folder; choose a file name."))
+            if os.path.exists(path):
+                feedback.pushWarning(self.tr(f"{label}: replacing the existing file {path}"))
+
     def _discard_written(self) -> None:
         for path in self._written:
             try:
@@ -316,13 +394,21 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
         raise NotImplementedError
 
     # -- shared steps ------------------------------------------------------------------------------
-    def _compress(self, parameters, context, feedback, progress: FeedbackProgress) -> tuple[str, str, dict]:
+    def _compress(self, parameters, context, feedback, progress: FeedbackProgress,
+                  extra_outputs: dict | None = None) -> tuple[str, str, dict]:
         from sar_ae_core.codec import compress_raster
 
         source = self._raster_file(parameters, self.INPUT, context)
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
-        if not output.lower().endswith(".sarz"):
+        if is_temporary_output(parameters.get(self.OUTPUT), output):
+            # a temporary .sarz would be deleted when QGIS closes: the compressed file is the user's work
+            output = beside(source, ".sarz")
+            feedback.pushInfo(self.tr(f"Compressed file: {output} (beside the input; choose a file to put it "
+                                      "elsewhere)"))
+        elif not output.lower().endswith(".sarz"):
             output += ".sarz"
+        outputs = {self.tr("Compressed file"): output, **(extra_outputs or {})}
+        self._guard_outputs(outputs, [source, self.parameterAsFile(parameters, self.MODEL_FILE, context)], feedback)
         feedback.pushInfo(self.tr(f"Compressing {source}"))
         res = compress_raster(
             source, output, model=self._model(parameters, context),
@@ -342,16 +428,32 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
             f"on {res['device']}, {res['seconds']:.1f} s."))
         return source, output, res
 
-    def _assess(self, reference: str, test: str, parameters, context, feedback, progress, *, units: str,
-                bands="all", test_bands=None) -> tuple[dict, dict]:
-        """assess_rasters with its maps moved to the requested destinations; returns (result, map paths)."""
-        from sar_ae_core.assess import assess_rasters
-
+    def _map_destinations(self, parameters, context) -> dict:
+        """{map parameter: (map kind, path)} of the quality maps the user asked for."""
         wanted = {}
         for param, kind in MAP_PARAMS:
             path = self.parameterAsOutputLayer(parameters, param, context)
             if path:
                 wanted[param] = (kind, path)
+        return wanted
+
+    def _destination_labels(self, parameters, context) -> dict:
+        """{label: path} of the maps and the HTML report, for _guard_outputs."""
+        out = {self.parameterDefinition(p).description(): path
+               for p, (_, path) in self._map_destinations(parameters, context).items()}
+        html = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
+        if html:
+            out[self.parameterDefinition(self.OUTPUT_HTML).description()] = html
+        return out
+
+    def _assess(self, reference: str, test: str, parameters, context, feedback, progress, *, units: str,
+                bands="all", test_bands=None, guard: bool = True) -> tuple[dict, dict]:
+        """assess_rasters with its maps moved to the requested destinations; returns (result, map paths)."""
+        from sar_ae_core.assess import assess_rasters
+
+        wanted = self._map_destinations(parameters, context)
+        if guard:
+            self._guard_outputs(self._destination_labels(parameters, context), [reference, test], feedback)
         window = self.parameterAsInt(parameters, self.WINDOW, context)
         tmp = None
         if wanted:
@@ -401,6 +503,9 @@ class CompressAlgorithm(SarAeAlgorithm):
         "<b>Model</b>: the rate point: sarae-q1 (lowest rate) .. sarae-q4 (highest quality), see the list below; "
         "or any .pt bundle chosen as model file.\n"
         "<b>Quantization bits</b> (uniform coder): fewer bits, smaller file, lower quality (8 is a good default).\n\n"
+        "<b>Compressed file</b>: left at '[Save to temporary file]', the .sarz is written beside the input "
+        "(scene.sarz, or scene_2.sarz if that exists) so that it outlives the QGIS session. No output may be an "
+        "input or the file of a loaded layer; another existing file is replaced, as in every QGIS algorithm.\n\n"
         "The log reports the real rate in bits per pixel, measured from the file's bytes, and the compression "
         "ratio against the source's sample size. Advanced: dB range (auto keeps the model's unless the raster "
         "falls outside it), latent coder (auto: the model's learned entropy coder when it has one, else uniform "
@@ -453,6 +558,8 @@ class ReconstructAlgorithm(SarAeAlgorithm):
 
         source = self.parameterAsFile(parameters, self.INPUT, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        self._guard_outputs({self.tr("Reconstruction"): output},
+                            [source, self.parameterAsFile(parameters, self.MODEL_FILE, context)], feedback)
         res = reconstruct_raster(source, output, units=self._enum(parameters, self.UNITS, context),
                                  model=self.parameterAsFile(parameters, self.MODEL_FILE, context) or None,
                                  device=self._enum(parameters, self.DEVICE, context),
@@ -532,6 +639,8 @@ class AttentionAlgorithm(SarAeAlgorithm):
 
         source = self._raster_file(parameters, self.INPUT, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        self._guard_outputs({self.tr("Attention map"): output},
+                            [source, self.parameterAsFile(parameters, self.MODEL_FILE, context)], feedback)
         res = attention_map_raster(source, output, model=self._model(parameters, context),
                                    band=self.parameterAsInt(parameters, self.BAND, context) or 1,
                                    units=self._enum(parameters, self.UNITS, context),
@@ -569,14 +678,17 @@ class CompressReviewAlgorithm(SarAeAlgorithm):
         """Read the source layer's stretch on the main thread (renderers are not thread-safe)."""
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         self._stretch = styling.layer_stretch(layer, 1) if layer is not None else None
-        return True
+        return super().prepareAlgorithm(parameters, context, feedback)
 
     def run_core(self, parameters, context, feedback):
         """Compress INPUT, reconstruct it, assess the reconstruction; load everything styled."""
         from sar_ae_core.codec import reconstruct_raster, sarz_info
 
-        source, sarz, comp = self._compress(parameters, context, feedback, self._progress(feedback, 0.0, 0.35))
         recon = self.parameterAsOutputLayer(parameters, self.RECONSTRUCTION, context)
+        # every destination is checked before any work: none may be the source, the model or a loaded layer
+        source, sarz, comp = self._compress(parameters, context, feedback, self._progress(feedback, 0.0, 0.35),
+                                            extra_outputs={self.tr("Reconstruction"): recon,
+                                                           **self._destination_labels(parameters, context)})
         device = self._enum(parameters, self.DEVICE, context)
         reconstruct_raster(sarz, recon, units="source", model=self.parameterAsFile(parameters, self.MODEL_FILE,
                                                                                    context) or None,
@@ -586,7 +698,8 @@ class CompressReviewAlgorithm(SarAeAlgorithm):
         units = sarz_info(sarz)["source_units"]  # the units compress decided, for both rasters
         res, placed = self._assess(source, recon, parameters, context, feedback, self._progress(feedback, 0.55, 1.0),
                                    units=units, bands=self.parameterAsString(parameters, self.BANDS, context).strip()
-                                   or "all", test_bands="all")  # the reconstruction holds exactly the chosen bands
+                                   or "all", test_bands="all",  # the reconstruction holds exactly the chosen bands
+                                   guard=False)  # checked before compressing
         if self.OUTPUT_HTML in placed:
             self._wrote(write_text_atomic(placed[self.OUTPUT_HTML],
                                           assessment_html(res, title="Compress and review", compression=comp)))

@@ -293,6 +293,84 @@ def test_bad_input_is_a_processing_error_naming_the_file(qgis_app, tmp_path, spa
     assert list(tmp_path.iterdir()) == []
 
 
+def _sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def loaded_copy(qgis_app, tmp_path, spain_db):
+    """A private copy of the Spain scene, loaded in the project as layer 'my scene' (removed afterwards)."""
+    import shutil
+
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    path = tmp_path / "my_scene.tif"
+    shutil.copyfile(spain_db, path)
+    layer = QgsRasterLayer(str(path), "my scene")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    yield path, layer
+    QgsProject.instance().removeMapLayer(layer.id())
+
+
+def test_no_output_may_replace_an_input_or_a_loaded_layer(qgis_app, tmp_path, loaded_copy, tiny_models):
+    """Lost work is the worst failure: reconstruct/compress/assess onto an input or a loaded layer's file is
+    refused before any work, the file stays byte-identical and the layer keeps its name."""
+    import processing
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    path, layer = loaded_copy
+    before = _sha256(path)
+    sarz = tmp_path / "scene.sarz"
+    processing.run("sarae:compress", {"INPUT": str(path), "MODEL_FILE": tiny_models["cbam"], "OUTPUT": str(sarz)},
+                   feedback=QgsProcessingFeedback())
+    alias = tmp_path / "alias.sarz"
+    os.symlink(path, alias)
+    attempts = [
+        ("sarae:reconstruct", {"INPUT": str(sarz), "MODEL_FILE": tiny_models["cbam"], "OUTPUT": str(path)},
+         "file of a layer loaded in the project"),
+        ("sarae:compress", {"INPUT": str(path), "MODEL_FILE": tiny_models["cbam"], "OUTPUT": str(alias)},
+         "is an input of this algorithm"),  # the same file through a link
+        ("sarae:reconstruct", {"INPUT": str(sarz), "MODEL_FILE": tiny_models["cbam"], "OUTPUT": str(sarz)},
+         "is an input of this algorithm"),
+        ("sarae:assess", {"REFERENCE": str(path), "INPUT": str(path), "ERROR_MAP": str(path),
+                          "ENL_MAP": None, "EPI_MAP": None, "OUTPUT_HTML": None}, "is an input of this algorithm"),
+        ("sarae:compress_review", {"INPUT": str(path), "MODEL_FILE": tiny_models["cbam"],
+                                   "OUTPUT": str(tmp_path / "b.sarz"), "RECONSTRUCTION": str(path)},
+         "is an input of this algorithm"),
+    ]
+    sarz_before = _sha256(sarz)
+    for alg, params, message in attempts:
+        with pytest.raises(QgsProcessingException) as err:
+            processing.run(alg, params, feedback=QgsProcessingFeedback())
+        assert message in str(err.value) and "nothing was written" in str(err.value), alg
+    assert _sha256(path) == before and _sha256(sarz) == sarz_before
+    assert layer.name() == "my scene" and layer.isValid()
+    assert not (tmp_path / "b.sarz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias.sarz", "my_scene.tif", "scene.sarz"]
+
+
+def test_compress_default_output_is_kept_beside_the_input(qgis_app, tmp_path, loaded_copy, tiny_models):
+    """'[Save to temporary file]' would lose the .sarz when QGIS closes: it goes beside the input, never over
+    an existing file."""
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    path, _ = loaded_copy
+    fb = QgsProcessingFeedback()
+    first = processing.run("sarae:compress", {"INPUT": str(path), "MODEL_FILE": tiny_models["cbam"],
+                                              "OUTPUT": "TEMPORARY_OUTPUT"}, feedback=fb)["OUTPUT"]
+    assert first == str(tmp_path / "my_scene.sarz") and Path(first).stat().st_size > 1000
+    assert "beside the input" in fb.textLog()
+    first_sha = _sha256(first)
+    second = processing.run("sarae:compress", {"INPUT": str(path), "MODEL_FILE": tiny_models["cbam"],
+                                               "OUTPUT": "TEMPORARY_OUTPUT"},
+                            feedback=QgsProcessingFeedback())["OUTPUT"]
+    assert second == str(tmp_path / "my_scene_2.sarz") and _sha256(first) == first_sha
+
+
 def test_compress_review_loads_everything_styled_like_the_source(qgis_app, tmp_path, spain_db, source_layer,
                                                                  tiny_models):
     from qgis.core import QgsProcessingFeedback
@@ -451,6 +529,18 @@ def test_qgis_process_compresses_and_reconstructs(tmp_path, spain_db, tiny_model
         assert (rec.crs, rec.transform, rec.count, rec.dtypes[0]) == (src.crs, src.transform, 2, "float32")
         assert rec.tags()["SARAE_UNITS"] == "db"
     assert not (tmp_path / "home" / ".local" / "share" / "QGIS").exists(), "used a profile outside the temp one"
+
+    # the default output outlives the QGIS session (qgis_process deletes its temporary folder when it ends)
+    import shutil
+
+    copy = tmp_path / "copy" / "scene.tif"
+    copy.parent.mkdir()
+    shutil.copyfile(spain_db, copy)
+    run = _qgis_process(["--json", "run", "sarae:compress", "--", f"INPUT={copy}",
+                         f"MODEL_FILE={tiny_models['cbam']}", "OUTPUT=TEMPORARY_OUTPUT"], env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    kept = Path(json.loads(run.stdout)["results"]["OUTPUT"])
+    assert kept == copy.with_suffix(".sarz") and kept.stat().st_size > 1000
 
     # QGIS's own Python without the venv: the provider still loads and the algorithm says what to install
     has_torch = subprocess.run(["/usr/bin/python3", "-c", "import torch, rasterio"], capture_output=True)
