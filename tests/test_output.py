@@ -214,3 +214,46 @@ def test_sigterm_at_random_moments_leaves_nothing_partial(tmp_path, chip, chip_s
             else:  # whatever exists is complete and valid
                 assert main(["info", str(out)] if kind == "compress" else ["inspect", str(out)]) == 0
     assert 143 in codes
+
+
+@pytest.fixture
+def small_mounts(tmp_path):
+    """A 64 kB tmpfs (a disk that fills up) and a read-only tmpfs; skipped where mounting is not allowed."""
+    full, ro = tmp_path / "full", tmp_path / "ro"
+    full.mkdir()
+    ro.mkdir()
+    mounted = []
+    try:
+        for path, opts in ((full, "size=64k"), (ro, "ro,size=64k")):
+            proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True)
+            if proc.returncode != 0:
+                pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()[:80]})")
+            mounted.append(path)
+        yield full, ro
+    finally:
+        for path in mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_full_disk_and_read_only_folder_exit_2_one_line_nothing_left(small_mounts, chip, chip_sarz, tiny_bundle,
+                                                                     capfd):
+    full, ro = small_mounts
+    big = full / "filler"
+    cases = [
+        (["reconstruct", str(chip_sarz), str(full / "rec.tif"), "--model", tiny_bundle], full, "No space left"),
+        (["compress", str(chip), str(ro / "x.sarz"), "--model", tiny_bundle], ro, "is not writable"),
+        (["reconstruct", str(chip_sarz), str(ro / "rec.tif"), "--model", tiny_bundle], ro, "is not writable"),
+    ]
+    for args, folder, cause in cases:
+        capfd.readouterr()
+        assert main(args) == 2, args
+        err = capfd.readouterr().err.strip()
+        assert err.count("\n") == 0 and cause in err and str(folder) in err, err
+        assert os.listdir(folder) == [], os.listdir(folder)
+    # compress onto a disk that fills up while the .sarz is written (the chip's .sarz is ~17 kB)
+    big.write_bytes(b"\0" * (56 * 1024))
+    capfd.readouterr()
+    assert main(["compress", str(chip), str(full / "x.sarz"), "--model", tiny_bundle]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.count("\n") == 0 and "No space left" in err, err
+    assert os.listdir(full) == ["filler"]
