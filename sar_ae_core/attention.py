@@ -59,7 +59,7 @@ def attention_map_raster(input_path: str | os.PathLike, output_path: str | os.Pa
                            band_names=[f"attention {name}"], tags=tags, overwrite=overwrite,
                            inputs=(input_path,)) as w:
             for tr in range(plan.tile_rows):
-                strip, valid, y0 = _read_strip(r, plan, params, tr)
+                strip, valid, y0, _ = _read_strip(r, plan, params, tr)
                 rows = _attention_strip(bundle, plan, strip[0], dev, batch_size)
                 core = rows[plan.halo:plan.halo + min(plan.tile, plan.height - tr * plan.tile),
                             plan.halo:plan.halo + plan.width]

@@ -117,11 +117,15 @@ def cmd_compress(args) -> int:
     with _progress_bar("compress") as bar:
         r = compress_raster(args.input, args.output, model=model, bands=args.bands, units=args.units,
                             bits=args.bits, device=args.device, tile=args.tile, batch_size=args.batch_size,
-                            scaling=args.scaling, codec=args.codec, overwrite=args.overwrite, progress=bar)
+                            scaling=args.scaling, codec=args.codec, overwrite=args.overwrite, progress=bar,
+                            escape_step_db=args.escape_step, keep_brightest=args.keep_brightest)
     print(f"wrote {r['output']}: {r['bytes']} bytes, {r['bpp']:.4f} bits per pixel "
           f"({r['compression_ratio']:.1f}:1 vs the source dtype), model {r['model']}, {r['device']}, "
           f"{r['seconds']:.1f} s")
     print(f"dB range: {r['scaling']}")
+    if r["escape_step_db"]:
+        print(f"kept exactly: {r['escaped_pixels']} pixel(s) outside the range or among the brightest, to "
+              f"±{r['escape_step_db'] / 2:g} dB (nothing clipped)")
     return 0
 
 
@@ -298,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scaling", default="auto", choices=("auto", "model", "source"),
                    help="dB range: the model's, fitted on this raster, or auto (model's unless the raster "
                         "falls outside it)")
+    s.add_argument("--escape-step", type=float, default=0.1, metavar="DB",
+                   help="pixels outside the dB range (bright point targets) are stored with this step so nothing "
+                        "is clipped (default 0.1 dB; 0 clips them to the range)")
+    s.add_argument("--keep-brightest", type=float, default=0.1, metavar="PERCENT",
+                   help="also store the brightest PERCENT of the pixels that way (point targets; default 0.1)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.set_defaults(func=cmd_compress)
 

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 from . import __version__
+from . import escapes as esc
 from .container import ContainerReader, ContainerWriter
 from .errors import SarInputError
 from .latent_coding import UniformZstdCodec, codec_from_params, decode_mask, encode_mask
 from .model_io import ModelBundle, load_bundle, ready_bundle, select_device
 from .progress import Progress, ProgressFn
 from .raster import AtomicOutput, Georef, GeoTiffWriter, Window, check_output_path, open_raster
-from .scaling import ScalingParams, output_dtype, output_nodata
+from .scaling import ScalingParams, db_to_raw, output_dtype, output_nodata, raw_to_db, valid_mask
 from .tiling import TilePlan, blend_weights
 
 
@@ -66,14 +67,28 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                     bands: str | Sequence[int] = "all", units: str = "auto", bits: int = 8, device: str = "auto",
                     tile: int = 256, halo_cells: Optional[int] = None, batch_size: int = 8, scaling: str = "auto",
                     codec: str = "auto", overwrite: bool = False, progress: Optional[ProgressFn] = None,
-                    bundle: Optional[ModelBundle] = None) -> dict:
+                    bundle: Optional[ModelBundle] = None, escape_step_db: Optional[float] = esc.DEFAULT_STEP_DB,
+                    keep_brightest: float = esc.DEFAULT_BRIGHTEST_PERCENT) -> dict:
     """Encode a raster into a `.sarz` file; returns the measured rate (bits per pixel from file bytes).
 
     `scaling`: 'model' uses the dB range the model was trained with; 'source' fits a 0.1–99.9 percentile
     range on this raster; 'auto' keeps the model's range unless the raster's 1st–99th percentiles fall
     outside it (e.g. uncalibrated DN or SLC data), then fits on the source. The range used is stored in
-    the file, so decoding needs nothing else."""
+    the file, so decoding needs nothing else.
+
+    `escape_step_db`: valid pixels outside the dB range (bright point targets above it, dark ones below) are
+    stored beside the latents with this quantization step (|error| <= step/2) so nothing is clipped;
+    0 or None clips them to the range as the network sees it. `keep_brightest` (percent): the brightest pixels
+    of the raster (above its 100 − keep_brightest percentile, when that is below the range's top) are stored
+    the same way — the point targets a detector looks for come back within step/2 whatever the network does."""
     t_start = time.perf_counter()
+    if escape_step_db is not None and not 0 <= float(escape_step_db) <= esc.MAX_STEP_DB:
+        raise SarInputError(None, f"--escape-step must be between 0 (off) and {esc.MAX_STEP_DB:g} dB "
+                                  f"(got {escape_step_db})")
+    step = float(escape_step_db or 0.0)
+    if not 0 <= float(keep_brightest) <= esc.MAX_BRIGHTEST_PERCENT:
+        raise SarInputError(None, f"--keep-brightest must be between 0 and {esc.MAX_BRIGHTEST_PERCENT:g} percent "
+                                  f"(got {keep_brightest})")
     inputs = [input_path] + ([model] if model and os.path.exists(os.fspath(model)) else [])
     check_output_path(output_path, overwrite, inputs)
     prog = Progress(progress)
@@ -89,6 +104,13 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             halo_cells = max(2, math.ceil(HALO_PIXELS / d))
         plan = TilePlan(r.width, r.height, d, tile, halo_cells)
         scaling, scaling_reason = choose_scaling(r, bundle.scaling, scaling)
+        above = scaling.vmax_db
+        if step and keep_brightest > 0:
+            from .scaling import fit_scaling
+
+            bright = fit_scaling([r], low=1, high=100 - float(keep_brightest), max_pixels_per_raster=1_000_000,
+                                 noise_floor=scaling.noise_floor).vmax_db
+            above = float(min(above, max(bright, scaling.vmin_db + step)))
         info = r.info
         # Every header byte counts in the rate of small rasters: only what decoding and `info` need. The model
         # is named by its name and a 64-bit SHA-256 prefix (its bundle has the rest), the CRS by its EPSG code
@@ -105,15 +127,16 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             "georef": r.georef.to_compact(),
             "tiling": plan.to_dict(),
             "codec": codec.params(),
-            "mask": {"id": "packbits-zstd"},
+            "mask": ({"id": esc.ESCAPE_MASK_ID, "step_db": step, "above_db": above} if step
+                     else {"id": esc.MASK_ID}),
         }
-        n_valid = 0
+        n_valid = n_escaped = 0
         with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out, open(out.tmp, "wb") as fh, \
                 _Runner(dev) as runner:
             writer = ContainerWriter(fh, header)
             for tr in range(plan.tile_rows):
                 t0 = time.perf_counter()
-                strip, valid, y0 = _read_strip(r, plan, scaling, tr)
+                strip, valid, y0, db = _read_strip(r, plan, scaling, tr, want_db=bool(step))
                 timer.io += time.perf_counter() - t0
                 latents = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner)
                            for b in range(r.count)]
@@ -123,7 +146,14 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                         writer.add(codec.encode(latents[b][tc]), "latents")
                         m = _tile_mask(valid[b], plan, tr, tc, y0)
                         n_valid += int(m.sum())
-                        writer.add(encode_mask(m), "masks")
+                        if step:
+                            tdb = _tile_db(db[b], plan, tr, tc)
+                            out = esc.out_of_window(tdb, m, scaling.vmin_db, header["mask"]["above_db"])
+                            n_escaped += int(out.sum())
+                            frame = esc.encode_escapes(tdb, out, scaling.vmin_db, header["mask"]["above_db"], step)
+                            writer.add(esc.encode_mask_chunk(m, frame), "masks")
+                        else:
+                            writer.add(encode_mask(m), "masks")
                 timer.coding += time.perf_counter() - t0
                 prog.step((tr + 1) / plan.tile_rows, f"compressing tile row {tr + 1}/{plan.tile_rows}")
             if n_valid == 0:
@@ -134,7 +164,8 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     source_bits = np.dtype(output_dtype(info.dtype, "db") if info.dtype.startswith("complex") else info.dtype).itemsize * 8
     return {"output": os.fspath(output_path), "bytes": nbytes, "bpp": nbytes * 8 / pixels,
             "compression_ratio": source_bits * pixels / (nbytes * 8), "parts": sizes, "pixels": pixels,
-            "bands": info.count, "model": bundle.name, "scaling": scaling_reason, "device": str(dev), "seconds": time.perf_counter() - t_start,
+            "bands": info.count, "model": bundle.name, "scaling": scaling_reason, "escaped_pixels": n_escaped,
+            "escape_step_db": step, "device": str(dev), "seconds": time.perf_counter() - t_start,
             "timing": timer.as_dict()}
 
 
@@ -201,17 +232,26 @@ def _nodata_from_json(v):
     return float("nan") if v == "nan" else v
 
 
-def _read_strip(r, plan: TilePlan, scaling: ScalingParams, tr: int):
+def _read_strip(r, plan: TilePlan, scaling: ScalingParams, tr: int, want_db: bool = False):
     """Scaled pixels and validity for the encode windows of tile row `tr`, mirror-padded past the edges.
 
-    Returns (scaled (bands, rows, cols), valid (bands, rows, cols), y0) where row 0 of the strip is raster
-    row y0 and column 0 is raster column −halo."""
+    Returns (scaled (bands, rows, cols), valid (bands, rows, cols), y0, db) where row 0 of the strip is raster
+    row y0 and column 0 is raster column −halo; `db` (with `want_db`) holds the dB values (float32) of the
+    raster rows the tile row owns, unpadded, for the escapes."""
     h, tile = plan.halo, plan.tile
     y0, y1 = tr * tile - h, (tr + 1) * tile + h
     x0, x1 = -h, plan.tile_cols * tile + h
     ry0, ry1 = max(y0, 0), min(y1, plan.height)
     raw = r.read(Window(0, ry0, plan.width, ry1 - ry0))
-    scaled, valid = scaling.forward(raw, r.units, r.nodata)
+    valid = valid_mask(raw, r.units, r.nodata)
+    db_all = raw_to_db(np.where(valid, raw, 1), r.units, scaling.noise_floor)
+    scaled = scaling.db_to_unit(db_all)
+    scaled[~valid] = 0.0
+    db = None
+    if want_db:
+        c0, c1 = tr * tile - ry0, min((tr + 1) * tile, plan.height) - ry0
+        db = db_all[:, c0:c1].astype(np.float32)
+    del db_all
     # Fill invalid pixels with the strip's mean valid value: fewer bits than a hard 0 edge.
     for b in range(scaled.shape[0]):
         v = valid[b]
@@ -219,7 +259,12 @@ def _read_strip(r, plan: TilePlan, scaling: ScalingParams, tr: int):
         scaled[b][~v] = fill
     scaled = _pad_to(scaled, ry0 - y0, y1 - ry1, -x0, x1 - plan.width)
     valid = np.pad(valid, [(0, 0), (ry0 - y0, y1 - ry1), (-x0, x1 - plan.width)], constant_values=False)
-    return scaled, valid, y0
+    return scaled, valid, y0, db
+
+
+def _tile_db(db: np.ndarray, plan: TilePlan, tr: int, tc: int) -> np.ndarray:
+    """dB values of the raster pixels a tile owns, from the unpadded rows of its tile row."""
+    return db[:, tc * plan.tile: min((tc + 1) * plan.tile, plan.width)]
 
 
 class _Runner:
@@ -301,6 +346,15 @@ class SarzFile:
                 raise ValueError(f"model sha256 {self.model_sha!r} is not a hex digest of >= {SHA_PREFIX} digits")
             self.latent_channels = int(h["model"]["config"]["latent_channels"])
             self.bands = len(self.source["bands"])
+            mask = h.get("mask") or {"id": esc.MASK_ID}
+            self.mask_id = mask["id"]
+            if self.mask_id not in (esc.MASK_ID, esc.ESCAPE_MASK_ID):
+                raise ValueError(f"mask id {self.mask_id!r} is unknown")
+            self.escape_step = float(mask["step_db"]) if self.mask_id == esc.ESCAPE_MASK_ID else 0.0
+            self.escape_above = float(mask.get("above_db", self.scaling.vmax_db))
+            if self.mask_id == esc.ESCAPE_MASK_ID and not (0 < self.escape_step <= esc.MAX_STEP_DB and
+                                                           self.scaling.vmin_db < self.escape_above <= self.scaling.vmax_db + 1e-6):
+                raise ValueError(f"escape step {self.escape_step} dB or bound {self.escape_above} dB is out of range")
         except (KeyError, TypeError, ValueError) as exc:
             self.close()
             raise SarInputError(self.path, f"header is incomplete ({exc})") from None
@@ -337,11 +391,23 @@ class SarzFile:
 
     def mask_tile(self, row: int, col: int, band: int) -> np.ndarray:
         """Validity of the raster pixels owned by one tile."""
+        return self.mask_and_escapes(row, col, band)[0]
+
+    def mask_and_escapes(self, row: int, col: int, band: int):
+        """(validity, escaped dB values as a float32 tile with NaN elsewhere, or None) of one tile."""
         p = self.plan
         shape = (min((row + 1) * p.tile, p.height) - row * p.tile, min((col + 1) * p.tile, p.width) - col * p.tile)
         payload = self.reader.chunk(_chunk_id(p, self.bands, row, col, band, 1))
         try:
-            return decode_mask(payload, shape)
+            if self.mask_id == esc.MASK_ID:
+                return decode_mask(payload, shape), None
+            valid, frame = esc.split_mask_chunk(payload, shape)
+            if not frame:
+                return valid, None
+            flat, db = esc.decode_escapes(frame, shape, self.scaling.vmin_db, self.escape_above, self.escape_step)
+            out = np.full(shape[0] * shape[1], np.nan, np.float32)
+            out[flat] = db
+            return valid, out.reshape(shape)
         except Exception as exc:  # noqa: BLE001
             raise SarInputError(self.path, f"mask tile ({row}, {col}) cannot be decoded ({exc})") from None
 
@@ -497,11 +563,12 @@ def _decode_band(f: SarzFile, bundle: ModelBundle, dev, band: int, region, tile_
         final_to = row0 + height if last else min(tile_rows[k + 1] * p.tile - h, row0 + height)
         if final_to > written:
             n = final_to - written
-            valid = _mask_rows(f, band, written, final_to, col0, width)
+            valid, escaped = _mask_rows(f, band, written, final_to, col0, width)
             for c in range(0, width, _OUT_COLS):  # column chunks keep float64 temporaries small
                 t0 = time.perf_counter()
                 cs = slice(c, min(c + _OUT_COLS, width))
-                values = f.scaling.inverse(num[:n, cs] / den[:n, cs], valid[:, cs], out_units, dtype, nodata)
+                values = _to_output(f, num[:n, cs] / den[:n, cs], valid[:, cs],
+                                    None if escaped is None else escaped[:, cs], out_units, dtype, nodata)
                 timer.blending += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 writer.write(values, Window(cs.start, written - row0, cs.stop - cs.start, n), band=band + 1)
@@ -513,16 +580,34 @@ def _decode_band(f: SarzFile, bundle: ModelBundle, dev, band: int, region, tile_
         prog.step((band * len(tile_rows) + k + 1) / steps, f"reconstructing band {band + 1}, tile row {k + 1}")
 
 
-def _mask_rows(f: SarzFile, band: int, y0: int, y1: int, col0: int, width: int) -> np.ndarray:
-    """Validity of raster rows [y0, y1) × cols [col0, col0 + width) from the stored mask tiles."""
+def _mask_rows(f: SarzFile, band: int, y0: int, y1: int, col0: int, width: int):
+    """Validity of raster rows [y0, y1) × cols [col0, col0 + width) from the stored mask tiles, and the escaped
+    dB values there (float32, NaN where not escaped; None when the region has no escapes)."""
     p = f.plan
     out = np.zeros((y1 - y0, width), dtype=bool)
+    escaped = None
     for tr in range(y0 // p.tile, (y1 - 1) // p.tile + 1):
         for tc in range(col0 // p.tile, (col0 + width - 1) // p.tile + 1):
-            m = f.mask_tile(tr, tc, band)
+            m, e = f.mask_and_escapes(tr, tc, band)
             ty0, tx0 = tr * p.tile, tc * p.tile
             a0, a1 = max(y0, ty0), min(y1, ty0 + m.shape[0])
             b0, b1 = max(col0, tx0), min(col0 + width, tx0 + m.shape[1])
             out[a0 - y0:a1 - y0, b0 - col0:b1 - col0] = m[a0 - ty0:a1 - ty0, b0 - tx0:b1 - tx0]
+            if e is not None:
+                if escaped is None:
+                    escaped = np.full((y1 - y0, width), np.nan, np.float32)
+                escaped[a0 - y0:a1 - y0, b0 - col0:b1 - col0] = e[a0 - ty0:a1 - ty0, b0 - tx0:b1 - tx0]
+    return out, escaped
+
+
+def _to_output(f: SarzFile, unit: np.ndarray, valid: np.ndarray, escaped, out_units: str, dtype: str, nodata):
+    """Blended [0, 1] values → output units, with the escaped pixels' own dB values put back."""
+    if escaped is None:
+        return f.scaling.inverse(unit, valid, out_units, dtype, nodata)
+    db = f.scaling.unit_to_db(unit)
+    hit = ~np.isnan(escaped)
+    db[hit] = escaped[hit]
+    out = db_to_raw(db, out_units, dtype)
+    out[~valid] = output_nodata(out.dtype.name, nodata)
     return out
 

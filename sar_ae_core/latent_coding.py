@@ -139,8 +139,9 @@ def decode_mask(payload: bytes, shape: tuple[int, int]) -> np.ndarray:
         return np.zeros(shape, dtype=bool)
     if mode != _PACKED:
         raise ValueError(f"unknown mask mode {mode}")
-    bits = np.frombuffer(zstandard.ZstdDecompressor().decompress(payload[1:]), dtype=np.uint8)
     n = shape[0] * shape[1]
+    bits = np.frombuffer(zstandard.ZstdDecompressor().decompress(payload[1:], max_output_size=(n + 7) // 8),
+                         dtype=np.uint8)
     if bits.size * 8 < n:
         raise ValueError("mask chunk too short")
     return np.unpackbits(bits, count=n).astype(bool).reshape(shape)

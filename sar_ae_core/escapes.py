@@ -1,0 +1,108 @@
+"""Escapes: the valid pixels outside the network's dB window, coded exactly enough that nothing is clipped.
+
+The network sees dB scaled into [0, 1] over a window [vmin, vmax]; a bright point target above vmax (a ship, a
+corner reflector, a building: often the very signal a SAR user looks for) would come back at vmax, a pixel
+below vmin at vmin. Each tile's mask chunk therefore carries, after the validity mask, the positions of its
+valid out-of-window pixels (above `above_db` — the window's top, or lower to keep a raster's brightest 0.1 % —
+or below vmin) and their dB value, quantized with step `step_db` relative to the window bound
+they passed (|error| <= step/2), so the reconstruction keeps every value.
+
+Chunk layout (mask id `packbits-zstd-escapes`): varint length of the validity-mask part, the mask part
+(`latent_coding.encode_mask`), then — only when the tile has escapes — one zstd frame holding
+uint32 count, uint32 position deltas (raster order within the tile), int16 codes (k > 0: above + (k−1)·step,
+k < 0: vmin + (k+1)·step).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import zstandard
+
+from .latent_coding import decode_mask, encode_mask
+
+MASK_ID = "packbits-zstd"                 # validity mask only (format 1.0/1.1 files, and --escape-step 0)
+ESCAPE_MASK_ID = "packbits-zstd-escapes"  # validity mask + escapes
+DEFAULT_STEP_DB = 0.1
+MAX_STEP_DB = 10.0
+DEFAULT_BRIGHTEST_PERCENT = 0.1   # the brightest 0.1 % of a raster are kept as escapes too
+MAX_BRIGHTEST_PERCENT = 5.0
+_ZSTD_LEVEL = 19
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, limit: int = 5) -> tuple[int, int]:
+    n = shift = 0
+    for i, byte in enumerate(buf[:limit]):
+        n |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return n, i + 1
+        shift += 7
+    raise ValueError("bad length prefix")
+
+
+def out_of_window(db: np.ndarray, valid: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """Valid pixels whose dB value the [vmin, vmax] window would clip."""
+    with np.errstate(invalid="ignore"):
+        return valid & ((db > vmax) | (db < vmin))
+
+
+def encode_escapes(db: np.ndarray, escaped: np.ndarray, vmin: float, vmax: float, step: float) -> bytes:
+    """The escape frame of one tile (b'' when nothing is escaped)."""
+    flat = np.flatnonzero(escaped.ravel())
+    if flat.size == 0:
+        return b""
+    values = db.ravel()[flat].astype(np.float64)
+    above = values > vmax
+    # code k >= 1 above: vmax + (k - 1)·step; code -k below: vmin - (k - 1)·step (the sign tells the side)
+    k = np.rint(np.where(above, values - vmax, vmin - values) / step) + 1
+    codes = np.where(above, 1, -1) * np.clip(k, 1, 32767)
+    deltas = np.diff(flat, prepend=0).astype("<u4")
+    body = np.array([flat.size], "<u4").tobytes() + deltas.tobytes() + codes.astype("<i2").tobytes()
+    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(body)
+
+
+def decode_escapes(frame: bytes, shape: tuple[int, int], vmin: float, vmax: float,
+                   step: float) -> tuple[np.ndarray, np.ndarray]:
+    """(flat positions, dB values) of one tile's escapes; bounded: never more than the tile's pixels."""
+    if not frame:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    npix = shape[0] * shape[1]
+    body = zstandard.ZstdDecompressor().decompress(frame, max_output_size=4 + 6 * npix)
+    if len(body) < 4:
+        raise ValueError("escape frame too short")
+    n = int(np.frombuffer(body[:4], "<u4")[0])
+    if n == 0 or n > npix or len(body) != 4 + 6 * n:
+        raise ValueError(f"escape frame holds {len(body)} bytes for {n} escapes")
+    deltas = np.frombuffer(body[4:4 + 4 * n], "<u4").astype(np.int64)
+    codes = np.frombuffer(body[4 + 4 * n:], "<i2").astype(np.float64)
+    flat = np.cumsum(deltas)
+    if flat[-1] >= npix or (n > 1 and np.any(deltas[1:] == 0)):
+        raise ValueError("escape positions outside the tile")
+    if np.any(codes == 0):
+        raise ValueError("escape code 0 is not used")
+    return flat, np.where(codes > 0, vmax + (codes - 1) * step, vmin + (codes + 1) * step)
+
+
+def encode_mask_chunk(valid: np.ndarray, escape_frame: bytes) -> bytes:
+    """Validity mask + escape frame of one tile (the `packbits-zstd-escapes` chunk)."""
+    mask = encode_mask(valid)
+    return _varint(len(mask)) + mask + escape_frame
+
+
+def split_mask_chunk(payload: bytes, shape: tuple[int, int]) -> tuple[np.ndarray, bytes]:
+    """(validity mask, escape frame) of a `packbits-zstd-escapes` chunk."""
+    n, k = _read_varint(payload)
+    if k + n > len(payload) or n == 0:
+        raise ValueError("mask part longer than the chunk")
+    return decode_mask(payload[k:k + n], shape), payload[k + n:]
