@@ -105,20 +105,22 @@ def cmd_demo(args) -> int:
 def cmd_compress(args) -> int:
     """Compress a raster into a .sarz file."""
     from .codec import compress_raster
-    from .model_io import QUALITY_MODELS, model_for_rate
+    from .model_io import QUALITY_MODELS
 
     if sum(x is not None for x in (args.quality, args.model, args.rate)) > 1:
         raise SarInputError(None, "give only one of --model, --quality and --rate")
     model = QUALITY_MODELS[args.quality] if args.quality is not None else args.model
-    if args.rate is not None:
-        model, measured = model_for_rate(args.rate)
-        print(f"--rate {args.rate:g}: model {model} (measured {measured:.3f} bpp on average over the held-out "
-              "scenes; the rate of a raster depends on its content)")
+    options = dict(bands=args.bands, units=args.units, bits=args.bits, device=args.device, tile=args.tile,
+                   batch_size=args.batch_size, scaling=args.scaling, codec=args.codec, overwrite=args.overwrite,
+                   escape_step_db=args.escape_step, keep_brightest=args.keep_brightest)
     with _progress_bar("compress") as bar:
-        r = compress_raster(args.input, args.output, model=model, bands=args.bands, units=args.units,
-                            bits=args.bits, device=args.device, tile=args.tile, batch_size=args.batch_size,
-                            scaling=args.scaling, codec=args.codec, overwrite=args.overwrite, progress=bar,
-                            escape_step_db=args.escape_step, keep_brightest=args.keep_brightest)
+        if args.rate is not None:
+            from .rate import compress_to_rate, search_summary
+
+            r = compress_to_rate(args.input, args.output, args.rate, **options)
+            print(search_summary(r))
+        else:
+            r = compress_raster(args.input, args.output, model=model, progress=bar, **options)
     print(f"wrote {r['output']}: {r['bytes']} bytes, {r['bpp']:.4f} bits per pixel "
           f"({r['compression_ratio']:.1f}:1 vs the source dtype), model {r['model']}, {r['device']}, "
           f"{r['seconds']:.1f} s")
@@ -288,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quality", type=int, choices=(1, 2, 3, 4), default=None,
                    help="pick a bundled rate point: 1 (lowest rate) .. 4 (highest quality); see `models`")
     s.add_argument("--rate", type=float, default=None, metavar="BPP",
-                   help="pick the bundled rate point whose measured bits per pixel is closest to BPP")
+                   help="write a file of BPP bits per pixel (within 2 %%): the rate point and its quantization "
+                        "are searched at compress time")
     s.add_argument("--bands", default="all", help="'all' or a list like 1,2 (default all)")
     s.add_argument("--units", default="auto", choices=UNIT_CHOICES, help="source units (default auto)")
     s.add_argument("--bits", type=int, default=8,

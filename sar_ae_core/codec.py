@@ -68,7 +68,8 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                     tile: int = 256, halo_cells: Optional[int] = None, batch_size: int = 8, scaling: str = "auto",
                     codec: str = "auto", overwrite: bool = False, progress: Optional[ProgressFn] = None,
                     bundle: Optional[ModelBundle] = None, escape_step_db: Optional[float] = esc.DEFAULT_STEP_DB,
-                    keep_brightest: float = esc.DEFAULT_BRIGHTEST_PERCENT) -> dict:
+                    keep_brightest: float = esc.DEFAULT_BRIGHTEST_PERCENT, gain: float = 1.0,
+                    latent_store: Optional["LatentStore"] = None) -> dict:
     """Encode a raster into a `.sarz` file; returns the measured rate (bits per pixel from file bytes).
 
     `scaling`: 'model' uses the dB range the model was trained with; 'source' fits a 0.1–99.9 percentile
@@ -95,6 +96,14 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     bundle = ready_bundle(model, device, bundle)
     dev = next(bundle.model.parameters()).device
     codec = _choose_codec(codec, bundle, bits)
+    if gain != 1.0:
+        from .latent_coding import MAX_GAIN, MIN_GAIN
+
+        if type(codec).__name__ != "FactorizedRangeCodec":
+            raise SarInputError(None, "a quantization gain needs a model with a factorized entropy model")
+        if not MIN_GAIN <= float(gain) <= MAX_GAIN:
+            raise SarInputError(None, f"quantization gain must be in [{MIN_GAIN}, {MAX_GAIN}] (got {gain})")
+        codec.gain = float(gain)
     d = bundle.model.downsample_factor
     timer = _Timer()
     with open_raster(input_path, bands=bands, units=units) as r:
@@ -111,6 +120,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             bright = fit_scaling([r], low=1, high=100 - float(keep_brightest), max_pixels_per_raster=1_000_000,
                                  noise_floor=scaling.noise_floor).vmax_db
             above = float(min(above, max(bright, scaling.vmin_db + step)))
+        above = math.floor(above * 1000) / 1000  # a short header number; a lower bound only escapes more
         info = r.info
         # Every header byte counts in the rate of small rasters: only what decoding and `info` need. The model
         # is named by its name and a 64-bit SHA-256 prefix (its bundle has the rest), the CRS by its EPSG code
@@ -138,8 +148,12 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                 t0 = time.perf_counter()
                 strip, valid, y0, db = _read_strip(r, plan, scaling, tr, want_db=bool(step))
                 timer.io += time.perf_counter() - t0
-                latents = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner)
-                           for b in range(r.count)]
+                latents = latent_store.get(tr) if latent_store is not None else None
+                if latents is None:
+                    latents = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner)
+                               for b in range(r.count)]
+                    if latent_store is not None:
+                        latent_store.put(tr, latents)
                 t0 = time.perf_counter()
                 for tc in range(plan.tile_cols):  # chunk order: see _chunk_id
                     for b in range(r.count):
@@ -167,6 +181,29 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             "bands": info.count, "model": bundle.name, "scaling": scaling_reason, "escaped_pixels": n_escaped,
             "escape_step_db": step, "device": str(dev), "seconds": time.perf_counter() - t_start,
             "timing": timer.as_dict()}
+
+
+class LatentStore:
+    """The encoder's latents of one raster and model, tile row by tile row in a folder (memory stays bounded):
+    a rate search re-quantizes them without running the network again."""
+
+    def __init__(self, folder: str, key: str):
+        self.folder, self.key = folder, key
+
+    def _path(self, tr: int) -> str:
+        return os.path.join(self.folder, f"{self.key}-{tr}.npz")
+
+    def get(self, tr: int):
+        path = self._path(tr)
+        if not os.path.exists(path):
+            return None
+        with np.load(path) as z:
+            n_bands, n_cols = (int(v) for v in z["shape"])
+            return [[z[f"b{b}c{c}"] for c in range(n_cols)] for b in range(n_bands)]
+
+    def put(self, tr: int, latents: list) -> None:
+        arrays = {f"b{b}c{c}": t for b, row in enumerate(latents) for c, t in enumerate(row)}
+        np.savez(self._path(tr), shape=np.array([len(latents), len(latents[0])]), **arrays)
 
 
 def _choose_codec(name: str, bundle: ModelBundle, bits: int):

@@ -186,11 +186,39 @@ class FactorizedRangeCodec:
 
     def params(self) -> dict:
         """Parameters stored in the header (the tables themselves live in the model bundle)."""
-        return {"id": self.id, "precision": self.tables.precision}
+        p = {"id": self.id, "precision": self.tables.precision}
+        if self.gain != 1.0:
+            p["gain"] = self.gain
+        return p
+
+    #: quantization gain (continuous rate control; stored in the header when not 1): symbols are
+    #: rint(m + gain·(y − m)) around each channel's most probable symbol m, dequantized as m + (q − m)/gain.
+    #: Below 1 the step is coarser (fewer bits), above 1 finer (more bits, closer to the unquantized latents).
+    gain: float = 1.0
+
+    def _centers(self) -> np.ndarray:
+        if not hasattr(self, "_m"):
+            self._m = np.array([float(np.argmax(c[:-1]) + int(o)) for c, o in zip(self.tables.counts,
+                                                                                  self.tables.offsets)])
+        return self._m[:, None, None]
+
+    def quantize(self, latent: np.ndarray) -> np.ndarray:
+        """Integer symbols of one latent tile (C, h, w)."""
+        if self.gain == 1.0:
+            return np.rint(latent).astype(np.int64)
+        m = self._centers()[: latent.shape[0]]
+        return np.rint(m + self.gain * (latent.astype(np.float64) - m)).astype(np.int64)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """Latent values of integer symbols (float32)."""
+        if self.gain == 1.0:
+            return q.astype(np.float32)
+        m = self._centers()[: q.shape[0]]
+        return (m + (q.astype(np.float64) - m) / self.gain).astype(np.float32)
 
     def encode(self, latent: np.ndarray) -> bytes:
-        """Round and range-code one latent tile (C, h, w): channel after channel, each in raster order."""
-        q = np.rint(latent).astype(np.int64)
+        """Quantize and range-code one latent tile (C, h, w): channel after channel, each in raster order."""
+        q = self.quantize(latent)
         enc = self._cs.stream.queue.RangeEncoder()
         escapes = encode_grouped(enc, self._models, self.tables, _channel_of(q.shape), q.ravel())
         return join_payload(enc, escapes)
@@ -199,7 +227,7 @@ class FactorizedRangeCodec:
         """Inverse of encode (float32 latents)."""
         dec, esc = split_payload(self._cs, payload)
         out, _ = decode_grouped(dec, self._models, self.tables, _channel_of(shape), esc, 0)
-        return out.reshape(shape).astype(np.float32)
+        return self.dequantize(out.reshape(shape))
 
 
 def _channel_of(shape: tuple[int, ...]) -> np.ndarray:

@@ -113,8 +113,16 @@ def codec_from_params(p: dict, tables=None) -> LatentCodec:
             from .hyperprior import HyperpriorRangeCodec
 
             return HyperpriorRangeCodec(tables)
-        return FactorizedRangeCodec(tables)
+        codec = FactorizedRangeCodec(tables)
+        gain = float(p.get("gain", 1.0))
+        if not MIN_GAIN <= gain <= MAX_GAIN:
+            raise ValueError(f"quantization gain {gain} is outside [{MIN_GAIN}, {MAX_GAIN}]")
+        codec.gain = gain
+        return codec
     raise KeyError(p.get("id"))
+
+
+MIN_GAIN, MAX_GAIN = 0.05, 16.0  # quantization gain of the factorized codec (rate control)
 
 
 # -- validity masks ------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,23 +105,6 @@ def model_card(name: str) -> dict:
     """The JSON card next to a bundled model ({} when there is none)."""
     card = BUNDLED_DIR / f"{name}.json"
     return json.loads(card.read_text(encoding="utf-8")) if card.is_file() else {}
-
-
-def model_for_rate(bpp: float) -> tuple[str, float]:
-    """The bundled rate point (QUALITY_MODELS) whose measured mean bits per pixel on the held-out scenes is
-    closest to `bpp` (on a log scale), with that measured rate."""
-    if not bpp > 0:
-        raise SarInputError(None, f"--rate must be a positive number of bits per pixel (got {bpp})")
-    best = None
-    for name in QUALITY_MODELS.values():
-        measured = (model_card(name).get("measured") or {}).get("bpp")
-        if measured:
-            d = abs(math.log(float(measured) / bpp))
-            if best is None or d < best[0]:
-                best = (d, name, float(measured))
-    if best is None:
-        raise SarInputError(None, "no bundled model has a measured rate; use --model or --quality")
-    return best[1], best[2]
 
 
 def resolve_model(name_or_path: Optional[str]) -> Path:

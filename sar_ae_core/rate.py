@@ -1,0 +1,149 @@
+"""Rate control: compress a raster to a requested file size (bits per pixel from the file's bytes).
+
+The bundled rate points (`QUALITY_MODELS`) span the rates coarsely; between and beyond them a quantization gain
+(stored in the header: symbols rint(m + g·(y − m)) around each channel's most probable symbol m) moves the rate
+continuously: g < 1 coarser, g > 1 finer. The search:
+
+1. the rate point whose measured mean rate is closest to the target is coded at gain 1, which measures how this
+   raster's rate relates to the held-out mean; the same ratio predicts the others, and the lowest rate point
+   at or above the target is used (checked with real files);
+2. its latents are kept on disk (`LatentStore`), and g is searched (regula falsi on log rate vs log g) with real
+   files, each pass only re-quantizing and range coding, until the size is within the tolerance.
+
+Where even the extreme gains cannot reach the target the closest file is written and the result says so. The chosen pass is moved into place like every output (nothing partial, inputs never replaced).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+
+from .errors import SarInputError
+from .latent_coding import MAX_GAIN, MIN_GAIN
+from .output import AtomicOutput, check_output_path
+
+
+def _rate_points() -> list[tuple[str, float]]:
+    """(model name, measured mean bpp) of the bundled rate points, lowest rate first."""
+    from .model_io import QUALITY_MODELS, model_card, resolve_model
+
+    points = []
+    for name in QUALITY_MODELS.values():
+        try:
+            resolve_model(name)
+        except SarInputError:
+            continue
+        bpp = (model_card(name).get("measured") or {}).get("bpp")
+        if bpp:
+            points.append((name, float(bpp)))
+    if not points:
+        raise SarInputError(None, "no bundled rate point with a measured rate: --rate needs them (use --model)")
+    return sorted(points, key=lambda p: p[1])
+
+
+def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: float = 0.02,
+                     overwrite: bool = False, progress=None, max_passes: int = 24, **kwargs) -> dict:
+    """compress_raster at `target_bpp` (within `tolerance`, relative); returns its result plus the search."""
+    from .codec import LatentStore, compress_raster
+
+    if not (isinstance(target_bpp, (int, float)) and math.isfinite(target_bpp) and 0 < target_bpp <= 32):
+        raise SarInputError(None, f"--rate must be a number of bits per pixel in (0, 32] (got {target_bpp})")
+    if not 0 < tolerance < 0.5:
+        raise SarInputError(None, f"rate tolerance must be in (0, 0.5) (got {tolerance})")
+    for key in ("model", "bundle", "gain", "latent_store"):
+        if kwargs.get(key) is not None:
+            raise SarInputError(None, f"--rate chooses the model and quantization itself: drop '{key}'")
+        kwargs.pop(key, None)
+    inputs = [input_path]
+    check_output_path(output_path, overwrite, inputs)
+    points = _rate_points()
+    folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
+    passes: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".rate",
+                                     dir=folder) as work:
+        def attempt(model: str, gain: float, store) -> dict:
+            path = os.path.join(work, f"pass{len(passes)}.sarz")
+            res = compress_raster(input_path, path, model=model, gain=gain, latent_store=store,
+                                  overwrite=True, **kwargs)
+            res.update(path=path, model=model, gain=gain)
+            passes.append({"model": model, "gain": gain, "bpp": res["bpp"]})
+            return res
+
+        def close(res) -> bool:
+            return abs(res["bpp"] / target_bpp - 1) <= tolerance
+
+        def better(a, b) -> dict:
+            return a if abs(math.log(a["bpp"] / target_bpp)) < abs(math.log(b["bpp"] / target_bpp)) else b
+
+        stores: dict = {}
+        plain: dict = {}
+
+        def at_unit_gain(i):
+            if i not in plain:
+                stores[i] = LatentStore(work, f"m{i}")
+                plain[i] = attempt(points[i][0], 1.0, stores[i])
+            return plain[i]
+
+        def search(i, lo, hi, best):
+            """Regula falsi on log rate vs log gain in [lo, hi], one end being gain 1 (already coded)."""
+            f1 = math.log(plain[i]["bpp"] / target_bpp)
+            f_lo, f_hi = (None, f1) if hi == 1.0 else (f1, None)
+            if hi == 1.0:  # downwards: can the coarsest gain reach the target at all? (the tables' floor)
+                res = attempt(points[i][0], lo, stores[i])
+                best = better(res, best)
+                f_lo = math.log(res["bpp"] / target_bpp)
+                if close(res) or f_lo > 0:
+                    return best
+            while len(passes) < max_passes:
+                t = 0.5 if f_lo is None or f_hi is None or f_hi == f_lo else min(max(f_lo / (f_lo - f_hi), 0.1), 0.9)
+                g = math.exp(math.log(lo) + t * (math.log(hi) - math.log(lo)))
+                res = attempt(points[i][0], g, stores[i])
+                best = better(res, best)
+                f = math.log(res["bpp"] / target_bpp)
+                if close(res) or hi / lo < 1.002:
+                    break
+                if f < 0:
+                    lo, f_lo = g, f
+                else:
+                    hi, f_hi = g, f
+            return best
+
+        # 1. the rate point: the lowest whose plain rate on this raster is at or above the target. A coarser gain
+        #    on it costs less quality than a finer gain on the point below (measured on the held-out scenes).
+        nearest = min(range(len(points)), key=lambda i: abs(math.log(points[i][1] / target_bpp)))
+        ratio = at_unit_gain(nearest)["bpp"] / points[nearest][1]
+        above = [i for i, (_, bpp) in enumerate(points) if bpp * ratio >= target_bpp]
+        pick = above[0] if above else len(points) - 1
+        while at_unit_gain(pick)["bpp"] < target_bpp * (1 - tolerance) and pick < len(points) - 1:
+            pick += 1
+        while pick > 0 and at_unit_gain(pick - 1)["bpp"] >= target_bpp * (1 - tolerance):
+            pick -= 1
+        best = plain[pick]
+        for i in plain:
+            best = better(plain[i], best)
+        # 2. its quantization gain: below 1 down to the target; where the tables' floor stops that, the point below
+        #    with a finer gain; above the top point, a finer gain on it
+        if not close(best):
+            if plain[pick]["bpp"] > target_bpp:
+                best = search(pick, MIN_GAIN, 1.0, best)
+                if not close(best) and pick > 0:
+                    at_unit_gain(pick - 1)
+                    best = search(pick - 1, 1.0, MAX_GAIN, best)
+            else:
+                best = search(pick, 1.0, MAX_GAIN, best)
+        reached = close(best)
+        with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out:
+            shutil.copyfile(best["path"], out.tmp)
+    best.update(output=os.fspath(output_path), target_bpp=float(target_bpp), reached=reached, passes=passes)
+    best.pop("path", None)
+    return best
+
+
+def search_summary(res: dict) -> str:
+    """One line about how --rate was met (for the CLI and the QGIS log)."""
+    how = f"rate point {res['model']}" + (f" at quantization gain {res['gain']:.3f}" if res["gain"] != 1.0 else "")
+    note = "" if res["reached"] else " (outside what the bundled rate points reach: the closest was written)"
+    return (f"--rate {res['target_bpp']:g}: {res['bpp']:.4f} bits per pixel "
+            f"({100 * (res['bpp'] / res['target_bpp'] - 1):+.1f} %) with {how}, {len(res['passes'])} pass(es){note}")
