@@ -342,9 +342,6 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
         except SarInputError as exc:
             self._discard_written()
             raise QgsProcessingException(str(exc)) from None
-        except ValueError as exc:  # invalid option combinations reported by the core's config checks
-            self._discard_written()
-            raise QgsProcessingException(str(exc)) from None
         except Cancelled:
             self._discard_written()
             context.setLayersToLoadOnCompletion({})

@@ -120,6 +120,10 @@ def assess_rasters(reference: str | os.PathLike, test: str | os.PathLike, *, uni
     homogeneous areas (metrics.homogeneous_mask rule). Only pixels valid in both rasters count.
     `test_bands` selects the test raster's bands when they differ from the reference's (default: `bands`).
     """
+    from .options import int_option
+
+    window = int_option("--window", window, 3, 101, odd=True)
+    block = int_option("--block", block, 64, 16384)
     prog = Progress(progress)
     if db_range is not None and not db_range[1] > db_range[0]:
         raise SarInputError(None, f"--range needs LOW < HIGH (got {db_range[0]} {db_range[1]})")

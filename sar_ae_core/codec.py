@@ -26,6 +26,7 @@ from .container import ContainerReader, ContainerWriter
 from .errors import SarInputError
 from .latent_coding import UniformZstdCodec, codec_from_params, decode_mask, encode_mask
 from .model_io import ModelBundle, load_bundle, ready_bundle, select_device
+from .options import MAX_BATCH, MAX_TILE, choice_option, device_option, int_option
 from .progress import Progress, ProgressFn
 from .raster import AtomicOutput, Georef, GeoTiffWriter, Window, check_output_path, open_raster
 from .scaling import ScalingParams, db_to_raw, output_dtype, output_nodata, raw_to_db, valid_mask
@@ -91,10 +92,16 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
         raise SarInputError(None, f"--keep-brightest must be between 0 and {esc.MAX_BRIGHTEST_PERCENT:g} percent "
                                   f"(got {keep_brightest})")
     inputs = [input_path] + ([model] if model and os.path.exists(os.fspath(model)) else [])
+    choice_option("--scaling", scaling, ("auto", "model", "source"))
+    device_option(device)
     check_output_path(output_path, overwrite, inputs)
     prog = Progress(progress)
     bundle = ready_bundle(model, device, bundle)
     dev = next(bundle.model.parameters()).device
+    d = bundle.model.downsample_factor
+    tile = int_option("--tile", tile, 2 * d, MAX_TILE, multiple_of=d)
+    batch_size = int_option("--batch-size", batch_size, 1, MAX_BATCH)
+    bits = int_option("--bits", bits, 1, 16)
     codec = _choose_codec(codec, bundle, bits)
     if gain != 1.0:
         from .latent_coding import MAX_GAIN, MIN_GAIN
@@ -104,7 +111,6 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
         if not MIN_GAIN <= float(gain) <= MAX_GAIN:
             raise SarInputError(None, f"quantization gain must be in [{MIN_GAIN}, {MAX_GAIN}] (got {gain})")
         codec.gain = float(gain)
-    d = bundle.model.downsample_factor
     timer = _Timer()
     with open_raster(input_path, bands=bands, units=units) as r:
         if r.width < d or r.height < d:

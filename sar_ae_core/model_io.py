@@ -61,7 +61,10 @@ class ModelBundle:
 
 def select_device(device: str = "auto") -> torch.device:
     """'auto' → CUDA when present, else CPU; 'cpu', 'cuda', 'cuda:N' as given (checked)."""
-    if device in (None, "", "auto"):
+    from .options import device_option
+
+    device = device_option(device)
+    if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
