@@ -11,13 +11,7 @@ import shutil
 import sys
 from typing import Optional
 
-# (module to import, pip requirement)
-REQUIRED = (
-    ("torch", "torch==2.13.0"),
-    ("rasterio", "rasterio>=1.4,<1.5"),
-    ("zstandard", "zstandard>=0.22"),
-    ("scipy", "scipy"),
-)
+from sar_ae_core.requirements import RUNTIME as REQUIRED  # (module to import, pip requirement): one list
 
 _ok = False
 

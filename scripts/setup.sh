@@ -41,11 +41,13 @@ fi
 
 echo "[setup] checking the environment"
 QT_QPA_PLATFORM=offscreen "$VENV/bin/python" - <<'PY'
-import numpy, torch, rasterio, pytorch_msssim, constriction, zstandard
+import numpy, torch, rasterio, pytorch_msssim, constriction, zstandard, scipy
+from sar_ae_core.requirements import RUNTIME
+for module, _ in RUNTIME:
+    __import__(module)
 import qgis.core, osgeo.gdal
 import sar_ae_core
 assert numpy.__version__.startswith("1."), numpy.__version__
-assert torch.version.cuda is None or torch.cuda.is_available() or True
 print(f"[setup] ok: numpy {numpy.__version__}, torch {torch.__version__}, rasterio {rasterio.__version__}, "
       f"QGIS {qgis.core.Qgis.QGIS_VERSION}, sar_ae_core {sar_ae_core.__version__}")
 PY
