@@ -212,7 +212,7 @@ def test_reconstruct_loads_a_gray_layer_on_the_source_grid(chain, spain_db):
     ce = r.contrastEnhancement()
     lo, hi = styling.cumulative_cut(layer, 1, 0.02, 0.98)  # no source layer: its own 2–98 % stretch
     assert (ce.minimumValue(), ce.maximumValue()) == pytest.approx((lo, hi))
-    assert -40 < lo < hi < 10  # dB, source units
+    assert -40 < lo <= hi < 10  # dB, source units (the untrained test model's output is nearly flat)
 
 
 def test_assess_outputs_metrics_report_and_styled_maps(chain, spain_db):
