@@ -29,6 +29,7 @@ from .model_io import ModelBundle, load_bundle, ready_bundle, select_device
 from .options import MAX_BATCH, MAX_TILE, choice_option, device_option, int_option
 from .progress import Progress, ProgressFn
 from .raster import AtomicOutput, Georef, GeoTiffWriter, Window, check_output_path, open_raster
+from .schema import validate_header
 from .scaling import ScalingParams, db_to_raw, output_dtype, output_nodata, raw_to_db, valid_mask
 from .tiling import TilePlan, blend_weights
 
@@ -379,6 +380,11 @@ class SarzFile:
         self.path = self.reader.path
         h = self.reader.header
         try:
+            validate_header(h, self.path)
+        except BaseException:
+            self.close()
+            raise
+        try:
             self.plan = TilePlan.from_dict(h["tiling"])
             self.scaling = ScalingParams.from_dict(h["scaling"])
             self.source = h["source"]
@@ -414,6 +420,9 @@ class SarzFile:
 
     def attach(self, bundle: ModelBundle) -> None:
         """Set up latent decoding with the file's model (whose SHA-256 the caller has checked)."""
+        if bundle.config.latent_channels != self.latent_channels:
+            raise SarInputError(self.path, f"header says {self.latent_channels} latent channels, model "
+                                           f"'{bundle.name}' has {bundle.config.latent_channels} (file is damaged)")
         try:
             self.codec = codec_from_params(self.header["codec"], bundle.tables)
         except KeyError:

@@ -28,6 +28,7 @@ import numpy as np
 import zstandard
 
 from .errors import SarInputError
+from .schema import MAX_HEADER_BYTES
 
 MAGIC = b"\x89SARZ\r\n\x1a"
 END = b"SARZEND\0"
@@ -82,6 +83,15 @@ class ContainerWriter:
         return dict(self.sizes)
 
 
+def bounded_decompress(data: bytes, limit: int, dctx: "zstandard.ZstdDecompressor | None" = None) -> bytes:
+    """One zstd frame, refusing to produce more than `limit` bytes whatever the frame declares (no file can make
+    the decoder allocate more than what the header says it must hold)."""
+    size = zstandard.frame_content_size(data)
+    if size > limit:
+        raise ValueError(f"a compressed part declares {size} bytes where at most {limit} fit")
+    return (dctx or zstandard.ZstdDecompressor()).decompress(data, max_output_size=max(int(limit), 1))
+
+
 @dataclass
 class ContainerReader:
     """Random access to the header and chunks of a `.sarz` file, verifying every checksum it reads."""
@@ -122,7 +132,9 @@ class ContainerReader:
             try:
                 dctx = zstandard.ZstdDecompressor(dict_data=_header_dict()) if (major, minor) >= (1, 1) \
                     else zstandard.ZstdDecompressor()
-                header = json.loads(dctx.decompress(body).decode("utf-8"))
+                header = json.loads(bounded_decompress(body, MAX_HEADER_BYTES, dctx).decode("utf-8"))
+            except RecursionError:
+                raise SarInputError(path, "header JSON is nested too deeply (file is damaged)") from None
             except (ValueError, zstandard.ZstdError):
                 raise SarInputError(path, "header is not valid JSON (file is damaged)") from None
             if size < _PRE.size + hlen + _FOOTER.size:
@@ -137,7 +149,11 @@ class ContainerReader:
             index = fh.read(ilen)
             if zlib.crc32(index) != icrc:
                 raise SarInputError(path, "chunk index checksum mismatch (file is damaged)")
-            table = np.frombuffer(zstandard.ZstdDecompressor().decompress(index), dtype="<u4").reshape(-1, 2)
+            # every chunk has at least one byte: the index cannot describe more chunks than the file has bytes
+            raw = bounded_decompress(index, 8 * size)
+            if len(raw) % 8:
+                raise SarInputError(path, "chunk index has a partial entry (file is damaged)")
+            table = np.frombuffer(raw, dtype="<u4").reshape(-1, 2)
             lengths = table[:, 0].astype(np.int64)
             offsets = _PRE.size + hlen + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
             if len(lengths) and offsets[-1] + lengths[-1] != ioff:

@@ -225,7 +225,7 @@ class FactorizedRangeCodec:
 
     def decode(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         """Inverse of encode (float32 latents)."""
-        dec, esc = split_payload(self._cs, payload)
+        dec, esc = split_payload(self._cs, payload, int(np.prod(shape)))
         out, _ = decode_grouped(dec, self._models, self.tables, _channel_of(shape), esc, 0)
         return self.dequantize(out.reshape(shape))
 
@@ -274,14 +274,17 @@ def join_payload(enc, escapes: list) -> bytes:
     return len(words).to_bytes(4, "little") + words + tail
 
 
-def split_payload(constriction, payload: bytes):
-    """(range decoder, escaped values) of a payload written by join_payload."""
+def split_payload(constriction, payload: bytes, max_escapes: int = 1 << 24):
+    """(range decoder, escaped values) of a payload written by join_payload; at most `max_escapes` escaped
+    values are accepted (one per symbol of the tile), whatever the payload declares."""
     n_bytes = int.from_bytes(payload[:4], "little")
     if 4 + n_bytes > len(payload) or n_bytes % 4:
         raise ValueError("range-coded stream is truncated")
     words = np.frombuffer(payload[4:4 + n_bytes], dtype="<u4").astype(np.uint32)
     rest = payload[4 + n_bytes:]
-    esc = np.frombuffer(zstandard.ZstdDecompressor().decompress(rest), dtype="<i4") if rest \
+    from .container import bounded_decompress
+
+    esc = np.frombuffer(bounded_decompress(rest, 4 * max_escapes), dtype="<i4") if rest \
         else np.zeros(0, np.int32)
     return constriction.stream.queue.RangeDecoder(words), esc
 

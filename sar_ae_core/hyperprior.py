@@ -182,7 +182,7 @@ class HyperpriorRangeCodec:
 
     def _decode_symbols(self, payload: bytes, shape: tuple[int, int, int]):
         c_n, h, w = shape
-        dec, esc = split_payload(self._cs, payload)
+        dec, esc = split_payload(self._cs, payload, 2 * c_n * h * w)
         zh, zw = -(-h // HYPER_DOWN), -(-w // HYPER_DOWN)
         z, k = decode_grouped(dec, self._zm, self.tables.z, _channel_of((self.tables.prior.z_channels, zh, zw)),
                               esc, 0)

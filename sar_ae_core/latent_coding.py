@@ -82,9 +82,11 @@ class UniformZstdCodec:
     def decode(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         """Decompress and dequantize one latent tile of the given (C, h, w) shape."""
         c, h, w = shape
-        raw = zstandard.ZstdDecompressor().decompress(payload)
         nb = 2 * c * 2
         expected = nb + c * h * w * np.dtype(self.qdtype).itemsize
+        from .container import bounded_decompress
+
+        raw = bounded_decompress(payload, expected)
         if len(raw) != expected:
             raise ValueError(f"latent tile has {len(raw)} bytes, expected {expected}")
         bounds = np.frombuffer(raw[:nb], dtype="<f2").reshape(2, c)

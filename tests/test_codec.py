@@ -225,7 +225,7 @@ def test_fewer_bits_give_fewer_bytes(tmp_path, tiny_bundle, spain_db):
     sizes = {bits: compress_raster(spain_db, tmp_path / f"b{bits}.sarz", model=tiny_bundle, bits=bits,
                                    device="cpu")["bytes"] for bits in (8, 4, 2)}
     assert sizes[8] > sizes[4] > sizes[2]
-    with pytest.raises(ValueError, match="bits must be between 1 and 16"):
+    with pytest.raises(SarInputError, match="--bits must be an integer from 1 to 16"):
         compress_raster(spain_db, tmp_path / "b0.sarz", model=tiny_bundle, bits=0)
 
 
