@@ -9,8 +9,8 @@ they passed (|error| <= step/2), so the reconstruction keeps every value.
 
 Chunk layout (mask id `packbits-zstd-escapes`): varint length of the validity-mask part, the mask part
 (`latent_coding.encode_mask`), then — only when the tile has escapes — one zstd frame holding
-uint32 count, uint32 position deltas (raster order within the tile), int16 codes (k > 0: above + (k−1)·step,
-k < 0: vmin + (k+1)·step).
+uint32 count, LEB128 position deltas (raster order within the tile), int16 codes as low bytes then high bytes
+(k > 0: above + (k−1)·step, k < 0: vmin + (k+1)·step) — 16 bits per escape on a Sentinel-1 chip.
 """
 
 from __future__ import annotations
@@ -67,9 +67,39 @@ def encode_escapes(db: np.ndarray, escaped: np.ndarray, vmin: float, vmax: float
     # code k >= 1 above: vmax + (k - 1)·step; code -k below: vmin - (k - 1)·step (the sign tells the side)
     k = np.rint(np.where(above, values - vmax, vmin - values) / step) + 1
     codes = np.where(above, 1, -1) * np.clip(k, 1, 32767)
-    deltas = np.diff(flat, prepend=0).astype("<u4")
-    body = np.array([flat.size], "<u4").tobytes() + deltas.tobytes() + codes.astype("<i2").tobytes()
+    body = np.array([flat.size], "<u4").tobytes() + _varints(np.diff(flat, prepend=0)) + \
+        codes.astype("<i2").view(np.uint8).reshape(-1, 2).T.tobytes()  # low bytes, then high bytes
     return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(body)
+
+
+def _varints(values: np.ndarray) -> bytes:
+    """LEB128 of non-negative integers below 2**28 (a tile's pixel positions), vectorised."""
+    v = values.astype(np.int64)
+    nbytes = 1 + (v >= 1 << 7) + (v >= 1 << 14) + (v >= 1 << 21)
+    out = np.zeros((v.size, 4), np.uint8)
+    for j in range(4):
+        part = (v >> (7 * j)) & 0x7F
+        more = nbytes > j + 1
+        out[:, j] = part | (more * 0x80)
+    keep = np.arange(4)[None, :] < nbytes[:, None]
+    return out[keep].tobytes()
+
+
+def _read_varints(buf: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    """The first n LEB128 integers (each at most 4 bytes) of a uint8 array, and the bytes they used."""
+    ends = np.flatnonzero((buf & 0x80) == 0)
+    if ends.size < n:
+        raise ValueError("escape positions are truncated")
+    ends = ends[:n]
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    if lengths.size and lengths.max() > 4:
+        raise ValueError("escape position too large")
+    vals = np.zeros(n, np.int64)
+    for j in range(4):
+        has = lengths > j
+        vals[has] |= (buf[starts[has] + j].astype(np.int64) & 0x7F) << (7 * j)
+    return vals, int(ends[-1]) + 1 if n else 0
 
 
 def decode_escapes(frame: bytes, shape: tuple[int, int], vmin: float, vmax: float,
@@ -78,14 +108,19 @@ def decode_escapes(frame: bytes, shape: tuple[int, int], vmin: float, vmax: floa
     if not frame:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
     npix = shape[0] * shape[1]
-    body = zstandard.ZstdDecompressor().decompress(frame, max_output_size=4 + 6 * npix)
+    from .container import bounded_decompress
+
+    body = bounded_decompress(frame, 4 + 6 * npix)
     if len(body) < 4:
         raise ValueError("escape frame too short")
     n = int(np.frombuffer(body[:4], "<u4")[0])
-    if n == 0 or n > npix or len(body) != 4 + 6 * n:
-        raise ValueError(f"escape frame holds {len(body)} bytes for {n} escapes")
-    deltas = np.frombuffer(body[4:4 + 4 * n], "<u4").astype(np.int64)
-    codes = np.frombuffer(body[4 + 4 * n:], "<i2").astype(np.float64)
+    if n == 0 or n > npix:
+        raise ValueError(f"escape frame declares {n} escapes in a tile of {npix} pixels")
+    buf = np.frombuffer(body, np.uint8, offset=4)
+    deltas, used = _read_varints(buf, n)
+    if buf.size - used != 2 * n:
+        raise ValueError(f"escape frame holds {buf.size - used} code bytes for {n} escapes")
+    codes = (buf[used:used + n].astype(np.int16) | (buf[used + n:].astype(np.int16) << 8)).astype(np.float64)
     flat = np.cumsum(deltas)
     if flat[-1] >= npix or (n > 1 and np.any(deltas[1:] == 0)):
         raise ValueError("escape positions outside the tile")
