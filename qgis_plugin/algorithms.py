@@ -135,6 +135,15 @@ def beside(source: str, suffix: str) -> str:
     raise QgsProcessingException(f"no free file name for the output beside {source}: choose an output file")
 
 
+def reconstruction_name(sarz: str) -> str:
+    """Layer name of a reconstruction: source, model and measured rate ('scene — sarae-q2, 0.53 bpp')."""
+    from sar_ae_core.codec import sarz_info
+
+    info = sarz_info(sarz)
+    stem = Path(info["source_name"]).stem if info.get("source_name") else Path(sarz).stem
+    return f"{stem} — {info['model']}, {info['bpp']:.2f} bpp"
+
+
 class FeedbackProgress:
     """The core's progress callback on a QgsProcessingFeedback: percent, stage text, and cancel."""
 
@@ -165,6 +174,7 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
     MODEL = "MODEL"
     MODEL_FILE = "MODEL_FILE"
     BITS = "BITS"
+    TARGET_BPP = "TARGET_BPP"
     SCALING = "SCALING"
     CODEC = "CODEC"
     DEVICE = "DEVICE"
@@ -266,9 +276,14 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
                                                        defaultValue="all"))
         self._add_units()
         self._add_model()
-        self.addParameter(QgsProcessingParameterNumber(self.BITS, self.tr("Quantization bits per latent value"),
-                                                       QgsProcessingParameterNumber.Integer, 8, minValue=1,
-                                                       maxValue=16))
+        target = QgsProcessingParameterNumber(self.TARGET_BPP, self.tr(
+            "Target rate (bits per pixel; 0 = the model's own rate)"), QgsProcessingParameterNumber.Double, 0.0,
+            minValue=0.0, maxValue=8.0)
+        self.addParameter(target)
+        # only the uniform-zstd coder reads it: the entropy-coded default models ignore it, so it is advanced
+        self._advanced(QgsProcessingParameterNumber(self.BITS, self.tr(
+            "Quantization bits per latent value (uniform-zstd coder only)"), QgsProcessingParameterNumber.Integer,
+            8, minValue=1, maxValue=16))
         self._advanced(self._choice(self.SCALING, "dB range", SCALING_CHOICES, "auto"))
         self._advanced(self._choice(self.CODEC, "Latent coder", CODEC_CHOICES, "auto"))
         self._add_device()
@@ -407,8 +422,7 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
         outputs = {self.tr("Compressed file"): output, **(extra_outputs or {})}
         self._guard_outputs(outputs, [source, self.parameterAsFile(parameters, self.MODEL_FILE, context)], feedback)
         feedback.pushInfo(self.tr(f"Compressing {source}"))
-        res = compress_raster(
-            source, output, model=self._model(parameters, context),
+        options = dict(
             bands=self.parameterAsString(parameters, self.BANDS, context).strip() or "all",
             units=self._enum(parameters, self.UNITS, context),
             bits=self.parameterAsInt(parameters, self.BITS, context),
@@ -416,14 +430,42 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
             codec=self._enum(parameters, self.CODEC, context),
             device=self._enum(parameters, self.DEVICE, context),
             tile=self.parameterAsInt(parameters, self.TILE, context),
-            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-            overwrite=True, progress=progress)
+            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context))
+        target = self.parameterAsDouble(parameters, self.TARGET_BPP, context) \
+            if self.parameterDefinition(self.TARGET_BPP) is not None else 0.0
+        if target > 0:
+            from sar_ae_core.rate import compress_to_rate, search_summary
+
+            feedback.pushInfo(self.tr(f"Target rate {target:g} bits per pixel: the rate point and its quantization "
+                                      "are searched (Model is not used)"))
+            progress(0.05, "searching the rate")
+            res = compress_to_rate(source, output, target, overwrite=True, **options)
+            feedback.pushInfo(search_summary(res))
+        else:
+            res = compress_raster(source, output, model=self._model(parameters, context), overwrite=True,
+                                  progress=progress, **options)
         self._wrote(output)
+        self._log_decisions(output, res, feedback)
         feedback.pushInfo(self.tr(
             f"Wrote {output}: {res['bytes']:,} bytes = {res['bpp']:.4f} bits per pixel (measured from the file), "
             f"compression ratio {res['compression_ratio']:.1f}:1 against the source's samples; model {res['model']} "
             f"on {res['device']}, {res['seconds']:.1f} s."))
         return source, output, res
+
+    def _log_decisions(self, sarz: str, res: dict, feedback) -> None:
+        """Say what every 'auto' decided: units (and why), dB range (and why), codec, escapes."""
+        from sar_ae_core.codec import sarz_info
+
+        info = sarz_info(sarz)
+        sc = info["scaling"]
+        feedback.pushInfo(self.tr(f"Units: {info['source_units']} ({info['source_dtype']} source)"))
+        feedback.pushInfo(self.tr(f"dB range: [{sc['vmin_db']:.2f}, {sc['vmax_db']:.2f}] dB — {res['scaling']}"))
+        codec = info["codec"]
+        gain = f", quantization gain {codec['gain']:.3f}" if "gain" in codec else ""
+        feedback.pushInfo(self.tr(f"Latent coder: {codec['id']}{gain}; model {info['model']}"))
+        if res.get("escape_step_db"):
+            feedback.pushInfo(self.tr(f"Kept exactly (nothing clipped): {res['escaped_pixels']:,} pixel(s) outside "
+                                      f"the dB range or among the brightest 0.1 %, to ±{res['escape_step_db'] / 2:g} dB"))
 
     def _map_destinations(self, parameters, context) -> dict:
         """{map parameter: (map kind, path)} of the quality maps the user asked for."""
@@ -564,7 +606,7 @@ class ReconstructAlgorithm(SarAeAlgorithm):
         self._wrote(output)
         feedback.pushInfo(self.tr(f"Wrote {output}: {res['width']}x{res['height']} px, {res['bands']} band(s), "
                                   f"{res['units']} {res['dtype']}, {res['seconds']:.1f} s."))
-        styling.style_when_loaded(context, output, styling.style_reconstruction(None), "Reconstruction")
+        styling.style_when_loaded(context, output, styling.style_reconstruction(None), reconstruction_name(source))
         return {self.OUTPUT: output}
 
 
@@ -701,7 +743,7 @@ class CompressReviewAlgorithm(SarAeAlgorithm):
             self._wrote(write_text_atomic(placed[self.OUTPUT_HTML],
                                           assessment_html(res, title="Compress and review", compression=comp)))
         styling.style_when_loaded(context, recon, styling.style_reconstruction(getattr(self, "_stretch", None)),
-                                  "Reconstruction")
+                                  reconstruction_name(sarz))
         self._style_maps(context, placed)
         return {self.OUTPUT: sarz, self.RECONSTRUCTION: recon, **placed, "BPP": comp["bpp"],
                 "COMPRESSION_RATIO": comp["compression_ratio"],

@@ -486,7 +486,8 @@ def sarz_info(path: str | os.PathLike) -> dict:
         return {"path": f.path, "bytes": nbytes, "bpp": nbytes * 8 / pixels, "pixels": pixels,
                 "parts": {**sizes, "header+index": nbytes - sizes["latents"] - sizes["masks"]},
                 "width": p.width, "height": p.height, "bands": f.bands, "band_names": src.get("band_names"),
-                "source_units": src["units"], "source_dtype": src["dtype"], "georef": f.georef.kind,
+                "source_name": src["name"], "source_units": src["units"], "source_dtype": src["dtype"],
+                "georef": f.georef.kind,
                 "model": f.model_name, "model_sha256": f.model_sha, "codec": f.header["codec"],
                 "tiling": f.header["tiling"], "scaling": f.header["scaling"], "created_by": f.header.get("created_by")}
 

@@ -204,7 +204,9 @@ def test_compress_reports_the_measured_rate(chain, spain_db):
 def test_reconstruct_loads_a_gray_layer_on_the_source_grid(chain, spain_db):
     from qgis_plugin import styling
 
-    layer = chain["recon_layers"]["Reconstruction"]
+    (name, layer), = chain["recon_layers"].items()
+    # named after its source, model and measured rate
+    assert name == f"{spain_db.stem} — tiny-cbam, {chain['compress']['BPP']:.2f} bpp"
     assert layer.isValid() and layer.bandCount() == 2
     same_grid(layer, spain_db)
     r = layer.renderer()
@@ -385,8 +387,9 @@ def test_compress_review_loads_everything_styled_like_the_source(qgis_app, tmp_p
     res, layers = run_and_load("sarae:compress_review", params, fb)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["enl.tif", "epi.tif", "error.tif", "recon.tif",
                                                           "review.html", "scene.sarz"]
-    assert set(layers) == {"Reconstruction", "Absolute error (dB)", "ENL ratio", "Edge preservation (EPI)"}
-    recon = layers["Reconstruction"]
+    recon_name = f"{spain_db.stem} — tiny-cbam, {res['BPP']:.2f} bpp"
+    assert set(layers) == {recon_name, "Absolute error (dB)", "ENL ratio", "Edge preservation (EPI)"}
+    recon = layers[recon_name]
     same_grid(recon, spain_db)
     ce = recon.renderer().contrastEnhancement()
     assert (ce.minimumValue(), ce.maximumValue()) == (-21.5, -1.5)  # the source layer's stretch
@@ -599,3 +602,28 @@ def test_install_enables_the_plugin_and_keeps_other_settings(tmp_path):
     assert (target / "algorithms.py").is_symlink()
     assert (target / "sar_ae_core").resolve() == (ROOT / "sar_ae_core").resolve()
     assert ini.read_text().count("sarae_codec=true") == 1
+
+
+def test_compress_to_a_target_rate_logs_every_decision(qgis_app, tmp_path, spain_db):
+    """Target rate: the file's real bits per pixel within 3 %; the log states units, dB range, coder, escapes."""
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    fb = QgsProcessingFeedback()
+    res = processing.run("sarae:compress", {"INPUT": str(spain_db), "TARGET_BPP": 0.4,
+                                            "OUTPUT": str(tmp_path / "t.sarz")}, feedback=fb)
+    bpp = Path(res["OUTPUT"]).stat().st_size * 8 / (512 * 512 * 2)
+    assert res["BPP"] == pytest.approx(bpp) and abs(bpp / 0.4 - 1) <= 0.03
+    log = fb.textLog()
+    for text in ("Units: db", "dB range: [", "Latent coder: factorized-range", "Kept exactly", "--rate 0.4:"):
+        assert text in log, text
+    bits = QgsApplication_alg("sarae:compress").parameterDefinition("BITS")
+    from qgis.core import QgsProcessingParameterDefinition
+
+    assert bits.flags() & QgsProcessingParameterDefinition.FlagAdvanced  # the default model ignores it
+
+
+def QgsApplication_alg(alg_id):
+    from qgis.core import QgsApplication
+
+    return QgsApplication.processingRegistry().algorithmById(alg_id)
