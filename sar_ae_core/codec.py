@@ -125,7 +125,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             from .scaling import fit_scaling
 
             bright = fit_scaling([r], low=1, high=100 - float(keep_brightest), max_pixels_per_raster=1_000_000,
-                                 noise_floor=scaling.noise_floor).vmax_db
+                                 noise_floor=scaling.noise_floor, flat_ok=True).vmax_db
             above = float(min(above, max(bright, scaling.vmin_db + step)))
         above = math.floor(above * 1000) / 1000  # a short header number; a lower bound only escapes more
         info = r.info
@@ -238,7 +238,7 @@ def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto") -> tuple
         raise SarInputError(None, f"scaling must be auto, model or source (got '{mode}')")
     if mode == "model":
         return model_scaling, "the model's training range"
-    quick = fit_scaling([r], low=1, high=99, max_pixels_per_raster=1_000_000)
+    quick = fit_scaling([r], low=1, high=99, max_pixels_per_raster=1_000_000, flat_ok=True)
     lo, hi = model_scaling.vmin_db - 1.0, model_scaling.vmax_db + 1.0
     if mode == "auto" and lo <= quick.vmin_db and quick.vmax_db <= hi:
         return model_scaling, "the model's training range (covers this raster's 1st-99th percentiles)"
@@ -256,7 +256,7 @@ def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto") -> tuple
                          f"1st-99th percentiles [{quick.vmin_db:.1f}, {quick.vmax_db:.1f}] dB fall outside the "
                          f"model's range [{model_scaling.vmin_db:.1f}, {model_scaling.vmax_db:.1f}] dB)")
     fitted = fit_scaling([r], low=0.1, high=99.9, max_pixels_per_raster=4_000_000,
-                         noise_floor=model_scaling.noise_floor)
+                         noise_floor=model_scaling.noise_floor, flat_ok=True)
     why = "fitted on this raster (0.1-99.9 percentiles)"
     if mode == "auto":
         why += (f": its 1st-99th percentiles [{quick.vmin_db:.1f}, {quick.vmax_db:.1f}] dB fall outside the "

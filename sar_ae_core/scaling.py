@@ -259,8 +259,11 @@ def _accumulate(raster: SarRaster, hist: DbHistogram, noise_floor: float, max_pi
 def fit_scaling(sources: Sequence[str | os.PathLike | SarRaster], method: str = "percentile",
                 low: float = 1.0, high: float = 99.0, units: str = "auto", bands: str | Sequence[int] = "all",
                 vmin_db: Optional[float] = None, vmax_db: Optional[float] = None, noise_floor: float = 1e-10,
-                max_pixels_per_raster: int = 16_000_000, block: int = 1024) -> ScalingParams:
+                max_pixels_per_raster: int = 16_000_000, block: int = 1024,
+                flat_ok: bool = False) -> ScalingParams:
     """Fit the dB clip range on training rasters with streaming statistics (never all pixels in memory).
+    `flat_ok`: a constant raster (a valid image when it is the one being compressed) gets a 1 dB range around
+    its value instead of an error.
 
     method 'percentile': [low, high] percentiles; 'sigma': mean − low·σ … mean + high·σ;
     'fixed': the given vmin_db/vmax_db (no pixels read).
@@ -295,6 +298,8 @@ def fit_scaling(sources: Sequence[str | os.PathLike | SarRaster], method: str = 
         lo, hi = hist.percentile(low), hist.percentile(high)
     else:
         lo, hi = hist.mean - low * hist.std, hist.mean + high * hist.std
+    if not hi > lo and flat_ok:
+        lo, hi = lo - 0.5, lo + 0.5
     if not hi > lo:
         raise SarInputError(names[0] if len(names) == 1 else None,
                             f"the training data are constant ({lo:.3f} dB): cannot fit a clip range")

@@ -362,3 +362,21 @@ def test_auto_scaling_shifts_the_model_range_onto_uncalibrated_data(tmp_path, de
     with open_raster(wide) as r:
         s, why = choose_scaling(r, b.scaling)
     assert "fitted on this raster" in why and s.vmax_db - s.vmin_db > span
+
+
+@pytest.mark.parametrize("value, units", [(-12.0, "db"), (0.05, "linear")])
+def test_a_constant_raster_compresses_and_comes_back_constant(tmp_path, value, units):
+    """A flat image is a valid image (a calm sea at the noise floor, a test pattern): no 'constant data' error."""
+    from rasterio.transform import from_origin
+
+    src = tmp_path / f"flat_{units}.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=300, height=260, count=1, dtype="float32",
+                       crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10)) as ds:
+        ds.write(np.full((1, 260, 300), value, np.float32))
+    sarz, rec = tmp_path / "flat.sarz", tmp_path / "flat.tif"
+    assert main(["compress", str(src), str(sarz), "--units", units]) == 0
+    assert main(["reconstruct", str(sarz), str(rec), "--units", "db"]) == 0
+    with rasterio.open(rec) as ds:
+        out = ds.read(1)
+    expected = value if units == "db" else 10 * np.log10(value)
+    assert np.abs(out - expected).max() < 1.0 and out.std() < 0.1  # within the codec's typical error (RMSE ~1.3 dB)
