@@ -363,8 +363,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: parse, run, map errors to exit codes with a one-line message."""
     from .output import Terminated, discard_pending, terminate_as_cancel
 
+    import logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    log = logging.getLogger("sar_ae_core")
+    if not log.handlers:  # warnings (e.g. a job estimated to take hours) as one line on stderr
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
     terminate_as_cancel()  # SIGTERM cleans up like Ctrl-C
     try:
         return int(args.func(args) or 0)

@@ -119,6 +119,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
         if halo_cells is None:  # at least 32 px of context on each side, whatever the downsampling
             halo_cells = max(2, math.ceil(HALO_PIXELS / d))
         plan = TilePlan(r.width, r.height, d, tile, halo_cells)
+        preflight(r.path, plan, r.count)
         scaling, scaling_reason = choose_scaling(r, bundle.scaling, scaling)
         above = scaling.vmax_db
         if step and keep_brightest > 0:
@@ -188,6 +189,47 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             "bands": info.count, "model": bundle.name, "scaling": scaling_reason, "escaped_pixels": n_escaped,
             "escape_step_db": step, "device": str(dev), "seconds": time.perf_counter() - t_start,
             "timing": timer.as_dict()}
+
+
+#: measured on the 2-core reference machine (benchmarks/bench_codec.py): pixels per second of compress, and
+#: bytes held per pixel of one tile-row strip (raw, dB, scaled, padded, validity, latents), per band
+COMPRESS_PX_PER_S = 1.5e6
+STRIP_BYTES_PER_PX = 40
+LONG_JOB_S = 3600
+
+
+def _available_memory() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def preflight(path: str, plan: TilePlan, bands: int) -> dict:
+    """Estimate a compress job before any work: refuse one whose tile-row strip cannot fit in memory (it grows
+    with the raster's width), warn on stderr about one that will run for hours. Returns the estimate."""
+    import logging
+
+    strip = (plan.tile + 2 * plan.halo) * (plan.tile_cols * plan.tile + 2 * plan.halo) * bands * STRIP_BYTES_PER_PX
+    seconds = plan.width * plan.height * bands / COMPRESS_PX_PER_S
+    free = _available_memory()
+    est = {"strip_bytes": strip, "seconds": seconds, "available_bytes": free}
+    if free is not None and strip > 0.8 * free:
+        raise SarInputError(path, f"is {plan.width} px wide: one tile row needs ~{strip / 2**30:.1f} GiB of memory "
+                                  f"and {free / 2**30:.1f} GiB are available; compress a band at a time (--bands) "
+                                  "or a narrower crop")
+    if seconds > LONG_JOB_S:
+        logging.getLogger("sar_ae_core").warning(
+            "%s: %d x %d px x %d band(s) will take about %.1f hours on a 2-core CPU (and ~%.1f GiB of memory)",
+            path, plan.width, plan.height, bands, seconds / 3600, strip / 2**30)
+    return est
 
 
 class LatentStore:
