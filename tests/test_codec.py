@@ -380,3 +380,22 @@ def test_a_constant_raster_compresses_and_comes_back_constant(tmp_path, value, u
         out = ds.read(1)
     expected = value if units == "db" else 10 * np.log10(value)
     assert np.abs(out - expected).max() < 1.0 and out.std() < 0.1  # within the codec's typical error (RMSE ~1.3 dB)
+
+
+def test_preflight_refuses_a_raster_too_wide_for_memory_before_any_work(tmp_path, spain_db, capsys):
+    """The tile-row strip grows with the width: a raster whose strip cannot fit is refused at once, with the
+    estimate, instead of swapping for hours."""
+    import time
+
+    from sar_ae_core.codec import STRIP_BYTES_PER_PX, _available_memory
+    from sar_ae_core.raster import mosaic_vrt
+
+    free = _available_memory()
+    assert free and free > 0
+    width = int(1.5 * free / (320 * STRIP_BYTES_PER_PX))
+    vrt = mosaic_vrt(spain_db, tmp_path / "wide.vrt", width, 64)
+    t0 = time.perf_counter()
+    assert main(["compress", vrt, str(tmp_path / "w.sarz"), "--units", "db"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "GiB of memory" in err and f"{width} px wide" in err
+    assert time.perf_counter() - t0 < 20 and not (tmp_path / "w.sarz").exists()
