@@ -207,6 +207,9 @@ def run_case(path: str, out_dir: str, model: str | None) -> tuple[str, str]:
 
 
 def _worker(conn, model, as_bytes):
+    import warnings
+
+    warnings.simplefilter("ignore")  # rasterio's not-georeferenced notes on mutated georefs: not what is counted
     _limit(as_bytes)
     import sar_ae_core.codec  # noqa: F401 - import once per worker
     while True:
