@@ -185,7 +185,9 @@ def test_provider_lists_the_five_algorithms(qgis_app):
     # constants the plugin keeps so that it loads without torch must match the core's
     assert algorithms.DEFAULT_MODEL == model_io.DEFAULT_MODEL
     assert algorithms.UNIT_CHOICES == raster.UNIT_CHOICES
-    assert algorithms.bundled_model_names() == [p.stem for p in model_io.bundled_models()]
+    names = algorithms.bundled_model_names()
+    assert sorted(names) == sorted(p.stem for p in model_io.bundled_models())
+    assert names[0] == model_io.DEFAULT_MODEL and names[-1] == "sarae-default"  # default first, weakest last
 
 
 # ------------------------------------------------------------------------------------------------
