@@ -143,6 +143,17 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def cmd_bitmap(args) -> int:
+    """Write where the bits go (bits per pixel from the file's coded symbols) as a GeoTIFF."""
+    from .bitmap import bit_allocation_raster
+
+    with _progress_bar("bitmap") as bar:
+        r = bit_allocation_raster(args.input, args.output, model=args.model, overwrite=args.overwrite, progress=bar)
+    print(f"wrote {r['output']}: mean {r['mean_bpp']:.4f} bits per pixel of latents ({r['bits'] / 8:.0f} bytes by "
+          f"the tables, {r['latent_bytes']} bytes coded), {r['seconds']:.1f} s")
+    return 0
+
+
 def cmd_info(args) -> int:
     """Show the header and rate of a .sarz file."""
     from .codec import sarz_info
@@ -325,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu (default: bit-exact everywhere) | auto | cuda | cuda:N")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("bitmap", help="map where the bits of a .sarz file go (bits per pixel, GeoTIFF)")
+    s.add_argument("input", help="the .sarz file (factorized-range codec)")
+    s.add_argument("output", help="GeoTIFF to write (one band per coded band)")
+    s.add_argument("--model", default=None, help="model bundle (default: the one named in the file)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    s.set_defaults(func=cmd_bitmap)
 
     s = sub.add_parser("info", help="show the header and rate (bits per pixel) of a .sarz file")
     s.add_argument("input", help="the .sarz file")
