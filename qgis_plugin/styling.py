@@ -96,6 +96,16 @@ def style_attention(layer: QgsRasterLayer, band: int = 1) -> QgsSingleBandPseudo
     return renderer
 
 
+def style_bit_allocation(layer: QgsRasterLayer, band: int = 1) -> QgsSingleBandPseudoColorRenderer:
+    """Bits per pixel as a semi-transparent heat overlay stretched over the map's own 2–98 % range."""
+    lo, hi = cumulative_cut(layer, band, 0.02, 0.98)
+    if not hi > lo:
+        lo, hi = 0.0, max(hi, 1.0)
+    renderer = pseudocolor(layer, band, ATTENTION_RAMP, lo, hi, precision=3)
+    renderer.setOpacity(ATTENTION_OPACITY)
+    return renderer
+
+
 def style_gray(layer: QgsRasterLayer, vmin: float, vmax: float, band: int = 1) -> QgsSingleBandGrayRenderer:
     """Single-band gray with a fixed min/max stretch."""
     renderer = QgsSingleBandGrayRenderer(layer.dataProvider(), band)

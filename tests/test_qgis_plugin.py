@@ -1,4 +1,4 @@
-"""The QGIS plugin in a real headless QGIS on real Sentinel-1 data: provider, the five algorithms through
+"""The QGIS plugin in a real headless QGIS on real Sentinel-1 data: provider, the six algorithms through
 Processing, styling of the loaded outputs, cancel, the dialog, qgis_process, packaging and install."""
 
 import configparser
@@ -19,7 +19,8 @@ pytestmark = pytest.mark.qgis
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSING_PLUGINS = "/usr/share/qgis/python/plugins"
 QGIS_PROCESS = "/usr/bin/qgis_process.bin"
-ALGORITHMS = {"sarae:compress", "sarae:reconstruct", "sarae:assess", "sarae:attention", "sarae:compress_review"}
+ALGORITHMS = {"sarae:compress", "sarae:reconstruct", "sarae:assess", "sarae:attention", "sarae:bit_allocation",
+              "sarae:compress_review"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ def style_ramp_ends(name):
 # ------------------------------------------------------------------------------------------------
 # Provider
 # ------------------------------------------------------------------------------------------------
-def test_provider_lists_the_five_algorithms(qgis_app):
+def test_provider_lists_the_six_algorithms(qgis_app):
     from qgis.core import QgsApplication, QgsProcessingParameterDefinition, QgsProcessingParameterFileDestination
 
     from qgis_plugin import algorithms
@@ -629,3 +630,21 @@ def QgsApplication_alg(alg_id):
     from qgis.core import QgsApplication
 
     return QgsApplication.processingRegistry().algorithmById(alg_id)
+
+
+def test_bit_allocation_map_loads_as_a_stretched_overlay(qgis_app, tmp_path, spain_db):
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    sarz = tmp_path / "s.sarz"
+    processing.run("sarae:compress", {"INPUT": str(spain_db), "OUTPUT": str(sarz)}, feedback=QgsProcessingFeedback())
+    res, layers = run_and_load("sarae:bit_allocation", {"INPUT": str(sarz), "OUTPUT": str(tmp_path / "bits.tif")})
+    (name, layer), = layers.items()
+    assert name == "s — bits per pixel" and layer.bandCount() == 2
+    same_grid(layer, spain_db)
+    r = layer.renderer()
+    assert r.type() == "singlebandpseudocolor" and r.opacity() < 1
+    _, _, lo, hi = ramp_of(r)
+    assert 0 < lo < res["MEAN_BPP"] < hi < 3  # stretched to the map's own range, not a fixed 0-1
+    nbytes = sarz.stat().st_size
+    assert res["MEAN_BPP"] * 512 * 512 * 2 / 8 < nbytes  # latents only: below the whole file
