@@ -259,6 +259,16 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
             self.MODEL_FILE, self.tr("Model file (.pt bundle; overrides Model)"),
             behavior=QgsProcessingParameterFile.File, fileFilter="Model bundles (*.pt)", optional=True))
 
+    def _add_sarz_input(self) -> None:
+        self.addParameter(QgsProcessingParameterFile(self.INPUT, self.tr("Compressed file (.sarz)"),
+                                                     behavior=QgsProcessingParameterFile.File,
+                                                     fileFilter="SARZ files (*.sarz)"))
+
+    def _add_sarz_model_file(self) -> None:
+        self.addParameter(QgsProcessingParameterFile(
+            self.MODEL_FILE, self.tr("Model file (.pt), if the model is not bundled"),
+            behavior=QgsProcessingParameterFile.File, fileFilter="Model bundles (*.pt)", optional=True))
+
     def _add_device(self, default: str = "auto") -> None:
         self._advanced(self._choice(self.DEVICE, "Device", DEVICE_CHOICES, default))
 
@@ -583,13 +593,9 @@ class ReconstructAlgorithm(SarAeAlgorithm):
 
     def initAlgorithm(self, config=None):
         """Declare parameters and outputs."""
-        self.addParameter(QgsProcessingParameterFile(self.INPUT, self.tr("Compressed file (.sarz)"),
-                                                     behavior=QgsProcessingParameterFile.File,
-                                                     fileFilter="SARZ files (*.sarz)"))
+        self._add_sarz_input()
         self.addParameter(self._choice(self.UNITS, "Output units", OUTPUT_UNITS, "source"))
-        self.addParameter(QgsProcessingParameterFile(
-            self.MODEL_FILE, self.tr("Model file (.pt), if the model is not bundled"),
-            behavior=QgsProcessingParameterFile.File, fileFilter="Model bundles (*.pt)", optional=True))
+        self._add_sarz_model_file()
         self._add_device(default="cpu")
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Reconstruction")))
 
@@ -712,12 +718,8 @@ class BitAllocationAlgorithm(SarAeAlgorithm):
 
     def initAlgorithm(self, config=None):
         """Declare parameters and outputs."""
-        self.addParameter(QgsProcessingParameterFile(self.INPUT, self.tr("Compressed file (.sarz)"),
-                                                     behavior=QgsProcessingParameterFile.File,
-                                                     fileFilter="SARZ files (*.sarz)"))
-        self.addParameter(QgsProcessingParameterFile(
-            self.MODEL_FILE, self.tr("Model file (.pt), if the model is not bundled"),
-            behavior=QgsProcessingParameterFile.File, fileFilter="Model bundles (*.pt)", optional=True))
+        self._add_sarz_input()
+        self._add_sarz_model_file()
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Bit allocation map")))
         self.addOutput(QgsProcessingOutputNumber("MEAN_BPP", self.tr("Mean latent bits per pixel")))
 
