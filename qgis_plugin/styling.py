@@ -7,6 +7,8 @@ reconstruction in gray with the same stretch as its source so the two can be com
 
 from __future__ import annotations
 
+import math
+
 import collections
 from typing import Callable, Optional
 
@@ -77,13 +79,22 @@ def style_error_map(layer: QgsRasterLayer, band: int = 1) -> QgsSingleBandPseudo
 
 
 def style_enl_ratio(layer: QgsRasterLayer, band: int = 1) -> QgsSingleBandPseudoColorRenderer:
-    """Local ENL ratio: diverging ramp centred on 1 (red: speckle added, blue: smoothed)."""
-    return pseudocolor(layer, band, ENL_RAMP, *ENL_RANGE)
+    """Local ENL ratio (homogeneous areas only): diverging ramp centred on 1 (red: speckle added, blue:
+    smoothed), symmetric around 1 and wide enough for the map's own 2–98 % range (at least ENL_RANGE)."""
+    lo, hi = cumulative_cut(layer, band, 0.02, 0.98)
+    half = max(ENL_RANGE[1] - 1.0, 1.0 - ENL_RANGE[0])
+    if math.isfinite(lo) and math.isfinite(hi):
+        half = min(max(half, 1.0 - lo, hi - 1.0), 0.9)
+    return pseudocolor(layer, band, ENL_RAMP, 1.0 - half, 1.0 + half)
 
 
 def style_epi(layer: QgsRasterLayer, band: int = 1) -> QgsSingleBandPseudoColorRenderer:
-    """Local edge preservation index on its natural 0–1 range."""
-    return pseudocolor(layer, band, EPI_RAMP, 0.0, 1.0)
+    """Local edge preservation index stretched over its own 2–98 % range (it mostly lives in 0.8–1)."""
+    lo, hi = cumulative_cut(layer, band, 0.02, 0.98)
+    lo, hi = max(0.0, lo), min(1.0, hi)
+    if not hi > lo:
+        lo, hi = 0.0, 1.0
+    return pseudocolor(layer, band, EPI_RAMP, lo, hi, precision=3)
 
 
 def style_attention(layer: QgsRasterLayer, band: int = 1) -> QgsSingleBandPseudoColorRenderer:

@@ -140,7 +140,9 @@ def assess_rasters(reference: str | os.PathLike, test: str | os.PathLike, *, uni
         check_same_grid(ref, tst)
         writers = {}
         for kind, path in map_paths.items():
-            names = [f"{kind} {n or f'band {b}'}" for n, b in zip(ref.band_names, ref.band_indexes)]
+            where = f" ({window} px window, homogeneous areas only)" if kind == "enl_ratio" else \
+                (f" ({window} px window)" if kind == "epi" else "")
+            names = [f"{kind} {n or f'band {b}'}{where}" for n, b in zip(ref.band_names, ref.band_indexes)]
             writers[kind] = stack.enter_context(GeoTiffWriter(
                 path, ref.width, ref.height, ref.count, "float32", ref.georef, nodata=float("nan"),
                 inputs=(reference, test), band_names=names, tags={"SARAE_MAP": kind, "SARAE_REFERENCE": os.path.basename(ref.path),
@@ -202,7 +204,8 @@ def _accumulate_window(ref, tst, win, band, lo, hi, thr, window, sums: _BandSums
     r_lin = np.power(10.0, np.where(v, r_db, 0.0) / 10.0)
     t_lin = np.power(10.0, np.where(v, t_db, 0.0) / 10.0)
     cv, cand = M.local_cv_window(np.where(v, r_lin, np.nan), v, window)
-    hom = (cand & (cv < thr))[core]
+    hom_full = cand & (cv < thr)
+    hom = hom_full[core]
     rl, tl = r_lin[core][hom], t_lin[core][hom]
     sums.hom_n += int(hom.sum())
     sums.r1 += float(rl.sum())
@@ -214,7 +217,8 @@ def _accumulate_window(ref, tst, win, band, lo, hi, thr, window, sums: _BandSums
         out_win = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
         maps = {
             "abs_error_db": M.abs_error_db_window(r_db, t_db, v),
-            "enl_ratio": M.local_enl_ratio_window(r_lin, t_lin, v, window),
+            # the ENL ratio means something over homogeneous areas only (the pooled value's rule): NaN elsewhere
+            "enl_ratio": np.where(hom_full, M.local_enl_ratio_window(r_lin, t_lin, v, window), np.nan),
             "epi": M.local_epi_window(r_db, t_db, v, window),
         }
         for kind, w in writers.items():
