@@ -38,14 +38,12 @@ from .deps import dependency_problem
 from .report import assessment_html, write_text_atomic
 
 ICON_PATH = str(Path(__file__).resolve().parent / "icons" / "sarae.svg")
-# Same as sar_ae_core.model_io.DEFAULT_MODEL (not imported here: model_io needs torch).
-DEFAULT_MODEL = "sarae-q2"
-ATTENTION_MODEL = "sarae-default"  # same as sar_ae_core.model_io.ATTENTION_MODEL
-UNIT_CHOICES = ("auto", "linear", "amplitude", "db", "complex")   # sar_ae_core.raster.UNIT_CHOICES
-SCALING_CHOICES = ("auto", "model", "source")
-CODEC_CHOICES = ("auto", "uniform-zstd", "factorized-range")   # sar_ae_core.codec._choose_codec
+# sar_ae_core.defaults is dependency-free: the plugin reads it before it knows whether torch imports
+from sar_ae_core.defaults import (ATTENTION_MODEL, CODEC_IDS, DEFAULT_MODEL, OUTPUT_UNITS, SCALING_CHOICES, TILE,  # noqa: E402
+                                  UNIT_CHOICES)
+
+CODEC_CHOICES = ("auto",) + CODEC_IDS
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-OUTPUT_UNITS = ("source", "db")
 NO_BUNDLED_MODEL = "(no bundled model: choose a model file below)"
 MAP_PARAMS = (("ERROR_MAP", "abs_error_db"), ("ENL_MAP", "enl_ratio"), ("EPI_MAP", "epi"))
 METRIC_OUTPUTS = (("PSNR", "psnr", "PSNR (dB)"), ("SSIM", "ssim", "SSIM"), ("RMSE_DB", "rmse_db", "RMSE (dB)"),
@@ -274,7 +272,7 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
 
     def _add_tiling(self, batch: bool = True) -> None:
         self._advanced(QgsProcessingParameterNumber(self.TILE, self.tr("Tile size (pixels, multiple of 16)"),
-                                                    QgsProcessingParameterNumber.Integer, 256, minValue=16,
+                                                    QgsProcessingParameterNumber.Integer, TILE, minValue=16,
                                                     maxValue=4096))
         if batch:
             self._advanced(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Tiles per batch"),

@@ -20,13 +20,14 @@ from .codec import _read_strip, choose_scaling
 from .errors import SarInputError
 from .model_io import ModelBundle, ready_bundle
 from .progress import Progress, ProgressFn
+from .defaults import TILE
 from .raster import GeoTiffWriter, Window, check_output_path, open_raster
 from .tiling import TilePlan
 
 
 def attention_map_raster(input_path: str | os.PathLike, output_path: str | os.PathLike, *,
                          model: Optional[str] = None, band: int = 1, units: str = "auto", device: str = "auto",
-                         tile: int = 256, halo_cells: int = 2, batch_size: int = 8, scaling: str = "auto",
+                         tile: int = TILE, halo_cells: int = 2, batch_size: int = 8, scaling: str = "auto",
                          overwrite: bool = False, progress: Optional[ProgressFn] = None, bundle: Optional[ModelBundle] = None) -> dict:
     """Write the mean spatial attention of a model over one band of a raster as a float32 GeoTIFF in [0, 1].
 

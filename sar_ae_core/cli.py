@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import Cancelled, SarInputError
-from .raster import UNIT_CHOICES
+from .defaults import CODEC_IDS, OUTPUT_UNITS, SCALING_CHOICES, TILE, UNIT_CHOICES
 
 SAMPLE = Path(__file__).resolve().parent / "sample" / "s1_iw_grd_sen1floods11_spain_7370579_vv_vh_db.tif"
 
@@ -307,13 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--units", default="auto", choices=UNIT_CHOICES, help="source units (default auto)")
     s.add_argument("--bits", type=int, default=8,
                    help="latent quantization bits for the uniform-zstd codec, 1-16 (default 8)")
-    s.add_argument("--codec", default="auto", choices=("auto", "uniform-zstd", "factorized-range", "hyperprior-range"),
+    s.add_argument("--codec", default="auto", choices=("auto",) + CODEC_IDS,
                    help="latent coder: the model's learned entropy model when it has one (auto), or uniform "
                         "quantization + zstd")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    s.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
+    s.add_argument("--tile", type=int, default=TILE, help=f"tile size in pixels (default {TILE})")
     s.add_argument("--batch-size", type=int, default=8, help="encoder batch size (default 8)")
-    s.add_argument("--scaling", default="auto", choices=("auto", "model", "source"),
+    s.add_argument("--scaling", default="auto", choices=SCALING_CHOICES,
                    help="dB range: the model's, fitted on this raster, or auto (model's unless the raster "
                         "falls outside it)")
     s.add_argument("--escape-step", type=float, default=0.1, metavar="DB",
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("reconstruct", help="reconstruct a georeferenced GeoTIFF from a .sarz file")
     s.add_argument("input", help="the .sarz file")
     s.add_argument("output", help="GeoTIFF to write")
-    s.add_argument("--units", default="source", choices=("source", "db"),
+    s.add_argument("--units", default="source", choices=OUTPUT_UNITS,
                    help="source units and dtype (default) or dB float32")
     s.add_argument("--window", nargs=4, type=int, metavar=("COL", "ROW", "WIDTH", "HEIGHT"),
                    help="decode only this pixel window")

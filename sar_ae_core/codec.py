@@ -26,6 +26,7 @@ from .container import ContainerReader, ContainerWriter
 from .errors import SarInputError
 from .latent_coding import UniformZstdCodec, codec_from_params, decode_mask, encode_mask
 from .model_io import ModelBundle, load_bundle, ready_bundle, select_device
+from .defaults import HALO_PIXELS, SCALING_CHOICES, TILE
 from .options import MAX_BATCH, MAX_TILE, choice_option, device_option, int_option
 from .progress import Progress, ProgressFn
 from .raster import AtomicOutput, Georef, GeoTiffWriter, Window, check_output_path, open_raster
@@ -35,7 +36,6 @@ from .tiling import TilePlan, blend_weights
 
 
 _OUT_COLS = 1024
-HALO_PIXELS = 32
 SHA_PREFIX = 16  # hex digits of the model SHA-256 stored in `.sarz` headers (64 bits: no accidental match)
 
 
@@ -67,7 +67,7 @@ class _Timer:
 # ------------------------------------------------------------------------------------------------
 def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLike, *, model: Optional[str] = None,
                     bands: str | Sequence[int] = "all", units: str = "auto", bits: int = 8, device: str = "auto",
-                    tile: int = 256, halo_cells: Optional[int] = None, batch_size: int = 8, scaling: str = "auto",
+                    tile: int = TILE, halo_cells: Optional[int] = None, batch_size: int = 8, scaling: str = "auto",
                     codec: str = "auto", overwrite: bool = False, progress: Optional[ProgressFn] = None,
                     bundle: Optional[ModelBundle] = None, escape_step_db: Optional[float] = esc.DEFAULT_STEP_DB,
                     keep_brightest: float = esc.DEFAULT_BRIGHTEST_PERCENT, gain: float = 1.0,
@@ -93,7 +93,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
         raise SarInputError(None, f"--keep-brightest must be between 0 and {esc.MAX_BRIGHTEST_PERCENT:g} percent "
                                   f"(got {keep_brightest})")
     inputs = [input_path] + ([model] if model and os.path.exists(os.fspath(model)) else [])
-    choice_option("--scaling", scaling, ("auto", "model", "source"))
+    choice_option("--scaling", scaling, SCALING_CHOICES)
     device_option(device)
     check_output_path(output_path, overwrite, inputs)
     prog = Progress(progress)

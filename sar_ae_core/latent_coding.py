@@ -1,6 +1,6 @@
 """Lossless coding of quantized latents and validity masks, one tile at a time.
 
-Each latent codec has an id stored in the `.sarz` header; readers look it up in `LATENT_CODECS`, so a
+Each latent codec has an id stored in the `.sarz` header; its ids are `defaults.CODEC_IDS`, and `codec_from_params` builds the codec for one, so a
 learned entropy model can be added later under a new id while old files keep decoding.
 """
 
@@ -92,9 +92,6 @@ class UniformZstdCodec:
         bounds = np.frombuffer(raw[:nb], dtype="<f2").reshape(2, c)
         q = np.frombuffer(raw[nb:], dtype=self.qdtype).reshape(c, h, w)
         return self.dequantize(q, bounds[0], bounds[1])
-
-
-LATENT_CODECS = ("uniform-zstd", "factorized-range", "hyperprior-range")
 
 
 def codec_from_params(p: dict, tables=None) -> LatentCodec:

@@ -22,10 +22,8 @@ from .scaling import ScalingParams
 BUNDLE_FORMAT = "sarae-model"
 BUNDLE_VERSION = 1
 BUNDLED_DIR = Path(__file__).resolve().parent / "models_bundled"
-DEFAULT_MODEL = "sarae-q2"          # entropy-coded, ≈0.5 bpp: beats JPEG2000 at equal file size on held-out scenes
-ATTENTION_MODEL = "sarae-default"   # the bundled model with spatial attention (res_cbam)
+from .defaults import ATTENTION_MODEL, DEFAULT_MODEL, QUALITY_MODELS  # noqa: E402,F401 - defined once
 # --quality: rate points from ≈0.2 to ≈1.3 bits per pixel (measured means in each model card)
-QUALITY_MODELS = {1: "sarae-q1", 2: "sarae-q2", 3: "sarae-q3", 4: "sarae-q4"}
 
 
 def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:

@@ -21,8 +21,7 @@ import numpy as np
 from .errors import SarInputError
 from .output import AtomicOutput, check_output_path  # noqa: F401 - re-exported: writers live here
 
-UNITS = ("linear", "amplitude", "db", "complex")
-UNIT_CHOICES = ("auto",) + UNITS
+from .defaults import UNIT_CHOICES, UNITS  # noqa: E402,F401 - one home for the unit names
 NPY_SUFFIXES = (".npy",)
 
 

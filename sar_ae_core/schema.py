@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 
+from .defaults import CODEC_IDS, UNITS
 from .errors import SarInputError
 
 MAX_SIDE = 1 << 21          # pixels per raster side (2 097 152): a tile row of that width fits in memory
@@ -21,10 +22,8 @@ MAX_HALO_CELLS = 64
 MAX_DEPTH = 12              # nesting of the header JSON (the codec writes 4)
 MAX_HEADER_BYTES = 1 << 20  # decompressed header text
 DOWNSAMPLES = (2, 4, 8, 16, 32, 64)
-UNITS = ("db", "linear", "amplitude", "complex")
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64", "complex64", "complex128",
           "complex_int16")
-CODEC_IDS = ("uniform-zstd", "factorized-range", "hyperprior-range")
 _HEX = re.compile(r"^[0-9a-f]{16,64}$")
 
 

@@ -15,6 +15,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .defaults import TILE
+
 
 @dataclass(frozen=True)
 class TilePlan:
@@ -23,7 +25,7 @@ class TilePlan:
     width: int
     height: int
     downsample: int          # pixels per latent cell (2**stages)
-    tile: int = 256          # pixels per stored tile side (multiple of downsample)
+    tile: int = TILE         # pixels per stored tile side (multiple of downsample)
     halo_cells: int = 2      # latent cells of context on each side of a tile
 
     def __post_init__(self):

@@ -1,0 +1,22 @@
+"""Facts shared by the library, the command line, training and the QGIS plugin, defined once.
+
+Torch-free and dependency-free on purpose: the plugin reads these while it cannot yet know whether torch,
+rasterio or zstandard import in QGIS's Python."""
+
+#: units of pixel values (scaling.UNITS) and the choices a user has (plus "auto")
+UNITS = ("linear", "amplitude", "db", "complex")
+UNIT_CHOICES = ("auto",) + UNITS
+#: how the dB range of a raster is chosen (codec.choose_scaling)
+SCALING_CHOICES = ("auto", "model", "source")
+#: latent codec ids stored in `.sarz` headers (latent_coding.codec_from_params reads them)
+CODEC_IDS = ("uniform-zstd", "factorized-range", "hyperprior-range")
+#: output units of reconstruct
+OUTPUT_UNITS = ("source", "db")
+#: the bundled default model and the bundled model with spatial attention
+DEFAULT_MODEL = "sarae-q2"         # entropy-coded, ≈0.5 bpp
+ATTENTION_MODEL = "sarae-default"  # res_cbam
+#: rate points for --quality 1..4
+QUALITY_MODELS = {1: "sarae-q1", 2: "sarae-q2", 3: "sarae-q3", 4: "sarae-q4"}
+#: stored tile side in pixels, and the least context (pixels) each tile's window gets on every side
+TILE = 256
+HALO_PIXELS = 32
