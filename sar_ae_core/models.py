@@ -466,14 +466,6 @@ class SarAutoencoder(nn.Module):
         """Reconstruct ``x`` through the bottleneck (no quantisation)."""
         return self.decode(self.encode(x))
 
-    def forward_rd(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rate-distortion pass: (reconstruction, latent likelihoods); noisy latents in training mode,
-        rounded latents in eval mode. Needs an entropy model ('factorized' or 'hyperprior')."""
-        if self.entropy is None:
-            raise ValueError("forward_rd needs a model with an entropy model ('factorized' or 'hyperprior')")
-        y_hat, likelihoods = self.entropy(self.encode(x))
-        return self.decode(y_hat), likelihoods
-
     def spatial_attention_modules(self) -> dict[str, SpatialAttention]:
         """Qualified name -> SpatialAttention module, in forward order."""
         return {n: m for n, m in self.named_modules() if isinstance(m, SpatialAttention)}
