@@ -13,6 +13,7 @@ def umbra(sar_data):
     return sar_data / "train" / "umbra04_gec_tanna_yasur_20230212_amp_u8.tif"
 
 
+@pytest.mark.slow
 def test_bit_map_sums_to_the_coded_bits_and_has_no_tile_seams(tmp_path, umbra, capsys):
     sarz, bm = tmp_path / "u.sarz", tmp_path / "bits.tif"
     assert main(["compress", str(umbra), str(sarz)]) == 0

@@ -63,6 +63,7 @@ def test_nodata_comes_back_exactly(tmp_path, tiny_bundle, kerala_dn, spain_db):
         np.testing.assert_array_equal(np.isnan(b.read()), np.isnan(data))
 
 
+@pytest.mark.slow
 def test_decoding_is_deterministic_across_runs_and_thread_counts(tmp_path, tiny_bundle, spain_db):
     sarz = tmp_path / "s.sarz"
     compress_raster(spain_db, sarz, model=tiny_bundle, device="cpu")
@@ -300,6 +301,7 @@ def test_header_dictionary_is_frozen():
     assert FORMAT_MINOR >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["spain_db", "kerala_dn"])
 def test_rate_option_hits_the_requested_file_size(request, tmp_path, fixture, capsys):
     """--rate searches the rate point and its quantization gain: the file's real bits per pixel are within
@@ -320,6 +322,7 @@ def test_rate_option_hits_the_requested_file_size(request, tmp_path, fixture, ca
     assert main(["compress", str(src), str(tmp_path / "x.sarz"), "--rate", "-1"]) == 2
 
 
+@pytest.mark.slow
 def test_quantization_gain_moves_rate_and_quality_continuously(tmp_path, spain_db):
     from sar_ae_core.assess import assess_rasters
 

@@ -520,6 +520,7 @@ def _qgis_process(args, env):
     return subprocess.run([QGIS_PROCESS, *args], env=env, capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.slow
 def test_qgis_process_compresses_and_reconstructs(tmp_path, spain_db, tiny_models):
     config = tmp_path / "qgis"
     profile = config / "profiles" / "default"

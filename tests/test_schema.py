@@ -59,6 +59,7 @@ def test_hostile_header_fields_are_named(base, tmp_path, capsys, edit, field):
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["hostile.sarz"]
 
 
+@pytest.mark.slow
 def test_deep_json_and_bombs_are_refused_without_allocating(base, tmp_path, capsys):
     import resource
     import subprocess

@@ -221,6 +221,7 @@ def test_resume_continues_at_the_saved_step_with_the_same_learning_rate(sar_data
 # --------------------------------------------------------------------------------------------
 # Distributed (torchrun, gloo on CPU)
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_torchrun_two_processes_end_with_identical_parameters(sar_data, tmp_path):
     run = tmp_path / "ddp"
     torchrun = Path(sys.executable).parent / "torchrun"

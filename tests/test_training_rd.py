@@ -138,6 +138,7 @@ def _cli(args: list[str], threads: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_encode_decode_is_bit_exact_across_runs_and_thread_counts(rd_run, spain_db, tmp_path):
     _, bundle, kind = rd_run
     sarz = {}
