@@ -1,0 +1,35 @@
+"""The command line: JSON views, the demo on the bundled sample, argument errors."""
+
+import json
+
+import pytest
+
+from sar_ae_core.cli import SAMPLE, main
+
+
+def test_inspect_info_and_models_as_json(tmp_path, capsys):
+    assert main(["inspect", str(SAMPLE), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["units"] == "db" and info["width"] == 512 and len(info["bands"]) == 2
+    sarz = tmp_path / "s.sarz"
+    assert main(["compress", str(SAMPLE), str(sarz)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(sarz), "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["bytes"] == sarz.stat().st_size and meta["model"] == "sarae-q2"
+    assert main(["models", "--json"]) == 0
+    names = [m["name"] for m in json.loads(capsys.readouterr().out)]
+    assert {"sarae-q1", "sarae-q2", "sarae-q3", "sarae-q4"} <= set(names)
+
+
+def test_demo_writes_the_main_job(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "learned" in out and "JPEG2000" in out
+    assert (tmp_path / "demo" / "maps" / "epi.tif").exists()
+
+
+def test_argument_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["compress"])
+    assert e.value.code == 2
