@@ -10,6 +10,10 @@ percentile dB range, EPI on dB, ENL ratio on linear intensity over homogeneous a
 
     .venv/bin/python benchmarks/bench_rd.py                       # default scenes and models
     .venv/bin/python benchmarks/bench_rd.py --scenes A.tif B.tif --models sarae-q1 sarae-q2 --baseline-bits 8 4
+    # per product category, on the held-out test scenes of a committed split, both scaling modes
+    .venv/bin/python benchmarks/bench_rd.py --split-file training/splits/broad.json --split test \
+        --models sarae-q2 runs/broad/sarae-broad-q2.pt --scaling auto source --baseline '' --no-entropy \
+        --jp2-curve --out benchmarks/results/rd_broad.json
 
 Writes benchmarks/results/rd_report.json, rd_report.png and rd_report.md (gap to JPEG2000 at every point).
 """
@@ -38,7 +42,7 @@ DEFAULT_SCENES = [
     "s1_iw_grdh_kerala_20180716_vv_dn.tiff",
 ]
 DEFAULT_MODELS = ["sarae-q1", "sarae-q2", "sarae-q3", "sarae-q4"]
-METRICS = ("psnr", "ssim", "epi", "enl_ratio")
+METRICS = ("psnr", "ssim", "epi", "enl_ratio", "rmse_db")
 JP2_CURVE = (0.125, 0.25, 0.5, 1.0, 2.0)
 
 
@@ -49,13 +53,15 @@ def _assess(ref, test) -> dict:
     return {k: float(r[k]) for k in ("psnr", "ssim", "rmse_db", "enl_ratio", "epi", "valid_fraction")}
 
 
-def _learned_point(scene: Path, bundle, tmp: Path, tag: str, bits: int = 8, codec: str = "auto") -> tuple:
+def _learned_point(scene: Path, bundle, tmp: Path, tag: str, bits: int = 8, codec: str = "auto",
+                   scaling: str = "auto") -> tuple:
     from sar_ae_core.codec import compress_raster, reconstruct_raster, sarz_info
     from sar_ae_core.scaling import ScalingParams
 
     sarz, rec = tmp / f"{scene.stem}_{tag}.sarz", tmp / f"{scene.stem}_{tag}.tif"
     t0 = time.perf_counter()
-    facts = compress_raster(scene, sarz, bundle=bundle, bits=bits, device="cpu", overwrite=True, codec=codec)
+    facts = compress_raster(scene, sarz, bundle=bundle, bits=bits, device="cpu", overwrite=True, codec=codec,
+                            scaling=scaling)
     t1 = time.perf_counter()
     reconstruct_raster(sarz, rec, units="db", bundle=bundle, overwrite=True)
     t2 = time.perf_counter()
@@ -75,6 +81,18 @@ def _jp2_point(scene: Path, bpp: float, scaling, tmp: Path, tag: str) -> dict:
     return {"bpp": twin["bpp"], "target_bpp": bpp, "bytes": twin["bytes"], **_assess(scene, out)}
 
 
+def split_scenes(split_file: str, split: str, categories, folder: Path) -> list[tuple[str, str]]:
+    """(raster path, category) of the entries of one split of a committed split file (training/corpus.py);
+    entries that use part of a raster (the Kerala halves) are written to `folder` as untouched crops."""
+    from training.corpus import load_split, write_window
+
+    out = []
+    for e in load_split(split_file):
+        if e.split == split and (not categories or e.category in categories):
+            out.append((write_window(e, folder, DATA), e.category))
+    return out
+
+
 def run(args) -> dict:
     from sar_ae_core.model_io import load_bundle
 
@@ -83,31 +101,48 @@ def run(args) -> dict:
     rows, curves = [], []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        for scene_name in args.scenes:
+        if args.split_file:
+            crops = tmp / "crops"
+            crops.mkdir()
+            scene_list = split_scenes(args.split_file, args.split, args.category, crops)
+        else:
+            from training.corpus import category_of
+
+            scene_list = [(s, category_of(s)) for s in args.scenes]
+            if args.category:
+                scene_list = [(s, c) for s, c in scene_list if c in args.category]
+        args.scenes = [Path(s).name for s, _ in scene_list]
+        args.categories = {Path(s).name: c for s, c in scene_list}
+        for scene_name, category in scene_list:
             scene = Path(scene_name) if os.path.exists(scene_name) else DATA / scene_name
-            entries = [(b, b.name, 8, "auto") for b in models]
+            multi = len(args.scaling) > 1
+            entries = [(b, f"{b.name}[{sc}]" if multi else b.name, 8, "auto", sc) for b in models
+                       for sc in args.scaling]
             # the same RD model without its entropy model: per-channel uniform quantization + zstd
-            entries += [(b, f"{b.name}@uniform{bits}", bits, "uniform-zstd") for b in models
+            entries += [(b, f"{b.name}@uniform{bits}", bits, "uniform-zstd", "auto") for b in models
                         if b.name in args.no_entropy for bits in args.no_entropy_bits]
             if baseline is not None:
-                entries += [(baseline, f"{baseline.name}@{bits}bit", bits, "auto") for bits in args.baseline_bits]
+                entries += [(baseline, f"{baseline.name}@{bits}bit", bits, "auto", "auto")
+                            for bits in args.baseline_bits]
             scaling = None
-            for bundle, label, bits, codec in entries:
-                learned, scaling_used = _learned_point(scene, bundle, tmp, label.replace("@", "_"), bits, codec)
+            for bundle, label, bits, codec, scaling_mode in entries:
+                tag = label.replace("@", "_").replace("[", "_").replace("]", "")
+                learned, scaling_used = _learned_point(scene, bundle, tmp, tag, bits, codec, scaling_mode)
                 scaling = scaling or scaling_used
-                jp2 = _jp2_point(scene, learned["bpp"], scaling_used, tmp, label.replace("@", "_"))
-                gap = {k: learned[k] - jp2[k] for k in ("psnr", "ssim", "epi", "enl_ratio")}
+                jp2 = _jp2_point(scene, learned["bpp"], scaling_used, tmp, tag)
+                gap = {k: learned[k] - jp2[k] for k in METRICS}
                 coded = learned["codec"] == "factorized-range"
-                row = {"scene": scene.name, "model": label, "entropy_coded": coded, "bits": None if coded else bits,
-                       "learned": learned, "jpeg2000": jp2, "gap": gap}
+                row = {"scene": scene.name, "category": category, "model": label, "scaling_mode": scaling_mode,
+                       "scaling_db": [scaling_used.vmin_db, scaling_used.vmax_db], "entropy_coded": coded,
+                       "bits": None if coded else bits, "learned": learned, "jpeg2000": jp2, "gap": gap}
                 if learned["overhead_bytes"] * 8 > 0.05 * learned["bytes"] * 8:
                     # small rasters: the .sarz header (~1.1 kB of JSON) is a large part of the file; JPEG2000 at
                     # the latent-only rate shows the gap of the coding itself (JPEG2000 keeps its own headers)
-                    j = _jp2_point(scene, learned["latent_bpp"], scaling_used, tmp, label.replace("@", "_") + "_lat")
+                    j = _jp2_point(scene, learned["latent_bpp"], scaling_used, tmp, tag + "_lat")
                     row["jpeg2000_at_latent_bpp"] = j
-                    row["gap_at_latent_bpp"] = {k: learned[k] - j[k] for k in ("psnr", "ssim", "epi", "enl_ratio")}
+                    row["gap_at_latent_bpp"] = {k: learned[k] - j[k] for k in METRICS}
                 rows.append(row)
-                print(f"{scene.name[:40]:<40} {label:<20} {learned['bpp']:.3f} bpp (latent {learned['latent_bpp']:.3f}) "
+                print(f"{category:<9} {scene.name[:40]:<40} {label:<24} {learned['bpp']:.3f} bpp (latent {learned['latent_bpp']:.3f}) "
                       f"PSNR {learned['psnr']:.2f} SSIM {learned['ssim']:.3f} EPI {learned['epi']:.3f} "
                       f"ENLr {learned['enl_ratio']:.2f} | JPEG2000 {jp2['bpp']:.3f} bpp PSNR {jp2['psnr']:.2f} "
                       f"SSIM {jp2['ssim']:.3f} EPI {jp2['epi']:.3f} ENLr {jp2['enl_ratio']:.2f} | dPSNR "
@@ -120,7 +155,9 @@ def run(args) -> dict:
                         "stages": b.config.stages, "variant": b.config.variant,
                         "entropy_model": b.config.entropy_model, "parameters": b.model.parameter_count()}
                        for b in models + ([baseline] if baseline else [])],
-            "scenes": [Path(s).name for s in args.scenes], "results": rows, "jpeg2000_curve": curves,
+            "scenes": [Path(s).name for s in args.scenes], "categories": args.categories,
+            "split_file": args.split_file, "split": args.split if args.split_file else None,
+            "scaling_modes": list(args.scaling), "results": rows, "jpeg2000_curve": curves,
             "notes": "bpp = 8 * whole-file bytes / (width * height * bands); JPEG2000 twin from the same scaled "
                      "dB data at the .sarz's bpp; PSNR/SSIM on each band's 1st-99th percentile dB range; "
                      "gap = learned - JPEG2000 (positive = learned better, except ENL ratio where 1 is ideal)"}
@@ -139,7 +176,7 @@ def plot(report: dict, png: Path) -> None:
         rd = sorted((r for r in rows if r["entropy_coded"]), key=lambda r: r["learned"]["bpp"])
         base = sorted((r for r in rows if not r["entropy_coded"]), key=lambda r: r["learned"]["bpp"])
         curve = sorted((c for c in report["jpeg2000_curve"] if c["scene"] == scene), key=lambda c: c["bpp"])
-        for j, key in enumerate(METRICS):
+        for j, key in enumerate(METRICS[:4]):
             ax = axes[i][j]
             ax.plot([c["bpp"] for c in curve], [c[key] for c in curve], "-", color="0.6", label="JPEG2000 curve")
             ax.plot([r["jpeg2000"]["bpp"] for r in rd], [r["jpeg2000"][key] for r in rd], "s", color="tab:orange",
@@ -194,21 +231,50 @@ def markdown(report: dict) -> str:
                                                       if "gap_at_latent_bpp" in r else "-") + " |")
         lines.append("")
     lines += summary_lines(report)  # means per model over the scenes
+    if any(r.get("category") for r in report["results"]):
+        lines += category_lines(report)
     return "\n".join(lines)
 
 
-def summary(report: dict) -> dict:
-    """Per model: mean bpp and mean metrics of learned and JPEG2000 over the scenes, gaps, ENL ratio range."""
+def summary(report: dict, category: str | None = None) -> dict:
+    """Per model: mean bpp and mean metrics of learned and JPEG2000 over the scenes (of one category, or all),
+    gaps, ENL ratio range."""
     out = {}
-    for name in dict.fromkeys(r["model"] for r in report["results"]):
-        rs = [r for r in report["results"] if r["model"] == name]
+    results = [r for r in report["results"] if category is None or r.get("category") == category]
+    for name in dict.fromkeys(r["model"] for r in results):
+        rs = [r for r in results if r["model"] == name]
         n = len(rs)
         mean = {side: {k: sum(r[side][k] for r in rs) / n for k in ("bpp",) + METRICS} for side in ("learned", "jpeg2000")}
         enl = [r["learned"]["enl_ratio"] for r in rs]
         out[name] = {"scenes": n, **mean, "gap": {k: mean["learned"][k] - mean["jpeg2000"][k] for k in METRICS},
                      "psnr_wins": sum(r["gap"]["psnr"] > 0 for r in rs), "epi_wins": sum(r["gap"]["epi"] >= 0 for r in rs),
-                     "enl_ratio_min": min(enl), "enl_ratio_max": max(enl), "entropy_coded": rs[0]["entropy_coded"]}
+                     "enl_ratio_min": min(enl), "enl_ratio_max": max(enl), "entropy_coded": rs[0]["entropy_coded"],
+                     "psnr_gap_min": min(r["gap"]["psnr"] for r in rs), "psnr_gap_max": max(r["gap"]["psnr"] for r in rs)}
     return out
+
+
+def summary_by_category(report: dict) -> dict:
+    cats = dict.fromkeys(r.get("category") for r in report["results"])
+    return {c: summary(report, c) for c in cats if c}
+
+
+def category_lines(report: dict) -> list[str]:
+    """Per category: mean and per-scene ΔPSNR vs JPEG2000 at the same bytes, EPI, ENL ratio, RMSE dB, bpp."""
+    lines = ["## Per product category (each scene weighs the same; Δ = learned − JPEG2000 at the same file size)", ""]
+    for cat, models in summary_by_category(report).items():
+        scenes = [s for s in report["scenes"] if report.get("categories", {}).get(s) == cat]
+        lines += [f"### {cat} ({len(scenes)} rasters: {', '.join(scenes)})", "",
+                  "| model | bpp | ΔPSNR mean (per scene) | PSNR learned / J2K | EPI learned / J2K | "
+                  "ENL ratio learned / J2K | RMSE dB learned / J2K |", "|---|---|---|---|---|---|---|"]
+        for name, m in models.items():
+            per = [r for r in report["results"] if r["model"] == name and r.get("category") == cat]
+            a, b = m["learned"], m["jpeg2000"]
+            lines.append(f"| {name} | {a['bpp']:.3f} | **{m['gap']['psnr']:+.2f}** ("
+                         + ", ".join(f"{r['gap']['psnr']:+.2f}" for r in per) + f") | {a['psnr']:.2f} / {b['psnr']:.2f} | "
+                         f"{a['epi']:.3f} / {b['epi']:.3f} | {a['enl_ratio']:.2f} / {b['enl_ratio']:.2f} | "
+                         f"{a['rmse_db']:.3f} / {b['rmse_db']:.3f} |")
+        lines.append("")
+    return lines
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -253,6 +319,11 @@ def main() -> None:
     p.add_argument("--no-entropy", nargs="*", default=["sarae-q2"],
                    help="models also run without their entropy model (uniform-zstd)")
     p.add_argument("--no-entropy-bits", nargs="+", type=int, default=[6, 4], help="bit depths for --no-entropy")
+    p.add_argument("--scaling", nargs="+", default=["auto"], choices=("auto", "model", "source"),
+                   help="codec --scaling mode(s) for every model (several: one row per model and mode)")
+    p.add_argument("--split-file", help="take the scenes from this committed split (training/corpus.py)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="which split of --split-file")
+    p.add_argument("--category", nargs="+", help="only these product categories (grd_db grd_dn rtc slc_other)")
     p.add_argument("--update-cards", action="store_true", help="write the means into the bundled model cards")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rd_report.json"))
     args = p.parse_args()
@@ -264,6 +335,7 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=2))
     plot(report, out.with_suffix(".png"))
     report["summary"] = summary(report)
+    report["summary_by_category"] = summary_by_category(report)
     out.write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
     if args.update_cards:

@@ -57,6 +57,15 @@ class PatchSource:
     path: str
     units: str = "auto"
     bands: str = "all"
+    window: Optional[tuple[int, int, int, int]] = None  # (col, row, width, height): use only this part
+
+    def bounds(self, raster: SarRaster) -> tuple[int, int, int, int]:
+        """(col, row, width, height) of the part used, clipped to the raster (the whole raster by default)."""
+        if self.window is None:
+            return 0, 0, raster.width, raster.height
+        c, r, w, h = (int(v) for v in self.window)
+        c, r = max(c, 0), max(r, 0)
+        return c, r, max(min(w, raster.width - c), 0), max(min(h, raster.height - r), 0)
 
 
 @dataclass(frozen=True)
@@ -136,9 +145,10 @@ class SarPatchDataset(Dataset):
 
     def _index_source(self, i: int, prefilter: bool) -> None:
         raster = self._raster(i)
+        _, _, width, height = self.sources[i].bounds(raster)
         for band in range(1, raster.count + 1):
-            for row in patch_origins(raster.height, self.size, self.stride):
-                for col in patch_origins(raster.width, self.size, self.stride):
+            for row in patch_origins(height, self.size, self.stride):
+                for col in patch_origins(width, self.size, self.stride):
                     ref = PatchRef(i, band, row, col)
                     if prefilter:
                         scaled, valid, inside = self._read(ref)
@@ -156,10 +166,24 @@ class SarPatchDataset(Dataset):
             self._handles[i] = open_raster(s.path, bands=s.bands, units=s.units)
         return self._handles[i]
 
-    def _read(self, ref: PatchRef) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _read_raw(self, ref: PatchRef, size: Optional[int] = None, row: Optional[int] = None,
+                  col: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, SarRaster]:
+        """Raw values (source units) of a size×size window at (row, col) of the source's part (default: the
+        patch), zero-padded, with the mask of pixels inside that part."""
         raster = self._raster(ref.source)
-        raw, inside = raster.read_padded(ref.row, ref.col, self.size, band=ref.band)
-        scaled, valid = self.scaling.forward(raw[0], raster.units, raster.nodata)
+        size = self.size if size is None else int(size)
+        row, col = (ref.row if row is None else row), (ref.col if col is None else col)
+        c0, r0, width, height = self.sources[ref.source].bounds(raster)
+        raw, inside = raster.read_padded(r0 + row, c0 + col, size, band=ref.band)
+        if self.sources[ref.source].window is not None:
+            inside[max(height - row, 0):, :] = False
+            inside[:, max(width - col, 0):] = False
+            raw = np.where(inside, raw[0], np.zeros((), raw.dtype))[None]  # nothing beyond the part is seen
+        return raw[0], inside, raster
+
+    def _read(self, ref: PatchRef) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raw, inside, raster = self._read_raw(ref)
+        scaled, valid = self.scaling.forward(raw, raster.units, raster.nodata)
         valid &= inside
         return scaled, valid, inside
 

@@ -121,3 +121,25 @@ def find_run_file(ckpt_path: Optional[str], name: str) -> Optional[Path]:
         return None
     p = Path(ckpt_path).parent / name
     return p if p.is_file() else None
+
+
+def load_init(spec: str | os.PathLike) -> dict[str, Any]:
+    """Weights to start a run from (`--init-from`): a training checkpoint or run folder (its best.pt), a model
+    bundle file, or a bundled model name (e.g. 'sarae-q2'). Returns a checkpoint-like dict with model_config,
+    state_dict (float32), scaling, step and path."""
+    from sar_ae_core.model_io import BUNDLE_FORMAT, BUNDLE_VERSION, BUNDLED_DIR
+
+    p = Path(spec)
+    if not p.exists() and (BUNDLED_DIR / f"{spec}.pt").is_file():
+        p = BUNDLED_DIR / f"{spec}.pt"
+    if p.is_file():
+        try:
+            fmt = torch.load(p, map_location="cpu", weights_only=True).get("format")
+        except Exception:  # noqa: BLE001 - load_checkpoint below reports the problem with the file name
+            fmt = None
+        if fmt == BUNDLE_FORMAT:
+            b = load_tagged(p, BUNDLE_FORMAT, BUNDLE_VERSION, "model bundle")
+            state = {k: v.float() if v.is_floating_point() else v for k, v in b["state_dict"].items()}
+            return {"model_config": b["model_config"], "state_dict": state, "scaling": b["scaling"],
+                    "step": f"bundle {b.get('name', p.stem)}", "path": str(p)}
+    return load_checkpoint(p, prefer=BEST)

@@ -39,6 +39,12 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
     ("--max-invalid-fraction", "data", "max_invalid_fraction", {"type": float},
      "patch filter: maximum fraction of invalid pixels"),
     ("--augment", "data", "augment", {"action": argparse.BooleanOptionalAction}, "random flips/rotations"),
+    ("--split-file", "data", "split_file", {"metavar": "JSON"},
+     "committed scene-level split (python -m training.corpus --write FILE; e.g. training/splits/broad.json): "
+     "train/val/test files with product categories, instead of --data and the fractions"),
+    ("--physics-augment", "data", "physics_augment", {"action": argparse.BooleanOptionalAction},
+     "physics-aware augmentation of training patches: multilooking, speckle re-synthesis, dB gain, random dB "
+     "window (training/augment.py)"),
     ("--workers", "data", "workers", {"type": int}, "DataLoader worker processes"),
     # model
     ("--variant", "model", "variant", {}, f"model variant: {', '.join(VARIANTS)}"),
@@ -84,8 +90,9 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
      "scale the initial weights of the encoder's last convolution (larger initial latents: faster start of "
      "rate-distortion training with integer rounding)"),
     ("--init-from", "run", "init_from", {"metavar": "CKPT|RUN_DIR"},
-     "start from the weights of this checkpoint (a run folder: its best.pt), e.g. to fine-tune a trained model to "
-     "another --lmbda; optimizer and schedule start fresh, the checkpoint's dB scaling is kept"),
+     "start from the weights of this checkpoint (a run folder: its best.pt) or model bundle (a .pt bundle or a "
+     "bundled name such as sarae-q2), e.g. to fine-tune a trained model to another --lmbda or other data; "
+     "optimizer and schedule start fresh, the dB scaling is kept when the clip settings are the same"),
     ("--val-interval", "run", "val_interval", {"type": int}, "validate every N steps (default: every epoch)"),
     ("--val-max-patches", "run", "val_max_patches", {"type": int}, "cap on validation patches (0 = all)"),
     ("--val-batch-size", "run", "val_batch_size", {"type": int}, "patches per validation batch"),

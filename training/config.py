@@ -54,6 +54,12 @@ class DataConfig:
     min_std: float = 0.02            # patch filter: minimum std of valid scaled values
     max_invalid_fraction: float = 0.1  # patch filter: maximum fraction of invalid pixels inside the raster
     augment: bool = True             # random flips / 90-degree rotations of training patches
+    split_file: Optional[str] = None  # committed scene-level split (training/corpus.py, e.g. training/splits/
+                                     # broad.json): replaces paths/fractions; paths relative to the data folder
+    physics_augment: bool = False    # multilook / speckle / dB gain / dB window augmentation (training/augment.py)
+    category_shares: Optional[dict] = None  # with a split file: share of an epoch per product category
+    augment_params: Optional[dict] = None  # overrides of training.augment.AugmentConfig (e.g. window shares
+                                           # {"p_model": 0.65, "p_shifted": 0.35} = no 'source' windows)
     workers: int = 0                 # DataLoader worker processes (0 = read in the training process)
 
 
@@ -205,8 +211,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if value < lo or value > hi or (lo_open and value == lo):
             bad(setting, f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {value}")
 
-    if not d.paths:
+    if not d.paths and not d.split_file:
         bad("data.paths", "is empty: give the training rasters with --data (files, folders or globs)")
+    if d.split_file is not None and not os.path.isfile(d.split_file):
+        bad("data.split_file", f"'{d.split_file}' does not exist")
     if isinstance(d.paths, str):
         d.paths = [d.paths]
     if d.units not in UNIT_CHOICES:
@@ -258,7 +266,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             bad("run.lmbda", "needs an entropy model (--entropy-model factorized): without one there is no rate term")
     check_num("run.latent_init_gain", r.latent_init_gain, 0.0, lo_open=True)
     if r.init_from is not None and not os.path.exists(r.init_from):
-        bad("run.init_from", f"'{r.init_from}' does not exist (give a checkpoint file or a run folder)")
+        from sar_ae_core.model_io import BUNDLED_DIR
+
+        if not (BUNDLED_DIR / f"{r.init_from}.pt").is_file():
+            bad("run.init_from", f"'{r.init_from}' does not exist (give a checkpoint file, a run folder, a model "
+                                 f"bundle or a bundled model name)")
     if r.latent_bits > 16:
         bad("run.latent_bits", f"must be <= 16, got {r.latent_bits}")
     check_int("run.seed", r.seed, 0)

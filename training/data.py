@@ -115,15 +115,22 @@ class PreparedData:
     config: Optional[DataConfig] = None
     _test: Optional[SarPatchDataset] = None
 
+    windows: dict[str, tuple] = field(default_factory=dict)     # split-file entries that use part of a raster
+    categories: dict[str, str] = field(default_factory=dict)   # split-file entry → product category
+
     def sources(self, split: str) -> list[PatchSource]:
-        return [PatchSource(p, self.config.units, self.config.bands) for p in self.splits[split]]
+        return [PatchSource(_path_of(p), self.config.units, self.config.bands, self.windows.get(p))
+                for p in self.splits[split]]
 
     def test(self) -> Optional[SarPatchDataset]:
         """The test split's patches (built on first use; None when the split is empty)."""
         if self._test is None and self.splits.get("test"):
             c = self.config
-            self._test = SarPatchDataset(self.sources("test"), self.scaling, size=c.patch_size, stride=c.patch_size,
-                                         quality=PatchFilter(c.min_std, c.max_invalid_fraction), augment=False)
+            klass = SarPatchDataset
+            if c.physics_augment:
+                from .augment import AutoScaledPatchDataset as klass  # noqa: N813
+            self._test = klass(self.sources("test"), self.scaling, size=c.patch_size, stride=c.patch_size,
+                               quality=PatchFilter(c.min_std, c.max_invalid_fraction), augment=False)
         return self._test
 
     def describe(self) -> dict:
@@ -131,7 +138,7 @@ class PreparedData:
         units = {os.path.basename(s.path): s.units for s in self.rasters}
         out = {
             "files": {k: list(v) for k, v in self.splits.items()},
-            "scenes": {k: sorted({scene_key(p) for p in v}) for k, v in self.splits.items()},
+            "scenes": {k: sorted({scene_key(_path_of(p)) for p in v}) for k, v in self.splits.items()},
             "units": units,
             "patch_size": self.train.size,
             "train_stride": self.train.stride,
@@ -144,6 +151,35 @@ class PreparedData:
             out["patches"]["test"] = len(self._test)
             out["rejected"]["test"] = self._test.rejected
         return out
+
+
+def _path_of(key: str) -> str:
+    """The raster path of a split key ('PATH' or 'PATH#col,row,width,height')."""
+    return key.split("#", 1)[0]
+
+
+def split_from_file(split_file: str) -> tuple[dict[str, list[str]], dict[str, tuple], dict[str, str]]:
+    """(files per split, windows, categories) from a committed split (training/corpus.py); a windowed entry's key
+    is 'PATH#col,row,width,height'."""
+    from .corpus import load_split, resolve
+
+    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    windows, categories = {}, {}
+    for e in load_split(split_file):
+        path = os.path.abspath(resolve(e))
+        if not os.path.isfile(path):
+            raise SarInputError(path, f"listed in {split_file} but not found (set SARAE_DATA to the data folder)")
+        key = path if e.window is None else f"{path}#{','.join(map(str, e.window))}"
+        splits.setdefault(e.split, []).append(key)
+        categories[key] = e.category
+        if e.window is not None:
+            windows[key] = tuple(e.window)
+    if not splits["train"] or not splits["val"]:
+        raise SarInputError(split_file, "the split needs training and validation entries")
+    return splits, windows, categories
+
+
+DEFAULT_SHARES = {"grd_db": 0.45, "slc_other": 0.43, "rtc": 0.12}
 
 
 def split_files(files: list[str], cfg: DataConfig) -> dict[str, list[str]]:
@@ -174,20 +210,47 @@ def fit_training_scaling(cfg: DataConfig, train_files: list[str]) -> ScalingPara
 
 def prepare_data(cfg: DataConfig, scaling: Optional[ScalingParams] = None, log=print) -> PreparedData:
     """Validate the data settings against the real files, split, fit scaling (unless given) and index patches."""
-    files = resolve_files(cfg.paths, cfg.glob, cfg.recursive)
-    if not files:
-        raise SarInputError(None, f"no training data: {', '.join(cfg.paths)} matched no files")
+    windows, categories = {}, {}
+    if cfg.split_file:
+        splits, windows, categories = split_from_file(cfg.split_file)
+        files = sorted({_path_of(k) for v in splits.values() for k in v})
+    else:
+        files = resolve_files(cfg.paths, cfg.glob, cfg.recursive)
+        if not files:
+            raise SarInputError(None, f"no training data: {', '.join(cfg.paths)} matched no files")
     rasters = inspect_rasters(files, cfg.units, cfg.bands)
     check_patch_fits(rasters, cfg.patch_size)
-    splits = split_files(files, cfg)
+    if not cfg.split_file:
+        splits = split_files(files, cfg)
     if scaling is None:
-        scaling = fit_training_scaling(cfg, splits["train"])
+        scaling = fit_training_scaling(cfg, sorted({_path_of(k) for k in splits["train"]}))
     quality = PatchFilter(cfg.min_std, cfg.max_invalid_fraction)
-    prep = PreparedData(splits=splits, scaling=scaling, train=None, val=None, rasters=rasters, config=cfg)  # type: ignore[arg-type]
-    prep.train = SarPatchDataset(prep.sources("train"), scaling, size=cfg.patch_size,
-                                 stride=cfg.stride or cfg.patch_size, quality=quality, augment=cfg.augment)
+    prep = PreparedData(splits=splits, scaling=scaling, train=None, val=None, rasters=rasters, config=cfg,  # type: ignore[arg-type]
+                        windows=windows, categories=categories)
+    stride = cfg.stride or cfg.patch_size
+    if cfg.physics_augment:
+        from .augment import AugmentConfig, AugmentedPatchDataset
+
+        try:
+            acfg = AugmentConfig(**(cfg.augment_params or {}))
+        except TypeError as exc:
+            raise SarInputError(None, f"config: data.augment_params: {exc}") from None
+        shares = cfg.category_shares if cfg.category_shares is not None else (DEFAULT_SHARES if categories else None)
+        prep.train = AugmentedPatchDataset(prep.sources("train"), scaling, size=cfg.patch_size, stride=stride,
+                                           quality=quality, categories=[categories.get(k, "other")
+                                                                        for k in splits["train"]],
+                                           shares=shares, augment_cfg=acfg)
+    else:
+        prep.train = SarPatchDataset(prep.sources("train"), scaling, size=cfg.patch_size, stride=stride,
+                                     quality=quality, augment=cfg.augment)
     require_patches(prep.train, "training")
-    prep.val = SarPatchDataset(prep.sources("val"), scaling, size=cfg.patch_size, stride=cfg.patch_size,
-                               quality=quality, augment=False)
+    if cfg.physics_augment:  # held-out rasters scaled as the codec's --scaling auto does (no augmentation)
+        from .augment import AutoScaledPatchDataset
+
+        prep.val = AutoScaledPatchDataset(prep.sources("val"), scaling, size=cfg.patch_size, stride=cfg.patch_size,
+                                          quality=quality)
+    else:
+        prep.val = SarPatchDataset(prep.sources("val"), scaling, size=cfg.patch_size, stride=cfg.patch_size,
+                                   quality=quality, augment=False)
     require_patches(prep.val, "validation")
     return prep

@@ -37,7 +37,7 @@ from sar_ae_core.model_io import select_device, weights_sha256
 from sar_ae_core.models import build_model
 from sar_ae_core.scaling import ScalingParams
 
-from .checkpoint import BEST, LAST, code_version, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import BEST, LAST, code_version, load_checkpoint, load_init, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, apply_overrides, validate
 from .data import PreparedData, prepare_data
 from .evaluate import evaluate, rd_loss
@@ -248,7 +248,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
     scaling = ScalingParams.from_dict(ckpt["scaling"]) if ckpt else None
     init = None
     if cfg.run.init_from and not ckpt:
-        init = load_checkpoint(cfg.run.init_from, prefer=BEST)
+        init = load_init(cfg.run.init_from)
         if init["model_config"] != cfg.model.to_dict():
             raise SarInputError(init["path"], f"--init-from: its model {init['model_config']} differs from this "
                                               f"run's {cfg.model.to_dict()}")
@@ -488,6 +488,8 @@ def _finish(cfg, data: PreparedData, ae, loss_fn, device, run_dir: Path, step: i
 
     finished = stopped_reason is None
     best_val, test = last_val, None
+    if not finished and (run_dir / BEST).exists():  # a stopped run still reports best.pt's validation, not the last
+        best_val = load_checkpoint(run_dir / BEST).get("val_metrics") or last_val
     if finished and (run_dir / BEST).exists():
         best = load_checkpoint(run_dir / BEST)
         ae.load_state_dict(best["state_dict"])
