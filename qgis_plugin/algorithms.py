@@ -589,6 +589,27 @@ class ReconstructAlgorithm(SarAeAlgorithm):
         "same model (checked by its SHA-256).\n\n"
         "Decoding runs on the CPU by default, which gives the same pixels on every machine.")
 
+    def prepareAlgorithm(self, parameters, context, feedback):
+        """On the main thread: the loaded layer the file was compressed from (by its file name and band count),
+        whose look the reconstruction takes; only the header is read (no torch on the GUI thread)."""
+        self._renderer = None
+        try:
+            from sar_ae_core.container import ContainerReader
+
+            with ContainerReader.open(self.parameterAsFile(parameters, self.INPUT, context)) as r:
+                src = r.header.get("source") or {}
+            name, count = src.get("name"), len(src.get("bands") or [])
+        except Exception:  # noqa: BLE001 - a damaged file is reported by processAlgorithm, with its reason
+            name, count = None, 0
+        source_units = self._enum(parameters, self.UNITS, context) == "source"
+        project = context.project() if context.project() is not None else QgsProject.instance()
+        for layer in project.mapLayers().values():
+            if name and source_units and os.path.basename(layer_file(layer)) == name:
+                self._renderer = styling.source_renderer(layer, count)
+                if self._renderer is not None:
+                    break
+        return super().prepareAlgorithm(parameters, context, feedback)
+
     def initAlgorithm(self, config=None):
         """Declare parameters and outputs."""
         self._add_sarz_input()
@@ -612,7 +633,9 @@ class ReconstructAlgorithm(SarAeAlgorithm):
         self._wrote(output)
         feedback.pushInfo(self.tr(f"Wrote {output}: {res['width']}x{res['height']} px, {res['bands']} band(s), "
                                   f"{res['units']} {res['dtype']}, {res['seconds']:.1f} s."))
-        styling.style_when_loaded(context, output, styling.style_reconstruction(None), reconstruction_name(source))
+        renderer = getattr(self, "_renderer", None)
+        styler = styling.style_like(renderer) if renderer is not None else styling.style_reconstruction(None)
+        styling.style_when_loaded(context, output, styler, reconstruction_name(source))
         return {self.OUTPUT: output}
 
 
@@ -761,6 +784,9 @@ class CompressReviewAlgorithm(SarAeAlgorithm):
         """Read the source layer's stretch on the main thread (renderers are not thread-safe)."""
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         self._stretch = styling.layer_stretch(layer, 1) if layer is not None else None
+        bands = (self.parameterAsString(parameters, self.BANDS, context) or "all").strip()
+        # the reconstruction holds the same bands in the same order only for 'all': then it takes the source's look
+        self._renderer = styling.source_renderer(layer, layer.bandCount() if layer else 0) if bands == "all" else None
         return super().prepareAlgorithm(parameters, context, feedback)
 
     def run_core(self, parameters, context, feedback):
@@ -786,8 +812,10 @@ class CompressReviewAlgorithm(SarAeAlgorithm):
         if self.OUTPUT_HTML in placed:
             self._wrote(write_text_atomic(placed[self.OUTPUT_HTML],
                                           assessment_html(res, title="Compress and review", compression=comp)))
-        styling.style_when_loaded(context, recon, styling.style_reconstruction(getattr(self, "_stretch", None)),
-                                  reconstruction_name(sarz))
+        renderer = getattr(self, "_renderer", None)
+        styler = styling.style_like(renderer) if renderer is not None else \
+            styling.style_reconstruction(getattr(self, "_stretch", None))
+        styling.style_when_loaded(context, recon, styler, reconstruction_name(sarz))
         self._style_maps(context, placed)
         return {self.OUTPUT: sarz, self.RECONSTRUCTION: recon, **placed, "BPP": comp["bpp"],
                 "COMPRESSION_RATIO": comp["compression_ratio"],

@@ -154,6 +154,23 @@ def style_reconstruction(stretch: Optional[tuple[float, float]] = None, band: in
     return apply
 
 
+def style_like(renderer) -> Callable:
+    """A styler: a copy of a source layer's renderer (band combination, stretch, colors) on the reconstruction,
+    so that the two look alike; `renderer` is cloned on the main thread beforehand."""
+    def apply(layer: QgsRasterLayer):
+        copy = renderer.clone()
+        layer.setRenderer(copy)
+        return copy
+    return apply
+
+
+def source_renderer(layer: Optional[QgsRasterLayer], band_count: int):
+    """A clone of `layer`'s renderer when it can be reused on a raster of `band_count` bands (else None)."""
+    if layer is None or not layer.isValid() or layer.renderer() is None or layer.bandCount() != band_count:
+        return None
+    return layer.renderer().clone()
+
+
 class StyleOnLoad(QgsProcessingLayerPostProcessorInterface):
     """Applies a styler (and a name) to an output layer once Processing has loaded it into the project."""
 

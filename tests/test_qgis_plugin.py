@@ -657,3 +657,31 @@ def test_bit_allocation_map_loads_as_a_stretched_overlay(qgis_app, tmp_path, spa
     assert 0 < lo < res["MEAN_BPP"] < hi < 3  # stretched to the map's own range, not a fixed 0-1
     nbytes = sarz.stat().st_size
     assert res["MEAN_BPP"] * 512 * 512 * 2 / 8 < nbytes  # latents only: below the whole file
+
+
+def test_reconstructions_take_the_look_of_their_loaded_source(qgis_app, tmp_path, loaded_copy, tiny_models):
+    """A 2-band source drawn as a red/green composite: the reconstruction (compress-and-review, and reconstruct
+    of its .sarz) is drawn with the same bands and stretches, not as a gray band 1."""
+    from qgis.core import QgsContrastEnhancement, QgsMultiBandColorRenderer
+
+    path, layer = loaded_copy
+    r = QgsMultiBandColorRenderer(layer.dataProvider(), 2, 1, -1)
+    for band, setter in ((2, r.setRedContrastEnhancement), (1, r.setGreenContrastEnhancement)):
+        ce = QgsContrastEnhancement(layer.dataProvider().dataType(band))
+        ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+        ce.setMinimumValue(-25.0 if band == 2 else -18.0)
+        ce.setMaximumValue(-5.0 if band == 2 else 0.0)
+        setter(ce)
+    layer.setRenderer(r)
+    params = {"INPUT": layer, "MODEL_FILE": tiny_models["cbam"], "OUTPUT": str(tmp_path / "a.sarz"),
+              "RECONSTRUCTION": str(tmp_path / "a.tif"), "OUTPUT_HTML": None, "ERROR_MAP": None, "ENL_MAP": None,
+              "EPI_MAP": None}
+    _, layers = run_and_load("sarae:compress_review", params)
+    _, layers2 = run_and_load("sarae:reconstruct", {"INPUT": str(tmp_path / "a.sarz"), "MODEL_FILE":
+                                                    tiny_models["cbam"], "OUTPUT": str(tmp_path / "b.tif")})
+    for rec in (*layers.values(), *layers2.values()):
+        rr = rec.renderer()
+        assert rr.type() == "multibandcolor" and (rr.redBand(), rr.greenBand(), rr.blueBand()) == (2, 1, -1)
+        assert (rr.redContrastEnhancement().minimumValue(), rr.redContrastEnhancement().maximumValue()) == (-25, -5)
+        assert (rr.greenContrastEnhancement().minimumValue(), rr.greenContrastEnhancement().maximumValue()) == (-18, 0)
+        assert rec.name().startswith("my_scene — tiny-cbam, ")
