@@ -299,7 +299,7 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
         self._add_device()
         self._add_tiling()
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, self.tr(
-            "Compressed file (a temporary file is not kept: by default it is written beside the input)"),
+            "Compressed file (default: beside the input)"),
                                                                 "SARZ files (*.sarz)"))
         self.addOutput(QgsProcessingOutputNumber("BPP", self.tr("Bits per pixel")))
         self.addOutput(QgsProcessingOutputNumber("COMPRESSION_RATIO", self.tr("Compression ratio")))
@@ -768,8 +768,8 @@ class CompressReviewAlgorithm(SarAeAlgorithm):
     _display = "Compress and review"
     _help = (
         "Compresses the raster (as <i>Compress SAR raster</i>), reconstructs it and assesses the reconstruction "
-        "against the original, in one run. The reconstruction is loaded with the same gray stretch as the source "
-        "layer so the two compare by eye, with the absolute error (dB), ENL ratio and EPI maps and an HTML report "
+        "against the original, in one run. The reconstruction is loaded with the source layer's look (its bands, "
+        "stretch and colors) so the two compare by eye, with the absolute error (dB), ENL ratio and EPI maps and an HTML report "
         "that states the real bits per pixel next to PSNR, SSIM, RMSE, ENL ratio and EPI. With a band subset, "
         "only those bands are compressed and compared.")
 

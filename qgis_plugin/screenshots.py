@@ -159,6 +159,8 @@ def review_layers(source_path: str, model: Optional[str], work: str) -> dict:
         params["MODEL_FILE"] = model
     results = processing.runAndLoadResults("sarae:compress_review", params, feedback=QgsProcessingFeedback())
     layers = {layer.name(): layer for layer in QgsProject.instance().mapLayers().values()}
+    # the reconstruction is named after its source, model and rate ("scene — sarae-q2, 0.53 bpp")
+    layers["_reconstruction"] = next(lay for name, lay in layers.items() if name.endswith(" bpp"))
     layers["_source"] = source
     layers["_results"] = results
     layers["_params"] = params
@@ -183,7 +185,7 @@ def main(out: str = "docs/img", model: Optional[str] = None) -> int:
                    f"PSNR {r['PSNR']:.2f} dB, SSIM {r['SSIM']:.3f}, RMSE {r['RMSE_DB']:.2f} dB, "
                    f"ENL ratio {r['ENL_RATIO']:.2f}, EPI {r['EPI']:.2f}")
         print(caption)
-        print(review_map(layers["_source"], layers["Reconstruction"], layers["Absolute error (dB)"],
+        print(review_map(layers["_source"], layers["_reconstruction"], layers["Absolute error (dB)"],
                          os.path.join(out, "qgis_map.png"), caption=caption))
         shown = {"INPUT": layers["_source"], **({"MODEL_FILE": model} if model else {})}
         print(dialog_image("sarae:compress_review", os.path.join(out, "qgis_dialog.png"), shown))
