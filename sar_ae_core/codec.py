@@ -120,13 +120,15 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             halo_cells = max(2, math.ceil(HALO_PIXELS / d))
         plan = TilePlan(r.width, r.height, d, tile, halo_cells)
         preflight(r.path, plan, r.count)
-        scaling, scaling_reason = choose_scaling(r, bundle.scaling, scaling)
-        above = scaling.vmax_db
-        if step and keep_brightest > 0:
-            from .scaling import fit_scaling
+        from .scaling import raster_histogram
 
-            bright = fit_scaling([r], low=1, high=100 - float(keep_brightest), max_pixels_per_raster=1_000_000,
-                                 noise_floor=scaling.noise_floor, flat_ok=True).vmax_db
+        wants_bright = bool(step) and keep_brightest > 0
+        # one pass serves the range choice and the brightest-pixel threshold
+        hist = raster_histogram(r, bundle.scaling.noise_floor) if scaling != "model" or wants_bright else None
+        scaling, scaling_reason = choose_scaling(r, bundle.scaling, scaling, hist=hist)
+        above = scaling.vmax_db
+        if wants_bright:
+            bright = hist.percentile(100 - float(keep_brightest))
             above = float(min(above, max(bright, scaling.vmin_db + step)))
         above = math.floor(above * 1000) / 1000  # a short header number; a lower bound only escapes more
         info = r.info
@@ -272,15 +274,20 @@ def _choose_codec(name: str, bundle: ModelBundle, bits: int):
     raise SarInputError(None, f"unknown codec '{name}' (auto, uniform-zstd, factorized-range, hyperprior-range)")
 
 
-def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto") -> tuple[ScalingParams, str]:
-    """The dB range to code a raster with, and why (see compress_raster)."""
-    from .scaling import fit_scaling
+def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto", hist=None) -> tuple[ScalingParams, str]:
+    """The dB range to code a raster with, and why (see compress_raster); `hist`: the raster's dB histogram
+    when the caller has it (scaling.raster_histogram), else it is read."""
+    from .scaling import fit_scaling, raster_histogram
 
-    if mode not in ("auto", "model", "source"):
+    if mode not in SCALING_CHOICES:
         raise SarInputError(None, f"scaling must be auto, model or source (got '{mode}')")
     if mode == "model":
         return model_scaling, "the model's training range"
-    quick = fit_scaling([r], low=1, high=99, max_pixels_per_raster=1_000_000, flat_ok=True)
+    hist = hist if hist is not None else raster_histogram(r, model_scaling.noise_floor)
+    p1, p99 = hist.percentile(1), hist.percentile(99)
+    if not p99 > p1:  # a flat raster: a 1 dB range around its value
+        p1, p99 = p1 - 0.5, p1 + 0.5
+    quick = dataclasses.replace(model_scaling, vmin_db=p1, vmax_db=p99)
     lo, hi = model_scaling.vmin_db - 1.0, model_scaling.vmax_db + 1.0
     if mode == "auto" and lo <= quick.vmin_db and quick.vmax_db <= hi:
         return model_scaling, "the model's training range (covers this raster's 1st-99th percentiles)"

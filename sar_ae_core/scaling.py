@@ -308,6 +308,16 @@ def fit_scaling(sources: Sequence[str | os.PathLike | SarRaster], method: str = 
                          pixels=hist.n)
 
 
+def raster_histogram(raster: SarRaster, noise_floor: float = 1e-10, max_pixels: int = 1_000_000,
+                     block: int = 1024) -> DbHistogram:
+    """Streaming dB histogram of one open raster (subsampled to about `max_pixels`): one pass serves every
+    percentile a caller needs."""
+    hist = DbHistogram()
+    if _accumulate(raster, hist, noise_floor, max_pixels, block) == 0:
+        raise SarInputError(raster.path, "no valid pixels (all nodata, NaN, infinite or <= 0)")
+    return hist
+
+
 def describe_raster(raster: SarRaster, noise_floor: float = 1e-10, block: int = 1024) -> dict:
     """Streaming summary of a raster in dB: per-band valid fraction, min/max and 1st/50th/99th percentiles."""
     out = []
