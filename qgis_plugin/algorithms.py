@@ -36,6 +36,7 @@ from qgis.PyQt.QtGui import QIcon
 from . import styling
 from .deps import dependency_problem
 from .report import assessment_html, write_text_atomic
+from sar_ae_core.output import same_file as _same_file  # noqa: E402 - dependency-free
 
 ICON_PATH = str(Path(__file__).resolve().parent / "icons" / "sarae.svg")
 # sar_ae_core.defaults is dependency-free: the plugin reads it before it knows whether torch imports
@@ -86,13 +87,6 @@ def _move(src: str, dst: str) -> None:
     except OSError:
         shutil.copyfile(src, dst)
         os.unlink(src)
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def layer_file(layer) -> str:

@@ -30,18 +30,12 @@ def cell_bits(f, band: int) -> np.ndarray:
                                     f"{f.header['codec']['id']})")
     p = f.plan
     out = np.zeros((p.latent_height, p.latent_width), np.float64)
-    nlog = [-np.log2(codec.tables.probabilities(c)) for c in range(len(codec.tables.counts))]
     for tr in range(p.tile_rows):
         for tc in range(p.tile_cols):
             r0, r1, c0, c1 = p.tile_cells(tr, tc)
             y = f.latent_tile(tr, tc, band)
             q = codec.quantize(y)  # the symbols (dequantization is inverted exactly)
-            bits = np.zeros(q.shape[1:], np.float64)
-            for c in range(q.shape[0]):
-                idx, _ = codec.tables._index(c, q[c].ravel())
-                n = len(codec.tables.counts[c]) - 1
-                bits += (nlog[c][idx] + np.where(idx == n, 32.0, 0.0)).reshape(q.shape[1:])
-            out[r0:r1, c0:c1] = bits
+            out[r0:r1, c0:c1] = sum(codec.tables.symbol_bits(c, q[c]) for c in range(q.shape[0]))
     return out
 
 

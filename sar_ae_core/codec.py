@@ -31,7 +31,7 @@ from .options import MAX_BATCH, MAX_TILE, choice_option, device_option, int_opti
 from .progress import Progress, ProgressFn
 from .raster import AtomicOutput, Georef, GeoTiffWriter, Window, check_output_path, open_raster
 from .schema import validate_header
-from .scaling import ScalingParams, db_to_raw, output_dtype, output_nodata, raw_to_db, valid_mask
+from .scaling import ScalingParams, db_to_raw, output_dtype, output_nodata
 from .tiling import TilePlan, blend_weights
 
 
@@ -336,10 +336,7 @@ def _read_strip(r, plan: TilePlan, scaling: ScalingParams, tr: int, want_db: boo
     x0, x1 = -h, plan.tile_cols * tile + h
     ry0, ry1 = max(y0, 0), min(y1, plan.height)
     raw = r.read(Window(0, ry0, plan.width, ry1 - ry0))
-    valid = valid_mask(raw, r.units, r.nodata)
-    db_all = raw_to_db(np.where(valid, raw, 1), r.units, scaling.noise_floor)
-    scaled = scaling.db_to_unit(db_all)
-    scaled[~valid] = 0.0
+    scaled, valid, db_all = scaling.forward_db(raw, r.units, r.nodata)
     db = None
     if want_db:
         c0, c1 = tr * tile - ry0, min((tr + 1) * tile, plan.height) - ry0
@@ -489,10 +486,6 @@ class SarzFile:
         except Exception as exc:  # noqa: BLE001 - any decoding failure means a damaged chunk
             raise SarInputError(self.path, f"latent tile ({row}, {col}) band {band + 1} cannot be decoded "
                                            f"({exc})") from None
-
-    def mask_tile(self, row: int, col: int, band: int) -> np.ndarray:
-        """Validity of the raster pixels owned by one tile."""
-        return self.mask_and_escapes(row, col, band)[0]
 
     def mask_and_escapes(self, row: int, col: int, band: int):
         """(validity, escaped dB values as a float32 tile with NaN elsewhere, or None) of one tile."""

@@ -155,12 +155,13 @@ class EntropyTables:
 
     def bits(self, symbols: np.ndarray) -> float:
         """Ideal code length (bits) of integer latents (C, h, w) under the tables, escapes included."""
-        total = 0.0
-        for c in range(len(self.counts)):
-            idx, esc = self._index(c, symbols[c].ravel())
-            p = self.probabilities(c)
-            total += float(-np.log2(p[idx]).sum()) + 32.0 * esc.size
-        return total
+        return float(sum(self.symbol_bits(c, symbols[c]).sum() for c in range(len(self.counts))))
+
+    def symbol_bits(self, c: int, values: np.ndarray) -> np.ndarray:
+        """Code length (bits) of each integer value under channel c's table (an escape adds its 32 bits)."""
+        idx, _ = self._index(c, values.ravel())
+        n = len(self.counts[c]) - 1
+        return (-np.log2(self.probabilities(c)[idx]) + np.where(idx == n, 32.0, 0.0)).reshape(values.shape)
 
     def _index(self, c: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(self.counts[c]) - 1

@@ -29,28 +29,6 @@ MAX_BRIGHTEST_PERCENT = 5.0
 _ZSTD_LEVEL = 19
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _read_varint(buf: bytes, limit: int = 5) -> tuple[int, int]:
-    n = shift = 0
-    for i, byte in enumerate(buf[:limit]):
-        n |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return n, i + 1
-        shift += 7
-    raise ValueError("bad length prefix")
-
-
 def out_of_window(db: np.ndarray, valid: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     """Valid pixels whose dB value the [vmin, vmax] window would clip."""
     with np.errstate(invalid="ignore"):
@@ -132,12 +110,13 @@ def decode_escapes(frame: bytes, shape: tuple[int, int], vmin: float, vmax: floa
 def encode_mask_chunk(valid: np.ndarray, escape_frame: bytes) -> bytes:
     """Validity mask + escape frame of one tile (the `packbits-zstd-escapes` chunk)."""
     mask = encode_mask(valid)
-    return _varint(len(mask)) + mask + escape_frame
+    return _varints(np.array([len(mask)])) + mask + escape_frame
 
 
 def split_mask_chunk(payload: bytes, shape: tuple[int, int]) -> tuple[np.ndarray, bytes]:
     """(validity mask, escape frame) of a `packbits-zstd-escapes` chunk."""
-    n, k = _read_varint(payload)
+    (n,), k = _read_varints(np.frombuffer(payload[:4], np.uint8), 1)
+    n = int(n)
     if k + n > len(payload) or n == 0:
         raise ValueError("mask part longer than the chunk")
     return decode_mask(payload[k:k + n], shape), payload[k + n:]

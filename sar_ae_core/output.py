@@ -33,7 +33,8 @@ class Terminated(BaseException):
     """SIGTERM arrived: like KeyboardInterrupt it is not an `Exception`, so no handler swallows it."""
 
 
-def _same_file(a: str, b: str) -> bool:
+def same_file(a: str, b: str) -> bool:
+    """Same file (also through links); for paths that do not exist yet, the same resolved path."""
     try:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet): compare the resolved paths
@@ -47,7 +48,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False,
     if not path:
         raise SarInputError(None, "no output path given")
     for src in inputs:
-        if src is not None and _same_file(path, os.fspath(src)):
+        if src is not None and same_file(path, os.fspath(src)):
             raise SarInputError(path, f"is an input of this operation ({os.fspath(src)}); "
                                       "writing it would destroy the input: choose another output")
     if os.path.isdir(path):
@@ -135,7 +136,7 @@ class AtomicOutput:
                     raise err from None
                 raise
             for src in self.inputs:  # an input may have been linked to the output path while we worked
-                if _same_file(self.path, src):
+                if same_file(self.path, src):
                     self.discard()
                     raise SarInputError(self.path, f"is now the input {src}; not replacing it")
             if os.path.lexists(self.path) and not self.overwrite:

@@ -179,11 +179,16 @@ class ScalingParams:
 
     def forward(self, raw: np.ndarray, units: str, nodata: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
         """Raw values → (float32 [0, 1] with invalid pixels set to 0, boolean validity mask)."""
+        scaled, valid, _ = self.forward_db(raw, units, nodata)
+        return scaled, valid
+
+    def forward_db(self, raw: np.ndarray, units: str, nodata: Optional[float] = None):
+        """As `forward`, plus the unclipped dB values (float64; meaningless where invalid)."""
         valid = valid_mask(raw, units, nodata)
         db = raw_to_db(np.where(valid, raw, 1), units, self.noise_floor)
         scaled = self.db_to_unit(db)
         scaled[~valid] = 0.0
-        return scaled, valid
+        return scaled, valid, db
 
     def inverse(self, scaled: np.ndarray, valid: Optional[np.ndarray] = None, units: str = "db",
                 dtype: str = "float32", nodata: Optional[float] = None) -> np.ndarray:
