@@ -13,6 +13,10 @@ import numpy as np
 
 from .errors import Cancelled, SarInputError
 from .defaults import CODEC_IDS, OUTPUT_UNITS, SCALING_CHOICES, TILE, UNIT_CHOICES
+from .runtime import RUNTIMES
+
+RUNTIME_HELP = ("network runtime: auto (ONNX Runtime on the CPU when the model has its ONNX export, else PyTorch), "
+                "onnx or torch (default auto)")
 
 SAMPLE = Path(__file__).resolve().parent / "sample" / "s1_iw_grd_sen1floods11_spain_7370579_vv_vh_db.tif"
 
@@ -111,6 +115,7 @@ def cmd_compress(args) -> int:
         raise SarInputError(None, "give only one of --model, --quality and --rate")
     model = QUALITY_MODELS[args.quality] if args.quality is not None else args.model
     options = dict(bands=args.bands, units=args.units, bits=args.bits, device=args.device, tile=args.tile,
+                   runtime=args.runtime,
                    batch_size=args.batch_size, scaling=args.scaling, codec=args.codec, overwrite=args.overwrite,
                    escape_step_db=args.escape_step, keep_brightest=args.keep_brightest)
     with _progress_bar("compress") as bar:
@@ -137,9 +142,13 @@ def cmd_reconstruct(args) -> int:
 
     with _progress_bar("reconstruct") as bar:
         r = reconstruct_raster(args.input, args.output, units=args.units, window=args.window, model=args.model,
-                               device=args.device, overwrite=args.overwrite, progress=bar)
+                               device=args.device, overwrite=args.overwrite, progress=bar, runtime=args.runtime)
     print(f"wrote {r['output']}: {r['width']}x{r['height']} px, {r['bands']} band(s), {r['units']} "
           f"{r['dtype']}, {r['seconds']:.1f} s")
+    from .remote import TOTALS, is_url
+
+    if is_url(args.input) and TOTALS["requests"]:
+        print(f"read {TOTALS['bytes']} bytes of {args.input} in {TOTALS['requests']} range request(s)")
     return 0
 
 
@@ -184,9 +193,10 @@ def cmd_models(args) -> int:
     for path in bundled_models():
         b = load_bundle(str(path))
         rows.append({"name": b.name, "path": str(path), "variant": b.config.variant,
-                     "entropy_model": b.config.entropy_model,
-                     "latent_channels": b.config.latent_channels, "parameters": b.model.parameter_count(),
-                     "nominal_ratio": b.model.nominal_compression_ratio, "size_bytes": path.stat().st_size,
+                     "entropy_model": b.config.entropy_model, "decoder": b.config.decoder, "runtime": b.runtime,
+                     "latent_channels": b.config.latent_channels,
+                     "nominal_ratio": b.config.in_channels * 4 ** b.config.stages / b.config.latent_channels,
+                     "size_bytes": path.stat().st_size,
                      "scaling_db": [b.scaling.vmin_db, b.scaling.vmax_db], **b.info})
         # the card beside a bundled model holds the latest measurement (benchmarks/bench_rd.py --update-cards)
         card = model_card(b.name)
@@ -200,8 +210,8 @@ def cmd_models(args) -> int:
     for r in rows:
         quality = _measured_text(r.get("measured") or {})
         size = "entropy-coded" if r["entropy_model"] != "none" else f"nominal {r['nominal_ratio']:.0f}x"
-        print(f"{r['name']}: {r['variant']}, latent {r['latent_channels']} ch ({size}), "
-              f"{r['parameters']:,} parameters, {r['size_bytes'] / 1e6:.1f} MB; scaling "
+        print(f"{r['name']}: {r['variant']}{' (light decoder)' if r['decoder'] == 'light' else ''}, latent "
+              f"{r['latent_channels']} ch ({size}), runs on {r['runtime']}, {r['size_bytes'] / 1e6:.1f} MB; scaling "
               f"[{r['scaling_db'][0]:.1f}, {r['scaling_db'][1]:.1f}] dB" + (f"; measured: {quality}" if quality else ""))
     return 0
 
@@ -250,6 +260,89 @@ def cmd_assess(args) -> int:
             with open(out.tmp, "w", encoding="utf-8") as fh:
                 json.dump(report, fh, indent=2, default=_json_default)
     return 0
+
+
+#: compress options whose compress_raster keyword differs from their argparse name; options batch handles itself
+_BATCH_RENAMES = {"escape_step": "escape_step_db"}
+_BATCH_OWN = ("model", "quality", "rate", "overwrite")
+#: the compress options that also apply to batch --reconstruct
+_BATCH_RECONSTRUCT = ("model", "device", "runtime", "overwrite")
+
+
+def cmd_batch(args) -> int:
+    """Compress (or --reconstruct) many inputs into a folder on a Dask cluster; exit 2 when some failed."""
+    from .batch import run_batch
+    from .defaults import QUALITY_MODELS
+
+    if args.reconstruct:
+        given = [opt for dest, (opt, default) in args.compress_options.items()
+                 if dest not in _BATCH_RECONSTRUCT and getattr(args, dest) != default]
+        if given:
+            raise SarInputError(None, f"{', '.join(given)}: compress option(s), not for batch --reconstruct")
+        options = {dest: getattr(args, dest) for dest in _BATCH_RECONSTRUCT[:-1] if dest in args.compress_options}
+        options.update(units=args.output_units or "source", device=args.device or "cpu")
+    else:
+        if args.output_units is not None:
+            raise SarInputError(None, "--output-units is for batch --reconstruct")
+        if sum(x is not None for x in (args.quality, args.model, args.rate)) > 1:
+            raise SarInputError(None, "give only one of --model, --quality and --rate")
+        options = {_BATCH_RENAMES.get(dest, dest): getattr(args, dest) for dest in args.compress_options
+                   if dest not in _BATCH_OWN}
+        options.update(device=args.device or "auto", rate=args.rate,
+                       model=QUALITY_MODELS[args.quality] if args.quality is not None else args.model)
+    r = run_batch(args.inputs, args.out, reconstruct=args.reconstruct, options=options, workers=args.workers,
+                  threads_per_worker=args.threads_per_worker, torch_threads=args.torch_threads,
+                  scheduler=args.scheduler, retries=args.retries, overwrite=args.overwrite)
+    c = r["counts"]
+    for it in r["items"]:
+        if it["status"] == "failed":
+            print(f"failed: {it['error']}", file=sys.stderr)
+    print(f"batch {'reconstruct' if args.reconstruct else 'compress'}: {len(r['items'])} input(s) -> {r['out']}: "
+          f"{c['done']} done, {c['skipped']} skipped, {c['failed']} failed in {r['seconds']:.1f} s on "
+          f"{r['workers']} worker(s), {r['megapixels_per_s']:.2f} MPx/s; manifest {r['manifest_csv']}")
+    return 2 if c["failed"] else 0
+
+
+def _add_batch_parser(sub) -> None:
+    """`batch`: its own options, then every option of `compress` (copies of its definitions, so each keeps one
+    home: the compress sub-parser)."""
+    import copy
+
+    s = sub.add_parser("batch", help="compress (or --reconstruct) many rasters into a folder on a Dask cluster",
+                       description="Compress many rasters into DIR/<stem>.sarz (or, with --reconstruct, .sarz files "
+                                   "into DIR/<stem>.tif) on Dask distributed, with a manifest (DIR/manifest.csv, "
+                                   ".json). A rerun skips outputs that are complete and match their input and "
+                                   "options. Exit 0 when every input is done or skipped, 2 when some failed.")
+    s.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="files, folders, glob patterns ('**' recurses) or @list.txt (one input per line)")
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder (created when missing)")
+    s.add_argument("--reconstruct", action="store_true", help="the way back: .sarz inputs to GeoTIFFs")
+    s.add_argument("--output-units", default=None, choices=OUTPUT_UNITS,
+                   help="with --reconstruct: source units and dtype (default) or dB float32")
+    s.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes of the local cluster (default: one per core)")
+    s.add_argument("--threads-per-worker", type=int, default=1, metavar="N",
+                   help="inputs each worker codes at once (default 1)")
+    s.add_argument("--torch-threads", type=int, default=1, metavar="N",
+                   help="torch threads of each worker (default 1: the workers share out the cores)")
+    s.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask cluster (e.g. tcp://host:8786) instead of a local one; the inputs "
+                        "and DIR must be paths every worker sees")
+    s.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="retries of an input whose task raised an unexpected error (default 2)")
+    compress = sub.choices["compress"]
+    options = {}
+    for action in compress._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        action = copy.copy(action)
+        if action.dest == "device":
+            action.default, action.help = None, "auto | cpu | cuda | cuda:N (default auto; with --reconstruct cpu)"
+        elif action.dest == "overwrite":
+            action.help = "replace existing outputs that do not match (matching ones are skipped either way)"
+        s._add_action(action)
+        options[action.dest] = (action.option_strings[-1], action.default)
+    s.set_defaults(func=cmd_batch, compress_options=options)
 
 
 def _json_default(value):
@@ -311,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latent coder: the model's learned entropy model when it has one (auto), or uniform "
                         "quantization + zstd")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    s.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     s.add_argument("--tile", type=int, default=TILE, help=f"tile size in pixels (default {TILE})")
     s.add_argument("--batch-size", type=int, default=8, help="encoder batch size (default 8)")
     s.add_argument("--scaling", default="auto", choices=SCALING_CHOICES,
@@ -334,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="model bundle (default: the one named in the file)")
     s.add_argument("--device", default="cpu",
                    help="cpu (default: bit-exact everywhere) | auto | cuda | cuda:N")
+    s.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.set_defaults(func=cmd_reconstruct)
 
@@ -368,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--block", type=int, default=1024, help="processing block size in pixels (memory bound)")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.set_defaults(func=cmd_assess)
+
+    _add_batch_parser(sub)
 
     s = sub.add_parser("demo", help="run the main job on the bundled Sentinel-1 sample")
     s.add_argument("--input", default=None, help="raster to use instead of the bundled sample")

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 from . import __version__
 from . import escapes as esc
 from .container import ContainerReader, ContainerWriter
 from .errors import SarInputError
 from .latent_coding import UniformZstdCodec, codec_from_params, decode_mask, encode_mask
-from .model_io import ModelBundle, load_bundle, ready_bundle, select_device
+from .model_config import decoder_halo_cells
+from .model_io import ModelBundle, load_bundle, ready_bundle
+from .runtime import threads as runtime_threads
 from .defaults import HALO_PIXELS, SCALING_CHOICES, TILE
 from .options import MAX_BATCH, MAX_TILE, choice_option, device_option, int_option
 from .progress import Progress, ProgressFn
@@ -71,7 +72,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                     codec: str = "auto", overwrite: bool = False, progress: Optional[ProgressFn] = None,
                     bundle: Optional[ModelBundle] = None, escape_step_db: Optional[float] = esc.DEFAULT_STEP_DB,
                     keep_brightest: float = esc.DEFAULT_BRIGHTEST_PERCENT, gain: float = 1.0,
-                    latent_store: Optional["LatentStore"] = None) -> dict:
+                    latent_store: Optional["LatentStore"] = None, runtime: str = "auto") -> dict:
     """Encode a raster into a `.sarz` file; returns the measured rate (bits per pixel from file bytes).
 
     `scaling`: 'model' uses the dB range the model was trained with; 'source' fits a 0.1–99.9 percentile
@@ -97,9 +98,9 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     device_option(device)
     check_output_path(output_path, overwrite, inputs)
     prog = Progress(progress)
-    bundle = ready_bundle(model, device, bundle)
-    dev = next(bundle.model.parameters()).device
-    d = bundle.model.downsample_factor
+    bundle = ready_bundle(model, device, bundle, runtime)
+    dev = bundle.device
+    d = bundle.downsample_factor
     tile = int_option("--tile", tile, 2 * d, MAX_TILE, multiple_of=d)
     batch_size = int_option("--batch-size", batch_size, 1, MAX_BATCH)
     bits = int_option("--bits", bits, 1, 16)
@@ -152,7 +153,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
         }
         n_valid = n_escaped = 0
         with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out, open(out.tmp, "wb") as fh, \
-                _Runner(dev) as runner:
+                _Runner(bundle) as runner:
             writer = ContainerWriter(fh, header)
             for tr in range(plan.tile_rows):
                 t0 = time.perf_counter()
@@ -189,7 +190,8 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     return {"output": os.fspath(output_path), "bytes": nbytes, "bpp": nbytes * 8 / pixels,
             "compression_ratio": source_bits * pixels / (nbytes * 8), "parts": sizes, "pixels": pixels,
             "bands": info.count, "model": bundle.name, "scaling": scaling_reason, "escaped_pixels": n_escaped,
-            "escape_step_db": step, "device": str(dev), "seconds": time.perf_counter() - t_start,
+            "escape_step_db": step, "device": dev, "runtime": bundle.runtime,
+            "seconds": time.perf_counter() - t_start,
             "timing": timer.as_dict()}
 
 
@@ -358,17 +360,25 @@ def _tile_db(db: np.ndarray, plan: TilePlan, tr: int, tc: int) -> np.ndarray:
 
 
 class _Runner:
-    """Runs network calls on independent windows. CPU: one intra-op thread per call (thread-count independent
-    results) and as many calls in parallel as torch had threads; CUDA: one call after the other."""
+    """Runs network calls on independent work units. CPU: every call on one thread (ONNX Runtime sessions are
+    single-threaded; torch's intra-op threads are set to 1) and as many calls in parallel as the codec has
+    threads, so results do not depend on the thread count; CUDA: one call after the other."""
 
-    def __init__(self, dev):
-        self.dev = dev
-        self.threads = torch.get_num_threads()
+    def __init__(self, bundle: ModelBundle):
+        self.cpu = bundle.device == "cpu"
+        self.torch = bundle.runtime == "torch"
+        self.threads = 1
         self.pool = None
 
     def __enter__(self) -> "_Runner":
-        if self.dev.type == "cpu":
-            torch.set_num_threads(1)
+        if self.cpu:
+            if self.torch:
+                import torch
+
+                self.threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+            else:
+                self.threads = runtime_threads()
             if self.threads > 1:
                 from concurrent.futures import ThreadPoolExecutor
 
@@ -378,27 +388,25 @@ class _Runner:
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
-        if self.dev.type == "cpu":
+        if self.cpu and self.torch:
+            import torch
+
             torch.set_num_threads(self.threads)
 
     def map(self, fn, items: list) -> list:
-        def call(item):
-            with torch.inference_mode():
-                return fn(item)
-
-        return list(self.pool.map(call, items)) if self.pool is not None else [call(i) for i in items]
+        return list(self.pool.map(fn, items)) if self.pool is not None else [fn(i) for i in items]
 
 
-def _encode_strip(bundle: ModelBundle, plan: TilePlan, strip: np.ndarray, tr: int, dev, batch_size: int,
+def _encode_strip(bundle: ModelBundle, plan: TilePlan, strip: np.ndarray, tr: int, dev: str, batch_size: int,
                   timer, runner: "_Runner") -> list:
     """Latent cells of every tile in tile row `tr` (each tile encoded from its window with halo). On the CPU each
     window is its own call (batch 1: results independent of how windows are grouped); on CUDA in batches."""
     wp, tile, hc = plan.window_pixels, plan.tile, plan.halo_cells
     windows = [strip[:, tc * tile: tc * tile + wp] for tc in range(plan.tile_cols)]
-    step = batch_size if dev.type != "cpu" else 1
+    step = batch_size if dev != "cpu" else 1
     batches = [np.stack(windows[i:i + step])[:, None] for i in range(0, len(windows), step)]
     t0 = time.perf_counter()
-    ys = runner.map(lambda b: bundle.model.encode(torch.from_numpy(b).to(dev)).float().cpu().numpy(), batches)
+    ys = runner.map(bundle.nets.encode, batches)
     timer.network += time.perf_counter() - t0
     out = []
     for y in ys:
@@ -422,7 +430,9 @@ class SarzFile:
     """An open `.sarz` file: header facts and access to the latent and mask tiles it stores."""
 
     def __init__(self, path: str | os.PathLike):
-        self.reader = ContainerReader.open(path)
+        from .remote import open_container  # a local path or a URL (http(s) range requests, fsspec)
+
+        self.reader = open_container(path)
         self.path = self.reader.path
         h = self.reader.header
         try:
@@ -534,9 +544,9 @@ def sarz_info(path: str | os.PathLike) -> dict:
                 "tiling": f.header["tiling"], "scaling": f.header["scaling"], "created_by": f.header.get("created_by")}
 
 
-def _bundle_for(f: SarzFile, model: Optional[str], dev) -> ModelBundle:
+def _bundle_for(f: SarzFile, model: Optional[str], device: str = "cpu", runtime: str = "auto") -> ModelBundle:
     try:
-        bundle = load_bundle(model or f.model_name, dev)
+        bundle = load_bundle(model or f.model_name, device, runtime)
     except SarInputError as exc:
         if model:
             raise
@@ -551,22 +561,25 @@ def _bundle_for(f: SarzFile, model: Optional[str], dev) -> ModelBundle:
 def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.PathLike, *, units: str = "source",
                        window: Optional[Sequence[int]] = None, model: Optional[str] = None, device: str = "cpu",
                        overwrite: bool = False, progress: Optional[ProgressFn] = None,
-                       bundle: Optional[ModelBundle] = None) -> dict:
+                       bundle: Optional[ModelBundle] = None, runtime: str = "auto") -> dict:
     """Decode a `.sarz` file (or a window COL ROW WIDTH HEIGHT of it) into a georeferenced GeoTIFF in the
     source units and dtype (`units='source'`) or in dB (`units='db'`)."""
     t_start = time.perf_counter()
     if units not in ("source", "db"):
         raise SarInputError(None, f"--units must be 'source' or 'db' (got '{units}')")
-    inputs = [input_path] + ([model] if model and os.path.exists(os.fspath(model)) else [])
+    from .remote import is_url
+
+    inputs = ([] if is_url(os.fspath(input_path)) else [input_path]) + \
+        ([model] if model and os.path.exists(os.fspath(model)) else [])  # a URL is no local file to protect
     check_output_path(output_path, overwrite, inputs)
     prog = Progress(progress)
     timer = _Timer()
-    dev = select_device(device)
     with SarzFile(input_path) as f:
         p, src = f.plan, f.source
         if bundle is None or not bundle.sha256.startswith(f.model_sha):
-            bundle = _bundle_for(f, model, dev)
-        bundle.to(dev)
+            bundle = _bundle_for(f, model, device, runtime)
+        bundle = ready_bundle(None, device, bundle)
+        dev = bundle.device
         f.attach(bundle)
         col0, row0, width, height = window if window is not None else (0, 0, p.width, p.height)
         if width <= 0 or height <= 0 or col0 < 0 or row0 < 0 or col0 + width > p.width or row0 + height > p.height:
@@ -586,13 +599,18 @@ def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.Path
         with GeoTiffWriter(output_path, width, height, f.bands, dtype, georef, nodata=nodata,
                            band_names=src.get("band_names"), tags=tags, overwrite=overwrite, inputs=inputs) as w:
             steps = len(tile_rows) * f.bands
-            with _Runner(dev) as runner:
+            halo = decoder_halo_cells(bundle.config)
+            with _Runner(bundle) as runner:
                 for b in range(f.bands):
-                    _decode_band(f, bundle, dev, b, (col0, row0, width, height), tile_rows, tile_cols, weights,
-                                 w, out_units, dtype, nodata, timer, prog, steps, runner)
+                    if halo is None:  # global attention: overlapping windows, blended
+                        _decode_band(f, bundle, b, (col0, row0, width, height), tile_rows, tile_cols, weights,
+                                     w, out_units, dtype, nodata, timer, prog, steps, runner)
+                    else:
+                        _decode_band_strips(f, bundle, b, (col0, row0, width, height), halo,
+                                            w, out_units, dtype, nodata, timer, prog, runner)
     return {"output": os.fspath(output_path), "width": width, "height": height, "bands": f.bands,
-            "units": out_units, "dtype": dtype, "device": str(dev), "seconds": time.perf_counter() - t_start,
-            "timing": timer.as_dict()}
+            "units": out_units, "dtype": dtype, "device": dev, "runtime": bundle.runtime,
+            "seconds": time.perf_counter() - t_start, "timing": timer.as_dict()}
 
 
 def _latent_window(f: SarzFile, cache: dict, tr: int, tc: int, band: int) -> np.ndarray:
@@ -615,7 +633,7 @@ def _latent_window(f: SarzFile, cache: dict, tr: int, tc: int, band: int) -> np.
     return out
 
 
-def _decode_band(f: SarzFile, bundle: ModelBundle, dev, band: int, region, tile_rows, tile_cols, weights,
+def _decode_band(f: SarzFile, bundle: ModelBundle, band: int, region, tile_rows, tile_cols, weights,
                  writer: GeoTiffWriter, out_units: str, dtype: str, nodata, timer: _Timer, prog: Progress,
                  steps: int, runner: _Runner) -> None:
     """Decode one band of the region tile row by tile row, blending windows into a rolling accumulator."""
@@ -639,8 +657,7 @@ def _decode_band(f: SarzFile, bundle: ModelBundle, dev, band: int, region, tile_
         lats = [_latent_window(f, cache, tr, tc, band) for tc in tile_cols]
         timer.coding += time.perf_counter() - t0
         t0 = time.perf_counter()
-        xs = runner.map(lambda lat: bundle.model.decode(torch.from_numpy(lat[None]).to(dev)).float().cpu().numpy()[0, 0],
-                        lats)
+        xs = runner.map(lambda lat: bundle.nets.decode(lat[None])[0, 0], lats)
         timer.network += time.perf_counter() - t0
         del lats
         for tc, x in zip(tile_cols, xs):
@@ -672,6 +689,77 @@ def _decode_band(f: SarzFile, bundle: ModelBundle, dev, band: int, region, tile_
             acc_y0 = written = final_to
         for key in [key for key in cache if key[0] < tr]:
             del cache[key]  # latent tiles of rows above are no longer needed
+        prog.step((band * len(tile_rows) + k + 1) / steps, f"reconstructing band {band + 1}, tile row {k + 1}")
+
+
+#: decode work unit width (pixels, rounded to whole tiles): fixed, so that a window decodes exactly the units a
+#: full decode does (bit-identical pixels) whatever the thread count
+UNIT_PIXELS = 512
+
+
+def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, halo: int,
+                        writer: GeoTiffWriter, out_units: str, dtype: str, nodata, timer: _Timer, prog: Progress,
+                        runner: _Runner) -> None:
+    """Decode one band of the region without redundant work: the decoder's receptive field is `halo` latent cells,
+    so each work unit (one tile row × UNIT_PIXELS columns of the latent grid) is decoded with just `halo` cells
+    around it (edge-replicated beyond the grid, as the encoder saw mirrored pixels there) and its centre is final:
+    the same pixels as one decode of the whole edge-padded latent grid, with no blending. Units are fixed on the grid, so a window decode equals that window of the
+    full decode bit for bit."""
+    p = f.plan
+    col0, row0, width, height = region
+    fct, cells = p.downsample, p.cells
+    unit_cells = max(1, UNIT_PIXELS // p.tile) * cells
+    u_first, u_last = (col0 // fct) // unit_cells, ((col0 + width - 1) // fct) // unit_cells
+    tile_rows = range(row0 // p.tile, (row0 + height - 1) // p.tile + 1)
+    steps = len(tile_rows) * f.bands
+    cache: dict = {}
+
+    def latents(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Latent cells rows [r0, r1) x cols [c0, c1) of the grid, from the (cached) stored tiles."""
+        out = np.empty((f.latent_channels, r1 - r0, c1 - c0), np.float32)
+        for t_r in range(r0 // cells, (r1 - 1) // cells + 1):
+            for t_c in range(c0 // cells, (c1 - 1) // cells + 1):
+                key = (t_r, t_c)
+                if key not in cache:
+                    cache[key] = f.latent_tile(t_r, t_c, band)
+                tile = cache[key]
+                a0, a1 = max(r0, t_r * cells), min(r1, t_r * cells + tile.shape[1])
+                b0, b1 = max(c0, t_c * cells), min(c1, t_c * cells + tile.shape[2])
+                out[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] = tile[:, a0 - t_r * cells:a1 - t_r * cells,
+                                                               b0 - t_c * cells:b1 - t_c * cells]
+        return out
+
+    for k, tr in enumerate(tile_rows):
+        r0, r1 = tr * cells, min((tr + 1) * cells, p.latent_height)
+        hr0, hr1 = r0 - halo, r1 + halo
+        t0 = time.perf_counter()
+        units = []
+        for u in range(u_first, u_last + 1):
+            c0, c1 = u * unit_cells, min((u + 1) * unit_cells, p.latent_width)
+            hc0, hc1 = c0 - halo, c1 + halo
+            lat = latents(max(hr0, 0), min(hr1, p.latent_height), max(hc0, 0), min(hc1, p.latent_width))
+            pads = [(0, 0), (max(0, -hr0), max(0, hr1 - p.latent_height)), (max(0, -hc0), max(0, hc1 - p.latent_width))]
+            units.append((c0, c1, hc0, np.pad(lat, pads, mode="edge") if any(map(any, pads)) else lat))
+        timer.coding += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        xs = runner.map(lambda unit: bundle.nets.decode(unit[3][None])[0, 0], units)
+        timer.network += time.perf_counter() - t0
+        # raster rows of this tile row inside the region
+        y0, y1 = max(tr * p.tile, row0), min((tr + 1) * p.tile, p.height, row0 + height)
+        valid, escaped = _mask_rows(f, band, y0, y1, col0, width)
+        t0 = time.perf_counter()
+        strip = np.empty((y1 - y0, width), np.float32)
+        for (c0, c1, hc0, _), x in zip(units, xs):
+            a, b = max(c0 * fct, col0), min(c1 * fct, col0 + width)
+            strip[:, a - col0:b - col0] = x[y0 - hr0 * fct:y1 - hr0 * fct, a - hc0 * fct:b - hc0 * fct]
+        del units, xs
+        values = _to_output(f, strip, valid, escaped, out_units, dtype, nodata)
+        timer.blending += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        writer.write(values, Window(0, y0 - row0, width, y1 - y0), band=band + 1)
+        timer.io += time.perf_counter() - t0
+        for key in [key for key in cache if key[0] < tr]:
+            del cache[key]  # the next tile row needs only its own latent rows and `halo` above
         prog.step((band * len(tile_rows) + k + 1) / steps, f"reconstructing band {band + 1}, tile row {k + 1}")
 
 

@@ -113,7 +113,13 @@ class ContainerReader:
         if os.path.isdir(path):
             raise SarInputError(path, "is a folder, not a .sarz file")
         size = os.path.getsize(path)
-        fh = open(path, "rb")
+        return cls.from_file(open(path, "rb"), size, path)
+
+    @classmethod
+    def from_file(cls, fh: BinaryIO, size: int, path: str) -> "ContainerReader":
+        """Validate frame, header and index of an open binary file of `size` bytes that only needs `seek` and
+        `read` (a local file, or a remote one: `sar_ae_core.remote`); `path` names it in errors. The reader owns
+        `fh` from now on: it is closed on error and by `close()`."""
         try:
             pre = fh.read(_PRE.size)
             if len(pre) < _PRE.size or pre[:8] != MAGIC:

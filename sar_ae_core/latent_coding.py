@@ -99,7 +99,7 @@ def codec_from_params(p: dict, tables=None) -> LatentCodec:
     if p.get("id") == UniformZstdCodec.id:
         return UniformZstdCodec.from_params(p)
     if p.get("id") in ("factorized-range", "hyperprior-range"):
-        from .entropy import FactorizedRangeCodec
+        from .tables import FactorizedRangeCodec
 
         if tables is None:
             raise ValueError("the model has no entropy-coding tables")

@@ -1,7 +1,9 @@
 """Model bundles: one `.pt` file holding the model config, its weights, the scaling parameters it was
-trained with, and what is known about it (training data, measured rate/quality). Bundled models live in
-`sar_ae_core/models_bundled/`; any other bundle is loaded by path. Loading always maps to the CPU first,
-so a bundle saved on CUDA loads anywhere."""
+trained with, and what is known about it (training data, measured rate/quality), and beside it the ONNX
+runtime bundle `name.onnx.zip` (`sar_ae_core.runtime`, written by `python -m training.onnx_export`) that
+compress/reconstruct use without torch. Bundled models live in `sar_ae_core/models_bundled/`; any other
+bundle is loaded by path. Loading a `.pt` always maps to the CPU first, so a bundle saved on CUDA loads
+anywhere. torch is imported only when a `.pt` bundle is loaded or saved."""
 
 from __future__ import annotations
 
@@ -10,14 +12,18 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
-
-from .entropy import EntropyTables
 from .errors import SarInputError
-from .models import ModelConfig, SarAutoencoder, build_model
+from .model_config import ModelConfig
+from .runtime import OnnxNets, TorchNets, choose_runtime, read_runtime_bundle, runtime_path
 from .scaling import ScalingParams
+from .tables import EntropyTables
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .models import SarAutoencoder
 
 BUNDLE_FORMAT = "sarae-model"
 BUNDLE_VERSION = 1
@@ -26,8 +32,10 @@ from .defaults import ATTENTION_MODEL, DEFAULT_MODEL, QUALITY_MODELS  # noqa: E4
 # --quality: rate points from ≈0.2 to ≈1.3 bits per pixel (measured means in each model card)
 
 
-def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+def weights_sha256(state_dict: "dict[str, torch.Tensor]") -> str:
     """SHA-256 of the weights in a canonical order and dtype (independent of file layout or device)."""
+    import torch
+
     h = hashlib.sha256()
     for key in sorted(state_dict):
         t = state_dict[key].detach().to("cpu").contiguous()
@@ -43,22 +51,43 @@ class ModelBundle:
     """A loaded model with everything needed to use it on new rasters."""
 
     name: str
-    model: SarAutoencoder
+    model: "Optional[SarAutoencoder]"          # the torch model (None when loaded for ONNX Runtime)
     config: ModelConfig
     scaling: ScalingParams
     sha256: str
     path: Optional[str] = None
     info: dict[str, Any] = field(default_factory=dict)
     tables: Optional[EntropyTables] = None     # frozen integer coding tables of the entropy model
+    nets: Any = None                           # encode/decode on numpy arrays (runtime.OnnxNets / TorchNets)
 
-    def to(self, device: torch.device | str) -> "ModelBundle":
-        """Move the model to a device (in eval mode)."""
-        self.model.to(device).eval()
+    @property
+    def runtime(self) -> str:
+        """'onnx' or 'torch'."""
+        return self.nets.runtime
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** self.config.stages
+
+    def to(self, device: "torch.device | str") -> "ModelBundle":
+        """Move the torch model to a device (in eval mode); ONNX Runtime bundles stay on the CPU."""
+        if self.model is not None:
+            self.model.to(device).eval()
+            self.nets = TorchNets(self.model, device)
         return self
 
+    @property
+    def device(self) -> str:
+        """Where the networks run ('cpu', 'cuda:0', ...)."""
+        if self.model is None:
+            return "cpu"
+        return str(next(self.model.parameters()).device)
 
-def select_device(device: str = "auto") -> torch.device:
+
+def select_device(device: str = "auto") -> "torch.device":
     """'auto' → CUDA when present, else CPU; 'cpu', 'cuda', 'cuda:N' as given (checked)."""
+    import torch
+
     from .options import device_option
 
     device = device_option(device)
@@ -72,10 +101,12 @@ def select_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def save_bundle(path: str | os.PathLike, model: SarAutoencoder, scaling: ScalingParams, name: str,
+def save_bundle(path: str | os.PathLike, model: "SarAutoencoder", scaling: ScalingParams, name: str,
                 info: Optional[dict] = None, half: bool = True) -> str:
     """Write a bundle atomically; fp16 weights by default (float buffers such as BatchNorm stats included).
     Returns the SHA-256 of the stored weights."""
+    import torch
+
     from .raster import AtomicOutput
 
     state = {}
@@ -109,16 +140,16 @@ def model_card(name: str) -> dict:
 
 
 def resolve_model(name_or_path: Optional[str]) -> Path:
-    """A bundled model name (e.g. 'sarae-q2') or a path to a bundle file."""
-    name_or_path = name_or_path or DEFAULT_MODEL
+    """A bundled model name (e.g. 'sarae-q2') or a path to a bundle file (`.pt`, or its `.onnx.zip`)."""
+    name_or_path = os.fspath(name_or_path or DEFAULT_MODEL)
     p = Path(name_or_path)
-    if p.suffix == ".pt" and p.exists():
+    if p.suffix in (".pt", ".zip") and p.is_file():
         return p
     candidate = BUNDLED_DIR / f"{name_or_path}.pt"
-    if candidate.exists():
+    if candidate.exists() or runtime_path(candidate).exists():
         return candidate
     names = ", ".join(b.stem for b in bundled_models()) or "none"
-    if p.suffix == ".pt" or os.sep in name_or_path:
+    if p.suffix in (".pt", ".zip") or os.sep in name_or_path:
         raise SarInputError(name_or_path, "model file not found")
     raise SarInputError(name_or_path, f"no such model (bundled models: {names}; or give a path to a .pt bundle)")
 
@@ -126,6 +157,8 @@ def resolve_model(name_or_path: Optional[str]) -> Path:
 def load_tagged(path: str | os.PathLike, fmt: str, version: int, what: str) -> dict:
     """torch.load a dict saved by this project (on the CPU, tensors and plain types only) and check its
     format tag and version; errors name the file."""
+    import torch
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
@@ -137,9 +170,18 @@ def load_tagged(path: str | os.PathLike, fmt: str, version: int, what: str) -> d
     return payload
 
 
-def load_bundle(name_or_path: Optional[str] = None, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load a model bundle (bundled name or path) onto `device` in eval mode, in float32."""
+def load_bundle(name_or_path: Optional[str] = None, device: "str | torch.device" = "cpu",
+                runtime: str = "auto") -> ModelBundle:
+    """Load a model bundle (bundled name or path) for `runtime` ('auto': ONNX Runtime on the CPU when the model
+    has its runtime bundle and onnxruntime is installed, else torch on `device`, in eval mode, float32)."""
     path = resolve_model(name_or_path)
+    pt, zp = (None, path) if path.suffix == ".zip" else (path, runtime_path(path))
+    if choose_runtime(runtime, pt, zp, str(device)) == "onnx":
+        return _load_runtime_bundle(zp)
+    from .models import build_model
+
+    if isinstance(device, str):
+        device = select_device(device)
     payload = load_tagged(path, BUNDLE_FORMAT, BUNDLE_VERSION, "model bundle")
     try:
         config = ModelConfig.from_dict(payload["model_config"])
@@ -166,10 +208,31 @@ def load_bundle(name_or_path: Optional[str] = None, device: str | torch.device =
             tables = EntropyTables.from_dict(d)
     model.to(device).eval()
     return ModelBundle(name=payload.get("name", path.stem), model=model, config=config, scaling=scaling,
-                       sha256=digest, path=str(path), info=payload.get("info", {}), tables=tables)
+                       sha256=digest, path=str(path), info=payload.get("info", {}), tables=tables,
+                       nets=TorchNets(model, device))
 
 
-def ready_bundle(model: Optional[str], device: str = "auto", bundle: Optional[ModelBundle] = None) -> ModelBundle:
-    """The given bundle, or the named one loaded, on the selected device in eval mode."""
-    dev = select_device(device)
-    return (bundle or load_bundle(model, dev)).to(dev)
+def _load_runtime_bundle(path: Path) -> ModelBundle:
+    meta, enc, dec = read_runtime_bundle(path)
+    try:
+        config = ModelConfig.from_dict(meta["model_config"])
+        scaling = ScalingParams.from_dict(meta["scaling"])
+        tables = EntropyTables.from_dict(meta["entropy_tables"]) if meta.get("entropy_tables") else None
+        sha = str(meta["sha256"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SarInputError(path, f"runtime bundle is inconsistent ({str(exc).splitlines()[0][:160]})") from None
+    if config.entropy_model != "none" and tables is None:
+        raise SarInputError(path, "model has an entropy model but no coding tables (re-export it)")
+    name = str(meta.get("name") or path.name.split(".")[0])
+    return ModelBundle(name=name, model=None, config=config, scaling=scaling, sha256=sha, path=str(path),
+                       info=meta.get("info") or {}, tables=tables, nets=OnnxNets(enc, dec, str(path)))
+
+
+def ready_bundle(model: Optional[str], device: str = "auto", bundle: Optional[ModelBundle] = None,
+                 runtime: str = "auto") -> ModelBundle:
+    """The given bundle, or the named one loaded for `runtime`, ready on the selected device."""
+    if bundle is None:
+        bundle = load_bundle(model, device, runtime)
+    if bundle.runtime == "torch":
+        bundle.to(select_device(str(device)))
+    return bundle

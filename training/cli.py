@@ -54,6 +54,8 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
     ("--stages", "model", "stages", {"type": int}, "stride-2 levels (downsampling 2**stages)"),
     ("--self-attention", "model", "self_attention", {"action": argparse.BooleanOptionalAction},
      "self-attention at the bottleneck"),
+    ("--decoder", "model", "decoder", {"choices": ("mirror", "light")},
+     "synthesis transform: the encoder's mirror, or the light 3x3-conv + PixelShuffle decoder (~2.3 kMAC/px)"),
     ("--entropy-model", "model", "entropy_model", {"choices": ("none", "factorized", "hyperprior")},
      "learned entropy model of the latent: 'factorized' trains a factorized prior with a rate term "
      "(see --lmbda) for the codec's factorized-range coder; 'hyperprior' a mean-scale hyperprior "
@@ -93,6 +95,9 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
      "start from the weights of this checkpoint (a run folder: its best.pt) or model bundle (a .pt bundle or a "
      "bundled name such as sarae-q2), e.g. to fine-tune a trained model to another --lmbda or other data; "
      "optimizer and schedule start fresh, the dB scaling is kept when the clip settings are the same"),
+    ("--train-only", "run", "train_only", {"choices": ("all", "decoder")},
+     "'decoder': train only the decoder on the frozen, rounded latents of the --init-from model (its encoder "
+     "and entropy model are copied and kept; the decoder may differ, e.g. --decoder light)"),
     ("--val-interval", "run", "val_interval", {"type": int}, "validate every N steps (default: every epoch)"),
     ("--val-max-patches", "run", "val_max_patches", {"type": int}, "cap on validation patches (0 = all)"),
     ("--val-batch-size", "run", "val_batch_size", {"type": int}, "patches per validation batch"),

@@ -97,6 +97,8 @@ class RunConfig:
                                      # carries detail, which takes thousands of steps from the default init
     init_from: Optional[str] = None  # start from the weights of this checkpoint (run folder: its best.pt), e.g.
                                      # to fine-tune a trained model to another rate point; fresh optimizer/schedule
+    train_only: str = "all"          # all | decoder: train only the decoder on the frozen, rounded latents of the
+                                     # init_from model (encoder and entropy model copied; the decoder may differ)
     val_interval: Optional[int] = None  # validate every N steps (default: once per epoch) and at the end
     val_max_patches: int = 0         # cap on validation patches (0 = all)
     val_batch_size: int = 32         # patches per validation forward pass
@@ -271,6 +273,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if not (BUNDLED_DIR / f"{r.init_from}.pt").is_file():
             bad("run.init_from", f"'{r.init_from}' does not exist (give a checkpoint file, a run folder, a model "
                                  f"bundle or a bundled model name)")
+    if r.train_only not in ("all", "decoder"):
+        bad("run.train_only", f"'{r.train_only}' unknown (choose from all, decoder)")
+    if r.train_only == "decoder" and r.init_from is None:
+        bad("run.train_only", "'decoder' needs --init-from (the model whose encoder and entropy model are kept)")
     if r.latent_bits > 16:
         bad("run.latent_bits", f"must be <= 16, got {r.latent_bits}")
     check_int("run.seed", r.seed, 0)

@@ -59,15 +59,25 @@ class QuantAwareAutoencoder(torch.nn.Module):
     in float32 even under autocast). Other models return ``None`` likelihoods.
     """
 
-    def __init__(self, autoencoder: torch.nn.Module, noise: str = "uniform", bits: int = 8):
+    def __init__(self, autoencoder: torch.nn.Module, noise: str = "uniform", bits: int = 8,
+                 decoder_only: bool = False):
         super().__init__()
         self.ae = autoencoder
         self.noise = noise
         self.bits = bits
+        self.decoder_only = decoder_only
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y = self.ae.encode(x)
         prior = getattr(self.ae, "entropy", None)
+        if self.decoder_only and prior is not None:
+            # frozen encoder and prior (eval mode: no noise, rounding, as the codec does): the decoder learns on
+            # exactly the latents it will be given; the likelihoods report the (constant) rate
+            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+                self.ae.encoder.eval()
+                prior.eval()
+                y_hat, likelihoods = prior(self.ae.encode(x).float())
+            return self.ae.decode(y_hat.to(x.dtype)), likelihoods.detach()
+        y = self.ae.encode(x)
         if prior is not None:
             with torch.autocast(x.device.type, enabled=False):
                 y_hat, likelihoods = prior(y.float())

@@ -34,7 +34,7 @@ from sar_ae_core.entropy import rate_bits
 from sar_ae_core.errors import SarInputError
 from sar_ae_core.losses import CombinedLoss
 from sar_ae_core.model_io import select_device, weights_sha256
-from sar_ae_core.models import build_model
+from sar_ae_core.models import ModelConfig, build_model
 from sar_ae_core.scaling import ScalingParams
 
 from .checkpoint import BEST, LAST, code_version, load_checkpoint, load_init, rng_state, save_checkpoint, set_rng_state
@@ -249,7 +249,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
     init = None
     if cfg.run.init_from and not ckpt:
         init = load_init(cfg.run.init_from)
-        if init["model_config"] != cfg.model.to_dict():
+        ignore = {"decoder"} if cfg.run.train_only == "decoder" else set()
+        mine = {k: v for k, v in cfg.model.to_dict().items() if k not in ignore}
+        theirs = {k: v for k, v in {**ModelConfig().to_dict(), **init["model_config"]}.items() if k not in ignore}
+        if theirs != mine:
             raise SarInputError(init["path"], f"--init-from: its model {init['model_config']} differs from this "
                                               f"run's {cfg.model.to_dict()}")
         s0, dc = init["scaling"], cfg.data
@@ -285,14 +288,21 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         ae = ae.to(device, memory_format=torch.channels_last)
     else:
         ae = ae.to(device)
-    net: torch.nn.Module = QuantAwareAutoencoder(ae, cfg.run.latent_noise, cfg.run.latent_bits)
+    frozen = cfg.run.train_only == "decoder"
+    net: torch.nn.Module = QuantAwareAutoencoder(ae, cfg.run.latent_noise, cfg.run.latent_bits,
+                                                 decoder_only=frozen)
     if d.enabled:
         if cuda:
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
             ae = net.ae
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
-    params: list = list(ae.parameters())
-    if getattr(ae, "entropy", None) is not None and cfg.optim.prior_lr_mult != 1.0:
+    if frozen:  # only the decoder learns; the encoder and entropy model stay those of --init-from
+        for name, p in ae.named_parameters():
+            p.requires_grad_(name.startswith("decoder."))
+    params: list = [p for p in ae.parameters() if p.requires_grad]
+    if frozen:
+        pass
+    elif getattr(ae, "entropy", None) is not None and cfg.optim.prior_lr_mult != 1.0:
         density = getattr(ae.entropy, "z_prior", ae.entropy)  # hyperprior: only its factorized density
         prior_ids = {id(p) for p in density.parameters()}
         params = [{"params": [p for p in ae.parameters() if id(p) not in prior_ids]},
@@ -302,7 +312,12 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
     loss_fn = CombinedLoss(cfg.loss)
     step, train_time, best_loss, best_step, last_val = 0, 0.0, math.inf, 0, None
     if init is not None:
-        ae.load_state_dict(init["state_dict"])
+        state = init["state_dict"]
+        if frozen and init["model_config"].get("decoder", "mirror") != cfg.model.decoder:
+            # a different decoder starts fresh; everything else is copied
+            state = {**{k: v for k, v in ae.state_dict().items() if k.startswith("decoder.")},
+                     **{k: v for k, v in state.items() if not k.startswith("decoder.")}}
+        ae.load_state_dict(state)
         log(f"init       : weights of {init['path']} (step {init['step']})")
     torch.manual_seed(cfg.run.seed + 1 + d.rank)  # augmentation / noise differ between processes
     if ckpt:

@@ -1,0 +1,179 @@
+"""Inference runtimes of the codec: ONNX Runtime (torch-free, the default on the CPU) or PyTorch (training,
+CUDA, models without an ONNX export). Both give the codec the same two calls on numpy arrays:
+``encode(x (B, C, H, W) float32 in [0, 1]) -> latent`` and ``decode(latent) -> image in [0, 1]``.
+
+Each ONNX Runtime session runs on one thread and the codec calls it from as many threads as it uses, on
+work units whose shapes do not depend on the thread count: the bytes written and the pixels decoded are the
+same with 1 or N threads. The integer entropy coding reads only the frozen tables, so a file written with
+either runtime decodes with the other (the latent symbols may differ by one where the two runtimes' float
+results straddle a rounding boundary; the decoded pixels agree to ~1e-5 of the [0, 1] range).
+
+This module imports neither torch nor onnxruntime at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import SarInputError
+
+RUNTIME_FORMAT = "sarae-runtime"
+RUNTIME_VERSION = 1
+RUNTIMES = ("auto", "onnx", "torch")
+MAX_MEMBER_BYTES = 256 << 20
+
+
+def runtime_path(pt_path: Path) -> Path:
+    """The ONNX runtime bundle beside a `.pt` bundle: `name.pt` → `name.onnx.zip`."""
+    return pt_path.with_name(pt_path.stem + ".onnx.zip")
+
+
+def threads() -> int:
+    """Worker threads of the codec: OMP_NUM_THREADS when set, else the CPUs this process may use."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def have_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def have_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OnnxNets:
+    """Encoder and decoder as ONNX Runtime sessions (CPU, one thread each call, all graph optimisations)."""
+
+    runtime = "onnx"
+
+    def __init__(self, encoder: bytes, decoder: bytes, source: str):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise SarInputError(source, "needs onnxruntime (pip install onnxruntime)") from None
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        try:
+            self._enc = ort.InferenceSession(encoder, so, providers=["CPUExecutionProvider"])
+            self._dec = ort.InferenceSession(decoder, so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise SarInputError(source, f"ONNX networks cannot be loaded ({str(exc).splitlines()[0][:160]})") \
+                from None
+        self._enc_in = self._enc.get_inputs()[0].name
+        self._dec_in = self._dec.get_inputs()[0].name
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        return self._enc.run(None, {self._enc_in: np.ascontiguousarray(x, np.float32)})[0]
+
+    def decode(self, y: np.ndarray) -> np.ndarray:
+        return self._dec.run(None, {self._dec_in: np.ascontiguousarray(y, np.float32)})[0]
+
+
+class TorchNets:
+    """A SarAutoencoder on a torch device behind the same numpy calls (inference mode, float32 out)."""
+
+    runtime = "torch"
+
+    def __init__(self, model: Any, device: Any):
+        self.model, self.device = model, device
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model.encode(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu().numpy()
+
+    def decode(self, y: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model.decode(torch.from_numpy(np.ascontiguousarray(y)).to(self.device)).float().cpu().numpy()
+
+
+def read_runtime_bundle(path: Path) -> tuple[dict, bytes, bytes]:
+    """(metadata, encoder ONNX, decoder ONNX) of a runtime bundle; errors name the file."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = {i.filename: i for i in z.infolist()}
+            for name in ("model.json", "encoder.onnx", "decoder.onnx"):
+                if name not in members:
+                    raise SarInputError(path, f"runtime bundle has no {name}")
+                if members[name].file_size > MAX_MEMBER_BYTES:
+                    raise SarInputError(path, f"runtime bundle member {name} is implausibly large")
+            meta = json.loads(z.read("model.json").decode("utf-8"))
+            enc, dec = z.read("encoder.onnx"), z.read("decoder.onnx")
+    except SarInputError:
+        raise
+    except (OSError, zipfile.BadZipFile, ValueError, KeyError) as exc:
+        raise SarInputError(path, f"not a readable runtime bundle ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != RUNTIME_FORMAT:
+        raise SarInputError(path, "not a runtime bundle of this project (wrong format tag)")
+    if int(meta.get("version", 0)) > RUNTIME_VERSION:
+        raise SarInputError(path, f"runtime bundle version {meta['version']} is newer than this software")
+    return meta, enc, dec
+
+
+def choose_runtime(runtime: str, pt_path: Optional[Path], zip_path: Optional[Path], device: str) -> str:
+    """'onnx' or 'torch' for a model that has a `.pt` and/or a runtime bundle, on `device`."""
+    from .options import choice_option
+
+    from .options import device_option
+
+    runtime = choice_option("--runtime", runtime, RUNTIMES)
+    device = device_option(device)
+    has_zip = zip_path is not None and zip_path.is_file()
+    gpu = device not in ("auto", "cpu")
+    if runtime == "onnx":
+        if not has_zip:
+            raise SarInputError(pt_path or zip_path, "has no ONNX runtime bundle (export it with "
+                                                     "python -m training.onnx_export)")
+        if gpu:
+            raise SarInputError(None, f"--runtime onnx runs on the CPU; --device {device} needs --runtime torch")
+        return "onnx"
+    if runtime == "torch":
+        if pt_path is None or not pt_path.is_file():
+            raise SarInputError(zip_path, "is an ONNX runtime bundle; --runtime torch needs the .pt bundle")
+        if not have_torch():
+            raise SarInputError(pt_path, "--runtime torch needs PyTorch (pip install torch)")
+        return "torch"
+    # auto: ONNX Runtime on the CPU when the model has its export and onnxruntime is installed
+    pt_ok = pt_path is not None and pt_path.is_file() and have_torch()
+    if has_zip and have_onnxruntime() and not (pt_ok and (gpu or (device == "auto" and _cuda()))):
+        return "onnx"
+    if pt_ok:
+        return "torch"
+    if has_zip:
+        raise SarInputError(zip_path, "needs onnxruntime (pip install onnxruntime) or PyTorch")
+    raise SarInputError(pt_path, "needs PyTorch (pip install torch): this model has no ONNX runtime bundle")
+
+
+def _cuda() -> bool:
+    if not have_torch():
+        return False
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,187 @@
+"""Torch-free half of the factorized entropy model: the frozen integer coding tables of a trained prior and the
+range codec 'factorized-range' that reads only them (constriction), so that encoder and decoder produce
+identical symbols on any machine, device, runtime or thread count. The trained density that produces the
+tables lives in `entropy.py` (torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import zstandard
+
+TABLE_PRECISION = 16
+LIKELIHOOD_BOUND = 1e-9
+
+
+def _integer_counts(pmf: np.ndarray, precision: int) -> np.ndarray:
+    """Counts summing to 2**precision with every symbol ≥ 1 (so every symbol stays codable)."""
+    total = 1 << precision
+    n = len(pmf)
+    if n >= total:
+        raise ValueError(f"alphabet of {n} symbols does not fit {precision}-bit tables")
+    pmf = np.maximum(pmf, 0) / max(pmf.sum(), 1e-300)
+    counts = np.maximum(1, np.floor(pmf * (total - n)).astype(np.int64) + 1)
+    counts[np.argmax(counts)] += total - counts.sum()
+    assert counts.sum() == total and counts.min() >= 1
+    return counts.astype(np.int32)
+
+
+@dataclass
+class EntropyTables:
+    """Frozen integer tables: channel c codes symbols offsets[c] … offsets[c] + len(counts[c]) − 2, plus escape."""
+
+    offsets: np.ndarray
+    counts: list[np.ndarray]
+    precision: int = TABLE_PRECISION
+
+    def to_dict(self) -> dict:
+        """Plain lists (stored in model bundles)."""
+        return {"offsets": self.offsets.tolist(), "counts": [c.tolist() for c in self.counts],
+                "precision": self.precision}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EntropyTables":
+        """Inverse of to_dict."""
+        return cls(np.asarray(d["offsets"], np.int32), [np.asarray(c, np.int32) for c in d["counts"]],
+                   int(d["precision"]))
+
+    def probabilities(self, c: int) -> np.ndarray:
+        """Exact dyadic probabilities of channel c (float64, identical bits on every machine)."""
+        return self.counts[c].astype(np.float64) / float(1 << self.precision)
+
+    def bits(self, symbols: np.ndarray) -> float:
+        """Ideal code length (bits) of integer latents (C, h, w) under the tables, escapes included."""
+        return float(sum(self.symbol_bits(c, symbols[c]).sum() for c in range(len(self.counts))))
+
+    def symbol_bits(self, c: int, values: np.ndarray) -> np.ndarray:
+        """Code length (bits) of each integer value under channel c's table (an escape adds its 32 bits)."""
+        idx, _ = self._index(c, values.ravel())
+        n = len(self.counts[c]) - 1
+        return (-np.log2(self.probabilities(c)[idx]) + np.where(idx == n, 32.0, 0.0)).reshape(values.shape)
+
+    def _index(self, c: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.counts[c]) - 1
+        idx = values.astype(np.int64) - int(self.offsets[c])
+        outside = (idx < 0) | (idx >= n)
+        escapes = values[outside].astype(np.int32)
+        idx = np.where(outside, n, idx).astype(np.int32)
+        return idx, escapes
+
+
+class FactorizedRangeCodec:
+    """Latent codec 'factorized-range': rounding + constriction range coding with the model's frozen tables."""
+
+    id = "factorized-range"
+
+    def __init__(self, tables: EntropyTables):
+        import constriction
+
+        self.tables = tables
+        self._cs = constriction
+        self._models = [constriction.stream.model.Categorical(tables.probabilities(c), perfect=False)
+                        for c in range(len(tables.counts))]
+
+    def params(self) -> dict:
+        """Parameters stored in the header (the tables themselves live in the model bundle)."""
+        p = {"id": self.id, "precision": self.tables.precision}
+        if self.gain != 1.0:
+            p["gain"] = self.gain
+        return p
+
+    #: quantization gain (continuous rate control; stored in the header when not 1): symbols are
+    #: rint(m + gain·(y − m)) around each channel's most probable symbol m, dequantized as m + (q − m)/gain.
+    #: Below 1 the step is coarser (fewer bits), above 1 finer (more bits, closer to the unquantized latents).
+    gain: float = 1.0
+
+    def _centers(self) -> np.ndarray:
+        if not hasattr(self, "_m"):
+            self._m = np.array([float(np.argmax(c[:-1]) + int(o)) for c, o in zip(self.tables.counts,
+                                                                                  self.tables.offsets)])
+        return self._m[:, None, None]
+
+    def quantize(self, latent: np.ndarray) -> np.ndarray:
+        """Integer symbols of one latent tile (C, h, w)."""
+        if self.gain == 1.0:
+            return np.rint(latent).astype(np.int64)
+        m = self._centers()[: latent.shape[0]]
+        return np.rint(m + self.gain * (latent.astype(np.float64) - m)).astype(np.int64)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """Latent values of integer symbols (float32)."""
+        if self.gain == 1.0:
+            return q.astype(np.float32)
+        m = self._centers()[: q.shape[0]]
+        return (m + (q.astype(np.float64) - m) / self.gain).astype(np.float32)
+
+    def encode(self, latent: np.ndarray) -> bytes:
+        """Quantize and range-code one latent tile (C, h, w): channel after channel, each in raster order."""
+        q = self.quantize(latent)
+        enc = self._cs.stream.queue.RangeEncoder()
+        escapes = encode_grouped(enc, self._models, self.tables, _channel_of(q.shape), q.ravel())
+        return join_payload(enc, escapes)
+
+    def decode(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+        """Inverse of encode (float32 latents)."""
+        dec, esc = split_payload(self._cs, payload, int(np.prod(shape)))
+        out, _ = decode_grouped(dec, self._models, self.tables, _channel_of(shape), esc, 0)
+        return self.dequantize(out.reshape(shape))
+
+
+def _channel_of(shape: tuple[int, ...]) -> np.ndarray:
+    """Channel index of every element of a (C, h, w) array, flattened."""
+    return np.broadcast_to(np.arange(shape[0])[:, None, None], shape).ravel()
+
+
+def encode_grouped(enc, models, tables: EntropyTables, table_of: np.ndarray, values: np.ndarray) -> list:
+    """Code values[i] with table table_of[i]: table after table in increasing order, each group in array order.
+    Returns the escaped values (beyond a table's range) in that order."""
+    escapes = []
+    for c in np.unique(table_of):
+        idx, esc = tables._index(int(c), values[table_of == c])
+        enc.encode(idx, models[int(c)])
+        escapes.append(esc)
+    return escapes
+
+
+def decode_grouped(dec, models, tables: EntropyTables, table_of: np.ndarray, esc: np.ndarray, k: int):
+    """Inverse of encode_grouped; `k` = escapes already used. Returns (int64 values, escapes used)."""
+    out = np.empty(table_of.shape, dtype=np.int64)
+    for c in np.unique(table_of):
+        where = table_of == c
+        n_sym = len(tables.counts[int(c)]) - 1
+        idx = dec.decode(models[int(c)], int(where.sum())).astype(np.int64)
+        vals = idx + int(tables.offsets[int(c)])
+        hit = idx == n_sym
+        m = int(hit.sum())
+        if m:
+            if k + m > esc.size:
+                raise ValueError("escape values missing")
+            vals[hit] = esc[k:k + m]
+            k += m
+        out[where] = vals
+    return out, k
+
+
+def join_payload(enc, escapes: list) -> bytes:
+    """u32 byte count of the range coder's 32-bit words, the words, then the escaped values as zstd-compressed
+    int32 (the framing of the first factorized-range files: unchanged, they must keep decoding)."""
+    words = enc.get_compressed().astype("<u4").tobytes()
+    esc = np.concatenate(escapes).astype("<i4").tobytes() if escapes else b""
+    tail = zstandard.ZstdCompressor(level=19).compress(esc) if esc else b""
+    return len(words).to_bytes(4, "little") + words + tail
+
+
+def split_payload(constriction, payload: bytes, max_escapes: int = 1 << 24):
+    """(range decoder, escaped values) of a payload written by join_payload; at most `max_escapes` escaped
+    values are accepted (one per symbol of the tile), whatever the payload declares."""
+    n_bytes = int.from_bytes(payload[:4], "little")
+    if 4 + n_bytes > len(payload) or n_bytes % 4:
+        raise ValueError("range-coded stream is truncated")
+    words = np.frombuffer(payload[4:4 + n_bytes], dtype="<u4").astype(np.uint32)
+    rest = payload[4 + n_bytes:]
+    from .container import bounded_decompress
+
+    esc = np.frombuffer(bounded_decompress(rest, 4 * max_escapes), dtype="<i4") if rest \
+        else np.zeros(0, np.int32)
+    return constriction.stream.queue.RangeDecoder(words), esc
