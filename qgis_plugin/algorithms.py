@@ -1,7 +1,7 @@
 """Processing algorithms: each one is a thin adapter from QGIS parameters and QgsProcessingFeedback
 (progress, cancel) to one `sar_ae_core` function. No codec logic lives here.
 
-The core is imported inside processAlgorithm only, after checking that torch and rasterio import, so
+The core is imported inside processAlgorithm only, after checking that onnxruntime and rasterio import, so
 the provider loads (and explains what to install) in a QGIS whose Python lacks them.
 """
 
@@ -339,7 +339,7 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
 
     # -- running ----------------------------------------------------------------------------------
     def checkParameterValues(self, parameters, context):
-        """Standard checks, then whether torch and rasterio can be imported (with install advice if not)."""
+        """Standard checks, then whether onnxruntime and rasterio can be imported (with install advice if not)."""
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, message

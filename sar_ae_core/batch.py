@@ -175,9 +175,10 @@ def _state(torch_threads: int = 1) -> _WorkerState:
         return st
 
 
-def worker_facts() -> dict:
-    """This worker's process id, models loaded, tasks run and torch threads (run with `client.run`)."""
-    st = getattr(_holder(), "sarae_state", None)
+def worker_facts(dask_worker=None) -> dict:
+    """This worker's process id, models loaded, tasks run and torch threads (`client.run(worker_facts)`, which
+    passes the worker as `dask_worker`)."""
+    st = getattr(dask_worker if dask_worker is not None else _holder(), "sarae_state", None)
     return {"pid": os.getpid(), "model_loads": st.loads if st else 0, "tasks": st.tasks if st else 0,
             "torch_threads": st.torch_threads if st else None}
 
@@ -559,12 +560,11 @@ def run_batch(inputs: Sequence[str], out_dir: str, *, reconstruct: bool = False,
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise SarInputError(out_dir, "--out must be a folder; this is a file")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as exc:
-        raise SarInputError(out_dir, f"cannot create the output folder ({exc.strerror or exc})") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise SarInputError(out_dir, "output folder is not writable")
+    parent = out_dir
+    while not os.path.isdir(parent):  # the folder, or where it will be created
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SarInputError(out_dir, f"output folder {'' if parent == out_dir else f'{parent} '}is not writable")
     outputs = output_names(paths, out_dir, ".tif" if reconstruct else SARZ_SUFFIX)
     jobs = [{"input": i, "output": o, "options": options, "overwrite": bool(overwrite),
              "torch_threads": int(torch_threads)} for i, o in zip(paths, outputs)]
@@ -605,6 +605,10 @@ def run_batch(inputs: Sequence[str], out_dir: str, *, reconstruct: bool = False,
         if "error" in check:
             raise SarInputError(None, check["error"])
         meta["workers"] = len(client.scheduler_info().get("workers", {}))
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as exc:
+            raise SarInputError(out_dir, f"cannot create the output folder ({exc.strerror or exc})") from None
         task = reconstruct_one if reconstruct else compress_one
         futures = {client.submit(task, job, retries=retries, pure=False): k for k, job in enumerate(jobs)}
         counts = {"done": 0, "skipped": 0, "failed": 0}

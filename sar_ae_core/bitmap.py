@@ -22,7 +22,7 @@ from .progress import Progress, ProgressFn
 
 def cell_bits(f, band: int) -> np.ndarray:
     """Bits of every latent cell of one band (latent_height, latent_width), from the file's own symbols."""
-    from .entropy import FactorizedRangeCodec
+    from .tables import FactorizedRangeCodec
 
     codec = f.codec
     if not isinstance(codec, FactorizedRangeCodec):
@@ -75,7 +75,6 @@ def bit_allocation_raster(input_path: str | os.PathLike, output_path: str | os.P
                           progress: Optional[ProgressFn] = None) -> dict:
     """Write the bits-per-pixel map of a `.sarz` file (one band per coded band) as a GeoTIFF on its grid."""
     from .codec import SarzFile, _bundle_for
-    from .model_io import select_device
     from .output import check_output_path
     from .raster import GeoTiffWriter
 
@@ -84,7 +83,7 @@ def bit_allocation_raster(input_path: str | os.PathLike, output_path: str | os.P
     check_output_path(output_path, overwrite, inputs)
     prog = Progress(progress)
     with SarzFile(input_path) as f:
-        bundle = _bundle_for(f, model, select_device("cpu"))
+        bundle = _bundle_for(f, model)  # only its tables are read
         f.attach(bundle)
         p = f.plan
         names = [f"bits per pixel {n or f'band {i + 1}'}" for i, n in

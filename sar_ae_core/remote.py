@@ -171,8 +171,8 @@ class HttpRangeFile(io.RawIOBase):
             prev = [s + len(d) for s, d in self._spans.items() if s + len(d) <= pos]
             start = max([start] + [p for p in prev if p > start])  # do not fetch cached bytes again
         nxt = self._next_cached(pos)
-        if nxt is not None and nxt < stop:
-            stop = max(nxt, min(end, stop))
+        if nxt is not None and nxt < stop:  # fetch the gap only: what follows is cached
+            stop = nxt
         return start, stop
 
     # -- HTTP -------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import tomllib
 from pathlib import Path
 
-from sar_ae_core.requirements import CLI, RUNTIME, pip_requirements
+from sar_ae_core.requirements import CLI, RUNTIME, TRAIN, pip_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -11,11 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_pyproject_lists_exactly_the_runtime_packages():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert set(deps) == {"numpy<2"} | set(pip_requirements()) | {req for _, req in CLI}
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras["train"]) == {req for _, req in TRAIN}
 
 
 def test_every_runtime_module_imports_and_the_default_model_needs_constriction():
     modules = [m for m, _ in RUNTIME]
-    assert "constriction" in modules and "torch" in modules
+    assert "constriction" in modules and "onnxruntime" in modules and "torch" not in modules
     for m in modules:
         __import__(m)
 
