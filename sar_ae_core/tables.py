@@ -118,13 +118,31 @@ class FactorizedRangeCodec:
         """Quantize and range-code one latent tile (C, h, w): channel after channel, each in raster order."""
         q = self.quantize(latent)
         enc = self._cs.stream.queue.RangeEncoder()
-        escapes = encode_grouped(enc, self._models, self.tables, _channel_of(q.shape), q.ravel())
+        escapes = []
+        for c in range(q.shape[0]):  # = encode_grouped with table c for channel c (contiguous groups)
+            idx, esc = self.tables._index(c, q[c].ravel())
+            enc.encode(idx, self._models[c])
+            escapes.append(esc)
         return join_payload(enc, escapes)
 
     def decode(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         """Inverse of encode (float32 latents)."""
         dec, esc = split_payload(self._cs, payload, int(np.prod(shape)))
-        out, _ = decode_grouped(dec, self._models, self.tables, _channel_of(shape), esc, 0)
+        c_n, n = shape[0], int(shape[1]) * int(shape[2])
+        out = np.empty((c_n, n), dtype=np.int64)
+        k = 0
+        for c in range(c_n):  # = decode_grouped with channel c's table for channel c, without its O(C²) masks
+            n_sym = len(self.tables.counts[c]) - 1
+            idx = dec.decode(self._models[c], n).astype(np.int64)
+            vals = idx + int(self.tables.offsets[c])
+            hit = idx == n_sym
+            m = int(np.count_nonzero(hit))
+            if m:
+                if k + m > esc.size:
+                    raise ValueError("escape values missing")
+                vals[hit] = esc[k:k + m]
+                k += m
+            out[c] = vals
         return self.dequantize(out.reshape(shape))
 
 
