@@ -24,7 +24,7 @@ from . import escapes as esc
 from .container import ContainerReader, ContainerWriter
 from .errors import SarInputError
 from .latent_coding import UniformZstdCodec, codec_from_params, decode_mask, encode_mask
-from .model_config import decoder_halo_cells
+from .model_config import decoder_halo_cells, encoder_halo_cells
 from .model_io import ModelBundle, load_bundle, ready_bundle
 from .runtime import threads as runtime_threads
 from .defaults import HALO_PIXELS, SCALING_CHOICES, TILE
@@ -117,7 +117,10 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     with open_raster(input_path, bands=bands, units=units) as r:
         if r.width < d or r.height < d:
             raise SarInputError(r.path, f"raster is {r.width}x{r.height} px; the codec needs at least {d}x{d}")
-        if halo_cells is None:  # at least 32 px of context on each side, whatever the downsampling
+        exact = halo_cells is None and encoder_halo_cells(bundle.config) is not None
+        if exact:  # just the encoder's receptive field: the latents of a whole-raster encode, in strips
+            halo_cells = encoder_halo_cells(bundle.config)
+        elif halo_cells is None:  # at least 32 px of context on each side, whatever the downsampling
             halo_cells = max(2, math.ceil(HALO_PIXELS / d))
         plan = TilePlan(r.width, r.height, d, tile, halo_cells)
         preflight(r.path, plan, r.count)
@@ -161,7 +164,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                 timer.io += time.perf_counter() - t0
                 latents = latent_store.get(tr) if latent_store is not None else None
                 if latents is None:
-                    latents = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner)
+                    latents = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner, exact)
                                for b in range(r.count)]
                     if latent_store is not None:
                         latent_store.put(tr, latents)
@@ -397,11 +400,32 @@ class _Runner:
         return list(self.pool.map(fn, items)) if self.pool is not None else [fn(i) for i in items]
 
 
+#: encode work unit width (pixels, rounded to whole tiles) when the encoder's receptive field is known
+ENCODE_UNIT_PIXELS = 1024
+
+
 def _encode_strip(bundle: ModelBundle, plan: TilePlan, strip: np.ndarray, tr: int, dev: str, batch_size: int,
-                  timer, runner: "_Runner") -> list:
-    """Latent cells of every tile in tile row `tr` (each tile encoded from its window with halo). On the CPU each
-    window is its own call (batch 1: results independent of how windows are grouped); on CUDA in batches."""
+                  timer, runner: "_Runner", exact: bool = False) -> list:
+    """Latent cells of every tile in tile row `tr`. `exact` (the halo covers the encoder's receptive field): the
+    strip is encoded in units of ENCODE_UNIT_PIXELS columns plus the halo, fixed on the tile grid, and each tile's
+    cells are cut from its unit — no window overlap beyond the receptive field. Otherwise each tile is encoded
+    from its own window with halo. On the CPU every unit or window is its own call (results independent of the
+    thread count); on CUDA windows go in batches."""
     wp, tile, hc = plan.window_pixels, plan.tile, plan.halo_cells
+    if exact:
+        k = max(1, ENCODE_UNIT_PIXELS // tile)
+        starts = list(range(0, plan.tile_cols, k))
+        units = [strip[None, None, :, u * tile: min(u + k, plan.tile_cols) * tile + 2 * plan.halo] for u in starts]
+        t0 = time.perf_counter()
+        ys = runner.map(bundle.nets.encode, units)
+        timer.network += time.perf_counter() - t0
+        out = []
+        for u, y in zip(starts, ys):
+            for tc in range(u, min(u + k, plan.tile_cols)):
+                r0, r1, c0, c1 = plan.tile_cells(tr, tc)
+                a = hc + (tc - u) * plan.cells
+                out.append(np.ascontiguousarray(y[0, :, hc:hc + (r1 - r0), a:a + (c1 - c0)]))
+        return out
     windows = [strip[:, tc * tile: tc * tile + wp] for tc in range(plan.tile_cols)]
     step = batch_size if dev != "cpu" else 1
     batches = [np.stack(windows[i:i + step])[:, None] for i in range(0, len(windows), step)]

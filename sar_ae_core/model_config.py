@@ -101,3 +101,12 @@ def decoder_halo_cells(config: ModelConfig) -> int | None:
         return 2
     # residual: two more 3x3 convolutions per level (measured radius 3.6 cells for 4 stages)
     return 4
+
+
+def encoder_halo_cells(config: ModelConfig) -> int | None:
+    """Latent cells of context each side that fix every latent cell of a tile's core, or None when not known to be
+    finite (then tiles are encoded from windows with the default halo). gdn: one 5x5 stride-2 convolution per level
+    (GDN is per position), receptive radius 2·(2**stages − 1) pixels < 2 cells."""
+    if config.variant != "gdn" or config.self_attention:
+        return None
+    return 2

@@ -594,6 +594,13 @@ class GeoTiffWriter:
                     profile["predictor"] = 3
                 elif self.dtype in _INT_PREDICTOR:
                     profile["predictor"] = 2
+                from .runtime import threads
+
+                # lossy reconstructions barely compress (float32: ~80 % at any level): the fastest deflate level,
+                # blocks compressed on all the codec's threads (GDAL's own pool; the bytes do not depend on it)
+                profile["num_threads"] = str(threads())
+                if self.compress == "deflate":
+                    profile["zlevel"] = 1
             g = self.georef
             crs = CRS.from_wkt(g.crs_wkt) if g.crs_wkt else None
             if g.kind == "transform":

@@ -160,11 +160,11 @@ def choose_runtime(runtime: str, pt_path: Optional[Path], zip_path: Optional[Pat
         if not have_torch():
             raise SarInputError(pt_path, "--runtime torch needs PyTorch (pip install torch)")
         return "torch"
-    # auto: ONNX Runtime on the CPU when the model has its export and onnxruntime is installed
-    pt_ok = pt_path is not None and pt_path.is_file() and have_torch()
-    if has_zip and have_onnxruntime() and not (pt_ok and (gpu or (device == "auto" and _cuda()))):
+    # auto: ONNX Runtime on the CPU when the model has its export and onnxruntime is installed; torch only for a GPU
+    # (torch is imported only when it is needed: the import alone takes seconds)
+    if has_zip and have_onnxruntime() and not (gpu or (device == "auto" and _cuda())):
         return "onnx"
-    if pt_ok:
+    if pt_path is not None and pt_path.is_file() and have_torch():
         return "torch"
     if has_zip:
         raise SarInputError(zip_path, "needs onnxruntime (pip install onnxruntime) or PyTorch")
@@ -172,7 +172,8 @@ def choose_runtime(runtime: str, pt_path: Optional[Path], zip_path: Optional[Pat
 
 
 def _cuda() -> bool:
-    if not have_torch():
+    """Whether torch sees a CUDA GPU; without an NVIDIA driver torch is not even imported."""
+    if not (os.path.exists("/proc/driver/nvidia/version") or os.name == "nt") or not have_torch():
         return False
     import torch
 
