@@ -2,12 +2,13 @@
 
 * `rd`: rate (bits per pixel from file bytes) vs PSNR / SSIM / ENL ratio / EPI on real Sentinel-1 rasters,
   for the learned codec at several latent bit depths and for JPEG2000 at the same measured bpp.
-* `speed`: compress and reconstruct throughput (megapixels/s), peak memory (max RSS of a fresh process),
-  and the share of time spent in the network, I/O, coding and blending, on 1k², 4k² and 8k² mosaics
-  of a real chip (GDAL VRT, no disk cost).
+* `speed`: whole-process compress and reconstruct (as a user runs them) next to GDAL JPEG2000 (OpenJPEG) and
+  HTJ2K (OpenJPH via imagecodecs) encode/decode at the same file size, alternated in one run, with each
+  process's peak RSS, on 1k², 4k² and 8k² mosaics of a real scene; in-process throughput of all three; the
+  achieved GMAC/s of the encoder and decoder networks.
 
     .venv/bin/python benchmarks/bench_codec.py rd --out benchmarks/results/codec_rd.json
-    .venv/bin/python benchmarks/bench_codec.py speed --sizes 1024 4096 8192 --out benchmarks/results/codec_speed.json
+    .venv/bin/python benchmarks/bench_codec.py speed --sizes 1024 4096 8192 --rounds 3
 """
 
 from __future__ import annotations
@@ -89,60 +90,236 @@ def plot_rd(report: dict, png: Path) -> None:
     fig.savefig(png, dpi=110)
 
 
-_CHILD = r"""
-import json, os, resource, sys, time
-sys.path.insert(0, {root!r})
-from sar_ae_core.codec import compress_raster, reconstruct_raster
-from sar_ae_core.raster import mosaic_vrt
-src, size, tmp, model, mode = {src!r}, {size}, {tmp!r}, {model!r}, {mode!r}
-vrt = os.path.join(tmp, f"mosaic_{{size}}.vrt")
-sarz = os.path.join(tmp, f"mosaic_{{size}}.sarz")
-# warm-up on a small mosaic (first-call kernel set-up and model load are not throughput)
-mosaic_vrt(src, os.path.join(tmp, "warm.vrt"), 256, 256)
-compress_raster(os.path.join(tmp, "warm.vrt"), os.path.join(tmp, "warm.sarz"), model=model, units="db",
-                device="cpu", overwrite=True)
-reconstruct_raster(os.path.join(tmp, "warm.sarz"), os.path.join(tmp, "warm.tif"), model=model, overwrite=True)
-if mode == "compress":
-    mosaic_vrt(src, vrt, size, size)
-    t = time.perf_counter()
-    r = compress_raster(vrt, sarz, model=model, units="db", device="cpu", overwrite=True)
+def _mosaic(src: str, path: Path, size: int) -> None:
+    """Band 1 of a real scene tiled (mirrored) to size x size, float32 dB, tiled uncompressed GeoTIFF."""
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(src) as r:
+        a = r.read(1)
+        prof = r.profile
+    reps = -(-size // min(a.shape))
+    big = np.block([[a if (i + j) % 2 == 0 else a[:, ::-1] for j in range(reps)] for i in range(reps)])[:size, :size]
+    prof.update(count=1, width=size, height=size, tiled=True, blockxsize=512, blockysize=512, compress=None,
+                dtype="float32")
+    with rasterio.open(path, "w", **prof) as w:
+        w.write(big.astype("float32"), 1)
+
+
+def _u16(src: Path, path: Path, scaling) -> None:
+    """The 16-bit scaled image JPEG2000 and HTJ2K code (what sar_ae_core.jpeg2000 stages), tiled GeoTIFF."""
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(src) as r:
+        scaled, _ = scaling.forward(r.read(), "db", r.nodata)
+        prof = r.profile
+    prof.update(dtype="uint16", nodata=None)
+    with rasterio.open(path, "w", **prof) as w:
+        w.write(np.rint(scaled * 65535).astype("uint16"))
+
+
+_HTJ2K = r"""
+import sys, numpy as np, rasterio, imagecodecs
+mode, a, b, level = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+if mode == "encode":
+    with rasterio.open(a) as r:
+        img = r.read(1)
+    open(b, "wb").write(imagecodecs.htj2k_encode(img, level=level))
 else:
-    t = time.perf_counter()
-    r = reconstruct_raster(sarz, os.path.join(tmp, f"rec_{{size}}.tif"), model=model, overwrite=True)
-r["wall_s"] = time.perf_counter() - t
-r["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print("RESULT" + json.dumps(r, default=str))
+    img = imagecodecs.htj2k_decode(open(a, "rb").read())
+    with rasterio.open(b, "w", driver="GTiff", width=img.shape[1], height=img.shape[0], count=1,
+                       dtype=img.dtype.name, tiled=True) as w:
+        w.write(img, 1)
 """
 
 
-def run_speed(args) -> dict:
-    """Throughput and peak memory of compress and reconstruct, each in a fresh process per size."""
-    from sar_ae_core.model_io import resolve_model
+def _timed(cmd: list[str], env: dict) -> dict:
+    """Wall seconds and peak RSS (MiB) of one whole process. The RSS comes from GNU time run as the parent: a
+    child forked from this (large) Python process would inherit its high-water mark."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "SARAE_RSS_KB %M", *cmd], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr[-2000:]}")
+    kb = int(proc.stderr.rsplit("SARAE_RSS_KB", 1)[1].split()[0])
+    return {"wall_s": wall, "peak_rss_mib": kb / 1024}
 
-    model = str(resolve_model(args.model))
+
+def _match_jp2(u16: Path, target_bytes: int, tmp: Path) -> tuple[float, int]:
+    """GDAL JP2OpenJPEG QUALITY giving the file size closest to target_bytes (bisection on file bytes)."""
+    lo, hi = 0.01, 50.0
+    best = None
+    for _ in range(14):
+        q = (lo * hi) ** 0.5
+        out = tmp / "probe.jp2"
+        subprocess.run(["gdal_translate", "-q", "-of", "JP2OpenJPEG", "-co", f"QUALITY={q:.4f}", "-co",
+                        "REVERSIBLE=NO", str(u16), str(out)], check=True)
+        n = out.stat().st_size
+        if best is None or abs(n - target_bytes) < abs(best[1] - target_bytes):
+            best = (q, n)
+        lo, hi = (q, hi) if n < target_bytes else (lo, q)
+    return best
+
+
+def _match_htj2k(u16: Path, target_bytes: int) -> tuple[float, int]:
+    """imagecodecs htj2k_encode quantization `level` giving the size closest to target_bytes."""
+    import imagecodecs
+    import rasterio
+
+    with rasterio.open(u16) as r:
+        img = r.read(1)
+    lo, hi = 0.0, 40.0
+    best = None
+    for _ in range(16):
+        level = 0.5 * (lo + hi)
+        n = len(imagecodecs.htj2k_encode(img, level=level))
+        if best is None or abs(n - target_bytes) < abs(best[1] - target_bytes):
+            best = (level, n)
+        lo, hi = (level, hi) if n > target_bytes else (lo, level)
+    return best
+
+
+def _in_process(src: Path, sarz: Path, u16: Path, jp2_q: float, ht_level: float, tmp: Path) -> dict:
+    """Throughput inside one warm process (model loaded, second call timed) for the three codecs."""
+    import imagecodecs
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    from sar_ae_core.codec import compress_raster, reconstruct_raster
+
+    out = {}
+    for _ in range(2):
+        t = time.perf_counter()
+        c = compress_raster(src, tmp / "ip.sarz", overwrite=True)
+        out["codec_compress_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        d = reconstruct_raster(sarz, tmp / "ip.tif", overwrite=True)
+        out["codec_reconstruct_s"] = time.perf_counter() - t
+    out["codec_timing"] = {"compress": c["timing"], "reconstruct": d["timing"]}
+    with rasterio.open(u16) as r:
+        img, prof = r.read(1), r.profile
+    t = time.perf_counter()
+    blob = imagecodecs.htj2k_encode(img, level=ht_level)
+    out["htj2k_encode_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    imagecodecs.htj2k_decode(blob)
+    out["htj2k_decode_s"] = time.perf_counter() - t
+    prof.update(driver="JP2OpenJPEG", QUALITY=f"{jp2_q:.4f}", REVERSIBLE="NO")
+    prof.pop("tiled", None), prof.pop("blockxsize", None), prof.pop("blockysize", None), prof.pop("interleave", None)
+    with MemoryFile() as mem:
+        t = time.perf_counter()
+        with mem.open(**prof) as w:
+            w.write(img, 1)
+        out["jpeg2000_encode_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with mem.open() as r:
+            r.read(1)
+        out["jpeg2000_decode_s"] = time.perf_counter() - t
+    return out
+
+
+def run_speed(args) -> dict:
+    """Whole-process compress/reconstruct next to GDAL JPEG2000 and HTJ2K at the same bytes, alternated
+    (A B C A B C ...) in one run, with peak RSS; in-process throughput; achieved GMAC/s per network stage."""
+    import statistics
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_models import stage_macs_per_pixel
+
+    from sar_ae_core.model_io import load_bundle, resolve_model
+
+    name = args.model or "sarae-q2"
+    torch_bundle = load_bundle(name, runtime="torch")
+    macs = stage_macs_per_pixel(torch_bundle.model)
+    env = {**os.environ, "GDAL_NUM_THREADS": "ALL_CPUS"}
+    py = sys.executable
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
         for size in args.sizes:
-            row = {"size": size, "megapixels": size * size / 1e6}
-            for mode in ("compress", "reconstruct"):
-                code = _CHILD.format(root=str(ROOT), src=args.source, size=size, tmp=tmp, model=model, mode=mode)
-                proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-                if proc.returncode != 0:
-                    raise RuntimeError(proc.stderr[-2000:])
-                r = json.loads(proc.stdout.split("RESULT", 1)[1])
-                timing = r["timing"]
-                total = sum(timing.values()) or 1.0
-                row[mode] = {"wall_s": r["wall_s"], "mpx_per_s": size * size / 1e6 / r["wall_s"],
-                             "peak_rss_mib": r["peak_rss_mib"], "timing_s": timing,
-                             "time_share": {k: v / r["wall_s"] for k, v in timing.items()},
-                             "other_share": max(0.0, 1 - total / r["wall_s"])}
-                if mode == "compress":
-                    row[mode]["bpp"] = r["bpp"]
-                print(f"{size}² {mode}: {row[mode]['mpx_per_s']:.2f} MPx/s, peak RSS {r['peak_rss_mib']:.0f} MiB, "
-                      f"network share {row[mode]['time_share']['network']:.0%}", flush=True)
+            src, u16, sarz = tmp / f"src_{size}.tif", tmp / f"u16_{size}.tif", tmp / f"{size}.sarz"
+            _mosaic(args.source, src, size)
+            subprocess.run([py, "-m", "sar_ae_core", "compress", str(src), str(sarz), "--model", name,
+                            "--overwrite"], check=True, capture_output=True, env=env)
+            target = sarz.stat().st_size
+            from sar_ae_core.codec import SarzFile
+
+            with SarzFile(sarz) as f:
+                scaling = f.scaling
+            _u16(src, u16, scaling)
+            jp2_q, jp2_bytes = _match_jp2(u16, target, tmp)
+            ht_level, ht_bytes = _match_htj2k(u16, target)
+            jp2, jdec = tmp / f"{size}.jp2", tmp / f"{size}_jp2.tif"
+            ht, hdec = tmp / f"{size}.j2c", tmp / f"{size}_ht.tif"
+            c_out, r_out = tmp / "c.sarz", tmp / "r.tif"
+            jobs = {  # name: (command, the file it writes: removed before each run)
+                "codec_compress": ([py, "-m", "sar_ae_core", "compress", str(src), str(c_out), "--model", name],
+                                   c_out),
+                "jpeg2000_encode": (["gdal_translate", "-q", "-of", "JP2OpenJPEG", "-co", f"QUALITY={jp2_q:.4f}",
+                                     "-co", "REVERSIBLE=NO", str(u16), str(tmp / "e.jp2")], tmp / "e.jp2"),
+                "htj2k_encode": ([py, "-c", _HTJ2K, "encode", str(u16), str(tmp / "e.j2c"), str(ht_level)],
+                                 tmp / "e.j2c"),
+                "codec_reconstruct": ([py, "-m", "sar_ae_core", "reconstruct", str(sarz), str(r_out)], r_out),
+                "jpeg2000_decode": (["gdal_translate", "-q", "-of", "GTiff", str(jp2), str(jdec)], jdec),
+                "htj2k_decode": ([py, "-c", _HTJ2K, "decode", str(ht), str(hdec), "0"], hdec),
+            }
+            subprocess.run(jobs["jpeg2000_encode"][0][:-1] + [str(jp2)], check=True)
+            subprocess.run(jobs["htj2k_encode"][0][:-2] + [str(ht), str(ht_level)], check=True, env=env)
+            rounds = args.rounds if size <= 4096 else max(1, args.rounds // 2)
+            runs: dict = {k: [] for k in jobs}
+            for _ in range(rounds):
+                for k, (cmd, written) in jobs.items():
+                    written.unlink(missing_ok=True)
+                    runs[k].append(_timed(cmd, env))
+            mpx = size * size / 1e6
+            row = {"size": size, "megapixels": mpx, "rounds": rounds, "bytes": {
+                "codec": target, "jpeg2000": jp2_bytes, "htj2k": ht_bytes},
+                "bpp": {"codec": target * 8 / (size * size), "jpeg2000": jp2_bytes * 8 / (size * size),
+                        "htj2k": ht_bytes * 8 / (size * size)}, "whole_process": {}}
+            for k, rs in runs.items():
+                walls = [r["wall_s"] for r in rs]
+                row["whole_process"][k] = {"wall_s_median": statistics.median(walls), "wall_s": walls,
+                                           "mpx_per_s": mpx / statistics.median(walls),
+                                           "peak_rss_mib": max(r["peak_rss_mib"] for r in rs)}
+            wp = row["whole_process"]
+            # ratios pair by pair (same round), then their median
+            row["ratios"] = {
+                "compress_vs_jpeg2000_encode": statistics.median(
+                    j["wall_s"] / c["wall_s"] for c, j in zip(runs["codec_compress"], runs["jpeg2000_encode"])),
+                "reconstruct_vs_jpeg2000_decode": statistics.median(
+                    j["wall_s"] / c["wall_s"] for c, j in zip(runs["codec_reconstruct"], runs["jpeg2000_decode"])),
+                "compress_vs_htj2k_encode": statistics.median(
+                    j["wall_s"] / c["wall_s"] for c, j in zip(runs["codec_compress"], runs["htj2k_encode"])),
+                "reconstruct_vs_htj2k_decode": statistics.median(
+                    j["wall_s"] / c["wall_s"] for c, j in zip(runs["codec_reconstruct"], runs["htj2k_decode"])),
+            }
+            ip = _in_process(src, sarz, u16, jp2_q, ht_level, tmp)
+            row["in_process_mpx_per_s"] = {k[:-2]: mpx / v for k, v in ip.items() if k.endswith("_s")}
+            timing = ip["codec_timing"]
+            enc_work = 1.16 * size * size  # pixels the encoder runs on (strip units with halo)
+            row["network_gmac_per_s"] = {
+                "encoder": (macs["encoder"] + macs["encoder_gdn"]) * enc_work / timing["compress"]["network"] / 1e9,
+                "decoder": (macs["decoder"] + macs["decoder_gdn"]) * size * size / timing["reconstruct"]["network"]
+                / 1e9}
+            row["codec_timing_s"] = timing
+            print(f"{size}²: compress {wp['codec_compress']['mpx_per_s']:.2f} MPx/s "
+                  f"({row['ratios']['compress_vs_jpeg2000_encode']:.2f}x JPEG2000 encode), reconstruct "
+                  f"{wp['codec_reconstruct']['mpx_per_s']:.2f} MPx/s "
+                  f"({row['ratios']['reconstruct_vs_jpeg2000_decode']:.3f}x JPEG2000 decode), peak RSS "
+                  f"{wp['codec_compress']['peak_rss_mib']:.0f}/{wp['codec_reconstruct']['peak_rss_mib']:.0f} MiB",
+                  flush=True)
             rows.append(row)
-    return {"benchmark": "speed_memory", "source": Path(args.source).name, "model": Path(model).stem,
-            "device": "cpu", "threads": os.cpu_count(), "results": rows}
+            for p in tmp.iterdir():
+                p.unlink()
+    return {"benchmark": "speed_memory", "source": Path(args.source).name, "model": name,
+            "runtime": load_bundle(name).runtime, "macs_per_pixel": macs,
+            "encoder_work_factor": "1.16 (strip units of 1024 px + 2-cell halo, tile rows of 256 px + halo)",
+            "threads": len(os.sched_getaffinity(0)), "gdal_num_threads": "ALL_CPUS",
+            "note": "whole processes as a user runs them (start-up, imports, reading and writing included); "
+                    "JPEG2000/HTJ2K code the 16-bit scaled image at the codec's file size; ratios are other/ours "
+                    "wall time pair by pair (>1: ours faster)", "results": rows}
 
 
 def main() -> None:
@@ -157,6 +334,7 @@ def main() -> None:
     sp.add_argument("--sizes", nargs="+", type=int, default=[1024, 4096, 8192])
     sp.add_argument("--source", default=DEFAULT_SCENES[0])
     sp.add_argument("--model", default=None)
+    sp.add_argument("--rounds", type=int, default=3, help="alternated rounds per size (half at > 4096²)")
     sp.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "codec_speed.json"))
     args = p.parse_args()
     t0 = time.perf_counter()

@@ -37,14 +37,20 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "models.json"
 DEFAULT_LATENTS = (4, 8, 16, 32, 64)
 
 
-def count_macs(model: SarAutoencoder, size: int) -> int:
-    """Multiply-accumulates of one forward pass on a (1, C, size, size) input."""
+def count_macs(model: SarAutoencoder, size: int, part: str = "all") -> int:
+    """Multiply-accumulates of one forward pass on a (1, C, size, size) input (`part`: 'all', 'encoder' or
+    'decoder'; the entropy model's density is not run at inference and not counted)."""
     total = 0
 
     def conv_hook(mod: nn.Conv2d, _inp, out: torch.Tensor) -> None:
         nonlocal total
         kh, kw = mod.kernel_size
         total += out.numel() * (mod.in_channels // mod.groups) * kh * kw
+
+    def tconv_hook(mod: nn.ConvTranspose2d, inp: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        nonlocal total  # every input element is multiplied into a kH x kW x C_out/groups block of the output
+        kh, kw = mod.kernel_size
+        total += inp[0].numel() * (mod.out_channels // mod.groups) * kh * kw
 
     def linear_hook(mod: nn.Linear, _inp, out: torch.Tensor) -> None:
         nonlocal total
@@ -57,8 +63,11 @@ def count_macs(model: SarAutoencoder, size: int) -> int:
         total += b * (n * n * mod.query.out_channels + n * n * c)
 
     handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
+    root = model if part == "all" else getattr(model, part)
+    for m in root.modules():
+        if isinstance(m, nn.ConvTranspose2d):
+            handles.append(m.register_forward_hook(tconv_hook))
+        elif isinstance(m, nn.Conv2d):
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(linear_hook))
@@ -71,6 +80,31 @@ def count_macs(model: SarAutoencoder, size: int) -> int:
         for h in handles:
             h.remove()
     return total
+
+
+def stage_macs_per_pixel(model: SarAutoencoder, size: int = 256) -> dict:
+    """{'encoder': MAC per image pixel, 'decoder': ..., 'encoder_gdn': ..., 'decoder_gdn': ...}: convolutions as
+    counted by count_macs, and GDN's channel sums (C² per position, a 1x1 convolution) on their own."""
+    from sar_ae_core.models import GDN
+
+    n = size * size
+    out = {part: count_macs(model, size, part) / n for part in ("encoder", "decoder")}
+    for part in ("encoder", "decoder"):
+        total = 0
+
+        def hook(mod, _inp, o):
+            nonlocal total
+            total += o.numel() * o.shape[1]
+
+        hs = [m.register_forward_hook(hook) for m in getattr(model, part).modules() if isinstance(m, GDN)]
+        try:
+            with torch.no_grad():
+                model(torch.rand(1, model.config.in_channels, size, size))
+        finally:
+            for h in hs:
+                h.remove()
+        out[f"{part}_gdn"] = total / n
+    return out
 
 
 def time_forward(model: SarAutoencoder, size: int, repeats: int) -> list[float]:
@@ -103,6 +137,7 @@ def bench_one(config: ModelConfig, size: int, repeats: int) -> dict:
         "parameters": model.parameter_count(),
         "macs_per_patch": macs,
         "macs_per_pixel": macs / (size * size),
+        **{f"{k}_macs_per_pixel": v for k, v in stage_macs_per_pixel(model, size).items()},
         "forward_ms_median": 1e3 * statistics.median(times),
         "forward_ms_runs": [round(1e3 * t, 3) for t in times],
     }
