@@ -158,32 +158,30 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
         with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out, open(out.tmp, "wb") as fh, \
                 _Runner(bundle) as runner:
             writer = ContainerWriter(fh, header)
-            for tr in range(plan.tile_rows):
-                t0 = time.perf_counter()
-                strip, valid, y0, db = _read_strip(r, plan, scaling, tr, want_db=bool(step))
-                timer.io += time.perf_counter() - t0
-                latents = latent_store.get(tr) if latent_store is not None else None
-                if latents is None:
-                    latents = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner, exact)
-                               for b in range(r.count)]
-                    if latent_store is not None:
-                        latent_store.put(tr, latents)
-                t0 = time.perf_counter()
-                for tc in range(plan.tile_cols):  # chunk order: see _chunk_id
-                    for b in range(r.count):
-                        writer.add(codec.encode(latents[b][tc]), "latents")
-                        m = _tile_mask(valid[b], plan, tr, tc, y0)
-                        n_valid += int(m.sum())
-                        if step:
-                            tdb = _tile_db(db[b], plan, tr, tc)
-                            out = esc.out_of_window(tdb, m, scaling.vmin_db, header["mask"]["above_db"])
-                            n_escaped += int(out.sum())
-                            frame = esc.encode_escapes(tdb, out, scaling.vmin_db, header["mask"]["above_db"], step)
-                            writer.add(esc.encode_mask_chunk(m, frame), "masks")
-                        else:
-                            writer.add(encode_mask(m), "masks")
-                timer.coding += time.perf_counter() - t0
-                prog.step((tr + 1) / plan.tile_rows, f"compressing tile row {tr + 1}/{plan.tile_rows}")
+            pending = None  # tile row whose network runs while the next strip is read and the previous coded
+            for tr in range(plan.tile_rows + 1):
+                job = None
+                if tr < plan.tile_rows:
+                    t0 = time.perf_counter()
+                    strip, valid, y0, db = _read_strip(r, plan, scaling, tr, want_db=bool(step))
+                    timer.io += time.perf_counter() - t0
+                    cached = latent_store.get(tr) if latent_store is not None else None
+                    if cached is None:
+                        waits = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner, exact)
+                                 for b in range(r.count)]
+                        finish = (lambda waits=waits: [w() for w in waits])
+                    else:
+                        finish = (lambda cached=cached: cached)
+                    job = (tr, valid, y0, db, finish, cached is None)
+                    del strip
+                if pending is not None:
+                    n_v, n_e = _code_tile_row(pending, writer, codec, plan, scaling, header, step, r.count,
+                                              latent_store, timer)
+                    n_valid, n_escaped = n_valid + n_v, n_escaped + n_e
+                    prog.step((pending[0] + 1) / plan.tile_rows,
+                              f"compressing tile row {pending[0] + 1}/{plan.tile_rows}")
+                pending = job
+            timer.network = runner.network_seconds
             if n_valid == 0:
                 raise SarInputError(r.path, "no valid pixels to compress (all nodata, NaN, infinite or <= 0)")
             sizes = writer.finish()
@@ -330,6 +328,34 @@ def _nodata_from_json(v):
     return float("nan") if v == "nan" else v
 
 
+def _code_tile_row(job, writer: ContainerWriter, codec, plan: TilePlan, scaling: ScalingParams, header: dict,
+                   step: float, bands: int, latent_store, timer: "_Timer") -> tuple[int, int]:
+    """Entropy-code one encoded tile row (latents, masks, escapes) into the container, in chunk order; returns
+    (valid pixels, escaped pixels)."""
+    tr, valid, y0, db, finish, fresh = job
+    latents = finish()
+    if fresh and latent_store is not None:
+        latent_store.put(tr, latents)
+    t0 = time.perf_counter()
+    n_valid = n_escaped = 0
+    above = header["mask"].get("above_db")
+    for tc in range(plan.tile_cols):  # chunk order: see _chunk_id
+        for b in range(bands):
+            writer.add(codec.encode(latents[b][tc]), "latents")
+            m = _tile_mask(valid[b], plan, tr, tc, y0)
+            n_valid += int(m.sum())
+            if step:
+                tdb = _tile_db(db[b], plan, tr, tc)
+                outside = esc.out_of_window(tdb, m, scaling.vmin_db, above)
+                n_escaped += int(outside.sum())
+                frame = esc.encode_escapes(tdb, outside, scaling.vmin_db, above, step)
+                writer.add(esc.encode_mask_chunk(m, frame), "masks")
+            else:
+                writer.add(encode_mask(m), "masks")
+    timer.coding += time.perf_counter() - t0
+    return n_valid, n_escaped
+
+
 def _read_strip(r, plan: TilePlan, scaling: ScalingParams, tr: int, want_db: bool = False):
     """Scaled pixels and validity for the encode windows of tile row `tr`, mirror-padded past the edges.
 
@@ -372,6 +398,10 @@ class _Runner:
         self.torch = bundle.runtime == "torch"
         self.threads = 1
         self.pool = None
+        self.busy = 0.0
+        import threading
+
+        self._lock = threading.Lock()
 
     def __enter__(self) -> "_Runner":
         if self.cpu:
@@ -396,8 +426,30 @@ class _Runner:
 
             torch.set_num_threads(self.threads)
 
+    def submit(self, fn, items: list):
+        """Start `fn` on every item (on the pool when there is one) and return a function that waits for the
+        results, in order: the caller prepares the next work unit or writes the previous one meanwhile."""
+        def timed(item):
+            t0 = time.perf_counter()
+            out = fn(item)
+            dt = time.perf_counter() - t0
+            with self._lock:
+                self.busy += dt
+            return out
+
+        if self.pool is None:
+            results = [timed(i) for i in items]
+            return lambda: results
+        futures = [self.pool.submit(timed, i) for i in items]
+        return lambda: [f.result() for f in futures]
+
     def map(self, fn, items: list) -> list:
-        return list(self.pool.map(fn, items)) if self.pool is not None else [fn(i) for i in items]
+        return self.submit(fn, items)()
+
+    @property
+    def network_seconds(self) -> float:
+        """Wall-clock equivalent of the network calls so far (their summed time over the parallel calls)."""
+        return self.busy / max(1, self.threads)
 
 
 #: encode work unit width (pixels, rounded to whole tiles) when the encoder's receptive field is known
@@ -410,34 +462,39 @@ def _encode_strip(bundle: ModelBundle, plan: TilePlan, strip: np.ndarray, tr: in
     strip is encoded in units of ENCODE_UNIT_PIXELS columns plus the halo, fixed on the tile grid, and each tile's
     cells are cut from its unit — no window overlap beyond the receptive field. Otherwise each tile is encoded
     from its own window with halo. On the CPU every unit or window is its own call (results independent of the
-    thread count); on CUDA windows go in batches."""
+    thread count); on CUDA windows go in batches. Returns a function that waits for the network and returns the
+    latents, so that the caller can code the previous tile row meanwhile."""
     wp, tile, hc = plan.window_pixels, plan.tile, plan.halo_cells
     if exact:
         k = max(1, ENCODE_UNIT_PIXELS // tile)
         starts = list(range(0, plan.tile_cols, k))
         units = [strip[None, None, :, u * tile: min(u + k, plan.tile_cols) * tile + 2 * plan.halo] for u in starts]
-        t0 = time.perf_counter()
-        ys = runner.map(bundle.nets.encode, units)
-        timer.network += time.perf_counter() - t0
-        out = []
-        for u, y in zip(starts, ys):
-            for tc in range(u, min(u + k, plan.tile_cols)):
-                r0, r1, c0, c1 = plan.tile_cells(tr, tc)
-                a = hc + (tc - u) * plan.cells
-                out.append(np.ascontiguousarray(y[0, :, hc:hc + (r1 - r0), a:a + (c1 - c0)]))
-        return out
+        wait = runner.submit(bundle.nets.encode, units)
+
+        def finish() -> list:
+            out = []
+            for u, y in zip(starts, wait()):
+                for tc in range(u, min(u + k, plan.tile_cols)):
+                    r0, r1, c0, c1 = plan.tile_cells(tr, tc)
+                    a = hc + (tc - u) * plan.cells
+                    out.append(np.ascontiguousarray(y[0, :, hc:hc + (r1 - r0), a:a + (c1 - c0)]))
+            return out
+
+        return finish
     windows = [strip[:, tc * tile: tc * tile + wp] for tc in range(plan.tile_cols)]
     step = batch_size if dev != "cpu" else 1
     batches = [np.stack(windows[i:i + step])[:, None] for i in range(0, len(windows), step)]
-    t0 = time.perf_counter()
-    ys = runner.map(bundle.nets.encode, batches)
-    timer.network += time.perf_counter() - t0
-    out = []
-    for y in ys:
-        for k in range(y.shape[0]):
-            r0, r1, c0, c1 = plan.tile_cells(tr, len(out))
-            out.append(np.ascontiguousarray(y[k, :, hc:hc + (r1 - r0), hc:hc + (c1 - c0)]))
-    return out
+    wait = runner.submit(bundle.nets.encode, batches)
+
+    def finish() -> list:
+        out = []
+        for y in wait():
+            for k in range(y.shape[0]):
+                r0, r1, c0, c1 = plan.tile_cells(tr, len(out))
+                out.append(np.ascontiguousarray(y[k, :, hc:hc + (r1 - r0), hc:hc + (c1 - c0)]))
+        return out
+
+    return finish
 
 
 def _tile_mask(valid: np.ndarray, plan: TilePlan, tr: int, tc: int, y0: int) -> np.ndarray:
@@ -632,6 +689,7 @@ def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.Path
                     else:
                         _decode_band_strips(f, bundle, b, (col0, row0, width, height), halo,
                                             w, out_units, dtype, nodata, timer, prog, runner)
+                timer.network = runner.network_seconds
     return {"output": os.fspath(output_path), "width": width, "height": height, "bands": f.bands,
             "units": out_units, "dtype": dtype, "device": dev, "runtime": bundle.runtime,
             "seconds": time.perf_counter() - t_start, "timing": timer.as_dict()}
@@ -753,7 +811,8 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
                                                                b0 - t_c * cells:b1 - t_c * cells]
         return out
 
-    for k, tr in enumerate(tile_rows):
+    def launch(tr: int):
+        """Latent units of tile row tr (edge-padded) and their decode, started on the runner."""
         r0, r1 = tr * cells, min((tr + 1) * cells, p.latent_height)
         hr0, hr1 = r0 - halo, r1 + halo
         t0 = time.perf_counter()
@@ -764,27 +823,42 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
             lat = latents(max(hr0, 0), min(hr1, p.latent_height), max(hc0, 0), min(hc1, p.latent_width))
             pads = [(0, 0), (max(0, -hr0), max(0, hr1 - p.latent_height)), (max(0, -hc0), max(0, hc1 - p.latent_width))]
             units.append((c0, c1, hc0, np.pad(lat, pads, mode="edge") if any(map(any, pads)) else lat))
+        for key in [key for key in cache if key[0] < tr - 1]:
+            del cache[key]  # rows above the previous one are no longer needed (halo < one tile row)
         timer.coding += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        xs = runner.map(lambda unit: bundle.nets.decode(unit[3][None])[0, 0], units)
-        timer.network += time.perf_counter() - t0
-        # raster rows of this tile row inside the region
+        return tr, hr0, [u[:3] for u in units], runner.submit(lambda unit: bundle.nets.decode(unit[3][None])[0, 0],
+                                                              units)
+
+    def finish(job, k: int) -> None:
+        """Cut, mask, convert and write tile row `tr` once its units are decoded."""
+        tr, hr0, geometry, wait = job
         y0, y1 = max(tr * p.tile, row0), min((tr + 1) * p.tile, p.height, row0 + height)
+        t0 = time.perf_counter()
         valid, escaped = _mask_rows(f, band, y0, y1, col0, width)
+        timer.coding += time.perf_counter() - t0
+        xs = wait()
         t0 = time.perf_counter()
         strip = np.empty((y1 - y0, width), np.float32)
-        for (c0, c1, hc0, _), x in zip(units, xs):
+        for (c0, c1, hc0), x in zip(geometry, xs):
             a, b = max(c0 * fct, col0), min(c1 * fct, col0 + width)
             strip[:, a - col0:b - col0] = x[y0 - hr0 * fct:y1 - hr0 * fct, a - hc0 * fct:b - hc0 * fct]
-        del units, xs
+        del xs
         values = _to_output(f, strip, valid, escaped, out_units, dtype, nodata)
         timer.blending += time.perf_counter() - t0
         t0 = time.perf_counter()
         writer.write(values, Window(0, y0 - row0, width, y1 - y0), band=band + 1)
         timer.io += time.perf_counter() - t0
-        for key in [key for key in cache if key[0] < tr]:
-            del cache[key]  # the next tile row needs only its own latent rows and `halo` above
         prog.step((band * len(tile_rows) + k + 1) / steps, f"reconstructing band {band + 1}, tile row {k + 1}")
+
+    # the next tile row's latents are decoded (range coder, main thread) while the network runs on this one's
+    pending = None
+    for k, tr in enumerate(tile_rows):
+        job = launch(tr)
+        if pending is not None:
+            finish(pending, k - 1)
+        pending = job
+    if pending is not None:
+        finish(pending, len(tile_rows) - 1)
 
 
 def _mask_rows(f: SarzFile, band: int, y0: int, y1: int, col0: int, width: int):
