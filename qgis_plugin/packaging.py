@@ -1,7 +1,8 @@
 """Build the installable plugin zip and install the plugin into a QGIS profile (no QGIS needed for either).
 
 Layout of the plugin folder `sarae_codec/` (in the zip and in a profile):
-    __init__.py, plugin.py, provider.py, algorithms.py, styling.py, deps.py, report.py, README.md, icons/
+    __init__.py, plugin.py, provider.py, algorithms/ (one module per algorithm), styling.py, deps.py, report.py,
+    README.md, icons/
     metadata.txt                    from the repository root
     sar_ae_core/                    the core library, vendored, with its bundled models
 """

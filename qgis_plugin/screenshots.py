@@ -171,7 +171,7 @@ def main(out: str = "docs/img", model: Optional[str] = None) -> int:
     """Write qgis_map.png and qgis_dialog.png into `out`."""
     from qgis.core import QgsProject
 
-    from .algorithms import DEFAULT_MODEL, bundled_model_names
+    from .algorithms.base import DEFAULT_MODEL, bundled_model_names
 
     if model is None and not bundled_model_names():
         print("no bundled model: pass --model PATH to a .pt bundle", file=sys.stderr)

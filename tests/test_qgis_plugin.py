@@ -162,7 +162,7 @@ def style_ramp_ends(name):
 def test_provider_lists_the_six_algorithms(qgis_app):
     from qgis.core import QgsApplication, QgsProcessingParameterDefinition, QgsProcessingParameterFileDestination
 
-    from qgis_plugin import algorithms
+    from qgis_plugin.algorithms import base as algorithms
     from sar_ae_core import model_io, raster
 
     provider = QgsApplication.processingRegistry().providerById("sarae")
@@ -581,7 +581,8 @@ def test_package_builds_a_complete_reproducible_zip(tmp_path):
     with zipfile.ZipFile(a) as zf:
         names = set(zf.namelist())
         assert {n.split("/")[0] for n in names} == {"sarae_codec"}
-        for required in ("metadata.txt", "__init__.py", "plugin.py", "provider.py", "algorithms.py", "styling.py",
+        for required in ("metadata.txt", "__init__.py", "plugin.py", "provider.py", "algorithms/__init__.py",
+                         "algorithms/base.py", "algorithms/compress.py", "algorithms/reconstruct.py", "styling.py",
                          "deps.py", "README.md", "icons/sarae.svg", "sar_ae_core/__init__.py",
                          "sar_ae_core/codec.py", "sar_ae_core/assess.py", "sar_ae_core/attention.py"):
             assert f"sarae_codec/{required}" in names, required
@@ -611,7 +612,7 @@ def test_install_enables_the_plugin_and_keeps_other_settings(tmp_path):
     assert (target / "metadata.txt").is_file() and (target / "sar_ae_core" / "codec.py").is_file()
     assert ini.read_text() == "[General]\nfoo=bar\n\n[PythonPlugins]\nother=true\nsarae_codec=true\n\n[Qgis]\nx=1\n"
     target = install(profile, link=True)  # replaces the copy with links to the source tree
-    assert (target / "algorithms.py").is_symlink()
+    assert (target / "algorithms").is_symlink()
     assert (target / "sar_ae_core").resolve() == (ROOT / "sar_ae_core").resolve()
     assert ini.read_text().count("sarae_codec=true") == 1
 

@@ -1,0 +1,45 @@
+"""Processing algorithm `sarae:compress` (see base.py for what every algorithm shares)."""
+
+from __future__ import annotations
+
+from qgis.core import QgsProcessingOutputNumber
+
+from .base import SarAeAlgorithm, rate_points_help
+
+
+class CompressAlgorithm(SarAeAlgorithm):
+    """Compress a SAR raster into a .sarz file."""
+
+    _id = "compress"
+    _display = "Compress SAR raster"
+    _help = (
+        "Compresses a Sentinel-1 (or other SAR) raster with a learned autoencoder into a .sarz file that keeps "
+        "the georeference, nodata mask and band names.\n\n"
+        "<b>Bands</b>: 'all' or a comma-separated list (1,2).\n"
+        "<b>Units</b>: 'auto' decides from the band metadata, the file name and the values (dB, linear power, "
+        "amplitude / GRD digital numbers, complex SLC).\n"
+        "<b>Model</b>: the rate point: sarae-q1 (lowest rate) .. sarae-q4 (highest quality), see the list below; "
+        "or any .pt bundle chosen as model file.\n"
+        "<b>Quantization bits</b> (uniform coder): fewer bits, smaller file, lower quality (8 is a good default).\n\n"
+        "<b>Compressed file</b>: left at '[Save to temporary file]', the .sarz is written beside the input "
+        "(scene.sarz, or scene_2.sarz if that exists) so that it outlives the QGIS session. No output may be an "
+        "input or the file of a loaded layer; another existing file is replaced, as in every QGIS algorithm.\n\n"
+        "The log reports the real rate in bits per pixel, measured from the file's bytes, and the compression "
+        "ratio against the source's sample size. Advanced: dB range (auto keeps the model's unless the raster "
+        "falls outside it), latent coder (auto: the model's learned entropy coder when it has one, else uniform "
+        "quantization + zstd), device (auto uses CUDA when present), tile size and tiles per batch (memory).")
+
+    def shortHelpString(self) -> str:
+        """The help text and the measured rate of every bundled model (pick the rate point with Model)."""
+        return self.tr(self._help) + rate_points_help()
+
+    def initAlgorithm(self, config=None):
+        """Declare parameters and outputs."""
+        self._add_compress_params()
+        self.addOutput(QgsProcessingOutputNumber("BYTES", self.tr("File size (bytes)")))
+
+    def run_core(self, parameters, context, feedback):
+        """Compress INPUT into OUTPUT."""
+        _, output, res = self._compress(parameters, context, feedback, self._progress(feedback))
+        return {self.OUTPUT: output, "BPP": res["bpp"], "COMPRESSION_RATIO": res["compression_ratio"],
+                "BYTES": res["bytes"]}
