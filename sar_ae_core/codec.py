@@ -648,10 +648,10 @@ def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.Path
     t_start = time.perf_counter()
     if units not in ("source", "db"):
         raise SarInputError(None, f"--units must be 'source' or 'db' (got '{units}')")
-    from .remote import is_url
+    from .remote import local_input
 
-    inputs = ([] if is_url(os.fspath(input_path)) else [input_path]) + \
-        ([model] if model and os.path.exists(os.fspath(model)) else [])  # a URL is no local file to protect
+    inputs = [local_input(input_path)] + \
+        ([model] if model and os.path.exists(os.fspath(model)) else [])  # a remote URL is no local file to protect
     check_output_path(output_path, overwrite, inputs)
     prog = Progress(progress)
     timer = _Timer()
@@ -785,8 +785,13 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
     """Decode one band of the region without redundant work: the decoder's receptive field is `halo` latent cells,
     so each work unit (one tile row × UNIT_PIXELS columns of the latent grid) is decoded with just `halo` cells
     around it (edge-replicated beyond the grid, as the encoder saw mirrored pixels there) and its centre is final:
-    the same pixels as one decode of the whole edge-padded latent grid, with no blending. Units are fixed on the grid, so a window decode equals that window of the
-    full decode bit for bit."""
+    the same pixels as one decode of the whole edge-padded latent grid, with no blending. Units are fixed on the
+    grid, so a window decode equals that window of the full decode bit for bit.
+
+    Memory does not grow with the raster: a few units are in flight (the network runs on the next ones while the
+    main thread range-decodes latents and converts and writes finished units), each unit is written as soon as
+    it is done, and of the latent tiles only the current and next tile rows are kept (the row above as its
+    bottom `halo` cell rows)."""
     p = f.plan
     col0, row0, width, height = region
     fct, cells = p.downsample, p.cells
@@ -794,7 +799,7 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
     u_first, u_last = (col0 // fct) // unit_cells, ((col0 + width - 1) // fct) // unit_cells
     tile_rows = range(row0 // p.tile, (row0 + height - 1) // p.tile + 1)
     steps = len(tile_rows) * f.bands
-    cache: dict = {}
+    cache: dict = {}  # (tile row, tile col) -> latent cells (C, h, w); rows above the current one: their tail
 
     def latents(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Latent cells rows [r0, r1) x cols [c0, c1) of the grid, from the (cached) stored tiles."""
@@ -803,62 +808,66 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
             for t_c in range(c0 // cells, (c1 - 1) // cells + 1):
                 key = (t_r, t_c)
                 if key not in cache:
-                    cache[key] = f.latent_tile(t_r, t_c, band)
-                tile = cache[key]
-                a0, a1 = max(r0, t_r * cells), min(r1, t_r * cells + tile.shape[1])
+                    cache[key] = (0, f.latent_tile(t_r, t_c, band))
+                skip, tile = cache[key]  # a tail keeps the tile's last rows: its row 0 is tile row `skip`
+                top = t_r * cells + skip
+                a0, a1 = max(r0, top), min(r1, t_r * cells + skip + tile.shape[1])
                 b0, b1 = max(c0, t_c * cells), min(c1, t_c * cells + tile.shape[2])
-                out[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] = tile[:, a0 - t_r * cells:a1 - t_r * cells,
+                out[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] = tile[:, a0 - top:a1 - top,
                                                                b0 - t_c * cells:b1 - t_c * cells]
         return out
 
-    def launch(tr: int):
-        """Latent units of tile row tr (edge-padded) and their decode, started on the runner."""
+    def launch(tr: int, u: int):
+        """The latent cells of unit u of tile row tr (edge-padded) and its decode, started on the runner."""
         r0, r1 = tr * cells, min((tr + 1) * cells, p.latent_height)
         hr0, hr1 = r0 - halo, r1 + halo
+        c0, c1 = u * unit_cells, min((u + 1) * unit_cells, p.latent_width)
+        hc0, hc1 = c0 - halo, c1 + halo
         t0 = time.perf_counter()
-        units = []
-        for u in range(u_first, u_last + 1):
-            c0, c1 = u * unit_cells, min((u + 1) * unit_cells, p.latent_width)
-            hc0, hc1 = c0 - halo, c1 + halo
-            lat = latents(max(hr0, 0), min(hr1, p.latent_height), max(hc0, 0), min(hc1, p.latent_width))
-            pads = [(0, 0), (max(0, -hr0), max(0, hr1 - p.latent_height)), (max(0, -hc0), max(0, hc1 - p.latent_width))]
-            units.append((c0, c1, hc0, np.pad(lat, pads, mode="edge") if any(map(any, pads)) else lat))
-        for key in [key for key in cache if key[0] < tr - 1]:
-            del cache[key]  # rows above the previous one are no longer needed (halo < one tile row)
+        lat = latents(max(hr0, 0), min(hr1, p.latent_height), max(hc0, 0), min(hc1, p.latent_width))
+        pads = [(0, 0), (max(0, -hr0), max(0, hr1 - p.latent_height)), (max(0, -hc0), max(0, hc1 - p.latent_width))]
+        if any(map(any, pads)):
+            lat = np.pad(lat, pads, mode="edge")
         timer.coding += time.perf_counter() - t0
-        return tr, hr0, [u[:3] for u in units], runner.submit(lambda unit: bundle.nets.decode(unit[3][None])[0, 0],
-                                                              units)
+        return tr, u, hr0, c0, c1, hc0, runner.submit(lambda x: bundle.nets.decode(x[None])[0, 0], [lat])
 
-    def finish(job, k: int) -> None:
-        """Cut, mask, convert and write tile row `tr` once its units are decoded."""
-        tr, hr0, geometry, wait = job
+    def finish(job) -> None:
+        """Cut, mask, convert and write one decoded unit."""
+        tr, u, hr0, c0, c1, hc0, wait = job
         y0, y1 = max(tr * p.tile, row0), min((tr + 1) * p.tile, p.height, row0 + height)
+        a, b = max(c0 * fct, col0), min(c1 * fct, col0 + width)
         t0 = time.perf_counter()
-        valid, escaped = _mask_rows(f, band, y0, y1, col0, width)
+        valid, escaped = _mask_rows(f, band, y0, y1, a, b - a)
         timer.coding += time.perf_counter() - t0
-        xs = wait()
+        x = wait()[0]
         t0 = time.perf_counter()
-        strip = np.empty((y1 - y0, width), np.float32)
-        for (c0, c1, hc0), x in zip(geometry, xs):
-            a, b = max(c0 * fct, col0), min(c1 * fct, col0 + width)
-            strip[:, a - col0:b - col0] = x[y0 - hr0 * fct:y1 - hr0 * fct, a - hc0 * fct:b - hc0 * fct]
-        del xs
-        values = _to_output(f, strip, valid, escaped, out_units, dtype, nodata)
+        unit = x[y0 - hr0 * fct:y1 - hr0 * fct, a - hc0 * fct:b - hc0 * fct]
+        values = _to_output(f, unit, valid, escaped, out_units, dtype, nodata)
         timer.blending += time.perf_counter() - t0
         t0 = time.perf_counter()
-        writer.write(values, Window(0, y0 - row0, width, y1 - y0), band=band + 1)
+        writer.write(values, Window(a - col0, y0 - row0, b - a, y1 - y0), band=band + 1)
         timer.io += time.perf_counter() - t0
-        prog.step((band * len(tile_rows) + k + 1) / steps, f"reconstructing band {band + 1}, tile row {k + 1}")
+        if u == u_last:
+            k = tr - tile_rows[0]
+            prog.step((band * len(tile_rows) + k + 1) / steps, f"reconstructing band {band + 1}, tile row {k + 1}")
 
-    # the next tile row's latents are decoded (range coder, main thread) while the network runs on this one's
-    pending = None
-    for k, tr in enumerate(tile_rows):
-        job = launch(tr)
-        if pending is not None:
-            finish(pending, k - 1)
-        pending = job
-    if pending is not None:
-        finish(pending, len(tile_rows) - 1)
+    from collections import deque
+
+    in_flight: deque = deque()
+    depth = 2 * max(1, runner.threads)
+    for tr in tile_rows:
+        for key in list(cache):  # the row above is needed only as the halo (its last `halo` cell rows)
+            if key[0] < tr - 1:
+                del cache[key]
+            elif key[0] == tr - 1 and cache[key][0] == 0 and cache[key][1].shape[1] > halo:
+                tile = cache[key][1]
+                cache[key] = (tile.shape[1] - halo, np.ascontiguousarray(tile[:, -halo:]))
+        for u in range(u_first, u_last + 1):
+            in_flight.append(launch(tr, u))
+            if len(in_flight) >= depth:
+                finish(in_flight.popleft())
+    while in_flight:
+        finish(in_flight.popleft())
 
 
 def _mask_rows(f: SarzFile, band: int, y0: int, y1: int, col0: int, width: int):
