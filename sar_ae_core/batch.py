@@ -37,12 +37,13 @@ import time
 from typing import Optional, Sequence
 
 from .errors import SarInputError
+from .requirements import BATCH
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".npy", ".vrt", ".img")
 SARZ_SUFFIX = ".sarz"
 MANIFEST_FIELDS = ("input", "output", "bytes", "bpp", "seconds", "status", "error")
 MANIFEST_NAMES = ("manifest.csv", "manifest.json")
-INSTALL_HINT = 'pip install "dask[distributed]==2026.8.0"  (or: pip install -e ".[batch]")'
+INSTALL_HINT = f'pip install "{BATCH[0][1]}" (or the project\'s extra: pip install -e ".[batch]")'
 MANIFEST_EVERY_S = 2.0
 RATE_TOLERANCE = 0.02
 
@@ -131,13 +132,14 @@ _STATE_LOCK = threading.Lock()
 class _WorkerState:
     """What a worker process keeps between tasks: loaded models, and counts for `worker_facts`."""
 
-    def __init__(self, torch_threads: int):
-        import torch
-
-        n = max(1, int(torch_threads))
-        os.environ["OMP_NUM_THREADS"] = str(n)  # the codec sizes its pool of network calls from it
-        torch.set_num_threads(n)  # the cluster's workers share out the cores
-        self.torch_threads = torch.get_num_threads()
+    def __init__(self, codec_threads: int):
+        n = max(1, int(codec_threads))
+        # the codec runs its network calls on OMP_NUM_THREADS threads, each call single-threaded (ONNX Runtime,
+        # or torch with one intra-op thread): the cluster's workers share out the cores
+        os.environ["OMP_NUM_THREADS"] = str(n)
+        if "torch" in sys.modules:  # torch reads the variable when it starts; if it already did, tell it
+            sys.modules["torch"].set_num_threads(n)
+        self.codec_threads = n
         self.bundles: dict = {}
         self.loads = 0
         self.tasks = 0
@@ -145,13 +147,12 @@ class _WorkerState:
 
     def bundle(self, model: Optional[str], device: str, runtime: Optional[str] = None):
         """The model bundle (loaded on the first call in this process, then reused)."""
-        from .model_io import load_bundle, select_device
+        from .model_io import load_bundle
 
-        dev = select_device(device)
-        key = (model or "", str(dev), runtime)
+        key = (model or "", str(device), runtime)
         with self.lock:
             if key not in self.bundles:
-                self.bundles[key] = load_bundle(model, dev, **({"runtime": runtime} if runtime else {}))
+                self.bundles[key] = load_bundle(model, device, **({"runtime": runtime} if runtime else {}))
                 self.loads += 1
             return self.bundles[key]
 
@@ -165,22 +166,22 @@ def _holder():
         return sys.modules[__name__]
 
 
-def _state(torch_threads: int = 1) -> _WorkerState:
+def _state(codec_threads: int = 1) -> _WorkerState:
     holder = _holder()
     with _STATE_LOCK:
         st = getattr(holder, "sarae_state", None)
         if st is None:
-            st = _WorkerState(torch_threads)
+            st = _WorkerState(codec_threads)
             setattr(holder, "sarae_state", st)
         return st
 
 
 def worker_facts(dask_worker=None) -> dict:
-    """This worker's process id, models loaded, tasks run and torch threads (`client.run(worker_facts)`, which
+    """This worker's process id, models loaded, tasks run and codec threads (`client.run(worker_facts)`, which
     passes the worker as `dask_worker`)."""
     st = getattr(dask_worker if dask_worker is not None else _holder(), "sarae_state", None)
     return {"pid": os.getpid(), "model_loads": st.loads if st else 0, "tasks": st.tasks if st else 0,
-            "torch_threads": st.torch_threads if st else None}
+            "codec_threads": st.codec_threads if st else None}
 
 
 def _one_line(text: str, limit: int = 400) -> str:
@@ -195,15 +196,13 @@ def _item(job: dict, **kw) -> dict:
     return item
 
 
-def preflight(kind: str, options: dict, torch_threads: int = 1) -> dict:
+def preflight(kind: str, options: dict, codec_threads: int = 1) -> dict:
     """Check the options on a worker before any input is touched (the model exists and loads, the tile size suits
     it, the device exists …); returns {'error': one line} or the worker's facts."""
     try:
-        st = _state(torch_threads)
-        from .model_io import select_device
+        st = _state(codec_threads)
         from .options import MAX_BATCH, MAX_TILE, int_option
 
-        select_device(options.get("device") or "auto")
         if kind == "compress" and options.get("rate") is None:
             from .codec import _choose_codec
 
@@ -308,7 +307,7 @@ def compress_one(job: dict) -> dict:
     """Worker task: compress one input unless a matching output is there; failures are items, not exceptions
     (exceptions other than the codec's input errors propagate, so Dask retries them)."""
     t0 = time.perf_counter()
-    st = _state(job.get("torch_threads", 1))
+    st = _state(job.get("codec_threads", 1))
     st.tasks += 1
     o = dict(job["options"])
     inp, out = job["input"], job["output"]
@@ -381,7 +380,7 @@ def reconstruct_mismatch(job: dict, f) -> Optional[str]:
 def reconstruct_one(job: dict) -> dict:
     """Worker task: reconstruct one `.sarz` into a GeoTIFF unless a matching one is there."""
     t0 = time.perf_counter()
-    st = _state(job.get("torch_threads", 1))
+    st = _state(job.get("codec_threads", 1))
     st.tasks += 1
     o = job["options"]
     inp, out = job["input"], job["output"]
@@ -466,6 +465,23 @@ def _sweep_part_files(outputs: Sequence[str]) -> int:
     return n
 
 
+class environ_kept:
+    """Restores this process's environment on exit: a `LocalCluster`'s nannies set OMP_NUM_THREADS=1 (and more,
+    `distributed.nanny.pre-spawn-environ`) in the process that starts them, which would leave a program that ran a
+    batch compressing on one thread afterwards."""
+
+    def __enter__(self):
+        self.saved = dict(os.environ)
+        return self
+
+    def __exit__(self, *exc):
+        for key in [k for k in os.environ if k not in self.saved]:
+            del os.environ[key]
+        for key, value in self.saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
 def _cores() -> int:
     """Cores this process may use (its CPU affinity where the OS says, else the machine's count)."""
     try:
@@ -474,7 +490,7 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _check_driver_options(workers, threads_per_worker, torch_threads, retries, scheduler) -> None:
+def _check_driver_options(workers, threads_per_worker, codec_threads, retries, scheduler) -> None:
     from .options import int_option
 
     if scheduler and workers is not None:
@@ -483,7 +499,7 @@ def _check_driver_options(workers, threads_per_worker, torch_threads, retries, s
     if workers is not None:
         int_option("--workers", workers, 1, 1024)
     int_option("--threads-per-worker", threads_per_worker, 1, 256)
-    int_option("--torch-threads", torch_threads, 1, 256)
+    int_option("--codec-threads", codec_threads, 1, 256)
     int_option("--retries", retries, 0, 100)
 
 
@@ -511,6 +527,19 @@ def _check_compress_options(o: dict) -> None:
     device_option(o.get("device"))
 
 
+_RECONSTRUCT_DEFAULTS = {"units": "source", "model": None, "device": "cpu"}
+
+
+def _compress_defaults() -> dict:
+    """compress_raster's defaults for the options batch passes (the command line passes them all)."""
+    from . import escapes as esc
+    from .defaults import TILE
+
+    return {"model": None, "rate": None, "bands": "all", "units": "auto", "bits": 8, "codec": "auto",
+            "device": "auto", "tile": TILE, "batch_size": 8, "scaling": "auto",
+            "escape_step_db": esc.DEFAULT_STEP_DB, "keep_brightest": esc.DEFAULT_BRIGHTEST_PERCENT}
+
+
 def _absolute_model(o: dict) -> dict:
     m = o.get("model")
     if m and os.path.exists(m):  # a bundle file: the workers may run in another folder
@@ -536,7 +565,7 @@ class _Bar:
 
 
 def run_batch(inputs: Sequence[str], out_dir: str, *, reconstruct: bool = False, options: Optional[dict] = None,
-              workers: Optional[int] = None, threads_per_worker: int = 1, torch_threads: int = 1,
+              workers: Optional[int] = None, threads_per_worker: int = 1, codec_threads: int = 1,
               scheduler: Optional[str] = None, retries: int = 2, overwrite: bool = False,
               progress: bool = True, connect_timeout: float = 30.0) -> dict:
     """Compress (or `reconstruct`) every input into `out_dir` on a Dask cluster; returns the manifest facts.
@@ -545,13 +574,13 @@ def run_batch(inputs: Sequence[str], out_dir: str, *, reconstruct: bool = False,
     `device`). Usage errors raise the project's input error before anything is written; failed inputs are items
     of the result (and of the manifest), they do not raise."""
     kind = "reconstruct" if reconstruct else "compress"
-    options = _absolute_model(dict(options or {}))
-    _check_driver_options(workers, threads_per_worker, torch_threads, retries, scheduler)
+    options = _absolute_model({**(_RECONSTRUCT_DEFAULTS if reconstruct else _compress_defaults()), **(options or {})})
+    _check_driver_options(workers, threads_per_worker, codec_threads, retries, scheduler)
     if reconstruct:
         from .defaults import OUTPUT_UNITS
         from .options import choice_option, device_option
 
-        choice_option("--output-units", options.setdefault("units", "source"), OUTPUT_UNITS)
+        choice_option("--output-units", options["units"], OUTPUT_UNITS)
         device_option(options.get("device"))
     else:
         _check_compress_options(options)
@@ -567,7 +596,7 @@ def run_batch(inputs: Sequence[str], out_dir: str, *, reconstruct: bool = False,
         raise SarInputError(out_dir, f"output folder {'' if parent == out_dir else f'{parent} '}is not writable")
     outputs = output_names(paths, out_dir, ".tif" if reconstruct else SARZ_SUFFIX)
     jobs = [{"input": i, "output": o, "options": options, "overwrite": bool(overwrite),
-             "torch_threads": int(torch_threads)} for i, o in zip(paths, outputs)]
+             "codec_threads": int(codec_threads)} for i, o in zip(paths, outputs)]
     items = [_item(j) for j in jobs]
     meta = {"command": kind, "out": out_dir, "options": options, "overwrite": bool(overwrite),
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -579,71 +608,78 @@ def run_batch(inputs: Sequence[str], out_dir: str, *, reconstruct: bool = False,
     cluster = client = None
     finished = False
     bar = None
-    try:
-        if scheduler:
-            try:
-                client = Client(scheduler, timeout=connect_timeout)
-            except (OSError, TimeoutError, ValueError) as exc:
-                raise SarInputError(scheduler, f"cannot connect to the Dask scheduler ({_one_line(exc, 200)})") \
-                    from None
-        else:
-            n = workers or _cores()
-            # spawned worker processes (never a fork of a process that may have imported torch), no dashboard
-            with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
-                cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                                       dashboard_address=None, silence_logs=logging.ERROR)
-            client = Client(cluster)
+    with environ_kept():  # a local cluster's nannies set OMP_NUM_THREADS=1 in this process: undone after
         try:
-            client.wait_for_workers(1, timeout=connect_timeout)
-        except TimeoutError:
-            raise SarInputError(scheduler, f"no Dask worker joined within {connect_timeout:g} s") from None
-        try:
-            check = client.submit(preflight, kind, options, torch_threads, pure=False).result()
-        except Exception as exc:  # noqa: BLE001 - e.g. the workers cannot import this package
-            raise SarInputError(None, f"the Dask workers cannot run the codec ({type(exc).__name__}: "
-                                      f"{_one_line(exc, 200)}); install sar_ae_core on every worker") from None
-        if "error" in check:
-            raise SarInputError(None, check["error"])
-        meta["workers"] = len(client.scheduler_info().get("workers", {}))
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-        except OSError as exc:
-            raise SarInputError(out_dir, f"cannot create the output folder ({exc.strerror or exc})") from None
-        task = reconstruct_one if reconstruct else compress_one
-        futures = {client.submit(task, job, retries=retries, pure=False): k for k, job in enumerate(jobs)}
-        counts = {"done": 0, "skipped": 0, "failed": 0}
-        bar = _Bar(len(jobs), f"batch {kind}") if progress else None
-        last_write = time.monotonic()
-        for fut in as_completed(list(futures)):
-            k = futures[fut]
-            if fut.status == "finished":
-                items[k] = fut.result()
-            else:
+            if scheduler:
                 try:
-                    exc = fut.exception()
-                except Exception as e:  # noqa: BLE001 - a cancelled future
-                    exc = e
-                items[k] = _item(jobs[k], status="failed", error=_task_error(jobs[k]["input"], exc))
-            fut.release()
-            counts[items[k]["status"]] += 1
+                    client = Client(scheduler, timeout=connect_timeout)
+                except (OSError, TimeoutError, ValueError) as exc:
+                    raise SarInputError(scheduler, f"cannot connect to the Dask scheduler ({_one_line(exc, 200)})") \
+                        from None
+            else:
+                n = workers or _cores()
+                # spawned worker processes (never a fork of a process that may have imported torch); the dashboard
+                # (when bokeh is installed) on a free port
+                with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+                    cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                                           dashboard_address=":0", silence_logs=logging.ERROR)
+                client = Client(cluster)
+            try:
+                client.wait_for_workers(1, timeout=connect_timeout)
+            except TimeoutError:
+                raise SarInputError(scheduler, f"no Dask worker joined within {connect_timeout:g} s") from None
+            try:
+                check = client.submit(preflight, kind, options, codec_threads, pure=False).result()
+            except Exception as exc:  # noqa: BLE001 - e.g. the workers cannot import this package
+                raise SarInputError(None, f"the Dask workers cannot run the codec ({type(exc).__name__}: "
+                                          f"{_one_line(exc, 200)}); install sar_ae_core on every worker") from None
+            if "error" in check:
+                raise SarInputError(None, check["error"])
+            meta["workers"] = len(client.scheduler_info().get("workers", {}))
+            try:
+                os.makedirs(out_dir, exist_ok=True)
+            except OSError as exc:
+                raise SarInputError(out_dir, f"cannot create the output folder ({exc.strerror or exc})") from None
+            task = reconstruct_one if reconstruct else compress_one
+            futures = {client.submit(task, job, retries=retries, pure=False): k for k, job in enumerate(jobs)}
+            counts = {"done": 0, "skipped": 0, "failed": 0}
+            bar = _Bar(len(jobs), f"batch {kind}") if progress else None
+            last_write = time.monotonic()
+            for fut in as_completed(list(futures)):
+                k = futures[fut]
+                if fut.status == "finished":
+                    items[k] = fut.result()
+                else:
+                    try:
+                        exc = fut.exception()
+                    except Exception as e:  # noqa: BLE001 - a cancelled future
+                        exc = e
+                    items[k] = _item(jobs[k], status="failed", error=_task_error(jobs[k]["input"], exc))
+                fut.release()
+                counts[items[k]["status"]] += 1
+                if bar:
+                    bar.update(items[k], counts)
+                if time.monotonic() - last_write > MANIFEST_EVERY_S:
+                    write_manifest(out_dir, items, {**meta, "seconds": round(time.perf_counter() - t0, 3)})
+                    last_write = time.monotonic()
+            finished = True
+        finally:
             if bar:
-                bar.update(items[k], counts)
-            if time.monotonic() - last_write > MANIFEST_EVERY_S:
-                write_manifest(out_dir, items, {**meta, "seconds": round(time.perf_counter() - t0, 3)})
-                last_write = time.monotonic()
-        finished = True
-    finally:
-        if bar:
-            bar.close()
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
-        if finished or cluster is not None:  # nobody writes beside our outputs any more
-            _sweep_part_files(outputs)
-        if client is not None and any(it["status"] != "pending" for it in items):
-            seconds = round(time.perf_counter() - t0, 3)
-            write_manifest(out_dir, items, {**meta, "seconds": seconds, "complete": finished})
+                bar.close()
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+            if finished or cluster is not None:  # nobody writes beside our outputs any more
+                _sweep_part_files(outputs)
+            if client is not None and any(it["status"] != "pending" for it in items):
+                seconds = round(time.perf_counter() - t0, 3)
+                write_manifest(out_dir, items, {**meta, "seconds": seconds, "complete": finished})
+                if not finished:  # interrupted: what was done is kept, and listed
+                    n = {s: sum(it["status"] == s for it in items) for s in ("done", "skipped", "failed", "pending")}
+                    logging.getLogger("sar_ae_core").warning(
+                        "batch interrupted: %d done, %d skipped, %d failed, %d not done; manifest %s", n["done"],
+                        n["skipped"], n["failed"], n["pending"], os.path.join(out_dir, MANIFEST_NAMES[0]))
     counts = {s: sum(it["status"] == s for it in items) for s in ("done", "skipped", "failed")}
     seconds = time.perf_counter() - t0
     pixels = sum(it["pixels"] or 0 for it in items if it["status"] == "done")

@@ -291,7 +291,7 @@ def cmd_batch(args) -> int:
         options.update(device=args.device or "auto", rate=args.rate,
                        model=QUALITY_MODELS[args.quality] if args.quality is not None else args.model)
     r = run_batch(args.inputs, args.out, reconstruct=args.reconstruct, options=options, workers=args.workers,
-                  threads_per_worker=args.threads_per_worker, torch_threads=args.torch_threads,
+                  threads_per_worker=args.threads_per_worker, codec_threads=args.codec_threads,
                   scheduler=args.scheduler, retries=args.retries, overwrite=args.overwrite)
     c = r["counts"]
     for it in r["items"]:
@@ -323,8 +323,8 @@ def _add_batch_parser(sub) -> None:
                    help="worker processes of the local cluster (default: one per core)")
     s.add_argument("--threads-per-worker", type=int, default=1, metavar="N",
                    help="inputs each worker codes at once (default 1)")
-    s.add_argument("--torch-threads", type=int, default=1, metavar="N",
-                   help="torch threads of each worker (default 1: the workers share out the cores)")
+    s.add_argument("--codec-threads", type=int, default=1, metavar="N",
+                   help="threads each worker runs the network on (default 1: the workers share out the cores)")
     s.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on an existing Dask cluster (e.g. tcp://host:8786) instead of a local one; the inputs "
                         "and DIR must be paths every worker sees")

@@ -50,6 +50,19 @@ def is_url(path) -> bool:
     return isinstance(path, str) and bool(_URL.match(path))
 
 
+def local_input(path) -> Optional[str]:
+    """The local file behind an input, for the checks that no output replaces one of its inputs: the path itself,
+    a `file://` URL's path, and None for a remote URL (no local file to protect)."""
+    path = os.fspath(path)
+    if not is_url(path):
+        return path
+    if path.lower().startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(path).path)
+    return None
+
+
 class _Retry(Exception):
     """A failure worth another attempt (connection, timeout, 5xx, a transfer cut short)."""
 

@@ -22,6 +22,9 @@ TRAIN = (
     ("ml_dtypes", "ml_dtypes==0.4.1"),
 )
 
+#: `batch` (archives on Dask distributed): an optional extra, imported only by that command
+BATCH = (("distributed", "dask[distributed]==2026.8.0"),)
+
 #: what the command line adds (its progress bar)
 CLI = (("tqdm", "tqdm"),)
 

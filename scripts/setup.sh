@@ -33,6 +33,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] pip-installing pinned dependencies and the project"
   "$VENV/bin/python" -m pip install -q --upgrade "pip>=23" >/dev/null
   "$VENV/bin/python" -m pip install -q -r "$ROOT/scripts/requirements.txt"
+  # benchmarks only (HTJ2K/AVIF baselines): its wheel declares numpy>=2 but works with numpy 1.24 (ENVIRONMENT notes)
+  "$VENV/bin/python" -m pip install -q --no-deps "imagecodecs==2026.3.6"
   "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT"
   echo "$want" > "$stamp"
 else
@@ -41,7 +43,8 @@ fi
 
 echo "[setup] checking the environment"
 QT_QPA_PLATFORM=offscreen "$VENV/bin/python" - <<'PY'
-import numpy, torch, rasterio, pytorch_msssim, constriction, zstandard, scipy
+import numpy, torch, rasterio, pytorch_msssim, constriction, zstandard, scipy, onnxruntime, onnx
+import distributed  # batch (optional extra; the tests use it)
 from sar_ae_core.requirements import RUNTIME
 for module, _ in RUNTIME:
     __import__(module)
