@@ -89,7 +89,7 @@ def export_checkpoint(ckpt_path: str, out: str, name: str, overwrite: bool = Fal
     model, scaling = checkpoint_model(ckpt)
     info = bundle_info(ckpt, attribution)
     digest = save_bundle(out, model, scaling, name, info=info, half=True)
-    bundle = load_bundle(out)
+    bundle = load_bundle(out, runtime="torch")
     size = model.downsample_factor * 8
     with torch.no_grad():
         x = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
@@ -109,4 +109,12 @@ def export_checkpoint(ckpt_path: str, out: str, name: str, overwrite: bool = Fal
     mb = Path(out).stat().st_size / 1e6
     log(f"wrote {out}: model '{name}', {mb:.2f} MB, sha256 {digest[:16]}..., from {ckpt['path']} (step "
         f"{ckpt['step']}); fp16 weights change the [0,1] output by at most {diff:.2e}")
-    return {"path": os.fspath(out), "sha256": digest, "size_mb": mb, "fp16_max_abs_diff": diff, "info": info}
+    runtime = None
+    if model.config.entropy_model != "hyperprior":  # the hyperprior's side network still needs torch
+        from .onnx_export import write_runtime_bundle
+
+        runtime = write_runtime_bundle(load_bundle(out, runtime="torch"))
+        log(f"wrote {runtime}: its ONNX Runtime bundle (compress/reconstruct without torch), "
+            f"{runtime.stat().st_size / 1e6:.2f} MB")
+    return {"path": os.fspath(out), "sha256": digest, "size_mb": mb, "fp16_max_abs_diff": diff, "info": info,
+            "runtime_bundle": os.fspath(runtime) if runtime else None}
