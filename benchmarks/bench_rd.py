@@ -96,8 +96,8 @@ def split_scenes(split_file: str, split: str, categories, folder: Path) -> list[
 def run(args) -> dict:
     from sar_ae_core.model_io import load_bundle
 
-    models = [load_bundle(m, "cpu") for m in args.models]
-    baseline = load_bundle(args.baseline, "cpu") if args.baseline else None
+    models = [load_bundle(m, "cpu", runtime="torch") for m in args.models]
+    baseline = load_bundle(args.baseline, "cpu", runtime="torch") if args.baseline else None
     rows, curves = [], []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)

@@ -65,6 +65,12 @@ class ModelBundle:
         """'onnx' or 'torch'."""
         return self.nets.runtime
 
+    def decodes(self, sha_prefix: str) -> bool:
+        """Whether this model decodes files written by the model whose SHA-256 starts with `sha_prefix`: itself, or
+        a model it declares it shares the encoder and entropy tables with (`info['decodes_sha256']`, e.g. a light
+        decoder trained on the frozen latents of an earlier model)."""
+        return any(str(s).startswith(sha_prefix) for s in [self.sha256, *self.info.get("decodes_sha256", [])])
+
     @property
     def downsample_factor(self) -> int:
         return 2 ** self.config.stages

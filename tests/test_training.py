@@ -143,7 +143,7 @@ def test_export_writes_a_small_bundle_the_codec_can_load(short_run, tmp_path):
     run, _ = short_run
     out = tmp_path / "tiny.pt"
     assert main(["export", str(run), str(out), "--name", "tiny-test"]) == 0
-    bundle = load_bundle(out)
+    bundle = load_bundle(out, runtime="torch")
     assert bundle.name == "tiny-test" and out.stat().st_size < 1_000_000
     ckpt = load_checkpoint(run / "best.pt")
     info = bundle.info
@@ -155,6 +155,13 @@ def test_export_writes_a_small_bundle_the_codec_can_load(short_run, tmp_path):
     x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert float((bundle.model(x) - model(x)).abs().max()) < 2e-2  # fp16 weights
+        y = bundle.model.encode(x).numpy()
+        x_hat = bundle.model.decode(torch.from_numpy(y)).numpy()
+    # ... and its ONNX runtime bundle beside it: same model (SHA-256), same networks
+    onnx_bundle = load_bundle(out, runtime="onnx")
+    assert out.with_name("tiny.onnx.zip").is_file() and onnx_bundle.sha256 == bundle.sha256
+    assert abs(onnx_bundle.nets.encode(x.numpy()) - y).max() < 1e-4 * max(1.0, abs(y).max())
+    assert abs(onnx_bundle.nets.decode(y) - x_hat).max() < 1e-4
     assert main(["export", str(run), str(out), "--name", "tiny-test"]) == 2  # exists, no --overwrite
 
 

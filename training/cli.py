@@ -95,6 +95,9 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
      "start from the weights of this checkpoint (a run folder: its best.pt) or model bundle (a .pt bundle or a "
      "bundled name such as sarae-q2), e.g. to fine-tune a trained model to another --lmbda or other data; "
      "optimizer and schedule start fresh, the dB scaling is kept when the clip settings are the same"),
+    ("--init-decoder-from", "run", "init_decoder_from", {"metavar": "CKPT|BUNDLE"},
+     "after --init-from, take the decoder's weights from this checkpoint or bundle (same decoder architecture), "
+     "e.g. start the light decoder of one rate point from another's"),
     ("--train-only", "run", "train_only", {"choices": ("all", "decoder")},
      "'decoder': train only the decoder on the frozen, rounded latents of the --init-from model (its encoder "
      "and entropy model are copied and kept; the decoder may differ, e.g. --decoder light)"),
@@ -218,9 +221,11 @@ def cmd_export(argv: Sequence[str]) -> int:
     p.add_argument("--measure", metavar="RASTER", help="compress/reconstruct/assess RASTER with the bundle and store "
                                                        "bpp (file bytes), PSNR, SSIM, ENL ratio, EPI in info['measured']")
     p.add_argument("--card", metavar="JSON", help="also write the model card (name, sha256 and info) to JSON")
+    p.add_argument("--decodes", metavar="MODEL", help="a model whose .sarz files this one also decodes (checked: same "
+                                                      "encoder and entropy tables, e.g. after --train-only decoder)")
     args = p.parse_args(argv)
     export_checkpoint(args.checkpoint, args.out, args.name, overwrite=args.overwrite, attribution=args.attribution,
-                      measure_raster=args.measure, card=args.card)
+                      measure_raster=args.measure, card=args.card, decodes=args.decodes)
     return 0
 
 

@@ -97,6 +97,8 @@ class RunConfig:
                                      # carries detail, which takes thousands of steps from the default init
     init_from: Optional[str] = None  # start from the weights of this checkpoint (run folder: its best.pt), e.g.
                                      # to fine-tune a trained model to another rate point; fresh optimizer/schedule
+    init_decoder_from: Optional[str] = None  # then take the decoder's weights from this checkpoint/bundle (same
+                                     # decoder architecture), e.g. a light decoder trained on another rate point
     train_only: str = "all"          # all | decoder: train only the decoder on the frozen, rounded latents of the
                                      # init_from model (encoder and entropy model copied; the decoder may differ)
     val_interval: Optional[int] = None  # validate every N steps (default: once per epoch) and at the end
@@ -273,6 +275,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if not (BUNDLED_DIR / f"{r.init_from}.pt").is_file():
             bad("run.init_from", f"'{r.init_from}' does not exist (give a checkpoint file, a run folder, a model "
                                  f"bundle or a bundled model name)")
+    if r.init_decoder_from is not None and not os.path.exists(r.init_decoder_from):
+        from sar_ae_core.model_io import BUNDLED_DIR
+
+        if not (BUNDLED_DIR / f"{r.init_decoder_from}.pt").is_file():
+            bad("run.init_decoder_from", f"'{r.init_decoder_from}' does not exist")
+    if r.init_decoder_from is not None and r.init_from is None:
+        bad("run.init_decoder_from", "needs --init-from (the model whose encoder and entropy model are used)")
     if r.train_only not in ("all", "decoder"):
         bad("run.train_only", f"'{r.train_only}' unknown (choose from all, decoder)")
     if r.train_only == "decoder" and r.init_from is None:

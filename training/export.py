@@ -74,20 +74,41 @@ def bundle_info(ckpt: dict, attribution: Optional[str] = None) -> dict:
     return _plain(info)
 
 
+def _same_latents(model, other_name: str) -> str:
+    """SHA-256 of the bundle `other_name` after checking that `model` has its encoder and entropy tables."""
+    other = load_bundle(other_name, runtime="torch")
+    mine = {k: v.half() for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    theirs = {k: v.half() for k, v in other.model.state_dict().items() if k.startswith("encoder.")}
+    if mine.keys() != theirs.keys() or any(not torch.equal(mine[k], theirs[k]) for k in mine):
+        raise SarInputError(other_name, "--decodes: its encoder differs from this model's (train with "
+                                        "--init-from it --train-only decoder)")
+    import copy
+
+    tables = copy.deepcopy(model.entropy).cpu().float().eval().build_tables().to_dict()
+    if other.tables is None or tables != other.tables.to_dict():
+        raise SarInputError(other_name, "--decodes: its entropy tables differ from this model's")
+    return other.sha256
+
+
 def export_checkpoint(ckpt_path: str, out: str, name: str, overwrite: bool = False,
                       attribution: Optional[str] = None, log=print, measure_raster: Optional[str] = None,
-                      card: Optional[str] = None) -> dict:
+                      card: Optional[str] = None, decodes: Optional[str] = None) -> dict:
     """Write the bundle; check it loads back and how far its fp16 weights move the output.
 
     `measure_raster`: also compress/reconstruct/assess that raster with the written bundle and store the result in
     `info["measured"]` (the bundle is written again with the same weights, so its SHA-256 does not change).
-    `card`: also write the model card JSON ({"name", "sha256", **info}) there."""
+    `card`: also write the model card JSON ({"name", "sha256", **info}) there.
+    `decodes`: a model bundle whose files this one also decodes (checked: the same encoder weights and entropy
+    tables — a decoder trained with --train-only decoder on its latents); its SHA-256 goes to
+    `info["decodes_sha256"]`."""
     if not name or any(c in name for c in "/\\"):
         raise SarInputError(None, f"bad model name '{name}' (use e.g. sarae-default)")
     check_output_path(out, overwrite)
     ckpt = load_checkpoint(ckpt_path, prefer=BEST)
     model, scaling = checkpoint_model(ckpt)
     info = bundle_info(ckpt, attribution)
+    if decodes:
+        info["decodes_sha256"] = [_same_latents(model, decodes)]
     digest = save_bundle(out, model, scaling, name, info=info, half=True)
     bundle = load_bundle(out, runtime="torch")
     size = model.downsample_factor * 8

@@ -6,8 +6,9 @@ The graphs are rewritten for speed without changing what they compute:
   PixelShuffle(2) (its four polyphase kernels; the sub-pixel form runs ~2x faster in ONNX Runtime);
 * GDN sums its channels with a 1x1 convolution (torch's eval mode sums element-wise in a fixed order because
   its CPU convolutions depend on the thread count; each ONNX Runtime session of the codec runs on one thread);
-* weights are stored in float16 (as in the `.pt` bundle, so the values are the same) and cast to float32 once
-  when the session is created (constant folding): half the bytes on disk, float32 arithmetic.
+* weights that float16 holds exactly (the `.pt` bundle's fp16 weights) are stored in float16 and cast to float32
+  once when the session is created (constant folding): half the bytes on disk, float32 arithmetic; derived
+  constants (e.g. BatchNorm folded into a convolution) stay float32.
 
 The runtime bundle is a zip beside the `.pt` bundle: `model.json` (name, weights SHA-256 of the `.pt`, model
 config, scaling, entropy tables, info) + `encoder.onnx` + `decoder.onnx`.
@@ -125,7 +126,10 @@ def _half_weights(onnx_bytes: bytes) -> bytes:
     keep, casts = [], []
     for init in g.initializer:
         arr = numpy_helper.to_array(init)
-        if arr.dtype == np.float32 and arr.size > 16:
+        # only where float16 holds the values exactly (the bundle's fp16 weights); folded BatchNorm and other
+        # derived constants stay float32
+        if arr.dtype == np.float32 and arr.size > 16 and np.array_equal(arr.astype(np.float16).astype(np.float32),
+                                                                         arr):
             half = numpy_helper.from_array(arr.astype(np.float16), init.name + "_fp16")
             keep.append(half)
             casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT,
@@ -167,7 +171,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("models", nargs="+", help="bundled model names or .pt bundle paths")
     args = ap.parse_args(argv)
     for name in args.models:
-        target = write_runtime_bundle(load_bundle(name))
+        target = write_runtime_bundle(load_bundle(name, runtime="torch"))
         print(f"{name}: {target} ({target.stat().st_size / 1e6:.2f} MB)")
     return 0
 

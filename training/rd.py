@@ -25,7 +25,7 @@ MEASURE_KEYS = ("psnr", "ssim", "enl_ratio", "epi", "rmse_db")
 
 
 def _bundle(model) -> ModelBundle:
-    return model if isinstance(model, ModelBundle) else load_bundle(str(model), "cpu")
+    return model if isinstance(model, ModelBundle) else load_bundle(str(model), "cpu", runtime="torch")
 
 
 @torch.no_grad()

@@ -317,8 +317,17 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
             # a different decoder starts fresh; everything else is copied
             state = {**{k: v for k, v in ae.state_dict().items() if k.startswith("decoder.")},
                      **{k: v for k, v in state.items() if not k.startswith("decoder.")}}
+        if cfg.run.init_decoder_from:
+            other = load_init(cfg.run.init_decoder_from)
+            mine = {k: v for k, v in cfg.model.to_dict().items() if k in ("decoder", "latent_channels", "stages",
+                                                                          "in_channels", "variant", "base_channels")}
+            theirs = {k: v for k, v in {**ModelConfig().to_dict(), **other["model_config"]}.items() if k in mine}
+            if theirs != mine:
+                raise SarInputError(other["path"], f"--init-decoder-from: its decoder {theirs} differs from {mine}")
+            state = {**state, **{k: v for k, v in other["state_dict"].items() if k.startswith("decoder.")}}
         ae.load_state_dict(state)
-        log(f"init       : weights of {init['path']} (step {init['step']})")
+        log(f"init       : weights of {init['path']} (step {init['step']})" +
+            (f", decoder of {cfg.run.init_decoder_from}" if cfg.run.init_decoder_from else ""))
     torch.manual_seed(cfg.run.seed + 1 + d.rank)  # augmentation / noise differ between processes
     if ckpt:
         ae.load_state_dict(ckpt["state_dict"])
