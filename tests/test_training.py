@@ -163,6 +163,9 @@ def test_export_writes_a_small_bundle_the_codec_can_load(short_run, tmp_path):
     assert abs(onnx_bundle.nets.encode(x.numpy()) - y).max() < 1e-4 * max(1.0, abs(y).max())
     assert abs(onnx_bundle.nets.decode(y) - x_hat).max() < 1e-4
     assert main(["export", str(run), str(out), "--name", "tiny-test"]) == 2  # exists, no --overwrite
+    # --decodes checks that the two models share encoder and tables: another model's files are refused
+    assert main(["export", str(run), str(tmp_path / "x.pt"), "--name", "x", "--decodes", "sarae-q2"]) == 2
+    assert not (tmp_path / "x.pt").exists()
 
 
 def _as_cuda_checkpoint(src: Path, dst: Path) -> None:
