@@ -206,116 +206,161 @@ def describe_model(ae) -> dict:
 def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False, check_only: bool = False,
           resume_overrides: Optional[dict] = None, quiet: bool = False) -> dict:
     """Run (or continue) one training run; returns the summary (rank 0) or {} (other ranks)."""
-    ckpt = None
-    if resume:
-        ckpt = load_checkpoint(resume, prefer=LAST)
-        saved = TrainConfig.from_dict(ckpt["config"], source=ckpt["path"])
-        if resume_overrides:
-            bad = [f"{s}.{k}" for s, vals in resume_overrides.items() for k in vals
-                   if (s, k) not in RESUMABLE_OVERRIDES and getattr(getattr(saved, s), k) != vals[k]]
-            if bad:
-                allowed = ", ".join(sorted(f"{s}.{k}" for s, k in RESUMABLE_OVERRIDES))
-                raise SarInputError(ckpt["path"], f"cannot change {', '.join(bad)} when resuming (the run continues "
-                                                  f"with its saved configuration; only {allowed} may change)")
-        # a stop point belongs to the session that set it; the continued run goes to the end unless told again
-        saved.run.stop_at_step, saved.run.time_limit_min = None, None
-        if resume_overrides:
-            saved = apply_overrides(saved, resume_overrides)
-        cfg = saved
-        cfg.run.out_dir = str(Path(ckpt["path"]).parent)
-    validate(cfg)
-    d, device = setup_distributed(cfg.run.device)
-    verbose = d.main and not quiet
+    trainer = Trainer(cfg, resume, overwrite, check_only, resume_overrides, quiet)
+    plan = trainer.prepare()
+    if check_only:
+        return plan
+    trainer.build()
+    trainer.fit()
+    return trainer.finish()
 
-    def log(*args, **kwargs) -> None:
-        if verbose:
+
+class Trainer:
+    """One training run, in the order it happens: `prepare` (configuration, resume, data, plan — every check before
+    any training), `build` (model, optimizer, schedule, initial or resumed state, run folder), `fit` (the loop with
+    logging, validation, checkpoints, time limit) and `finish` (best.pt on validation and test, summary.json)."""
+
+    def __init__(self, cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False,
+                 check_only: bool = False, resume_overrides: Optional[dict] = None, quiet: bool = False):
+        self.ckpt = None
+        if resume:
+            self.ckpt = ckpt = load_checkpoint(resume, prefer=LAST)
+            saved = TrainConfig.from_dict(ckpt["config"], source=ckpt["path"])
+            if resume_overrides:
+                bad = [f"{s}.{k}" for s, vals in resume_overrides.items() for k in vals
+                       if (s, k) not in RESUMABLE_OVERRIDES and getattr(getattr(saved, s), k) != vals[k]]
+                if bad:
+                    allowed = ", ".join(sorted(f"{s}.{k}" for s, k in RESUMABLE_OVERRIDES))
+                    raise SarInputError(ckpt["path"], f"cannot change {', '.join(bad)} when resuming (the run "
+                                                      f"continues with its saved configuration; only {allowed} may "
+                                                      f"change)")
+            # a stop point belongs to the session that set it; the continued run goes to the end unless told again
+            saved.run.stop_at_step, saved.run.time_limit_min = None, None
+            if resume_overrides:
+                saved = apply_overrides(saved, resume_overrides)
+            cfg = saved
+            cfg.run.out_dir = str(Path(ckpt["path"]).parent)
+        validate(cfg)
+        self.cfg, self.resume, self.overwrite, self.check_only, self.quiet = cfg, resume, overwrite, check_only, quiet
+        self.d, self.device = setup_distributed(cfg.run.device)
+        self.verbose = self.d.main and not quiet
+        self.cuda = self.device.type == "cuda"
+        self.run_dir = Path(cfg.run.out_dir)
+        if not resume and not check_only and (self.run_dir / LAST).exists() and not overwrite:
+            raise SarInputError(self.run_dir, f"already holds a training run ({LAST}); continue it with --resume "
+                                              f"{self.run_dir} or start again with --overwrite")
+
+    # -- feedback -------------------------------------------------------------------------------------
+    def log(self, *args, **kwargs) -> None:
+        if self.verbose:
             print(*args, **kwargs, flush=True)
 
-    def say(msg: str) -> None:  # a line that does not break the progress bar
-        if verbose:
+    def say(self, msg: str) -> None:
+        """A line that does not break the progress bar."""
+        if self.verbose:
             from tqdm import tqdm as _tqdm
 
             _tqdm.write(msg, file=sys.stdout)
             sys.stdout.flush()
 
-    run_dir = Path(cfg.run.out_dir)
-    if not resume and not check_only and (run_dir / LAST).exists() and not overwrite:
-        raise SarInputError(run_dir, f"already holds a training run ({LAST}); continue it with --resume {run_dir} "
-                                     f"or start again with --overwrite")
+    # -- data (all checks before any training) --------------------------------------------------------
+    def prepare(self) -> dict:
+        cfg, ckpt, d = self.cfg, self.ckpt, self.d
+        t0 = time.perf_counter()
+        scaling = ScalingParams.from_dict(ckpt["scaling"]) if ckpt else None
+        self.init = None
+        if cfg.run.init_from and not ckpt:
+            self.init = init = load_init(cfg.run.init_from)
+            ignore = {"decoder"} if cfg.run.train_only == "decoder" else set()
+            mine = {k: v for k, v in cfg.model.to_dict().items() if k not in ignore}
+            theirs = {k: v for k, v in {**ModelConfig().to_dict(), **init["model_config"]}.items() if k not in ignore}
+            if theirs != mine:
+                raise SarInputError(init["path"], f"--init-from: its model {init['model_config']} differs from "
+                                                  f"this run's {cfg.model.to_dict()}")
+            s0, dc = init["scaling"], cfg.data
+            if (s0.get("clip_method"), s0.get("clip_low"), s0.get("clip_high")) == (dc.clip_method, dc.clip_low,
+                                                                                    dc.clip_high):
+                scaling = ScalingParams.from_dict(s0)  # the weights were trained on this dB range
+            # else: different clip settings - the range is fitted again on the training split and the model adapts
+        self.data = data = prepare_data(cfg.data, scaling=scaling)
+        if ckpt:
+            saved_files = ckpt["data"]["files"]
+            if {k: sorted(v) for k, v in saved_files.items()} != {k: sorted(v) for k, v in data.splits.items()}:
+                raise SarInputError(ckpt["path"], "the data changed since this checkpoint (files per split "
+                                                  "differ); start a new run instead of resuming")
+        self.spe, self.total = plan_steps(len(data.train), d.world, cfg.optim.batch_size, cfg.optim.steps,
+                                          cfg.optim.epochs)
+        self.warmup = min(cfg.optim.warmup_steps, self.total // 5)
+        self.val_interval = cfg.run.val_interval or self.spe
+        _log_plan(self.log, cfg, data, d, self.device, self.spe, self.total, self.warmup, self.val_interval,
+                  time.perf_counter() - t0)
+        return {"data": data.describe(), "steps_per_epoch": self.spe, "total_steps": self.total}
 
-    # -- data (all checks before any training) ----------------------------------------------------
-    t0 = time.perf_counter()
-    scaling = ScalingParams.from_dict(ckpt["scaling"]) if ckpt else None
-    init = None
-    if cfg.run.init_from and not ckpt:
-        init = load_init(cfg.run.init_from)
-        ignore = {"decoder"} if cfg.run.train_only == "decoder" else set()
-        mine = {k: v for k, v in cfg.model.to_dict().items() if k not in ignore}
-        theirs = {k: v for k, v in {**ModelConfig().to_dict(), **init["model_config"]}.items() if k not in ignore}
-        if theirs != mine:
-            raise SarInputError(init["path"], f"--init-from: its model {init['model_config']} differs from this "
-                                              f"run's {cfg.model.to_dict()}")
-        s0, dc = init["scaling"], cfg.data
-        if (s0.get("clip_method"), s0.get("clip_low"), s0.get("clip_high")) == (dc.clip_method, dc.clip_low,
-                                                                                dc.clip_high):
-            scaling = ScalingParams.from_dict(s0)  # the weights were trained on this dB range
-        # else: different clip settings - the range is fitted again on the training split and the model adapts
-    data = prepare_data(cfg.data, scaling=scaling)
-    if ckpt:
-        saved_files = ckpt["data"]["files"]
-        if {k: sorted(v) for k, v in saved_files.items()} != {k: sorted(v) for k, v in data.splits.items()}:
-            raise SarInputError(ckpt["path"], "the data changed since this checkpoint (files per split differ); "
-                                              "start a new run instead of resuming")
-    spe, total = plan_steps(len(data.train), d.world, cfg.optim.batch_size, cfg.optim.steps, cfg.optim.epochs)
-    warmup = min(cfg.optim.warmup_steps, total // 5)
-    val_interval = cfg.run.val_interval or spe
-    _log_plan(log, cfg, data, d, device, spe, total, warmup, val_interval, time.perf_counter() - t0)
-    if check_only:
-        return {"data": data.describe(), "steps_per_epoch": spe, "total_steps": total}
-
-    # -- model, optimizer, schedule ----------------------------------------------------------------
-    torch.manual_seed(cfg.run.seed)  # same initial weights in every process
-    ae = build_model(cfg.model)
-    if cfg.run.latent_init_gain != 1.0:
-        last = [mod for mod in ae.encoder.levels.modules() if isinstance(mod, torch.nn.Conv2d)][-1]
-        with torch.no_grad():
-            last.weight.mul_(cfg.run.latent_init_gain)
-            if last.bias is not None:
-                last.bias.mul_(cfg.run.latent_init_gain)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        ae = ae.to(device, memory_format=torch.channels_last)
-    else:
-        ae = ae.to(device)
-    frozen = cfg.run.train_only == "decoder"
-    net: torch.nn.Module = QuantAwareAutoencoder(ae, cfg.run.latent_noise, cfg.run.latent_bits,
-                                                 decoder_only=frozen)
-    if d.enabled:
+    # -- model, optimizer, schedule, state --------------------------------------------------------------
+    def build(self) -> None:
+        cfg, ckpt, d, device, cuda = self.cfg, self.ckpt, self.d, self.device, self.cuda
+        torch.manual_seed(cfg.run.seed)  # same initial weights in every process
+        ae = build_model(cfg.model)
+        if cfg.run.latent_init_gain != 1.0:
+            last = [mod for mod in ae.encoder.levels.modules() if isinstance(mod, torch.nn.Conv2d)][-1]
+            with torch.no_grad():
+                last.weight.mul_(cfg.run.latent_init_gain)
+                if last.bias is not None:
+                    last.bias.mul_(cfg.run.latent_init_gain)
         if cuda:
-            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-            ae = net.ae
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
-    if frozen:  # only the decoder learns; the encoder and entropy model stay those of --init-from
-        for name, p in ae.named_parameters():
-            p.requires_grad_(name.startswith("decoder."))
-    params: list = [p for p in ae.parameters() if p.requires_grad]
-    if frozen:
-        pass
-    elif getattr(ae, "entropy", None) is not None and cfg.optim.prior_lr_mult != 1.0:
-        density = getattr(ae.entropy, "z_prior", ae.entropy)  # hyperprior: only its factorized density
-        prior_ids = {id(p) for p in density.parameters()}
-        params = [{"params": [p for p in ae.parameters() if id(p) not in prior_ids]},
-                  {"params": list(density.parameters()), "lr": cfg.optim.lr * cfg.optim.prior_lr_mult}]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, cfg.optim.min_lr_ratio))
-    loss_fn = CombinedLoss(cfg.loss)
-    step, train_time, best_loss, best_step, last_val = 0, 0.0, math.inf, 0, None
-    if init is not None:
+            torch.backends.cudnn.benchmark = True
+            ae = ae.to(device, memory_format=torch.channels_last)
+        else:
+            ae = ae.to(device)
+        frozen = cfg.run.train_only == "decoder"
+        net: torch.nn.Module = QuantAwareAutoencoder(ae, cfg.run.latent_noise, cfg.run.latent_bits,
+                                                     decoder_only=frozen)
+        if d.enabled:
+            if cuda:
+                net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+                ae = net.ae
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
+        if frozen:  # only the decoder learns; the encoder and entropy model stay those of --init-from
+            for name, p in ae.named_parameters():
+                p.requires_grad_(name.startswith("decoder."))
+        params: list = [p for p in ae.parameters() if p.requires_grad]
+        if frozen:
+            pass
+        elif getattr(ae, "entropy", None) is not None and cfg.optim.prior_lr_mult != 1.0:
+            density = getattr(ae.entropy, "z_prior", ae.entropy)  # hyperprior: only its factorized density
+            prior_ids = {id(p) for p in density.parameters()}
+            params = [{"params": [p for p in ae.parameters() if id(p) not in prior_ids]},
+                      {"params": list(density.parameters()), "lr": cfg.optim.lr * cfg.optim.prior_lr_mult}]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           WarmupCosine(self.warmup, self.total,
+                                                                        cfg.optim.min_lr_ratio))
+        self.loss_fn = CombinedLoss(cfg.loss)
+        self.ae, self.net = ae, net
+        self.step, self.train_time, self.best_loss, self.best_step, self.last_val = 0, 0.0, math.inf, 0, None
+        if self.init is not None:
+            self._load_init(frozen)
+        torch.manual_seed(cfg.run.seed + 1 + d.rank)  # augmentation / noise differ between processes
+        if ckpt:
+            self._load_resume()
+        if d.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.overwrite and not ckpt:  # nothing of the previous run may be mistaken for this one's
+                for old in [LAST, BEST, "summary.json", "curves.png", "results.json", *[p.name for p in
+                            self.run_dir.glob("weights_rank*.sha256")]]:
+                    (self.run_dir / old).unlink(missing_ok=True)
+            (self.run_dir / "config.json").write_text(cfg.to_json(), encoding="utf-8")
+        _barrier(d)
+        self.mlog = MetricsLog(self.run_dir, self.step if ckpt else None, cfg.run.tensorboard, self.log) \
+            if d.main else None
+        self._last_plot = time.perf_counter()
+
+    def _load_init(self, frozen: bool) -> None:
+        cfg, init = self.cfg, self.init
         state = init["state_dict"]
         if frozen and init["model_config"].get("decoder", "mirror") != cfg.model.decoder:
             # a different decoder starts fresh; everything else is copied
-            state = {**{k: v for k, v in ae.state_dict().items() if k.startswith("decoder.")},
+            state = {**{k: v for k, v in self.ae.state_dict().items() if k.startswith("decoder.")},
                      **{k: v for k, v in state.items() if not k.startswith("decoder.")}}
         if cfg.run.init_decoder_from:
             other = load_init(cfg.run.init_decoder_from)
@@ -325,174 +370,181 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
             if theirs != mine:
                 raise SarInputError(other["path"], f"--init-decoder-from: its decoder {theirs} differs from {mine}")
             state = {**state, **{k: v for k, v in other["state_dict"].items() if k.startswith("decoder.")}}
-        ae.load_state_dict(state)
-        log(f"init       : weights of {init['path']} (step {init['step']})" +
-            (f", decoder of {cfg.run.init_decoder_from}" if cfg.run.init_decoder_from else ""))
-    torch.manual_seed(cfg.run.seed + 1 + d.rank)  # augmentation / noise differ between processes
-    if ckpt:
-        ae.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        step, train_time = int(ckpt["step"]), float(ckpt.get("train_time_s", 0.0))
-        best_loss, best_step = float(ckpt.get("best_val_loss", math.inf)), int(ckpt.get("best_step", 0))
-        last_val = ckpt.get("val_metrics")
+        self.ae.load_state_dict(state)
+        self.log(f"init       : weights of {init['path']} (step {init['step']})" +
+                 (f", decoder of {cfg.run.init_decoder_from}" if cfg.run.init_decoder_from else ""))
+
+    def _load_resume(self) -> None:
+        ckpt, d = self.ckpt, self.d
+        self.ae.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step, self.train_time = int(ckpt["step"]), float(ckpt.get("train_time_s", 0.0))
+        self.best_loss, self.best_step = float(ckpt.get("best_val_loss", math.inf)), int(ckpt.get("best_step", 0))
+        self.last_val = ckpt.get("val_metrics")
         rng = ckpt["rng"]
         if d.enabled and ckpt.get("rng_per_rank"):
             rng = ckpt["rng_per_rank"][d.rank] if d.rank < len(ckpt["rng_per_rank"]) else rng
         set_rng_state(rng)
-        log(f"resuming   : {ckpt['path']} at step {step}/{total} (epoch {step // spe}), "
-            f"lr {scheduler.get_last_lr()[0]:.3e}")
-        if step >= total:
-            log("the run is already complete")
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if overwrite and not ckpt:  # nothing of the previous run may be mistaken for this one's
-            for old in [LAST, BEST, "summary.json", "curves.png", "results.json", *[p.name for p in
-                        run_dir.glob("weights_rank*.sha256")]]:
-                (run_dir / old).unlink(missing_ok=True)
-        (run_dir / "config.json").write_text(cfg.to_json(), encoding="utf-8")
-    _barrier(d)
-    mlog = MetricsLog(run_dir, step if ckpt else None, cfg.run.tensorboard, log) if d.main else None
+        self.log(f"resuming   : {ckpt['path']} at step {self.step}/{self.total} (epoch {self.step // self.spe}), "
+                 f"lr {self.scheduler.get_last_lr()[0]:.3e}")
+        if self.step >= self.total:
+            self.log("the run is already complete")
 
-    def payload(current_step: int, rng: dict, rng_all: Optional[list], val: Optional[dict]) -> dict:
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def payload(self, current_step: int, rng: dict, rng_all: Optional[list], val: Optional[dict]) -> dict:
+        ae, data, cfg = self.ae, self.data, self.cfg
         return {
             "model_config": ae.config.to_dict(),
             "state_dict": {k: v.detach().to("cpu").clone() for k, v in ae.state_dict().items()},
             "scaling": data.scaling.to_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": current_step, "epoch": current_step // spe, "steps_per_epoch": spe, "total_steps": total,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": current_step, "epoch": current_step // self.spe, "steps_per_epoch": self.spe,
+            "total_steps": self.total,
             "rng": rng, "rng_per_rank": rng_all,
-            "val_metrics": val, "best_val_loss": best_loss, "best_step": best_step,
+            "val_metrics": val, "best_val_loss": self.best_loss, "best_step": self.best_step,
             "data": data.describe(), "code": code_version(), "config": cfg.to_dict(),
-            "train_time_s": train_time, "device": str(device), "world_size": d.world,
+            "train_time_s": self.train_time, "device": str(self.device), "world_size": self.d.world,
         }
 
-    def gather_rng() -> tuple[dict, Optional[list]]:
+    def gather_rng(self) -> tuple[dict, Optional[list]]:
         mine = rng_state()
-        if not d.enabled:
+        if not self.d.enabled:
             return mine, None
-        everyone: list = [None] * d.world
+        everyone: list = [None] * self.d.world
         dist.all_gather_object(everyone, mine)
         return mine, everyone
 
-    last_plot = [time.perf_counter()]
-
-    def validate_and_save(current_step: int, rng: dict, rng_all: Optional[list]) -> Optional[dict]:
-        nonlocal best_loss, best_step, last_val
-        if not d.main:
+    def validate_and_save(self, current_step: int, rng: dict, rng_all: Optional[list]) -> Optional[dict]:
+        if not self.d.main:
             return None
-        val = evaluate(ae, data.val, data.scaling, loss_fn, device, bits=cfg.run.latent_bits,
+        cfg, cuda = self.cfg, self.cuda
+        val = evaluate(self.ae, self.data.val, self.data.scaling, self.loss_fn, self.device, bits=cfg.run.latent_bits,
                        batch_size=cfg.run.val_batch_size, max_patches=cfg.run.val_max_patches,
                        autocast=cuda, channels_last=cuda, rate_weight=cfg.run.rate_weight, lmbda=cfg.run.lmbda)
-        last_val = val
-        improved = val["loss"] < best_loss
+        self.last_val = val
+        improved = val["loss"] < self.best_loss
         if improved:
-            best_loss, best_step = val["loss"], current_step
-        mlog.row(step=current_step, epoch=current_step // spe, split="val", elapsed_s=train_time, **val)
-        say(f"val @ {current_step}: {_fmt_metrics(val)}{'  (best)' if improved else ''}")
-        ckpt_payload = payload(current_step, rng, rng_all, val)
-        save_checkpoint(run_dir / LAST, ckpt_payload)
+            self.best_loss, self.best_step = val["loss"], current_step
+        self.mlog.row(step=current_step, epoch=current_step // self.spe, split="val", elapsed_s=self.train_time,
+                      **val)
+        self.say(f"val @ {current_step}: {_fmt_metrics(val)}{'  (best)' if improved else ''}")
+        ckpt_payload = self.payload(current_step, rng, rng_all, val)
+        save_checkpoint(self.run_dir / LAST, ckpt_payload)
         if improved:
-            save_checkpoint(run_dir / BEST, ckpt_payload)
-        if time.perf_counter() - last_plot[0] > 60:  # a figure costs about a second: at most once a minute
-            _try_plot(run_dir, cfg)
-            last_plot[0] = time.perf_counter()
+            save_checkpoint(self.run_dir / BEST, ckpt_payload)
+        if time.perf_counter() - self._last_plot > 60:  # a figure costs about a second: at most once a minute
+            _try_plot(self.run_dir, cfg)
+            self._last_plot = time.perf_counter()
         return val
 
-    # -- loop ------------------------------------------------------------------------------------
-    from tqdm import tqdm
+    # -- loop -----------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        from tqdm import tqdm
 
-    stop_at = min(total, cfg.run.stop_at_step or total)
-    session_start = time.perf_counter()
-    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not d.main or quiet,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
-    acc = torch.zeros(7, dtype=torch.float64)  # loss, mse, structural, gradient, grad norm, bpp, count
-    structural = cfg.loss.structural
-    has_prior = getattr(ae, "entropy", None) is not None
-    stopped_reason = None
-    net.train()
-    try:
-        while step < stop_at and stopped_reason is None:
-            epoch, offset = step // spe, step % spe
-            batches = epoch_batches(data.train, d, cfg.optim.batch_size, spe, cfg.run.seed, epoch)[offset:]
-            loader = DataLoader(data.train, batch_sampler=batches, num_workers=cfg.data.workers, pin_memory=cuda,
-                                generator=torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch))
-            for batch in loader:
-                t_step = time.perf_counter()
-                x = batch["image"].to(device, non_blocking=True)
-                m = batch["mask"].to(device, non_blocking=True)
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                lr = scheduler.get_last_lr()[0]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    x_hat, likelihoods = net(x)
-                loss, comps = loss_fn(x_hat.float(), x.float(), m)
-                if likelihoods is not None:  # rate-distortion: estimated bits per PIXEL from the likelihoods
-                    bpp = rate_bits(likelihoods) / (x.shape[0] * x.shape[-2] * x.shape[-1])
-                    loss = rd_loss(loss, bpp, cfg.run.rate_weight, cfg.run.lmbda)
-                    comps["bpp"] = bpp.item()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(ae.parameters(),
-                                                       cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                acc += torch.tensor([loss.item(), comps.get("mse", 0.0), comps.get(structural, 0.0),
-                                     comps.get("gradient", 0.0),
-                                     float(gnorm), comps.get("bpp", 0.0), 1.0], dtype=torch.float64)
-                train_time += time.perf_counter() - t_step
-                bar.update(1)
-                if step % cfg.run.log_interval == 0 or step == stop_at:
-                    if d.enabled:
-                        dist.all_reduce(acc)
-                    n = acc[6].item()
-                    if d.main:
-                        row = {"step": step, "epoch": (step - 1) // spe, "split": "train", "lr": lr,
-                               "loss": acc[0].item() / n, "loss_mse": acc[1].item() / n,
-                               f"loss_{structural}": acc[2].item() / n, "grad_norm": acc[4].item() / n,
-                               "elapsed_s": train_time}
-                        if cfg.loss.gradient_weight > 0:
-                            row["loss_gradient"] = acc[3].item() / n
-                        if has_prior:
-                            row["bpp"] = acc[5].item() / n
-                        mlog.row(**row)
-                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-                    acc.zero_()
-                if cfg.run.time_limit_min and step < stop_at:
-                    over = torch.tensor([float(time.perf_counter() - session_start > 60 * cfg.run.time_limit_min)])
-                    if d.enabled:
-                        dist.all_reduce(over, op=dist.ReduceOp.MAX)
-                    if over.item() > 0:
-                        stopped_reason = f"time limit of {cfg.run.time_limit_min:g} min reached"
-                if step % val_interval == 0 or step == stop_at or stopped_reason:
-                    rng, rng_all = gather_rng()  # the state right after this step, before validation
-                    t_val = time.perf_counter()
-                    validate_and_save(step, rng, rng_all)
-                    train_time += time.perf_counter() - t_val
-                    _barrier(d)
-                if step >= stop_at or stopped_reason:
-                    break
-    except KeyboardInterrupt:
+        cfg, d, cuda, data, spe, total = self.cfg, self.d, self.cuda, self.data, self.spe, self.total
+        ae, net, optimizer, scheduler, loss_fn, device = (self.ae, self.net, self.optimizer, self.scheduler,
+                                                          self.loss_fn, self.device)
+        stop_at = min(total, cfg.run.stop_at_step or total)
+        session_start = time.perf_counter()
+        bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not d.main or self.quiet,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        acc = torch.zeros(7, dtype=torch.float64)  # loss, mse, structural, gradient, grad norm, bpp, count
+        structural = cfg.loss.structural
+        has_prior = getattr(ae, "entropy", None) is not None
+        stopped_reason = None
+        net.train()
+        try:
+            while self.step < stop_at and stopped_reason is None:
+                epoch, offset = self.step // spe, self.step % spe
+                batches = epoch_batches(data.train, d, cfg.optim.batch_size, spe, cfg.run.seed, epoch)[offset:]
+                loader = DataLoader(data.train, batch_sampler=batches, num_workers=cfg.data.workers,
+                                    pin_memory=cuda,
+                                    generator=torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch))
+                for batch in loader:
+                    t_step = time.perf_counter()
+                    x = batch["image"].to(device, non_blocking=True)
+                    m = batch["mask"].to(device, non_blocking=True)
+                    if cuda:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    lr = scheduler.get_last_lr()[0]
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                        x_hat, likelihoods = net(x)
+                    loss, comps = loss_fn(x_hat.float(), x.float(), m)
+                    if likelihoods is not None:  # rate-distortion: estimated bits per PIXEL from the likelihoods
+                        bpp = rate_bits(likelihoods) / (x.shape[0] * x.shape[-2] * x.shape[-1])
+                        loss = rd_loss(loss, bpp, cfg.run.rate_weight, cfg.run.lmbda)
+                        comps["bpp"] = bpp.item()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    gnorm = torch.nn.utils.clip_grad_norm_(ae.parameters(), cfg.optim.grad_clip
+                                                           if cfg.optim.grad_clip > 0 else math.inf)
+                    optimizer.step()
+                    scheduler.step()
+                    self.step += 1
+                    step = self.step
+                    acc += torch.tensor([loss.item(), comps.get("mse", 0.0), comps.get(structural, 0.0),
+                                         comps.get("gradient", 0.0),
+                                         float(gnorm), comps.get("bpp", 0.0), 1.0], dtype=torch.float64)
+                    self.train_time += time.perf_counter() - t_step
+                    bar.update(1)
+                    if step % cfg.run.log_interval == 0 or step == stop_at:
+                        if d.enabled:
+                            dist.all_reduce(acc)
+                        n = acc[6].item()
+                        if d.main:
+                            row = {"step": step, "epoch": (step - 1) // spe, "split": "train", "lr": lr,
+                                   "loss": acc[0].item() / n, "loss_mse": acc[1].item() / n,
+                                   f"loss_{structural}": acc[2].item() / n, "grad_norm": acc[4].item() / n,
+                                   "elapsed_s": self.train_time}
+                            if cfg.loss.gradient_weight > 0:
+                                row["loss_gradient"] = acc[3].item() / n
+                            if has_prior:
+                                row["bpp"] = acc[5].item() / n
+                            self.mlog.row(**row)
+                            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+                        acc.zero_()
+                    if cfg.run.time_limit_min and step < stop_at:
+                        over = torch.tensor([float(time.perf_counter() - session_start >
+                                                   60 * cfg.run.time_limit_min)])
+                        if d.enabled:
+                            dist.all_reduce(over, op=dist.ReduceOp.MAX)
+                        if over.item() > 0:
+                            stopped_reason = f"time limit of {cfg.run.time_limit_min:g} min reached"
+                    if step % self.val_interval == 0 or step == stop_at or stopped_reason:
+                        rng, rng_all = self.gather_rng()  # the state right after this step, before validation
+                        t_val = time.perf_counter()
+                        self.validate_and_save(step, rng, rng_all)
+                        self.train_time += time.perf_counter() - t_val
+                        _barrier(d)
+                    if step >= stop_at or stopped_reason:
+                        break
+        except KeyboardInterrupt:
+            bar.close()
+            self.log(f"\ninterrupted: the last checkpoint ({self.run_dir / LAST}) can be resumed with --resume "
+                     f"{self.run_dir}")
+            raise
         bar.close()
-        log(f"\ninterrupted: the last checkpoint ({run_dir / LAST}) can be resumed with --resume {run_dir}")
-        raise
-    bar.close()
-    if step < total and stopped_reason is None:
-        stopped_reason = f"stopped at step {step} (--stop-at)"
+        if self.step < total and stopped_reason is None:
+            stopped_reason = f"stopped at step {self.step} (--stop-at)"
+        self.stopped_reason = stopped_reason
 
-    # -- wrap up -----------------------------------------------------------------------------------
-    if d.enabled:
-        params = {k: v for k, v in ae.named_parameters()}
-        (run_dir / f"weights_rank{d.rank}.sha256").write_text(weights_sha256(params) + "\n", encoding="utf-8")
-    summary: dict = {}
-    if d.main:
-        summary = _finish(cfg, data, ae, loss_fn, device, run_dir, step, total, train_time, best_step, last_val,
-                          stopped_reason, d, log)
-        mlog.close()
-    _barrier(d)
-    return summary
+    # -- wrap up --------------------------------------------------------------------------------------
+    def finish(self) -> dict:
+        d = self.d
+        if d.enabled:
+            params = {k: v for k, v in self.ae.named_parameters()}
+            (self.run_dir / f"weights_rank{d.rank}.sha256").write_text(weights_sha256(params) + "\n",
+                                                                       encoding="utf-8")
+        summary: dict = {}
+        if d.main:
+            summary = _finish(self.cfg, self.data, self.ae, self.loss_fn, self.device, self.run_dir, self.step,
+                              self.total, self.train_time, self.best_step, self.last_val, self.stopped_reason, d,
+                              self.log)
+            self.mlog.close()
+        _barrier(d)
+        return summary
 
 
 def _try_plot(run_dir: Path, cfg: TrainConfig) -> None:
