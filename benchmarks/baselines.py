@@ -1,6 +1,6 @@
 """Baseline codecs the benchmarks compare against, coded from the same [0, 1]-scaled dB data as the learned codec
 (the scaling stored in the .sarz header), at a requested number of file bytes, decoded back to a dB GeoTIFF on the
-source's grid. JPEG2000 (GDAL/OpenJPEG) lives in `sar_ae_core.jpeg2000`; this adds AVIF 10-bit monochrome
+source's grid. JPEG2000 (GDAL/OpenJPEG) lives in `sar_ae_core.quality.jpeg2000`; this adds AVIF 10-bit monochrome
 (libaom via imagecodecs, installed with --no-deps: see ENVIRONMENT notes).
 
 AVIF: single-channel input is forced lossless by imagecodecs, so grey is given as R=G=B uint16 at 10 bits
@@ -16,7 +16,7 @@ import numpy as np
 
 
 def _scaled_bands(source, scaling):
-    from sar_ae_core.raster import open_raster
+    from sar_ae_core.io.raster import open_raster
 
     with open_raster(source) as r:
         raw = r.read()
@@ -37,7 +37,7 @@ def avif_twin(source: str | os.PathLike, out_tif: str | os.PathLike, target_byte
     caller can interpolate the metrics at exactly the target bytes. `out_tif` gets a `_q<quality>` suffix."""
     import imagecodecs
 
-    from sar_ae_core.raster import GeoTiffWriter
+    from sar_ae_core.io.raster import GeoTiffWriter
 
     scaled, valid, georef, names = _scaled_bands(source, scaling)
     bands10 = [(np.rint(s * 65535).astype(np.uint16) >> 6) for s in scaled]

@@ -81,8 +81,8 @@ def run_dask(files: list[str], workers: int, work: Path) -> dict:
 def run_single_process(files: list[str], work: Path) -> dict:
     """The same files one after the other in this process (the codec's threads on every core)."""
     from sar_ae_core.codec import compress_raster
-    from sar_ae_core.model_io import load_bundle
-    from sar_ae_core.runtime import threads
+    from sar_ae_core.nn.model_io import load_bundle
+    from sar_ae_core.nn.runtime import threads
 
     bundle = load_bundle(None, "cpu")
     compress_raster(files[0], work / "warm.sarz", bundle=bundle, device="cpu", overwrite=True)

@@ -31,7 +31,7 @@ DEFAULT_SCENES = [str(ROOT / "sar_ae_core" / "sample" / "s1_iw_grd_sen1floods11_
 
 
 def _assess(ref, test):
-    from sar_ae_core.assess import assess_rasters
+    from sar_ae_core.quality.assess import assess_rasters
 
     r = assess_rasters(ref, test)
     return {k: r[k] for k in ("psnr", "ssim", "rmse_db", "enl_ratio", "epi", "valid_fraction")}
@@ -40,8 +40,8 @@ def _assess(ref, test):
 def run_rd(args) -> dict:
     """Learned codec at several bit depths vs JPEG2000 at the same measured bpp, per scene."""
     from sar_ae_core.codec import compress_raster, reconstruct_raster, sarz_info
-    from sar_ae_core.jpeg2000 import jpeg2000_twin
-    from sar_ae_core.model_io import load_bundle
+    from sar_ae_core.quality.jpeg2000 import jpeg2000_twin
+    from sar_ae_core.nn.model_io import load_bundle
     from sar_ae_core.scaling import ScalingParams
 
     bundle = load_bundle(args.model, "cpu")
@@ -107,7 +107,7 @@ def _mosaic(src: str, path: Path, size: int) -> None:
 
 
 def _u16(src: Path, path: Path, scaling) -> None:
-    """The 16-bit scaled image JPEG2000 and HTJ2K code (what sar_ae_core.jpeg2000 stages), tiled GeoTIFF."""
+    """The 16-bit scaled image JPEG2000 and HTJ2K code (what sar_ae_core.quality.jpeg2000 stages), tiled GeoTIFF."""
     import numpy as np
     import rasterio
 
@@ -228,7 +228,7 @@ def run_speed(args) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_models import stage_macs_per_pixel
 
-    from sar_ae_core.model_io import load_bundle, resolve_model
+    from sar_ae_core.nn.model_io import load_bundle, resolve_model
 
     name = args.model or "sarae-q2"
     torch_bundle = load_bundle(name, runtime="torch")

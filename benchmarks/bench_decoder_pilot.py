@@ -34,8 +34,8 @@ METRICS = ("psnr", "ssim", "epi", "enl_ratio", "rmse_db", "bright_abs_err_db")
 def _assess(ref, test) -> dict:
     import rasterio
 
-    from sar_ae_core.assess import assess_rasters
-    from sar_ae_core.raster import open_raster
+    from sar_ae_core.quality.assess import assess_rasters
+    from sar_ae_core.io.raster import open_raster
 
     r = assess_rasters(ref, test)
     out = {k: float(r[k]) for k in ("psnr", "ssim", "rmse_db", "enl_ratio", "epi")}
@@ -60,8 +60,8 @@ def main() -> None:
     from bench_rd import split_scenes
 
     from sar_ae_core.codec import SarzFile, compress_raster, reconstruct_raster
-    from sar_ae_core.jpeg2000 import jpeg2000_twin
-    from sar_ae_core.model_io import load_bundle
+    from sar_ae_core.quality.jpeg2000 import jpeg2000_twin
+    from sar_ae_core.nn.model_io import load_bundle
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", required=True, help="bundles sharing one encoder (first = reference)")

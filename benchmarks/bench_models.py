@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sar_ae_core.models import VARIANTS, ModelConfig, SarAutoencoder, SelfAttention2d, build_model
+from sar_ae_core.nn.models import VARIANTS, ModelConfig, SarAutoencoder, SelfAttention2d, build_model
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "models.json"
 DEFAULT_LATENTS = (4, 8, 16, 32, 64)
@@ -85,7 +85,7 @@ def count_macs(model: SarAutoencoder, size: int, part: str = "all") -> int:
 def stage_macs_per_pixel(model: SarAutoencoder, size: int = 256) -> dict:
     """{'encoder': MAC per image pixel, 'decoder': ..., 'encoder_gdn': ..., 'decoder_gdn': ...}: convolutions as
     counted by count_macs, and GDN's channel sums (C² per position, a 1x1 convolution) on their own."""
-    from sar_ae_core.models import GDN
+    from sar_ae_core.nn.models import GDN
 
     n = size * size
     out = {part: count_macs(model, size, part) / n for part in ("encoder", "decoder")}

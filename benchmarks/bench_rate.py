@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from sar_ae_core.codec import compress_raster, reconstruct_raster  # noqa: E402
 from sar_ae_core.rate import compress_to_rate  # noqa: E402
-from sar_ae_core.raster import open_raster  # noqa: E402
+from sar_ae_core.io.raster import open_raster  # noqa: E402
 from sar_ae_core.scaling import raw_to_db, valid_mask  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "sar"

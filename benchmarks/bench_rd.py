@@ -4,7 +4,7 @@
 Every rate is measured from real file bytes: the whole `.sarz` (latents + masks + header + chunk index) and the
 whole `.jp2` (codestream + boxes). Each learned point gets a JPEG2000 twin encoded from the same [0, 1]-scaled dB
 data (the scaling stored in the `.sarz` header) at the `.sarz`'s bpp (matched within ~1 %); a JPEG2000 curve at
-fixed rates is drawn too. Quality: `sar_ae_core.assess.assess_rasters` (PSNR/SSIM on each band's 1st-99th
+fixed rates is drawn too. Quality: `sar_ae_core.quality.assess.assess_rasters` (PSNR/SSIM on each band's 1st-99th
 percentile dB range, EPI on dB, ENL ratio on linear intensity over homogeneous areas; 1 = speckle kept,
 > 1 smoothed).
 
@@ -47,7 +47,7 @@ JP2_CURVE = (0.125, 0.25, 0.5, 1.0, 2.0)
 
 
 def _assess(ref, test) -> dict:
-    from sar_ae_core.assess import assess_rasters
+    from sar_ae_core.quality.assess import assess_rasters
 
     r = assess_rasters(ref, test)
     return {k: float(r[k]) for k in ("psnr", "ssim", "rmse_db", "enl_ratio", "epi", "valid_fraction")}
@@ -74,7 +74,7 @@ def _learned_point(scene: Path, bundle, tmp: Path, tag: str, bits: int = 8, code
 
 
 def _jp2_point(scene: Path, bpp: float, scaling, tmp: Path, tag: str) -> dict:
-    from sar_ae_core.jpeg2000 import jpeg2000_twin
+    from sar_ae_core.quality.jpeg2000 import jpeg2000_twin
 
     out = tmp / f"{scene.stem}_{tag}_jp2.tif"
     twin = jpeg2000_twin(scene, out, bpp, scaling=scaling, overwrite=True)
@@ -94,7 +94,7 @@ def split_scenes(split_file: str, split: str, categories, folder: Path) -> list[
 
 
 def run(args) -> dict:
-    from sar_ae_core.model_io import load_bundle
+    from sar_ae_core.nn.model_io import load_bundle
 
     models = [load_bundle(m, "cpu", runtime="torch") for m in args.models]
     baseline = load_bundle(args.baseline, "cpu", runtime="torch") if args.baseline else None
@@ -293,7 +293,7 @@ def summary_lines(report: dict) -> list[str]:
 
 def update_cards(report: dict) -> None:
     """Write the held-out means into the bundled model cards (`python -m sar_ae_core models` shows them)."""
-    from sar_ae_core.model_io import resolve_model
+    from sar_ae_core.nn.model_io import resolve_model
 
     for name, m in summary(report).items():
         if "@" in name:

@@ -32,7 +32,7 @@ import zstandard
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sar_ae_core.container import _FOOTER, _PRE, _header_dict  # noqa: E402
+from sar_ae_core.coding.container import _FOOTER, _PRE, _header_dict  # noqa: E402
 
 HOSTILE_VALUES = [None, True, -1, 0, 1, 3, 10 ** 6, 10 ** 9, 2 ** 63, -1e308, 1e308, 0.5, "", "x", "nan",
                   [], [1], {}, {"a": 1}, "A" * 5000]

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-from sar_ae_core.raster import AtomicOutput
+from sar_ae_core.io.raster import AtomicOutput
 
 from .report import write_text_atomic
 
@@ -44,8 +44,9 @@ def plugin_files(root: Path = ROOT) -> list[tuple[Path, str]]:
         raise FileNotFoundError(f"{metadata}: plugin metadata missing")
     entries.append((metadata, "metadata.txt"))
     core = root / "sar_ae_core"
-    for p in sorted(core.glob("*.py")):
-        entries.append((p, f"sar_ae_core/{p.name}"))
+    for p in sorted(core.rglob("*.py")):  # the package and its role subpackages (io, nn, coding, quality)
+        if "__pycache__" not in p.parts:
+            entries.append((p, f"sar_ae_core/{p.relative_to(core).as_posix()}"))
     for pattern in _CORE_DATA:
         for p in sorted(core.glob(pattern)):
             entries.append((p, f"sar_ae_core/{p.relative_to(core).as_posix()}"))

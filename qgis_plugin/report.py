@@ -72,7 +72,7 @@ def assessment_html(result: dict, *, title: str = "Reconstruction quality",
 
 def write_text_atomic(path: str, text: str) -> str:
     """Write a UTF-8 text file that appears only when complete (the core's AtomicOutput)."""
-    from sar_ae_core.raster import AtomicOutput
+    from sar_ae_core.io.raster import AtomicOutput
 
     with AtomicOutput(path, overwrite=True, suffix=os.path.splitext(path)[1]) as out:
         with open(out.tmp, "w", encoding="utf-8") as fh:

@@ -36,8 +36,8 @@ import threading
 import time
 from typing import Optional, Sequence
 
-from .errors import SarInputError
-from .requirements import BATCH
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.requirements import BATCH
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".npy", ".vrt", ".img")
 SARZ_SUFFIX = ".sarz"
@@ -147,7 +147,7 @@ class _WorkerState:
 
     def bundle(self, model: Optional[str], device: str, runtime: Optional[str] = None):
         """The model bundle (loaded on the first call in this process, then reused)."""
-        from .model_io import load_bundle
+        from sar_ae_core.nn.model_io import load_bundle
 
         key = (model or "", str(device), runtime)
         with self.lock:
@@ -201,10 +201,10 @@ def preflight(kind: str, options: dict, codec_threads: int = 1) -> dict:
     it, the device exists …); returns {'error': one line} or the worker's facts."""
     try:
         st = _state(codec_threads)
-        from .options import MAX_BATCH, MAX_TILE, int_option
+        from sar_ae_core.options import MAX_BATCH, MAX_TILE, int_option
 
         if kind == "compress" and options.get("rate") is None:
-            from .codec import _choose_codec
+            from sar_ae_core.codec import _choose_codec
 
             b = st.bundle(options.get("model"), options.get("device") or "auto", options.get("runtime"))
             d = getattr(b, "downsample_factor", None) or b.model.downsample_factor
@@ -212,7 +212,7 @@ def preflight(kind: str, options: dict, codec_threads: int = 1) -> dict:
             int_option("--batch-size", options["batch_size"], 1, MAX_BATCH)
             _choose_codec(options["codec"], b, int_option("--bits", options["bits"], 1, 16))
         elif kind == "compress":
-            from .rate import _rate_points
+            from sar_ae_core.rate import _rate_points
 
             _rate_points()
         elif options.get("model"):
@@ -229,7 +229,7 @@ def _done_item(job: dict, t0: float, status: str, nbytes: int, bpp: float, pixel
 
 def _verify_sarz(path: str):
     """The open SarzFile when `path` is a complete, valid `.sarz` (every chunk's checksum read), else raises."""
-    from .codec import SarzFile
+    from sar_ae_core.codec import SarzFile
 
     f = SarzFile(path)
     try:
@@ -244,8 +244,8 @@ def _verify_sarz(path: str):
 def compress_mismatch(job: dict, bundle) -> Optional[str]:
     """None when the existing output is a complete, valid `.sarz` of this input made with these options, else
     why not ('missing' when there is none)."""
-    from . import escapes as esc
-    from .raster import open_raster
+    from sar_ae_core.coding import escapes as esc
+    from sar_ae_core.io.raster import open_raster
 
     inp, out, o = job["input"], job["output"], job["options"]
     if not os.path.lexists(out):
@@ -266,7 +266,7 @@ def compress_mismatch(job: dict, bundle) -> Optional[str]:
                 return f"its header says source {key} {src.get(key)!r}, the input has {want!r}"
         codec, mask = h["codec"], h.get("mask") or {"id": esc.MASK_ID}
         if o.get("rate") is not None:
-            from .rate import _rate_points
+            from sar_ae_core.rate import _rate_points
 
             if f.model_name not in [n for n, _ in _rate_points()]:
                 return f"it was made with model {f.model_name!r}, not a rate point"
@@ -278,7 +278,7 @@ def compress_mismatch(job: dict, bundle) -> Optional[str]:
                 return f"it was made with model {f.model_name!r} ({f.model_sha[:12]}), not {bundle.name!r}"
             if float(codec.get("gain", 1.0)) != 1.0:
                 return f"it was coded with quantization gain {codec['gain']}"
-            from .codec import _choose_codec
+            from sar_ae_core.codec import _choose_codec
 
             want_codec = _choose_codec(o["codec"], bundle, o["bits"]).params()
             if codec.get("id") != want_codec["id"] or codec.get("bits", None) != want_codec.get("bits", None):
@@ -314,23 +314,23 @@ def compress_one(job: dict) -> dict:
     try:
         if not os.path.exists(inp):
             raise SarInputError(inp, "file not found")
-        from .output import same_file
+        from sar_ae_core.io.output import same_file
 
         rate, model = o.pop("rate", None), o.pop("model", None)
         bundle = None if rate is not None else st.bundle(model, o.get("device") or "auto", o.get("runtime"))
         reason = "missing" if os.path.lexists(out) and same_file(out, inp) else compress_mismatch(job, bundle)
         if reason is None:
-            from .codec import sarz_info
+            from sar_ae_core.codec import sarz_info
 
             info = sarz_info(out)
             return _done_item(job, t0, "skipped", info["bytes"], info["bpp"], info["pixels"])
         overwrite = _replace_or_refuse(job, reason)
         if rate is not None:
-            from .rate import compress_to_rate
+            from sar_ae_core.rate import compress_to_rate
 
             r = compress_to_rate(inp, out, rate, overwrite=overwrite, **o)
         else:
-            from .codec import compress_raster
+            from sar_ae_core.codec import compress_raster
 
             r = compress_raster(inp, out, bundle=bundle, overwrite=overwrite, **o)
         return _done_item(job, t0, "done", r["bytes"], r["bpp"], r["pixels"])
@@ -345,7 +345,7 @@ def reconstruct_mismatch(job: dict, f) -> Optional[str]:
 
     import rasterio
 
-    from .scaling import output_dtype
+    from sar_ae_core.scaling import output_dtype
 
     out, o = job["output"], job["options"]
     if not os.path.lexists(out):
@@ -385,8 +385,8 @@ def reconstruct_one(job: dict) -> dict:
     o = job["options"]
     inp, out = job["input"], job["output"]
     try:
-        from .codec import SarzFile, reconstruct_raster
-        from .output import same_file
+        from sar_ae_core.codec import SarzFile, reconstruct_raster
+        from sar_ae_core.io.output import same_file
 
         if not os.path.exists(inp):
             raise SarInputError(inp, "file not found")
@@ -425,7 +425,7 @@ def _import_dask():
 
 def write_manifest(out_dir: str, items: Sequence[dict], meta: dict) -> tuple[str, str]:
     """DIR/manifest.csv and DIR/manifest.json, each replaced atomically."""
-    from .output import AtomicOutput
+    from sar_ae_core.io.output import AtomicOutput
 
     csv_path, json_path = (os.path.join(out_dir, n) for n in MANIFEST_NAMES)
     buf = io.StringIO()
@@ -491,7 +491,7 @@ def _cores() -> int:
 
 
 def _check_driver_options(workers, threads_per_worker, codec_threads, retries, scheduler) -> None:
-    from .options import int_option
+    from sar_ae_core.options import int_option
 
     if scheduler and workers is not None:
         raise SarInputError(None, "--workers starts a local cluster; the cluster at --scheduler has its own workers "
@@ -507,9 +507,9 @@ def _check_compress_options(o: dict) -> None:
     """The checks that need no model (the rest run on a worker: `preflight`)."""
     import math
 
-    from . import escapes as esc
-    from .defaults import SCALING_CHOICES
-    from .options import MAX_BATCH, MAX_TILE, choice_option, device_option, int_option
+    from sar_ae_core.coding import escapes as esc
+    from sar_ae_core.defaults import SCALING_CHOICES
+    from sar_ae_core.options import MAX_BATCH, MAX_TILE, choice_option, device_option, int_option
 
     rate = o.get("rate")
     if rate is not None and not (math.isfinite(rate) and 0 < rate <= 32):
@@ -532,8 +532,8 @@ _RECONSTRUCT_DEFAULTS = {"units": "source", "model": None, "device": "cpu"}
 
 def _compress_defaults() -> dict:
     """compress_raster's defaults for the options batch passes (the command line passes them all)."""
-    from . import escapes as esc
-    from .defaults import TILE
+    from sar_ae_core.coding import escapes as esc
+    from sar_ae_core.defaults import TILE
 
     return {"model": None, "rate": None, "bands": "all", "units": "auto", "bits": 8, "codec": "auto",
             "device": "auto", "tile": TILE, "batch_size": 8, "scaling": "auto",
@@ -577,8 +577,8 @@ def run_batch(inputs: Sequence[str], out_dir: str, *, reconstruct: bool = False,
     options = _absolute_model({**(_RECONSTRUCT_DEFAULTS if reconstruct else _compress_defaults()), **(options or {})})
     _check_driver_options(workers, threads_per_worker, codec_threads, retries, scheduler)
     if reconstruct:
-        from .defaults import OUTPUT_UNITS
-        from .options import choice_option, device_option
+        from sar_ae_core.defaults import OUTPUT_UNITS
+        from sar_ae_core.options import choice_option, device_option
 
         choice_option("--output-units", options["units"], OUTPUT_UNITS)
         device_option(options.get("device"))

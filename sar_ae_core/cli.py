@@ -11,9 +11,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import Cancelled, SarInputError
-from .defaults import CODEC_IDS, OUTPUT_UNITS, SCALING_CHOICES, TILE, UNIT_CHOICES
-from .runtime import RUNTIMES
+from sar_ae_core.errors import Cancelled, SarInputError
+from sar_ae_core.defaults import CODEC_IDS, OUTPUT_UNITS, SCALING_CHOICES, TILE, UNIT_CHOICES
+from sar_ae_core.nn.runtime import RUNTIMES
 
 RUNTIME_HELP = ("network runtime: auto (ONNX Runtime on the CPU when the model has its ONNX export, else PyTorch), "
                 "onnx or torch (default auto)")
@@ -27,8 +27,8 @@ def _fmt_db(value) -> str:
 
 def cmd_inspect(args) -> int:
     """Print what was read: units (and why), size, georeference, dB range and valid fraction per band."""
-    from .raster import open_raster
-    from .scaling import describe_raster
+    from sar_ae_core.io.raster import open_raster
+    from sar_ae_core.scaling import describe_raster
 
     with open_raster(args.input, bands=args.bands, units=args.units) as r:
         summary = describe_raster(r)
@@ -67,11 +67,11 @@ def _crs_name(wkt: Optional[str]) -> str:
 def cmd_demo(args) -> int:
     """Main job on the bundled Sentinel-1 sample: compress with the default model, reconstruct a GeoTIFF,
     assess it against the original and against JPEG2000 at the same bits per pixel, write quality maps."""
-    from .assess import assess_rasters
-    from .codec import compress_raster, reconstruct_raster
-    from .jpeg2000 import jpeg2000_twin
-    from .model_io import load_bundle
-    from .scaling import ScalingParams
+    from sar_ae_core.quality.assess import assess_rasters
+    from sar_ae_core.codec import compress_raster, reconstruct_raster
+    from sar_ae_core.quality.jpeg2000 import jpeg2000_twin
+    from sar_ae_core.nn.model_io import load_bundle
+    from sar_ae_core.scaling import ScalingParams
 
     src = Path(args.input or SAMPLE)
     out_dir = Path(args.out)
@@ -89,7 +89,7 @@ def cmd_demo(args) -> int:
         reconstruct_raster(sarz, rec, bundle=bundle, overwrite=True, progress=bar)
         reconstruct_raster(sarz, rec_db, units="db", bundle=bundle, overwrite=True)
         learned = assess_rasters(src, rec_db, maps_dir=maps, overwrite=True, progress=bar)
-        from .codec import sarz_info
+        from sar_ae_core.codec import sarz_info
 
         twin = jpeg2000_twin(src, jp2, c["bpp"], scaling=ScalingParams.from_dict(sarz_info(sarz)["scaling"]),
                              overwrite=True)
@@ -108,8 +108,8 @@ def cmd_demo(args) -> int:
 
 def cmd_compress(args) -> int:
     """Compress a raster into a .sarz file."""
-    from .codec import compress_raster
-    from .model_io import QUALITY_MODELS
+    from sar_ae_core.codec import compress_raster
+    from sar_ae_core.nn.model_io import QUALITY_MODELS
 
     if sum(x is not None for x in (args.quality, args.model, args.rate)) > 1:
         raise SarInputError(None, "give only one of --model, --quality and --rate")
@@ -120,7 +120,7 @@ def cmd_compress(args) -> int:
                    escape_step_db=args.escape_step, keep_brightest=args.keep_brightest)
     with _progress_bar("compress") as bar:
         if args.rate is not None:
-            from .rate import compress_to_rate, search_summary
+            from sar_ae_core.rate import compress_to_rate, search_summary
 
             r = compress_to_rate(args.input, args.output, args.rate, **options)
             print(search_summary(r))
@@ -138,14 +138,14 @@ def cmd_compress(args) -> int:
 
 def cmd_reconstruct(args) -> int:
     """Reconstruct a GeoTIFF from a .sarz file."""
-    from .codec import reconstruct_raster
+    from sar_ae_core.codec import reconstruct_raster
 
     with _progress_bar("reconstruct") as bar:
         r = reconstruct_raster(args.input, args.output, units=args.units, window=args.window, model=args.model,
                                device=args.device, overwrite=args.overwrite, progress=bar, runtime=args.runtime)
     print(f"wrote {r['output']}: {r['width']}x{r['height']} px, {r['bands']} band(s), {r['units']} "
           f"{r['dtype']}, {r['seconds']:.1f} s")
-    from .remote import TOTALS, is_url
+    from sar_ae_core.io.remote import TOTALS, is_url
 
     if is_url(args.input) and TOTALS["requests"]:
         print(f"read {TOTALS['bytes']} bytes of {args.input} in {TOTALS['requests']} range request(s)")
@@ -154,7 +154,7 @@ def cmd_reconstruct(args) -> int:
 
 def cmd_bitmap(args) -> int:
     """Write where the bits go (bits per pixel from the file's coded symbols) as a GeoTIFF."""
-    from .bitmap import bit_allocation_raster
+    from sar_ae_core.quality.bitmap import bit_allocation_raster
 
     with _progress_bar("bitmap") as bar:
         r = bit_allocation_raster(args.input, args.output, model=args.model, overwrite=args.overwrite, progress=bar)
@@ -165,7 +165,7 @@ def cmd_bitmap(args) -> int:
 
 def cmd_info(args) -> int:
     """Show the header and rate of a .sarz file."""
-    from .codec import sarz_info
+    from sar_ae_core.codec import sarz_info
 
     info = sarz_info(args.input)
     if args.json:
@@ -187,7 +187,7 @@ def cmd_info(args) -> int:
 
 def cmd_models(args) -> int:
     """List the bundled models with their measured rate and quality."""
-    from .model_io import bundled_models, load_bundle, model_card
+    from sar_ae_core.nn.model_io import bundled_models, load_bundle, model_card
 
     rows = []
     for path in bundled_models():
@@ -234,10 +234,10 @@ def _measured_text(m: dict) -> str:
 
 def cmd_assess(args) -> int:
     """Compare a reconstruction with its reference: metrics as text/JSON, optional GeoTIFF maps."""
-    from .assess import assess_rasters
+    from sar_ae_core.quality.assess import assess_rasters
 
     if args.json:
-        from .output import check_output_path
+        from sar_ae_core.io.output import check_output_path
 
         check_output_path(args.json, args.overwrite, (args.reference, args.test))
     with _progress_bar("assess") as bar:
@@ -254,7 +254,7 @@ def cmd_assess(args) -> int:
     for kind, path in report["maps"].items():
         print(f"  map {kind}: {path}")
     if args.json:
-        from .output import AtomicOutput
+        from sar_ae_core.io.output import AtomicOutput
 
         with AtomicOutput(args.json, overwrite=True, inputs=(args.reference, args.test)) as out:
             with open(out.tmp, "w", encoding="utf-8") as fh:
@@ -271,8 +271,8 @@ _BATCH_RECONSTRUCT = ("model", "device", "runtime", "overwrite")
 
 def cmd_batch(args) -> int:
     """Compress (or --reconstruct) many inputs into a folder on a Dask cluster; exit 2 when some failed."""
-    from .batch import run_batch
-    from .defaults import QUALITY_MODELS
+    from sar_ae_core.batch import run_batch
+    from sar_ae_core.defaults import QUALITY_MODELS
 
     if args.reconstruct:
         given = [opt for dest, (opt, default) in args.compress_options.items()
@@ -476,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: parse, run, map errors to exit codes with a one-line message."""
-    from .output import Terminated, discard_pending, terminate_as_cancel
+    from sar_ae_core.io.output import Terminated, discard_pending, terminate_as_cancel
 
     import logging
 

@@ -19,21 +19,21 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import __version__
-from . import escapes as esc
-from .container import ContainerReader, ContainerWriter
-from .errors import SarInputError
-from .latent_coding import UniformZstdCodec, codec_from_params, decode_mask, encode_mask
-from .model_config import decoder_halo_cells, encoder_halo_cells
-from .model_io import ModelBundle, load_bundle, ready_bundle
-from .runtime import threads as runtime_threads
-from .defaults import HALO_PIXELS, SCALING_CHOICES, TILE
-from .options import MAX_BATCH, MAX_TILE, choice_option, device_option, int_option
-from .progress import Progress, ProgressFn
-from .raster import AtomicOutput, Georef, GeoTiffWriter, Window, check_output_path, open_raster
-from .schema import validate_header
-from .scaling import ScalingParams, db_to_raw, output_dtype, output_nodata
-from .tiling import TilePlan, blend_weights
+from sar_ae_core import __version__
+from sar_ae_core.coding import escapes as esc
+from sar_ae_core.coding.container import ContainerReader, ContainerWriter
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.coding.latent_coding import UniformZstdCodec, codec_from_params, decode_mask, encode_mask
+from sar_ae_core.nn.model_config import decoder_halo_cells, encoder_halo_cells
+from sar_ae_core.nn.model_io import ModelBundle, load_bundle, ready_bundle
+from sar_ae_core.nn.runtime import threads as runtime_threads
+from sar_ae_core.defaults import HALO_PIXELS, SCALING_CHOICES, TILE
+from sar_ae_core.options import MAX_BATCH, MAX_TILE, choice_option, device_option, int_option
+from sar_ae_core.progress import Progress, ProgressFn
+from sar_ae_core.io.raster import AtomicOutput, Georef, GeoTiffWriter, Window, check_output_path, open_raster
+from sar_ae_core.coding.schema import validate_header
+from sar_ae_core.scaling import ScalingParams, db_to_raw, output_dtype, output_nodata
+from sar_ae_core.tiling import TilePlan, blend_weights
 
 
 _OUT_COLS = 1024
@@ -106,7 +106,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     bits = int_option("--bits", bits, 1, 16)
     codec = _choose_codec(codec, bundle, bits)
     if gain != 1.0:
-        from .latent_coding import MAX_GAIN, MIN_GAIN
+        from sar_ae_core.coding.latent_coding import MAX_GAIN, MIN_GAIN
 
         if type(codec).__name__ != "FactorizedRangeCodec":
             raise SarInputError(None, "a quantization gain needs a model with a factorized entropy model")
@@ -124,7 +124,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             halo_cells = max(2, math.ceil(HALO_PIXELS / d))
         plan = TilePlan(r.width, r.height, d, tile, halo_cells)
         preflight(r.path, plan, r.count)
-        from .scaling import raster_histogram
+        from sar_ae_core.scaling import raster_histogram
 
         wants_bright = bool(step) and keep_brightest > 0
         # one pass serves the range choice and the brightest-pixel threshold
@@ -280,7 +280,7 @@ def _choose_codec(name: str, bundle: ModelBundle, bits: int):
 def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto", hist=None) -> tuple[ScalingParams, str]:
     """The dB range to code a raster with, and why (see compress_raster); `hist`: the raster's dB histogram
     when the caller has it (scaling.raster_histogram), else it is read."""
-    from .scaling import fit_scaling, raster_histogram
+    from sar_ae_core.scaling import fit_scaling, raster_histogram
 
     if mode not in SCALING_CHOICES:
         raise SarInputError(None, f"scaling must be auto, model or source (got '{mode}')")
@@ -514,7 +514,7 @@ class SarzFile:
     """An open `.sarz` file: header facts and access to the latent and mask tiles it stores."""
 
     def __init__(self, path: str | os.PathLike):
-        from .remote import open_container  # a local path or a URL (http(s) range requests, fsspec)
+        from sar_ae_core.io.remote import open_container  # a local path or a URL (http(s) range requests, fsspec)
 
         self.reader = open_container(path)
         self.path = self.reader.path
@@ -651,7 +651,7 @@ def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.Path
     t_start = time.perf_counter()
     if units not in ("source", "db"):
         raise SarInputError(None, f"--units must be 'source' or 'db' (got '{units}')")
-    from .remote import local_input
+    from sar_ae_core.io.remote import local_input
 
     inputs = [local_input(input_path)] + \
         ([model] if model and os.path.exists(os.fspath(model)) else [])  # a remote URL is no local file to protect

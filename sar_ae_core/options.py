@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from .errors import SarInputError
+from sar_ae_core.errors import SarInputError
 
 MAX_TILE = 4096
 MAX_BATCH = 1024

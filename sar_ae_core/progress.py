@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .errors import Cancelled
+from sar_ae_core.errors import Cancelled
 
 # report(fraction_done in [0, 1], message) -> True to continue, False to cancel.
 ProgressFn = Callable[[float, str], bool]

@@ -20,16 +20,16 @@ import os
 import shutil
 import tempfile
 
-from .errors import SarInputError
-from .latent_coding import MAX_GAIN, MIN_GAIN
-from .output import AtomicOutput, check_output_path
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.coding.latent_coding import MAX_GAIN, MIN_GAIN
+from sar_ae_core.io.output import AtomicOutput, check_output_path
 
 COARSEST_USEFUL_GAIN = 0.7
 
 
 def _rate_points() -> list[tuple[str, float]]:
     """(model name, measured mean bpp) of the bundled rate points, lowest rate first."""
-    from .model_io import QUALITY_MODELS, model_card, resolve_model
+    from sar_ae_core.nn.model_io import QUALITY_MODELS, model_card, resolve_model
 
     points = []
     for name in QUALITY_MODELS.values():
@@ -48,7 +48,7 @@ def _rate_points() -> list[tuple[str, float]]:
 def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: float = 0.02,
                      overwrite: bool = False, progress=None, max_passes: int = 24, **kwargs) -> dict:
     """compress_raster at `target_bpp` (within `tolerance`, relative); returns its result plus the search."""
-    from .codec import LatentStore, compress_raster
+    from sar_ae_core.codec import LatentStore, compress_raster
 
     if not (isinstance(target_bpp, (int, float)) and math.isfinite(target_bpp) and 0 < target_bpp <= 32):
         raise SarInputError(None, f"--rate must be a number of bits per pixel in (0, 32] (got {target_bpp})")

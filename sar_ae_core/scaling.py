@@ -14,8 +14,8 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from .errors import SarInputError
-from .raster import UNITS, SarRaster, open_raster
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.io.raster import UNITS, SarRaster, open_raster
 
 SCALING_VERSION = 1
 CLIP_METHODS = ("percentile", "sigma", "fixed")

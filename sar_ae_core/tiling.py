@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .defaults import TILE
+from sar_ae_core.defaults import TILE
 
 
 @dataclass(frozen=True)

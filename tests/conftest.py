@@ -54,8 +54,8 @@ def tiny_bundle(tmp_path_factory, spain_db):
     """A small real model bundle (untrained weights, scaling fitted on the Spain chip) for fast codec tests."""
     import torch
 
-    from sar_ae_core.model_io import save_bundle
-    from sar_ae_core.models import ModelConfig, build_model
+    from sar_ae_core.nn.model_io import save_bundle
+    from sar_ae_core.nn.models import ModelConfig, build_model
     from sar_ae_core.scaling import fit_scaling
 
     torch.manual_seed(0)
@@ -68,6 +68,6 @@ def tiny_bundle(tmp_path_factory, spain_db):
 @pytest.fixture(scope="session")
 def default_bundle():
     """The bundled default model (trained on real Sentinel-1 data); the suite fails if it is missing."""
-    from sar_ae_core.model_io import DEFAULT_MODEL, resolve_model
+    from sar_ae_core.nn.model_io import DEFAULT_MODEL, resolve_model
 
     return str(resolve_model(DEFAULT_MODEL))

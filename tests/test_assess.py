@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from sar_ae_core import metrics as M
-from sar_ae_core.assess import assess_rasters
+from sar_ae_core.quality import metrics as M
+from sar_ae_core.quality.assess import assess_rasters
 from sar_ae_core.cli import main
-from sar_ae_core.jpeg2000 import jpeg2000_twin
+from sar_ae_core.quality.jpeg2000 import jpeg2000_twin
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from sar_ae_core.attention import attention_map_raster
+from sar_ae_core.quality.attention import attention_map_raster
 from sar_ae_core.errors import Cancelled, SarInputError
-from sar_ae_core.model_io import save_bundle
-from sar_ae_core.models import ModelConfig, build_model
+from sar_ae_core.nn.model_io import save_bundle
+from sar_ae_core.nn.models import ModelConfig, build_model
 from sar_ae_core.scaling import fit_scaling
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sar_ae_core.patches import PatchFilter, PatchSource
-from sar_ae_core.raster import Window, open_raster
+from training.patches import PatchFilter, PatchSource
+from sar_ae_core.io.raster import Window, open_raster
 from sar_ae_core.scaling import ScalingParams, raw_to_db, valid_mask
 from training.augment import (AugmentConfig, AugmentedPatchDataset, AutoScaledPatchDataset, apply_gain_db,
                               balance_index, choose_window, multilook, resynthesize_speckle, window_to_unit)
@@ -119,7 +119,7 @@ def test_dn_scene_needs_the_window_augmentation(kerala_dn):
 
 
 def test_balance_index_gives_each_category_its_share():
-    from sar_ae_core.patches import PatchRef
+    from training.patches import PatchRef
 
     cats = ["a", "b", "c"]
     index = [PatchRef(0, 1, i, 0) for i in range(300)] + [PatchRef(1, 1, i, 0) for i in range(40)] + \

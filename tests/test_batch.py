@@ -210,7 +210,7 @@ def test_a_worker_killed_mid_batch_costs_no_output(tmp_path, spain_db, cluster):
     names = sorted(os.listdir(tmp_path / "out"))
     assert names == sorted([f"scene_{i}.sarz" for i in range(6)] + ["manifest.csv", "manifest.json"])
     # the same coded tiles in every file (only the source name in the header differs): the kill changed nothing
-    from sar_ae_core.container import ContainerReader
+    from sar_ae_core.coding.container import ContainerReader
 
     def chunks(path):
         with ContainerReader.open(path) as r:

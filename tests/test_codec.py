@@ -13,7 +13,7 @@ import rasterio
 from sar_ae_core.cli import main
 from sar_ae_core.codec import compress_raster, reconstruct_raster, sarz_info
 from sar_ae_core.errors import Cancelled, SarInputError
-from sar_ae_core.raster import GeoTiffWriter
+from sar_ae_core.io.raster import GeoTiffWriter
 
 
 def _round_trip(tmp_path, src, bundle, **kw):
@@ -148,8 +148,8 @@ def test_damaged_files_give_exit_2_and_no_output(tmp_path, tiny_bundle, spain_db
 def test_missing_or_different_model_is_refused(tmp_path, tiny_bundle, spain_db, capsys):
     import torch
 
-    from sar_ae_core.model_io import save_bundle
-    from sar_ae_core.models import ModelConfig, build_model
+    from sar_ae_core.nn.model_io import save_bundle
+    from sar_ae_core.nn.models import ModelConfig, build_model
     from sar_ae_core.scaling import fit_scaling
 
     sarz, _ = _sarz(tmp_path, tiny_bundle, spain_db)
@@ -237,7 +237,7 @@ def _rewrite_as_v10(src, dst, bundle_sha, crs_wkt):
 
     import zstandard
 
-    from sar_ae_core.container import _PRE, _header_dict
+    from sar_ae_core.coding.container import _PRE, _header_dict
 
     raw = open(src, "rb").read()
     _, major, minor, hlen, _ = _PRE.unpack(raw[:_PRE.size])
@@ -255,7 +255,7 @@ def _rewrite_as_v10(src, dst, bundle_sha, crs_wkt):
 
 
 def test_format_1_0_files_still_decode_identically(tmp_path, tiny_bundle, spain_db):
-    from sar_ae_core.model_io import load_bundle
+    from sar_ae_core.nn.model_io import load_bundle
 
     facts, sarz, tif = _round_trip(tmp_path, spain_db, tiny_bundle)
     with rasterio.open(spain_db) as ds:
@@ -294,7 +294,7 @@ def test_header_dictionary_is_frozen():
     """HEADER_DICT_V1 is part of the 1.1 format: changing it would make every 1.1 file unreadable."""
     import hashlib
 
-    from sar_ae_core.container import FORMAT_MINOR, HEADER_DICT_V1
+    from sar_ae_core.coding.container import FORMAT_MINOR, HEADER_DICT_V1
 
     assert hashlib.sha256(HEADER_DICT_V1).hexdigest() == \
         "9a7a241587036b08a4cf92dedf3bbd8789409c5f9bca07f79a0f8504cd9bf067"
@@ -324,7 +324,7 @@ def test_rate_option_hits_the_requested_file_size(request, tmp_path, fixture, ca
 
 @pytest.mark.slow
 def test_quantization_gain_moves_rate_and_quality_continuously(tmp_path, spain_db):
-    from sar_ae_core.assess import assess_rasters
+    from sar_ae_core.quality.assess import assess_rasters
 
     rows = []
     for gain in (0.7, 1.0, 1.5):
@@ -345,8 +345,8 @@ def test_auto_scaling_shifts_the_model_range_onto_uncalibrated_data(tmp_path, de
     onto them and keeps its width (the contrast the network was trained on); a raster wider than the window gets a
     range fitted on itself; calibrated data keeps the model's range."""
     from sar_ae_core.codec import choose_scaling
-    from sar_ae_core.model_io import load_bundle
-    from sar_ae_core.raster import open_raster
+    from sar_ae_core.nn.model_io import load_bundle
+    from sar_ae_core.io.raster import open_raster
     from sar_ae_core.scaling import fit_scaling
 
     b = load_bundle(default_bundle)
@@ -391,7 +391,7 @@ def test_preflight_refuses_a_raster_too_wide_for_memory_before_any_work(tmp_path
     import time
 
     from sar_ae_core.codec import STRIP_BYTES_PER_PX, _available_memory
-    from sar_ae_core.raster import mosaic_vrt
+    from sar_ae_core.io.raster import mosaic_vrt
 
     free = _available_memory()
     assert free and free > 0

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sar_ae_core.patches import PatchFilter, PatchSource, SarPatchDataset
-from sar_ae_core.raster import open_raster
+from training.patches import PatchFilter, PatchSource, SarPatchDataset
+from sar_ae_core.io.raster import open_raster
 from sar_ae_core.scaling import ScalingParams
 from training.corpus import (CATEGORIES, DEFAULT_SPLIT, build_corpus, category_of, check_split, list_rasters,
                              load_split, scene_of, write_window)
@@ -120,7 +120,7 @@ def test_training_from_a_split_file_with_physics_augmentation_and_a_bundle(sar_d
 
     import torch
 
-    from sar_ae_core.model_io import load_bundle
+    from sar_ae_core.nn.model_io import load_bundle
     from training.checkpoint import load_checkpoint, load_init
     from training.cli import main
     from training.corpus import CorpusEntry, write_split

@@ -34,7 +34,7 @@ def test_front_ends_offer_the_shared_choices():
     assert tuple(compress["units"].choices) == defaults.UNIT_CHOICES
     assert tuple(compress["scaling"].choices) == defaults.SCALING_CHOICES
     assert compress["tile"].default == defaults.TILE
-    from sar_ae_core.latent_coding import codec_from_params
+    from sar_ae_core.coding.latent_coding import codec_from_params
 
     for cid in defaults.CODEC_IDS:  # every id has a reader (tables are needed for the learned ones)
         try:

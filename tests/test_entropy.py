@@ -6,9 +6,9 @@ import rasterio
 import torch
 
 from sar_ae_core.codec import compress_raster, reconstruct_raster, sarz_info
-from sar_ae_core.entropy import FactorizedPrior, FactorizedRangeCodec, EntropyTables
-from sar_ae_core.model_io import load_bundle, save_bundle
-from sar_ae_core.models import ModelConfig, build_model
+from sar_ae_core.nn.entropy import FactorizedPrior, FactorizedRangeCodec, EntropyTables
+from sar_ae_core.nn.model_io import load_bundle, save_bundle
+from sar_ae_core.nn.models import ModelConfig, build_model
 from sar_ae_core.scaling import fit_scaling
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from sar_ae_core import escapes as esc
+from sar_ae_core.coding import escapes as esc
 from sar_ae_core.cli import main
-from sar_ae_core.raster import open_raster
+from sar_ae_core.io.raster import open_raster
 from sar_ae_core.scaling import raw_to_db, valid_mask
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from sar_ae_core.hyperprior import HyperpriorRangeCodec, MeanScaleHyperprior, scale_table
+from sar_ae_core.nn.hyperprior import HyperpriorRangeCodec, MeanScaleHyperprior, scale_table
 
 
 def test_round_trip_is_exact_and_costs_about_what_the_model_estimates():

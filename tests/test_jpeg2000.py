@@ -2,7 +2,7 @@
 
 import rasterio
 
-from sar_ae_core.jpeg2000 import jpeg2000_twin
+from sar_ae_core.quality.jpeg2000 import jpeg2000_twin
 
 
 def test_twin_matches_the_rate_and_the_grid(tmp_path, spain_db):

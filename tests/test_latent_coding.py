@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sar_ae_core.latent_coding import UniformZstdCodec, codec_from_params, decode_mask, encode_mask
+from sar_ae_core.coding.latent_coding import UniformZstdCodec, codec_from_params, decode_mask, encode_mask
 
 
 @pytest.mark.parametrize("bits", [2, 8, 12])

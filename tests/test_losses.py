@@ -1,4 +1,4 @@
-"""Tests of the reconstruction losses (sar_ae_core.losses)."""
+"""Tests of the reconstruction losses (training.losses)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sar_ae_core.losses import (
+from training.losses import (
     CombinedLoss,
     LossConfig,
     gradient_loss,

@@ -1,4 +1,4 @@
-"""Tests for sar_ae_core.metrics (real computations, no mocks)."""
+"""Tests for sar_ae_core.quality.metrics (real computations, no mocks)."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sar_ae_core import metrics as M
+from sar_ae_core.quality import metrics as M
 
 SAR_TIF = Path("/work/shared/data/sar/s1_iw_grd_sen1floods11_spain_7370579_vv_vh_db.tif")
 

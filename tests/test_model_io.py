@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.model_io import (DEFAULT_MODEL, bundled_models, load_bundle, model_card, resolve_model,
+from sar_ae_core.nn.model_io import (DEFAULT_MODEL, bundled_models, load_bundle, model_card, resolve_model,
                                   save_bundle, select_device)
-from sar_ae_core.models import ModelConfig, build_model
+from sar_ae_core.nn.models import ModelConfig, build_model
 from sar_ae_core.scaling import ScalingParams
 
 

@@ -1,4 +1,4 @@
-"""Tests of the autoencoder model zoo (sar_ae_core.models)."""
+"""Tests of the autoencoder model zoo (sar_ae_core.nn.models)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sar_ae_core.models import (
+from sar_ae_core.nn.models import (
     CBAM,
     VARIANTS,
     ChannelAttention,

@@ -16,7 +16,7 @@ import rasterio
 
 from sar_ae_core.cli import main
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.output import AtomicOutput, check_output_path, discard_pending
+from sar_ae_core.io.output import AtomicOutput, check_output_path, discard_pending
 
 
 def _sha(path) -> str:
@@ -125,7 +125,7 @@ def test_reconstruct_and_compress_under_a_file_size_limit_exit_2_and_leave_nothi
 def test_the_read_back_check_refuses_a_geotiff_whose_blocks_did_not_reach_the_disk(tmp_path):
     """GDAL logs some write failures instead of raising them; the writer reads the file back before the rename:
     a file whose last blocks are cut off (what a failed flush leaves) is refused, and nothing is committed."""
-    from sar_ae_core.raster import GeoTiffWriter
+    from sar_ae_core.io.raster import GeoTiffWriter
 
     good = tmp_path / "good.tif"
     rng = np.random.default_rng(0)
@@ -142,7 +142,7 @@ def test_the_read_back_check_refuses_a_geotiff_whose_blocks_did_not_reach_the_di
 
 
 def _win(col, row, width, height):
-    from sar_ae_core.raster import Window
+    from sar_ae_core.io.raster import Window
 
     return Window(col, row, width, height)
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.patches import (PatchFilter, PatchSource, SarPatchDataset, dihedral, patch_origins,
+from training.patches import (PatchFilter, PatchSource, SarPatchDataset, dihedral, patch_origins,
                                  require_patches, scene_key, split_scenes)
-from sar_ae_core.raster import mosaic_vrt
+from sar_ae_core.io.raster import mosaic_vrt
 from sar_ae_core.scaling import ScalingParams, fit_scaling
 
 NO_FILTER = PatchFilter(min_std=0.0, max_invalid_fraction=1.0)

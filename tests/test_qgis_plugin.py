@@ -68,8 +68,8 @@ def tiny_models(tmp_path_factory, spain_db):
     """A small res_cbam bundle (attention gates sharpened so the map has contrast) and a plain one."""
     import torch
 
-    from sar_ae_core.model_io import save_bundle
-    from sar_ae_core.models import ModelConfig, build_model
+    from sar_ae_core.nn.model_io import save_bundle
+    from sar_ae_core.nn.models import ModelConfig, build_model
     from sar_ae_core.scaling import fit_scaling
 
     folder = tmp_path_factory.mktemp("models")
@@ -163,7 +163,8 @@ def test_provider_lists_the_six_algorithms(qgis_app):
     from qgis.core import QgsApplication, QgsProcessingParameterDefinition, QgsProcessingParameterFileDestination
 
     from qgis_plugin.algorithms import base as algorithms
-    from sar_ae_core import model_io, raster
+    from sar_ae_core.nn import model_io
+    from sar_ae_core.io import raster
 
     provider = QgsApplication.processingRegistry().providerById("sarae")
     assert provider is not None and provider.name() == "SAR autoencoder codec"
@@ -221,7 +222,7 @@ def test_reconstruct_loads_a_gray_layer_on_the_source_grid(chain, spain_db):
 
 
 def test_assess_outputs_metrics_report_and_styled_maps(chain, spain_db):
-    from sar_ae_core.assess import assess_rasters
+    from sar_ae_core.quality.assess import assess_rasters
 
     res = chain["assess"]
     direct = assess_rasters(spain_db, chain["reconstruct"]["OUTPUT"])
@@ -571,7 +572,7 @@ def test_qgis_process_compresses_and_reconstructs(tmp_path, spain_db, tiny_model
 
 
 def test_package_builds_a_complete_reproducible_zip(tmp_path):
-    from sar_ae_core.model_io import bundled_models
+    from sar_ae_core.nn.model_io import bundled_models
 
     for out in ("a", "b"):
         subprocess.run([sys.executable, "-m", "qgis_plugin", "package", "--out", str(tmp_path / out)], cwd=ROOT,
@@ -584,7 +585,7 @@ def test_package_builds_a_complete_reproducible_zip(tmp_path):
         for required in ("metadata.txt", "__init__.py", "plugin.py", "provider.py", "algorithms/__init__.py",
                          "algorithms/base.py", "algorithms/compress.py", "algorithms/reconstruct.py", "styling.py",
                          "deps.py", "README.md", "icons/sarae.svg", "sar_ae_core/__init__.py",
-                         "sar_ae_core/codec.py", "sar_ae_core/assess.py", "sar_ae_core/attention.py"):
+                         "sar_ae_core/codec.py", "sar_ae_core/quality/assess.py", "sar_ae_core/quality/attention.py"):
             assert f"sarae_codec/{required}" in names, required
         for model in bundled_models():
             assert f"sarae_codec/sar_ae_core/models_bundled/{model.name}" in names

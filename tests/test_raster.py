@@ -8,7 +8,7 @@ import pytest
 import rasterio
 
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.raster import GeoTiffWriter, Window, mosaic_vrt, open_raster
+from sar_ae_core.io.raster import GeoTiffWriter, Window, mosaic_vrt, open_raster
 
 
 @pytest.mark.parametrize("fixture, units, count, dtype, georef", [

@@ -19,7 +19,7 @@ import rasterio
 from sar_ae_core.cli import main
 from sar_ae_core.codec import compress_raster, reconstruct_raster, sarz_info
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.remote import HttpRangeFile, is_url
+from sar_ae_core.io.remote import HttpRangeFile, is_url
 
 
 class RangeServer(ThreadingHTTPServer):
@@ -285,7 +285,7 @@ def test_other_urls_go_through_fsspec_and_a_file_url_is_still_protected(tmp_path
 def test_a_window_of_a_4096px_file_reads_under_a_tenth_of_it(tmp_path, server, spain_db, default_bundle, capsys):
     """512² out of a 4096² `.sarz` (the real VV chip tiled 8×8; 128 px tiles): the same pixels as a local window
     decode, from less than 10 % of the file's bytes."""
-    from sar_ae_core.raster import mosaic_vrt
+    from sar_ae_core.io.raster import mosaic_vrt
 
     vrt = mosaic_vrt(spain_db, tmp_path / "big.vrt", 4096, 4096, band=1)
     sarz = tmp_path / "big.sarz"

@@ -16,9 +16,9 @@ from rasterio.windows import Window
 
 from sar_ae_core.cli import main
 from sar_ae_core.codec import compress_raster, reconstruct_raster
-from sar_ae_core.model_config import ModelConfig, decoder_halo_cells
-from sar_ae_core.model_io import DEFAULT_MODEL, load_bundle
-from sar_ae_core.runtime import runtime_path
+from sar_ae_core.nn.model_config import ModelConfig, decoder_halo_cells
+from sar_ae_core.nn.model_io import DEFAULT_MODEL, load_bundle
+from sar_ae_core.nn.runtime import runtime_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,7 +162,7 @@ def test_decoder_halo_covers_the_receptive_field(config):
     halo are exact."""
     import torch
 
-    from sar_ae_core.models import build_model
+    from sar_ae_core.nn.models import build_model
 
     torch.manual_seed(0)
     m = build_model(config).eval()

@@ -8,7 +8,7 @@ import pytest
 import rasterio
 
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.raster import GeoTiffWriter, open_raster
+from sar_ae_core.io.raster import GeoTiffWriter, open_raster
 from sar_ae_core.scaling import ScalingParams, db_to_raw, fit_scaling, raw_to_db, valid_mask
 
 

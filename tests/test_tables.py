@@ -4,7 +4,7 @@ the stream of the general grouped coder (files written before it keep decoding),
 import numpy as np
 import pytest
 
-from sar_ae_core.tables import (EntropyTables, FactorizedRangeCodec, _channel_of, decode_grouped, encode_grouped,
+from sar_ae_core.coding.tables import (EntropyTables, FactorizedRangeCodec, _channel_of, decode_grouped, encode_grouped,
                                 join_payload, split_payload)
 
 

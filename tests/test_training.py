@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from sar_ae_core.model_io import load_bundle, weights_sha256
-from sar_ae_core.models import build_model
+from sar_ae_core.nn.model_io import load_bundle, weights_sha256
+from sar_ae_core.nn.models import build_model
 from sar_ae_core.scaling import fit_scaling
 from training.checkpoint import checkpoint_model, load_checkpoint, save_checkpoint
 from training.cli import main
@@ -27,7 +27,7 @@ from training.data import prepare_data
 from training.evaluate import evaluate
 from training.quant import apply_latent_noise, quantize_latent
 from training.train import WarmupCosine
-from sar_ae_core.losses import CombinedLoss
+from training.losses import CombinedLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ import pytest
 import rasterio
 import torch
 
-from sar_ae_core.model_io import bundled_models, load_bundle
+from sar_ae_core.nn.model_io import bundled_models, load_bundle
 from training.cli import main
 from training.evaluate import rd_loss
 from training.rd import latent_rate

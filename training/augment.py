@@ -17,7 +17,7 @@ Every training patch is read from a real raster in its source units, turned into
      does for uncalibrated rasters whose range is narrower than the window);
    - ``source``: the patch's own 0.1–99.9 percentiles widened by a random margin on each side (what
      `--scaling source` fits on a whole raster: any width, from ~10 dB for smooth DN scenes to ~60 dB);
-5. the dihedral flips / rotations of `sar_ae_core.patches`.
+5. the dihedral flips / rotations of `training.patches`.
 
 Values outside the window are clipped to [0, 1] as the codec does. Randomness comes from torch's generator (a
 seed per item), so runs with ``--workers 0`` are reproducible and resumable.
@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from sar_ae_core.patches import PatchRef, PatchSource, SarPatchDataset, dihedral
+from training.patches import PatchRef, PatchSource, SarPatchDataset, dihedral
 from sar_ae_core.scaling import ScalingParams, raw_to_db, valid_mask
 
 
@@ -128,7 +128,7 @@ class AutoScaledPatchDataset(SarPatchDataset):
     def __init__(self, sources: Sequence[PatchSource], scaling: ScalingParams, size: int, stride: int, quality,
                  augment: bool = False, scaling_mode: str = "auto"):
         from sar_ae_core.codec import choose_scaling
-        from sar_ae_core.raster import open_raster
+        from sar_ae_core.io.raster import open_raster
 
         self.source_scaling = []
         for src in sources:

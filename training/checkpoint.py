@@ -18,8 +18,8 @@ import torch
 
 import sar_ae_core
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.model_io import load_tagged
-from sar_ae_core.raster import AtomicOutput
+from sar_ae_core.nn.model_io import load_tagged
+from sar_ae_core.io.raster import AtomicOutput
 
 CKPT_FORMAT = "sarae-train-checkpoint"
 CKPT_VERSION = 1
@@ -102,7 +102,7 @@ def load_checkpoint(path: str | os.PathLike, prefer: str = LAST) -> dict[str, An
 
 def checkpoint_model(payload: dict[str, Any]):
     """Rebuild the SarAutoencoder (CPU, eval mode) and its ScalingParams from a checkpoint."""
-    from sar_ae_core.models import build_model
+    from sar_ae_core.nn.models import build_model
     from sar_ae_core.scaling import ScalingParams
 
     try:
@@ -127,7 +127,7 @@ def load_init(spec: str | os.PathLike) -> dict[str, Any]:
     """Weights to start a run from (`--init-from`): a training checkpoint or run folder (its best.pt), a model
     bundle file, or a bundled model name (e.g. 'sarae-q2'). Returns a checkpoint-like dict with model_config,
     state_dict (float32), scaling, step and path."""
-    from sar_ae_core.model_io import BUNDLE_FORMAT, BUNDLE_VERSION, BUNDLED_DIR
+    from sar_ae_core.nn.model_io import BUNDLE_FORMAT, BUNDLE_VERSION, BUNDLED_DIR
 
     p = Path(spec)
     if not p.exists() and (BUNDLED_DIR / f"{spec}.pt").is_file():

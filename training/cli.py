@@ -7,8 +7,8 @@ import sys
 from typing import Optional, Sequence
 
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.models import VARIANTS
-from sar_ae_core.raster import UNIT_CHOICES
+from sar_ae_core.nn.models import VARIANTS
+from sar_ae_core.io.raster import UNIT_CHOICES
 from sar_ae_core.scaling import CLIP_METHODS
 
 from .config import LATENT_NOISE, TrainConfig, apply_overrides, load_config_file
@@ -113,8 +113,8 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
      "log to TensorBoard too (when installed)"),
 ]
 
-SECTION_TITLES = {"data": "data", "model": "model (sar_ae_core.models.ModelConfig)",
-                  "loss": "loss (sar_ae_core.losses.LossConfig)", "optim": "optimisation", "run": "run"}
+SECTION_TITLES = {"data": "data", "model": "model (sar_ae_core.nn.models.ModelConfig)",
+                  "loss": "loss (training.losses.LossConfig)", "optim": "optimisation", "run": "run"}
 
 TRAIN_EPILOG = """\
 other commands:
@@ -210,7 +210,7 @@ def cmd_export(argv: Sequence[str]) -> int:
     from .export import export_checkpoint
 
     p = argparse.ArgumentParser(prog="python -m training export",
-                                description="Write a model bundle (sar_ae_core.model_io, fp16 weights) from a "
+                                description="Write a model bundle (sar_ae_core.nn.model_io, fp16 weights) from a "
                                             "training checkpoint, with its training data, steps, time, device and "
                                             "validation metrics in the bundle's info.")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file, or a run folder (uses its best.pt)")

@@ -4,8 +4,8 @@ A configuration has five parts::
 
     {
       "data":  {...DataConfig...},     # which rasters, how to cut and split them, how to fit the dB range
-      "model": {...ModelConfig...},    # sar_ae_core.models.ModelConfig (variant, channels, stages, ...)
-      "loss":  {...LossConfig...},     # sar_ae_core.losses.LossConfig (MSE / SSIM / MS-SSIM / gradient weights)
+      "model": {...ModelConfig...},    # sar_ae_core.nn.models.ModelConfig (variant, channels, stages, ...)
+      "loss":  {...LossConfig...},     # training.losses.LossConfig (MSE / SSIM / MS-SSIM / gradient weights)
       "optim": {...OptimConfig...},    # steps/epochs, batch size, learning-rate schedule, clipping
       "run":   {...RunConfig...}       # output folder, seed, device, quantisation-aware noise, logging
     }
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.losses import LossConfig
-from sar_ae_core.models import VARIANTS, ModelConfig
-from sar_ae_core.raster import UNIT_CHOICES
+from training.losses import LossConfig
+from sar_ae_core.nn.models import VARIANTS, ModelConfig
+from sar_ae_core.io.raster import UNIT_CHOICES
 from sar_ae_core.scaling import CLIP_METHODS
 
 LATENT_NOISE = ("none", "uniform", "ste")
@@ -270,13 +270,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             bad("run.lmbda", "needs an entropy model (--entropy-model factorized): without one there is no rate term")
     check_num("run.latent_init_gain", r.latent_init_gain, 0.0, lo_open=True)
     if r.init_from is not None and not os.path.exists(r.init_from):
-        from sar_ae_core.model_io import BUNDLED_DIR
+        from sar_ae_core.nn.model_io import BUNDLED_DIR
 
         if not (BUNDLED_DIR / f"{r.init_from}.pt").is_file():
             bad("run.init_from", f"'{r.init_from}' does not exist (give a checkpoint file, a run folder, a model "
                                  f"bundle or a bundled model name)")
     if r.init_decoder_from is not None and not os.path.exists(r.init_decoder_from):
-        from sar_ae_core.model_io import BUNDLED_DIR
+        from sar_ae_core.nn.model_io import BUNDLED_DIR
 
         if not (BUNDLED_DIR / f"{r.init_decoder_from}.pt").is_file():
             bad("run.init_decoder_from", f"'{r.init_decoder_from}' does not exist")

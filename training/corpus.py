@@ -153,7 +153,7 @@ def build_corpus(root: str | os.PathLike | None = None, inspect: bool = True) ->
         cat, scene = category_of(p), scene_of(p)
         info: dict = {}
         if inspect:
-            from sar_ae_core.raster import open_raster
+            from sar_ae_core.io.raster import open_raster
 
             with open_raster(p) as r:
                 info = {"units": r.units, "width": r.width, "height": r.height, "bands": r.count}

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.patches import PatchFilter, PatchSource, SarPatchDataset, require_patches, scene_key, split_scenes
-from sar_ae_core.raster import open_raster
+from training.patches import PatchFilter, PatchSource, SarPatchDataset, require_patches, scene_key, split_scenes
+from sar_ae_core.io.raster import open_raster
 from sar_ae_core.scaling import ScalingParams, fit_scaling
 
 from .config import DataConfig
@@ -183,7 +183,7 @@ DEFAULT_SHARES = {"grd_db": 0.45, "slc_other": 0.43, "rtc": 0.12}
 
 
 def split_files(files: list[str], cfg: DataConfig) -> dict[str, list[str]]:
-    """Scene-level split (sar_ae_core.patches.split_scenes); every split that must exist is non-empty."""
+    """Scene-level split (training.patches.split_scenes); every split that must exist is non-empty."""
     splits = split_scenes(files, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     n_scenes = len({scene_key(p) for p in files})
     if not splits["train"]:

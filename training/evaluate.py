@@ -1,4 +1,4 @@
-"""Validation / test metrics on held-out patches, with sar_ae_core.metrics.
+"""Validation / test metrics on held-out patches, with sar_ae_core.quality.metrics.
 
 Per patch (only valid pixels count):
 
@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from sar_ae_core.metrics import enl_ratio, epi, homogeneous_mask, psnr, ssim
+from sar_ae_core.quality.metrics import enl_ratio, epi, homogeneous_mask, psnr, ssim
 from sar_ae_core.scaling import ScalingParams
 
-from sar_ae_core.entropy import rate_bits
+from sar_ae_core.nn.entropy import rate_bits
 
 from .quant import quantize_latent
 
@@ -88,8 +88,8 @@ def evaluate(model: torch.nn.Module, dataset, scaling: ScalingParams, loss_fn, d
     if prior is not None and coded:
         import copy
 
-        from sar_ae_core.entropy import FactorizedRangeCodec
-        from sar_ae_core.hyperprior import HyperpriorRangeCodec
+        from sar_ae_core.nn.entropy import FactorizedRangeCodec
+        from sar_ae_core.nn.hyperprior import HyperpriorRangeCodec
 
         # tables exactly as model_io.save_bundle builds them at export (float64 on the CPU, a copy of the prior)
         frozen = copy.deepcopy(prior).cpu().float().eval()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.models import VARIANTS, ModelConfig
+from sar_ae_core.nn.models import VARIANTS, ModelConfig
 
 from .checkpoint import LAST
 from .config import TrainConfig, validate

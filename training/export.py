@@ -1,4 +1,4 @@
-"""Export a training checkpoint as a model bundle (sar_ae_core.model_io.save_bundle, fp16 weights) that the
+"""Export a training checkpoint as a model bundle (sar_ae_core.nn.model_io.save_bundle, fp16 weights) that the
 codec loads with load_bundle, with what is known about the model in its `info`."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Optional
 import torch
 
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.model_io import load_bundle, save_bundle
-from sar_ae_core.raster import check_output_path
+from sar_ae_core.nn.model_io import load_bundle, save_bundle
+from sar_ae_core.io.raster import check_output_path
 
 from .checkpoint import BEST, checkpoint_model, find_run_file, load_checkpoint
 

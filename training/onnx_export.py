@@ -1,4 +1,4 @@
-"""Export a trained model's encoder and decoder to ONNX for the torch-free runtime (`sar_ae_core.runtime`).
+"""Export a trained model's encoder and decoder to ONNX for the torch-free runtime (`sar_ae_core.nn.runtime`).
 
 The graphs are rewritten for speed without changing what they compute:
 
@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from sar_ae_core.model_io import ModelBundle, load_bundle
-from sar_ae_core.models import GDN, SarAutoencoder
-from sar_ae_core.output import AtomicOutput
-from sar_ae_core.runtime import RUNTIME_FORMAT, RUNTIME_VERSION, runtime_path
+from sar_ae_core.nn.model_io import ModelBundle, load_bundle
+from sar_ae_core.nn.models import GDN, SarAutoencoder
+from sar_ae_core.io.output import AtomicOutput
+from sar_ae_core.nn.runtime import RUNTIME_FORMAT, RUNTIME_VERSION, runtime_path
 
 OPSET = 17
 

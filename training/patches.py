@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import SarInputError
-from .raster import SarRaster, open_raster
-from .scaling import ScalingParams
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.io.raster import SarRaster, open_raster
+from sar_ae_core.scaling import ScalingParams
 
 
 def patch_origins(length: int, size: int, stride: int) -> list[int]:

@@ -4,7 +4,7 @@
   uses them) and compares the rate the model's prior predicts for the coded integer latents
   (-sum log2 p(round(y)) over every stored tile, the same likelihoods as the training rate term) with the real
   bytes of the `.sarz` latent chunks, and with the whole file (header, masks and chunk index included).
-* `measure`: compress -> reconstruct -> `sar_ae_core.assess.assess_rasters`, the numbers stored in a bundle's
+* `measure`: compress -> reconstruct -> `sar_ae_core.quality.assess.assess_rasters`, the numbers stored in a bundle's
   `info["measured"]` (bits per pixel from the file's bytes, PSNR, SSIM, ENL ratio, EPI).
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from sar_ae_core.codec import SarzFile, _chunk_id, compress_raster, reconstruct_raster, sarz_info
-from sar_ae_core.model_io import ModelBundle, load_bundle
+from sar_ae_core.nn.model_io import ModelBundle, load_bundle
 
 MEASURE_KEYS = ("psnr", "ssim", "enl_ratio", "epi", "rmse_db")
 
@@ -75,7 +75,7 @@ def latent_rate(model, raster: str | os.PathLike, workdir: Optional[str] = None,
 
 def measure(model, raster: str | os.PathLike, workdir: Optional[str] = None, codec: str = "auto") -> dict:
     """Compress, reconstruct (dB) and assess one raster: the bundle's `info["measured"]` entry."""
-    from sar_ae_core.assess import assess_rasters
+    from sar_ae_core.quality.assess import assess_rasters
 
     bundle = _bundle(model)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:

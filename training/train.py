@@ -30,11 +30,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from sar_ae_core.entropy import rate_bits
+from sar_ae_core.nn.entropy import rate_bits
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.losses import CombinedLoss
-from sar_ae_core.model_io import select_device, weights_sha256
-from sar_ae_core.models import ModelConfig, build_model
+from training.losses import CombinedLoss
+from sar_ae_core.nn.model_io import select_device, weights_sha256
+from sar_ae_core.nn.models import ModelConfig, build_model
 from sar_ae_core.scaling import ScalingParams
 
 from .checkpoint import BEST, LAST, code_version, load_checkpoint, load_init, rng_state, save_checkpoint, set_rng_state

@@ -36,7 +36,7 @@ class AttentionAlgorithm(SarAeAlgorithm):
 
     def run_core(self, parameters, context, feedback):
         """Write the attention map of INPUT."""
-        from sar_ae_core.attention import attention_map_raster
+        from sar_ae_core.quality.attention import attention_map_raster
 
         source = self._raster_file(parameters, self.INPUT, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)

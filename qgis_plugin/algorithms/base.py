@@ -35,7 +35,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from .. import styling
 from ..deps import dependency_problem
-from sar_ae_core.output import same_file as _same_file  # noqa: E402 - dependency-free
+from sar_ae_core.io.output import same_file as _same_file  # noqa: E402 - dependency-free
 
 ICON_PATH = str(Path(__file__).resolve().parents[1] / "icons" / "sarae.svg")
 # sar_ae_core.defaults is dependency-free: the plugin reads it before it knows whether torch imports
@@ -491,7 +491,7 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
     def _assess(self, reference: str, test: str, parameters, context, feedback, progress, *, units: str,
                 bands="all", test_bands=None, guard: bool = True) -> tuple[dict, dict]:
         """assess_rasters with its maps moved to the requested destinations; returns (result, map paths)."""
-        from sar_ae_core.assess import assess_rasters
+        from sar_ae_core.quality.assess import assess_rasters
 
         wanted = self._map_destinations(parameters, context)
         if guard:

@@ -33,7 +33,7 @@ class BitAllocationAlgorithm(SarAeAlgorithm):
 
     def run_core(self, parameters, context, feedback):
         """Write the bit-allocation map of INPUT."""
-        from sar_ae_core.bitmap import bit_allocation_raster
+        from sar_ae_core.quality.bitmap import bit_allocation_raster
 
         source = self.parameterAsFile(parameters, self.INPUT, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)

@@ -29,7 +29,7 @@ class ReconstructAlgorithm(SarAeAlgorithm):
         whose look the reconstruction takes; only the header is read (no torch on the GUI thread)."""
         self._renderer = None
         try:
-            from sar_ae_core.container import ContainerReader
+            from sar_ae_core.coding.container import ContainerReader
 
             with ContainerReader.open(self.parameterAsFile(parameters, self.INPUT, context)) as r:
                 src = r.header.get("source") or {}

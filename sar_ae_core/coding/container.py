@@ -27,8 +27,8 @@ from typing import BinaryIO, Optional
 import numpy as np
 import zstandard
 
-from .errors import SarInputError
-from .schema import MAX_HEADER_BYTES
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.coding.schema import MAX_HEADER_BYTES
 
 MAGIC = b"\x89SARZ\r\n\x1a"
 END = b"SARZEND\0"
@@ -118,7 +118,7 @@ class ContainerReader:
     @classmethod
     def from_file(cls, fh: BinaryIO, size: int, path: str) -> "ContainerReader":
         """Validate frame, header and index of an open binary file of `size` bytes that only needs `seek` and
-        `read` (a local file, or a remote one: `sar_ae_core.remote`); `path` names it in errors. The reader owns
+        `read` (a local file, or a remote one: `sar_ae_core.io.remote`); `path` names it in errors. The reader owns
         `fh` from now on: it is closed on error and by `close()`."""
         try:
             pre = fh.read(_PRE.size)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import zstandard
 
-from .latent_coding import decode_mask, encode_mask
+from sar_ae_core.coding.latent_coding import decode_mask, encode_mask
 
 MASK_ID = "packbits-zstd"                 # validity mask only (format 1.0/1.1 files, and --escape-step 0)
 ESCAPE_MASK_ID = "packbits-zstd-escapes"  # validity mask + escapes
@@ -86,7 +86,7 @@ def decode_escapes(frame: bytes, shape: tuple[int, int], vmin: float, vmax: floa
     if not frame:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
     npix = shape[0] * shape[1]
-    from .container import bounded_decompress
+    from sar_ae_core.coding.container import bounded_decompress
 
     body = bounded_decompress(frame, 4 + 6 * npix)
     if len(body) < 4:

@@ -84,7 +84,7 @@ class UniformZstdCodec:
         c, h, w = shape
         nb = 2 * c * 2
         expected = nb + c * h * w * np.dtype(self.qdtype).itemsize
-        from .container import bounded_decompress
+        from sar_ae_core.coding.container import bounded_decompress
 
         raw = bounded_decompress(payload, expected)
         if len(raw) != expected:
@@ -99,7 +99,7 @@ def codec_from_params(p: dict, tables=None) -> LatentCodec:
     if p.get("id") == UniformZstdCodec.id:
         return UniformZstdCodec.from_params(p)
     if p.get("id") in ("factorized-range", "hyperprior-range"):
-        from .tables import FactorizedRangeCodec
+        from sar_ae_core.coding.tables import FactorizedRangeCodec
 
         if tables is None:
             raise ValueError("the model has no entropy-coding tables")
@@ -109,7 +109,7 @@ def codec_from_params(p: dict, tables=None) -> LatentCodec:
         if int(p.get("precision", tables.precision)) != tables.precision:
             raise ValueError("table precision differs from the file's")
         if kind == "hyperprior":
-            from .hyperprior import HyperpriorRangeCodec
+            from sar_ae_core.nn.hyperprior import HyperpriorRangeCodec
 
             return HyperpriorRangeCodec(tables)
         codec = FactorizedRangeCodec(tables)

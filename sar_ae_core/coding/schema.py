@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import re
 
-from .defaults import CODEC_IDS, UNITS
-from .errors import SarInputError
+from sar_ae_core.defaults import CODEC_IDS, UNITS
+from sar_ae_core.errors import SarInputError
 
 MAX_SIDE = 1 << 21          # pixels per raster side (2 097 152): a tile row of that width fits in memory
 MAX_BANDS = 1024
@@ -157,7 +157,7 @@ def validate_header(h, path: str) -> None:
         if "precision" in k:
             c.int_(k, "precision", "codec", 8, 24)
         if "gain" in k:
-            from .latent_coding import MAX_GAIN, MIN_GAIN
+            from sar_ae_core.coding.latent_coding import MAX_GAIN, MIN_GAIN
 
             c.num(k, "gain", "codec", MIN_GAIN, MAX_GAIN)
     # georef
@@ -179,7 +179,7 @@ def validate_header(h, path: str) -> None:
     # mask
     mask = h.get("mask", {"id": "packbits-zstd"})
     c.obj(mask, "mask")
-    from .escapes import ESCAPE_MASK_ID, MASK_ID, MAX_STEP_DB
+    from sar_ae_core.coding.escapes import ESCAPE_MASK_ID, MASK_ID, MAX_STEP_DB
 
     if c.str_(mask, "id", "mask", (MASK_ID, ESCAPE_MASK_ID)) == ESCAPE_MASK_ID:
         c.num(mask, "step_db", "mask", 1e-6, MAX_STEP_DB)

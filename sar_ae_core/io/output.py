@@ -20,7 +20,7 @@ import signal
 import threading
 from typing import Iterable, Optional
 
-from .errors import SarInputError
+from sar_ae_core.errors import SarInputError
 
 #: errors of the output's file system that are the user's to fix (space, quota, limits, permissions)
 WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO}

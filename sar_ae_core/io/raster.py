@@ -18,10 +18,10 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from .errors import SarInputError
-from .output import AtomicOutput, check_output_path  # noqa: F401 - re-exported: writers live here
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.io.output import AtomicOutput, check_output_path  # noqa: F401 - re-exported: writers live here
 
-from .defaults import UNIT_CHOICES, UNITS  # noqa: E402,F401 - one home for the unit names
+from sar_ae_core.defaults import UNIT_CHOICES, UNITS  # noqa: E402,F401 - one home for the unit names
 NPY_SUFFIXES = (".npy",)
 
 
@@ -594,7 +594,7 @@ class GeoTiffWriter:
                     profile["predictor"] = 3
                 elif self.dtype in _INT_PREDICTOR:
                     profile["predictor"] = 2
-                from .runtime import threads
+                from sar_ae_core.nn.runtime import threads
 
                 # lossy reconstructions barely compress (float32: ~80 % at any level): the fastest deflate level,
                 # blocks compressed on all the codec's threads (GDAL's own pool; the bytes do not depend on it)

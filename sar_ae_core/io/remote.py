@@ -24,8 +24,8 @@ import urllib.request
 from collections import OrderedDict
 from typing import Optional
 
-from . import __version__
-from .errors import SarInputError
+from sar_ae_core import __version__
+from sar_ae_core.errors import SarInputError
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.I)
@@ -335,7 +335,7 @@ def open_url(url: str):
 
 def open_container(path):
     """A `ContainerReader` on a local `.sarz` path or a URL (only the parts read are transferred)."""
-    from .container import ContainerReader
+    from sar_ae_core.coding.container import ContainerReader
 
     path = os.fspath(path)
     if not is_url(path):

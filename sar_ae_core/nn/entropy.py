@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tables import (LIKELIHOOD_BOUND, TABLE_PRECISION, EntropyTables, FactorizedRangeCodec,  # noqa: F401
+from sar_ae_core.coding.tables import (LIKELIHOOD_BOUND, TABLE_PRECISION, EntropyTables, FactorizedRangeCodec,  # noqa: F401
                      _channel_of, _integer_counts, decode_grouped, encode_grouped, join_payload, split_payload)
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .entropy import (LIKELIHOOD_BOUND, TABLE_PRECISION, EntropyTables, FactorizedPrior, _channel_of, _integer_counts,
+from sar_ae_core.nn.entropy import (LIKELIHOOD_BOUND, TABLE_PRECISION, EntropyTables, FactorizedPrior, _channel_of, _integer_counts,
                       decode_grouped, encode_grouped, join_payload, split_payload)
 
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 64.0, 64

@@ -1,6 +1,6 @@
 """Model bundles: one `.pt` file holding the model config, its weights, the scaling parameters it was
 trained with, and what is known about it (training data, measured rate/quality), and beside it the ONNX
-runtime bundle `name.onnx.zip` (`sar_ae_core.runtime`, written by `python -m training.onnx_export`) that
+runtime bundle `name.onnx.zip` (`sar_ae_core.nn.runtime`, written by `python -m training.onnx_export`) that
 compress/reconstruct use without torch. Bundled models live in `sar_ae_core/models_bundled/`; any other
 bundle is loaded by path. Loading a `.pt` always maps to the CPU first, so a bundle saved on CUDA loads
 anywhere. torch is imported only when a `.pt` bundle is loaded or saved."""
@@ -14,21 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from .errors import SarInputError
-from .model_config import ModelConfig
-from .runtime import OnnxNets, TorchNets, choose_runtime, read_runtime_bundle, runtime_path
-from .scaling import ScalingParams
-from .tables import EntropyTables
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.nn.model_config import ModelConfig
+from sar_ae_core.nn.runtime import OnnxNets, TorchNets, choose_runtime, read_runtime_bundle, runtime_path
+from sar_ae_core.scaling import ScalingParams
+from sar_ae_core.coding.tables import EntropyTables
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .models import SarAutoencoder
+    from sar_ae_core.nn.models import SarAutoencoder
 
 BUNDLE_FORMAT = "sarae-model"
 BUNDLE_VERSION = 1
-BUNDLED_DIR = Path(__file__).resolve().parent / "models_bundled"
-from .defaults import ATTENTION_MODEL, DEFAULT_MODEL, QUALITY_MODELS  # noqa: E402,F401 - defined once
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "models_bundled"
+from sar_ae_core.defaults import ATTENTION_MODEL, DEFAULT_MODEL, QUALITY_MODELS  # noqa: E402,F401 - defined once
 # --quality: rate points from ≈0.2 to ≈1.3 bits per pixel (measured means in each model card)
 
 
@@ -94,7 +94,7 @@ def select_device(device: str = "auto") -> "torch.device":
     """'auto' → CUDA when present, else CPU; 'cpu', 'cuda', 'cuda:N' as given (checked)."""
     import torch
 
-    from .options import device_option
+    from sar_ae_core.options import device_option
 
     device = device_option(device)
     if device == "auto":
@@ -113,7 +113,7 @@ def save_bundle(path: str | os.PathLike, model: "SarAutoencoder", scaling: Scali
     Returns the SHA-256 of the stored weights."""
     import torch
 
-    from .raster import AtomicOutput
+    from sar_ae_core.io.raster import AtomicOutput
 
     state = {}
     for k, v in model.state_dict().items():
@@ -184,7 +184,7 @@ def load_bundle(name_or_path: Optional[str] = None, device: "str | torch.device"
     pt, zp = (None, path) if path.suffix == ".zip" else (path, runtime_path(path))
     if choose_runtime(runtime, pt, zp, str(device)) == "onnx":
         return _load_runtime_bundle(zp)
-    from .models import build_model
+    from sar_ae_core.nn.models import build_model
 
     if isinstance(device, str):
         device = select_device(device)
@@ -206,7 +206,7 @@ def load_bundle(name_or_path: Optional[str] = None, device: "str | torch.device"
             raise SarInputError(path, "model has an entropy model but no coding tables (re-export it)")
         d = payload["entropy_tables"]
         if d.get("kind") == "hyperprior":
-            from .hyperprior import HyperTables
+            from sar_ae_core.nn.hyperprior import HyperTables
 
             tables = HyperTables.from_dict(d)
             tables.prior = model.entropy

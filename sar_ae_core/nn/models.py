@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .entropy import FactorizedPrior
+from sar_ae_core.nn.entropy import FactorizedPrior
 
 __all__ = [
     "VARIANTS",
@@ -52,7 +52,7 @@ __all__ = [
     "build_model",
 ]
 
-from .model_config import DECODERS, ENTROPY_MODELS, VARIANTS, ModelConfig  # noqa: F401 - torch-free home
+from sar_ae_core.nn.model_config import DECODERS, ENTROPY_MODELS, VARIANTS, ModelConfig  # noqa: F401 - torch-free home
 _RESIDUAL_VARIANTS = frozenset({"residual", "res_cbam", "full_attention"})
 _NEG_SLOPE = 0.2
 
@@ -380,7 +380,7 @@ class SarAutoencoder(nn.Module):
         if config.entropy_model == "factorized":
             self.entropy = FactorizedPrior(config.latent_channels)
         elif config.entropy_model == "hyperprior":
-            from .hyperprior import MeanScaleHyperprior
+            from sar_ae_core.nn.hyperprior import MeanScaleHyperprior
 
             self.entropy = MeanScaleHyperprior(config.latent_channels)
 

@@ -12,11 +12,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import metrics as M
-from .errors import SarInputError
-from .progress import Progress, ProgressFn
-from .raster import GeoTiffWriter, SarRaster, Window, check_output_path, open_raster
-from .scaling import DbHistogram, raw_to_db, valid_mask
+from sar_ae_core.quality import metrics as M
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.progress import Progress, ProgressFn
+from sar_ae_core.io.raster import GeoTiffWriter, SarRaster, Window, check_output_path, open_raster
+from sar_ae_core.scaling import DbHistogram, raw_to_db, valid_mask
 
 MAP_KINDS = ("abs_error_db", "enl_ratio", "epi")
 # log10(CV) histogram for the homogeneity threshold: 0.001 decades, CV 1e-4 … 1e2
@@ -120,7 +120,7 @@ def assess_rasters(reference: str | os.PathLike, test: str | os.PathLike, *, uni
     homogeneous areas (metrics.homogeneous_mask rule). Only pixels valid in both rasters count.
     `test_bands` selects the test raster's bands when they differ from the reference's (default: `bands`).
     """
-    from .options import int_option
+    from sar_ae_core.options import int_option
 
     window = int_option("--window", window, 3, 101, odd=True)
     block = int_option("--block", block, 64, 16384)

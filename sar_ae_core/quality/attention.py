@@ -16,13 +16,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .codec import _read_strip, choose_scaling
-from .errors import SarInputError
-from .model_io import ModelBundle, ready_bundle
-from .progress import Progress, ProgressFn
-from .defaults import TILE
-from .raster import GeoTiffWriter, Window, check_output_path, open_raster
-from .tiling import TilePlan
+from sar_ae_core.codec import _read_strip, choose_scaling
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.nn.model_io import ModelBundle, ready_bundle
+from sar_ae_core.progress import Progress, ProgressFn
+from sar_ae_core.defaults import TILE
+from sar_ae_core.io.raster import GeoTiffWriter, Window, check_output_path, open_raster
+from sar_ae_core.tiling import TilePlan
 
 
 def attention_map_raster(input_path: str | os.PathLike, output_path: str | os.PathLike, *,

@@ -16,13 +16,13 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import SarInputError
-from .progress import Progress, ProgressFn
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.progress import Progress, ProgressFn
 
 
 def cell_bits(f, band: int) -> np.ndarray:
     """Bits of every latent cell of one band (latent_height, latent_width), from the file's own symbols."""
-    from .tables import FactorizedRangeCodec
+    from sar_ae_core.coding.tables import FactorizedRangeCodec
 
     codec = f.codec
     if not isinstance(codec, FactorizedRangeCodec):
@@ -60,7 +60,7 @@ _ROWS = 512
 def _write_band(w, cells: np.ndarray, d: int, height: int, width: int, band: int) -> None:
     """Spread one band's cells to pixels block of rows by block of rows (memory does not grow with the height),
     rescaled so the map's sum is the cells' sum exactly."""
-    from .raster import Window
+    from sar_ae_core.io.raster import Window
 
     total = sum(float(_spread_rows(cells, d, y, min(y + _ROWS, height), width).sum())
                 for y in range(0, height, _ROWS))
@@ -74,9 +74,9 @@ def bit_allocation_raster(input_path: str | os.PathLike, output_path: str | os.P
                           model: Optional[str] = None, overwrite: bool = False,
                           progress: Optional[ProgressFn] = None) -> dict:
     """Write the bits-per-pixel map of a `.sarz` file (one band per coded band) as a GeoTIFF on its grid."""
-    from .codec import SarzFile, _bundle_for
-    from .output import check_output_path
-    from .raster import GeoTiffWriter
+    from sar_ae_core.codec import SarzFile, _bundle_for
+    from sar_ae_core.io.output import check_output_path
+    from sar_ae_core.io.raster import GeoTiffWriter
 
     t0 = time.perf_counter()
     inputs = [input_path] + ([model] if model and os.path.exists(os.fspath(model)) else [])

@@ -16,9 +16,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import SarInputError
-from .raster import GeoTiffWriter, open_raster
-from .scaling import ScalingParams, fit_scaling
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.io.raster import GeoTiffWriter, open_raster
+from sar_ae_core.scaling import ScalingParams, fit_scaling
 
 _LEVELS = 65535
 
