@@ -146,7 +146,7 @@ def test_training_from_a_split_file_with_physics_augmentation_and_a_bundle(sar_d
     assert main(["--split-file", str(split), "--physics-augment", "--min-std", "0.005", "--clip-method", "fixed",
                  "--clip-low", "-45", "--clip-high", "8", "--variant", c.variant, "--base-channels",
                  str(c.base_channels), "--latent-channels", str(c.latent_channels), "--stages", str(c.stages),
-                 "--entropy-model", c.entropy_model, "--lmbda", "1000", "--mse-weight", "1", "--ssim-weight", "0",
+                 "--decoder", c.decoder, "--entropy-model", c.entropy_model, "--lmbda", "1000", "--mse-weight", "1", "--ssim-weight", "0",
                  "--init-from", "sarae-q2", "--patch-size", "64", "--stride", "64", "--batch-size", "2",
                  "--steps", "3", "--lr", "1e-5", "--warmup-steps", "0", "--val-max-patches", "6",
                  "--no-tensorboard", "--out-dir", str(run)]) == 0

@@ -132,17 +132,7 @@ class FactorizedRangeCodec:
         out = np.empty((c_n, n), dtype=np.int64)
         k = 0
         for c in range(c_n):  # = decode_grouped with channel c's table for channel c, without its O(C²) masks
-            n_sym = len(self.tables.counts[c]) - 1
-            idx = dec.decode(self._models[c], n).astype(np.int64)
-            vals = idx + int(self.tables.offsets[c])
-            hit = idx == n_sym
-            m = int(np.count_nonzero(hit))
-            if m:
-                if k + m > esc.size:
-                    raise ValueError("escape values missing")
-                vals[hit] = esc[k:k + m]
-                k += m
-            out[c] = vals
+            out[c], k = _decode_table(dec, self._models[c], self.tables, c, n, esc, k)
         return self.dequantize(out.reshape(shape))
 
 
@@ -167,18 +157,23 @@ def decode_grouped(dec, models, tables: EntropyTables, table_of: np.ndarray, esc
     out = np.empty(table_of.shape, dtype=np.int64)
     for c in np.unique(table_of):
         where = table_of == c
-        n_sym = len(tables.counts[int(c)]) - 1
-        idx = dec.decode(models[int(c)], int(where.sum())).astype(np.int64)
-        vals = idx + int(tables.offsets[int(c)])
-        hit = idx == n_sym
-        m = int(hit.sum())
-        if m:
-            if k + m > esc.size:
-                raise ValueError("escape values missing")
-            vals[hit] = esc[k:k + m]
-            k += m
-        out[where] = vals
+        out[where], k = _decode_table(dec, models[int(c)], tables, int(c), int(where.sum()), esc, k)
     return out, k
+
+
+def _decode_table(dec, model, tables: EntropyTables, c: int, n: int, esc: np.ndarray, k: int):
+    """n values coded with table c (escape symbols replaced by the next escaped values); (values, escapes used)."""
+    n_sym = len(tables.counts[c]) - 1
+    idx = dec.decode(model, n).astype(np.int64)
+    vals = idx + int(tables.offsets[c])
+    hit = idx == n_sym
+    m = int(np.count_nonzero(hit))
+    if m:
+        if k + m > esc.size:
+            raise ValueError("escape values missing")
+        vals[hit] = esc[k:k + m]
+        k += m
+    return vals, k
 
 
 def join_payload(enc, escapes: list) -> bytes:
