@@ -6,7 +6,8 @@ import zlib
 import pytest
 import zstandard
 
-from sar_ae_core.coding.container import ContainerReader, ContainerWriter, bounded_decompress
+from sar_ae_core.coding.container import ContainerReader, ContainerWriter
+from sar_ae_core.coding.frames import bounded_decompress
 from sar_ae_core.errors import SarInputError
 
 

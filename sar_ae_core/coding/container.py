@@ -28,7 +28,7 @@ import numpy as np
 import zstandard
 
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.coding.schema import MAX_HEADER_BYTES
+from sar_ae_core.coding.frames import MAX_HEADER_BYTES, bounded_decompress
 
 MAGIC = b"\x89SARZ\r\n\x1a"
 END = b"SARZEND\0"
@@ -81,15 +81,6 @@ class ContainerWriter:
         self.fh.write(_FOOTER.pack(offset, len(index), zlib.crc32(index), END))
         self.sizes["index+footer"] = len(index) + _FOOTER.size
         return dict(self.sizes)
-
-
-def bounded_decompress(data: bytes, limit: int, dctx: "zstandard.ZstdDecompressor | None" = None) -> bytes:
-    """One zstd frame, refusing to produce more than `limit` bytes whatever the frame declares (no file can make
-    the decoder allocate more than what the header says it must hold)."""
-    size = zstandard.frame_content_size(data)
-    if size > limit:
-        raise ValueError(f"a compressed part declares {size} bytes where at most {limit} fit")
-    return (dctx or zstandard.ZstdDecompressor()).decompress(data, max_output_size=max(int(limit), 1))
 
 
 @dataclass

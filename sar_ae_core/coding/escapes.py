@@ -86,7 +86,7 @@ def decode_escapes(frame: bytes, shape: tuple[int, int], vmin: float, vmax: floa
     if not frame:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
     npix = shape[0] * shape[1]
-    from sar_ae_core.coding.container import bounded_decompress
+    from sar_ae_core.coding.frames import bounded_decompress
 
     body = bounded_decompress(frame, 4 + 6 * npix)
     if len(body) < 4:

@@ -84,7 +84,7 @@ class UniformZstdCodec:
         c, h, w = shape
         nb = 2 * c * 2
         expected = nb + c * h * w * np.dtype(self.qdtype).itemsize
-        from sar_ae_core.coding.container import bounded_decompress
+        from sar_ae_core.coding.frames import bounded_decompress
 
         raw = bounded_decompress(payload, expected)
         if len(raw) != expected:

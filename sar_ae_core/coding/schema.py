@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 
+from sar_ae_core.coding.frames import MAX_HEADER_BYTES  # noqa: F401 - one home (frames.py)
 from sar_ae_core.defaults import CODEC_IDS, UNITS
 from sar_ae_core.errors import SarInputError
 
@@ -20,7 +21,6 @@ MAX_BANDS = 1024
 MAX_LATENT_CHANNELS = 1024
 MAX_HALO_CELLS = 64
 MAX_DEPTH = 12              # nesting of the header JSON (the codec writes 4)
-MAX_HEADER_BYTES = 1 << 20  # decompressed header text
 DOWNSAMPLES = (2, 4, 8, 16, 32, 64)
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64", "complex64", "complex128",
           "complex_int16")

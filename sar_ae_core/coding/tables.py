@@ -193,7 +193,7 @@ def split_payload(constriction, payload: bytes, max_escapes: int = 1 << 24):
         raise ValueError("range-coded stream is truncated")
     words = np.frombuffer(payload[4:4 + n_bytes], dtype="<u4").astype(np.uint32)
     rest = payload[4 + n_bytes:]
-    from sar_ae_core.coding.container import bounded_decompress
+    from sar_ae_core.coding.frames import bounded_decompress
 
     esc = np.frombuffer(bounded_decompress(rest, 4 * max_escapes), dtype="<i4") if rest \
         else np.zeros(0, np.int32)
