@@ -245,35 +245,3 @@ def test_config_json_round_trip() -> None:
     m1, m2 = build_model(cfg), build_model(json.loads(text))
     assert m1.config == m2.config
     assert m1.parameter_count() == m2.parameter_count()
-
-
-@pytest.mark.parametrize(
-    "kwargs,message",
-    [
-        ({"variant": "unet"}, "'plain', 'residual', 'res_cbam', 'full_attention'"),
-        ({"latent_channels": 0}, "latent_channels must be in 1..256"),
-        ({"latent_channels": 257}, "latent_channels must be in 1..256"),
-        ({"stages": 0}, "stages must be in 1..6"),
-        ({"stages": 7}, "stages must be in 1..6"),
-        ({"base_channels": 2.5}, "base_channels must be an int"),
-        ({"in_channels": True}, "in_channels must be an int"),
-        ({"self_attention": "yes"}, "self_attention must be a bool"),
-    ],
-    ids=["variant", "latent0", "latent257", "stages0", "stages7", "base-float", "in-bool", "sa-str"],
-)
-def test_config_validation(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message.replace("*", "\\*").replace(".", "\\.")):
-        ModelConfig(**kwargs)
-
-
-def test_validate_catches_mutation_and_unknown_keys() -> None:
-    cfg = ModelConfig()
-    cfg.variant = "bogus"
-    with pytest.raises(ValueError, match="variant must be one of"):
-        cfg.validate()
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['latent'\]"):
-        ModelConfig.from_dict({"variant": "plain", "latent": 16})
-    with pytest.raises(ValueError, match="unknown key"):
-        build_model({"variant": "plain", "dropout": 0.1})
-    with pytest.raises(TypeError):
-        build_model("plain")  # type: ignore[arg-type]
