@@ -37,10 +37,17 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "models.json"
 DEFAULT_LATENTS = (4, 8, 16, 32, 64)
 
 
-def count_macs(model: SarAutoencoder, size: int, part: str = "all") -> int:
+def count_macs(model: SarAutoencoder, size: int, part: str = "all", gdn: bool = False) -> int:
     """Multiply-accumulates of one forward pass on a (1, C, size, size) input (`part`: 'all', 'encoder' or
-    'decoder'; the entropy model's density is not run at inference and not counted)."""
+    'decoder'; the entropy model's density is not run at inference and not counted); `gdn`: GDN's channel sums
+    (C² per position) too."""
+    from sar_ae_core.nn.models import GDN
+
     total = 0
+
+    def gdn_hook(mod, _inp, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel() * out.shape[1]
 
     def conv_hook(mod: nn.Conv2d, _inp, out: torch.Tensor) -> None:
         nonlocal total
@@ -73,6 +80,8 @@ def count_macs(model: SarAutoencoder, size: int, part: str = "all") -> int:
             handles.append(m.register_forward_hook(linear_hook))
         elif isinstance(m, SelfAttention2d):
             handles.append(m.register_forward_hook(attn_hook))
+        elif gdn and isinstance(m, GDN):
+            handles.append(m.register_forward_hook(gdn_hook))
     try:
         with torch.no_grad():
             model(torch.rand(1, model.config.in_channels, size, size))
@@ -85,25 +94,12 @@ def count_macs(model: SarAutoencoder, size: int, part: str = "all") -> int:
 def stage_macs_per_pixel(model: SarAutoencoder, size: int = 256) -> dict:
     """{'encoder': MAC per image pixel, 'decoder': ..., 'encoder_gdn': ..., 'decoder_gdn': ...}: convolutions as
     counted by count_macs, and GDN's channel sums (C² per position, a 1x1 convolution) on their own."""
-    from sar_ae_core.nn.models import GDN
-
     n = size * size
-    out = {part: count_macs(model, size, part) / n for part in ("encoder", "decoder")}
+    out = {}
     for part in ("encoder", "decoder"):
-        total = 0
-
-        def hook(mod, _inp, o):
-            nonlocal total
-            total += o.numel() * o.shape[1]
-
-        hs = [m.register_forward_hook(hook) for m in getattr(model, part).modules() if isinstance(m, GDN)]
-        try:
-            with torch.no_grad():
-                model(torch.rand(1, model.config.in_channels, size, size))
-        finally:
-            for h in hs:
-                h.remove()
-        out[f"{part}_gdn"] = total / n
+        conv = count_macs(model, size, part)
+        out[part] = conv / n
+        out[f"{part}_gdn"] = (count_macs(model, size, part, gdn=True) - conv) / n
     return out
 
 
