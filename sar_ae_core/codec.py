@@ -779,7 +779,7 @@ def _decode_band(f: SarzFile, bundle: ModelBundle, band: int, region, tile_rows,
 
 #: decode work unit width (pixels, rounded to whole tiles): fixed, so that a window decodes exactly the units a
 #: full decode does (bit-identical pixels) whatever the thread count
-UNIT_PIXELS = 512
+UNIT_PIXELS = 256
 
 
 def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, halo: int,
@@ -858,7 +858,16 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
 
     in_flight: deque = deque()
     depth = 2 * max(1, runner.threads)
+    t_c0 = max(0, u_first * unit_cells - halo) // cells
+    t_c1 = min(p.latent_width - 1, (u_last + 1) * unit_cells - 1 + halo) // cells
+    m_c0, m_c1 = col0 // p.tile, (col0 + width - 1) // p.tile
     for tr in tile_rows:
+        # the chunks this tile row reads (latents of its rows and the halo rows, its masks), in one request per span
+        # from a remote file; a local file ignores the hint
+        need = [_chunk_id(p, f.bands, t_r, t_c, band, 0) for t_r in range(max(0, tr - 1), min(p.tile_rows, tr + 2))
+                for t_c in range(t_c0, t_c1 + 1) if (t_r, t_c) not in cache]
+        need += [_chunk_id(p, f.bands, tr, t_c, band, 1) for t_c in range(m_c0, m_c1 + 1)]
+        f.reader.prefetch(need)
         for key in list(cache):  # the row above is needed only as the halo (its last `halo` cell rows)
             if key[0] < tr - 1:
                 del cache[key]

@@ -173,6 +173,24 @@ class ContainerReader:
             raise SarInputError(self.path, f"chunk {i} checksum mismatch (file is damaged)")
         return data
 
+    def prefetch(self, ids) -> None:
+        """Hint that chunks `ids` are about to be read: a file that can fetch byte ranges ahead (a remote one) gets
+        the merged spans of those chunks, one request each, instead of reading chunk by chunk or guessing ahead."""
+        fetch = getattr(self._fh, "prefetch", None)
+        ids = sorted({int(i) for i in ids if 0 <= int(i) < len(self.lengths)})
+        if fetch is None or not ids:
+            return
+        start = stop = None
+        for i in ids:
+            a, b = int(self.offsets[i]), int(self.offsets[i] + self.lengths[i])
+            if start is not None and a <= stop:  # adjacent chunks in one request, nothing unneeded
+                stop = max(stop, b)
+                continue
+            if start is not None:
+                fetch(start, stop)
+            start, stop = a, b
+        fetch(start, stop)
+
     @property
     def chunk_count(self) -> int:
         return len(self.lengths)

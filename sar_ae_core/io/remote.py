@@ -37,7 +37,7 @@ RETRIES = 3
 BACKOFF_S = 0.25
 #: every missing read fetches at least this much (the header, the footer and a small index come in one request
 #: each); sequential reads double it up to MAX_READAHEAD
-MIN_REQUEST = 4096
+MIN_REQUEST = 1024
 MAX_READAHEAD = 1 << 20
 CACHE_BYTES = 8 << 20
 
@@ -144,6 +144,21 @@ class HttpRangeFile(io.RawIOBase):
             self._store(start, data)
         self._pos = pos
         return bytes(out)
+
+    def prefetch(self, start: int, stop: int) -> None:
+        """Fetch the uncached parts of bytes [start, stop) now, exactly (no read-ahead)."""
+        start, stop = max(0, int(start)), min(self.size, int(stop))
+        pos = start
+        while pos < stop:
+            hit = self._lookup(pos)
+            if hit is not None:
+                pos += len(hit)
+                continue
+            nxt = self._next_cached(pos)
+            end = stop if nxt is None else min(stop, nxt)
+            self._store(pos, self._fetch(pos, end))
+            pos = end
+        self._last_end = -1  # what follows is not a sequential stream
 
     def close(self) -> None:
         self._spans.clear()
