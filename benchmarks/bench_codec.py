@@ -148,18 +148,24 @@ def _timed(cmd: list[str], env: dict) -> dict:
 
 
 def _match_jp2(u16: Path, target_bytes: int, tmp: Path) -> tuple[float, int]:
-    """GDAL JP2OpenJPEG QUALITY giving the file size closest to target_bytes (bisection on file bytes)."""
-    lo, hi = 0.01, 50.0
+    """GDAL JP2OpenJPEG QUALITY giving the file size closest to target_bytes (secant steps on the file bytes; QUALITY is
+    the percentage of the raw 16-bit size, so bpp ≈ 16 × QUALITY / 100 to start)."""
+    import rasterio
+
+    with rasterio.open(u16) as r:
+        pixels = r.width * r.height * r.count
+    q = 100.0 * target_bytes * 8 / pixels / 16
     best = None
-    for _ in range(14):
-        q = (lo * hi) ** 0.5
+    for _ in range(6):
         out = tmp / "probe.jp2"
         subprocess.run(["gdal_translate", "-q", "-of", "JP2OpenJPEG", "-co", f"QUALITY={q:.4f}", "-co",
                         "REVERSIBLE=NO", str(u16), str(out)], check=True)
         n = out.stat().st_size
         if best is None or abs(n - target_bytes) < abs(best[1] - target_bytes):
             best = (q, n)
-        lo, hi = (q, hi) if n < target_bytes else (lo, q)
+        if abs(n / target_bytes - 1) <= 0.01:
+            break
+        q = min(100.0, max(1e-3, q * target_bytes / n))
     return best
 
 
