@@ -462,6 +462,58 @@ def test_cancel_stops_and_leaves_no_output(qgis_app, tmp_path, spain_db, tiny_mo
     assert min(p for p in fb.seen if p > cancel_above) == max(p for p in fb.seen if p < 100)
 
 
+@pytest.mark.parametrize("alg", ["sarae:compress", "sarae:reconstruct"])
+def test_cancel_takes_effect_within_a_second_and_the_label_follows_the_bar(qgis_app, tmp_path, spain_db, alg):
+    """The default model on a 2048 x 2048 mosaic of the real scene: Cancel at ~30 % returns within a second with
+    nothing written, and a run lets the progress text change while the bar climbs (not one text per stage)."""
+    import time
+
+    from qgis.core import QgsProcessingFeedback
+
+    from sar_ae_core.codec import compress_raster
+    from sar_ae_core.io.raster import mosaic_vrt
+
+    vrt = mosaic_vrt(spain_db, tmp_path / "big.vrt", 2048, 2048, band=1)
+    sarz = tmp_path / "big.sarz"
+    compress_raster(vrt, sarz)
+    params = ({"INPUT": str(vrt), "OUTPUT": str(tmp_path / "out.sarz")} if alg == "sarae:compress" else
+              {"INPUT": str(sarz), "OUTPUT": str(tmp_path / "out.tif")})
+
+    class CancelAt(QgsProcessingFeedback):
+        def __init__(self, at):
+            super().__init__()
+            self.at, self.cancelled_at, self.texts = at, None, []
+            self.progressChanged.connect(self._on_progress)
+
+        def _on_progress(self, percent):
+            if self.at is not None and percent > self.at and not self.isCanceled():
+                self.cancelled_at = time.perf_counter()
+                self.cancel()
+
+        def setProgressText(self, text):
+            self.texts.append(text)
+            super().setProgressText(text)
+
+    import processing
+
+    fb = CancelAt(30.0)
+    res = processing.run(alg, params, feedback=fb)
+    latency = time.perf_counter() - fb.cancelled_at
+    assert res == {} and latency < 1.0, latency
+    assert not (tmp_path / "out.sarz").exists() and not (tmp_path / "out.tif").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(("out", ".out"))] == []
+    whole = CancelAt(None)
+    from qgis_plugin.algorithms import base
+
+    base.FeedbackProgress.TEXT_EVERY_S, keep = 0.0, base.FeedbackProgress.TEXT_EVERY_S
+    try:
+        processing.run(alg, params, feedback=whole)
+    finally:
+        base.FeedbackProgress.TEXT_EVERY_S = keep
+    rows = [t for t in whole.texts if "tile row" in t]
+    assert len(set(rows)) >= 4, whole.texts  # the label moves with the bar
+
+
 # ------------------------------------------------------------------------------------------------
 # GUI
 # ------------------------------------------------------------------------------------------------

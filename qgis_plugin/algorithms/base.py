@@ -140,18 +140,26 @@ def reconstruction_name(sarz: str) -> str:
 class FeedbackProgress:
     """The core's progress callback on a QgsProcessingFeedback: percent, stage text, and cancel."""
 
+    #: seconds between two progress texts of the same stage: the label keeps up with the bar, and the log (where
+    #: QGIS also writes each text) gets a line a second, not one per tile
+    TEXT_EVERY_S = 1.0
+
     def __init__(self, feedback, start: float = 0.0, end: float = 1.0):
         self.feedback, self.start, self.end = feedback, start, end
         self._stage = None
+        self._text_at = 0.0
 
     def __call__(self, fraction: float, message: str = "") -> bool:
         """Report progress; False (cancel) when the user pressed Cancel."""
+        import time
+
         if self.feedback is None:
             return True
         self.feedback.setProgress(100.0 * (self.start + (self.end - self.start) * fraction))
         stage = re.sub(r"\d+", "#", message)
-        if message and stage != self._stage:  # one line per stage, not one per tile
-            self._stage = stage
+        now = time.monotonic()
+        if message and (stage != self._stage or now - self._text_at >= self.TEXT_EVERY_S):
+            self._stage, self._text_at = stage, now
             self.feedback.setProgressText(message)
         return not self.feedback.isCanceled()
 
