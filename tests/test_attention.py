@@ -1,5 +1,7 @@
 """Attention maps over a real Sentinel-1 raster: georeference, value range, contrast, clear errors."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -79,3 +81,23 @@ def test_attention_cancel_leaves_nothing(tmp_path, spain_db, bundles):
 def test_attention_bad_band_names_the_file(tmp_path, spain_db, bundles):
     with pytest.raises(SarInputError, match="band"):
         attention_map_raster(spain_db, tmp_path / "x.tif", model=bundles["cbam"], band=3, device="cpu")
+
+
+@pytest.mark.slow
+def test_attention_map_of_the_bundled_cbam_model_has_no_tile_seams(tmp_path, sar_data):
+    """CBAM pools over its whole input, so each window has its own channel weights: whole-row windows blended over
+    the halo leave no step at the tile borders (mean |gradient| across them no larger than elsewhere, within 5 %)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_codec import _border_ratios
+
+    from sar_ae_core.defaults import ATTENTION_MODEL
+
+    src = sar_data / "train" / "umbra04_gec_tanna_yasur_20230212_amp_u8.tif"
+    out = tmp_path / "att.tif"
+    attention_map_raster(src, out, model=ATTENTION_MODEL, tile=256)
+    with rasterio.open(out) as ds:
+        a = ds.read(1).astype(np.float64)
+    for ratio in _border_ratios(a, 256):
+        assert 0.8 < ratio < 1.05, ratio

@@ -22,7 +22,7 @@ from sar_ae_core.nn.model_io import ModelBundle, ready_bundle
 from sar_ae_core.progress import Progress, ProgressFn
 from sar_ae_core.defaults import TILE
 from sar_ae_core.io.raster import GeoTiffWriter, Window, check_output_path, open_raster
-from sar_ae_core.tiling import TilePlan
+from sar_ae_core.tiling import TilePlan, cosine_ramp
 
 
 def attention_map_raster(input_path: str | os.PathLike, output_path: str | os.PathLike, *,
@@ -56,19 +56,42 @@ def attention_map_raster(input_path: str | os.PathLike, output_path: str | os.Pa
         tags = {"SARAE_MAP": "attention", "SARAE_MODEL": bundle.name, "SARAE_SOURCE": os.path.basename(r.path),
                 "SARAE_BAND": band, "SARAE_MODULES": ",".join(modules)}
         total, count = 0.0, 0
+        wp, h, tile = plan.window_pixels, plan.halo, plan.tile
+        ramp = cosine_ramp(wp, 2 * h)
+        acc_y0 = -h  # raster row of accumulator row 0; column 0 is raster column -h
+        num = np.zeros((0, plan.tile_cols * tile + 2 * h), np.float32)
+        den = np.zeros_like(num)
+        valid_rows: dict = {}
+        written = 0
         with GeoTiffWriter(output_path, r.width, r.height, 1, "float32", r.georef, nodata=float("nan"),
                            band_names=[f"attention {name}"], tags=tags, overwrite=overwrite,
                            inputs=(input_path,)) as w:
             for tr in range(plan.tile_rows):
                 strip, valid, y0, _ = _read_strip(r, plan, params, tr)
-                rows = _attention_strip(bundle, plan, strip[0], dev, batch_size)
-                core = rows[plan.halo:plan.halo + min(plan.tile, plan.height - tr * plan.tile),
-                            plan.halo:plan.halo + plan.width]
-                v = valid[0, tr * plan.tile - y0: tr * plan.tile - y0 + core.shape[0], plan.halo:plan.halo + plan.width]
-                out = np.where(v, np.clip(core, 0.0, 1.0), np.nan).astype(np.float32)
-                total += float(np.nansum(out))
-                count += int(v.sum())
-                w.write(out, Window(0, tr * plan.tile, plan.width, core.shape[0]))
+                wy0 = tr * tile - h
+                grow = wy0 + wp - acc_y0 - num.shape[0]
+                if grow > 0:
+                    num = np.vstack([num, np.zeros((grow, num.shape[1]), np.float32)])
+                    den = np.vstack([den, np.zeros((grow, den.shape[1]), np.float32)])
+                for c0, m in _attention_windows(bundle, plan, strip[0], dev):
+                    rs = slice(wy0 - acc_y0, wy0 - acc_y0 + wp)
+                    wgt = np.outer(ramp, cosine_ramp(m.shape[1], 2 * h)).astype(np.float32)
+                    num[rs, c0:c0 + m.shape[1]] += wgt * m
+                    den[rs, c0:c0 + m.shape[1]] += wgt
+                for k in range(max(y0, 0), min(y0 + valid.shape[1], plan.height)):  # validity of the rows read
+                    valid_rows.setdefault(k, valid[0, k - y0, h:h + plan.width])
+                # rows above the next tile row's first window row are final: every window over them is added
+                final_to = plan.height if tr == plan.tile_rows - 1 else min((tr + 1) * tile - h, plan.height)
+                if final_to > written:
+                    blended = num[written - acc_y0:final_to - acc_y0, h:h + plan.width] / \
+                        np.maximum(den[written - acc_y0:final_to - acc_y0, h:h + plan.width], 1e-12)
+                    v = np.stack([valid_rows.pop(k) for k in range(written, final_to)])
+                    out = np.where(v, np.clip(blended, 0.0, 1.0), np.nan).astype(np.float32)
+                    total += float(np.nansum(out))
+                    count += int(v.sum())
+                    w.write(out, Window(0, written, plan.width, final_to - written))
+                    num, den = num[final_to - acc_y0:], den[final_to - acc_y0:]
+                    acc_y0 = written = final_to
                 prog.step((tr + 1) / plan.tile_rows, f"attention tile row {tr + 1}/{plan.tile_rows}")
     return {"output": os.fspath(output_path), "width": plan.width, "height": plan.height, "band": band,
             "model": bundle.name, "modules": modules, "mean": total / count if count else float("nan"),
@@ -76,16 +99,21 @@ def attention_map_raster(input_path: str | os.PathLike, output_path: str | os.Pa
             "device": str(dev), "seconds": time.perf_counter() - t_start}
 
 
-def _attention_strip(bundle: ModelBundle, plan: TilePlan, strip: np.ndarray, dev, batch_size: int) -> np.ndarray:
-    """Mean attention over the windows of one tile row, stitched from the window cores (rows = window rows)."""
-    wp, tile, h = plan.window_pixels, plan.tile, plan.halo
-    out = np.zeros((wp, plan.tile_cols * tile + 2 * h), dtype=np.float32)
-    windows = [strip[:, tc * tile: tc * tile + wp] for tc in range(plan.tile_cols)]
-    for i in range(0, len(windows), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(np.stack(windows[i:i + batch_size])[:, None])).to(dev)
-        maps = bundle.model.attention_maps(batch)
-        mean = torch.stack(list(maps.values())).mean(dim=0)[:, 0].float().cpu().numpy()
-        for k in range(mean.shape[0]):
-            c0 = (i + k) * tile + h
-            out[:, c0:c0 + tile] = mean[k][:, h:h + tile]
+#: width (pixels) of the windows the attention is computed on: CBAM pools over its whole input, so every window
+#: has its own channel weights; windows as wide as this (the whole tile row of most rasters) leave only the
+#: seams between tile rows, which are blended over the halo like those between these windows
+WINDOW_PIXELS = 4096
+
+
+def _attention_windows(bundle: ModelBundle, plan: TilePlan, strip: np.ndarray, dev) -> list:
+    """(first accumulator column, mean attention) of the windows of one tile row: up to WINDOW_PIXELS of tiles plus
+    the halo each, so the caller can blend them over their overlap."""
+    tile, h = plan.tile, plan.halo
+    k = max(1, WINDOW_PIXELS // tile)
+    out = []
+    for t0 in range(0, plan.tile_cols, k):
+        c0, c1 = t0 * tile, min(t0 + k, plan.tile_cols) * tile + 2 * h
+        x = torch.from_numpy(np.ascontiguousarray(strip[None, None, :, c0:c1])).to(dev)
+        maps = bundle.model.attention_maps(x)
+        out.append((c0, torch.stack(list(maps.values())).mean(dim=0)[0, 0].float().cpu().numpy()))
     return out
