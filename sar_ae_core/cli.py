@@ -111,8 +111,8 @@ def cmd_compress(args) -> int:
     from sar_ae_core.codec import compress_raster
     from sar_ae_core.nn.model_io import QUALITY_MODELS
 
-    if sum(x is not None for x in (args.quality, args.model, args.rate)) > 1:
-        raise SarInputError(None, "give only one of --model, --quality and --rate")
+    if sum(x is not None for x in (args.quality, args.model, args.rate, args.max_rmse_db)) > 1:
+        raise SarInputError(None, "give only one of --model, --quality, --rate and --max-rmse-db")
     model = QUALITY_MODELS[args.quality] if args.quality is not None else args.model
     options = dict(bands=args.bands, units=args.units, bits=args.bits, device=args.device, tile=args.tile,
                    runtime=args.runtime,
@@ -124,6 +124,13 @@ def cmd_compress(args) -> int:
 
             r = compress_to_rate(args.input, args.output, args.rate, **options)
             print(search_summary(r))
+        elif args.max_rmse_db is not None:
+            from sar_ae_core.rate import compress_to_rmse
+
+            r = compress_to_rmse(args.input, args.output, args.max_rmse_db, **options)
+            gain = f" at quantization gain {r['gain']:.3f}" if r["gain"] != 1.0 else ""
+            print(f"--max-rmse-db {args.max_rmse_db:g}: RMSE {r['rmse_db']:.3f} dB with rate point {r['model']}{gain}, "
+                  f"{len(r['passes'])} pass(es)")
         else:
             r = compress_raster(args.input, args.output, model=model, progress=bar, **options)
     print(f"wrote {r['output']}: {r['bytes']} bytes, {r['bpp']:.4f} bits per pixel "
@@ -264,7 +271,7 @@ def cmd_assess(args) -> int:
 
 #: compress options whose compress_raster keyword differs from their argparse name; options batch handles itself
 _BATCH_RENAMES = {"escape_step": "escape_step_db"}
-_BATCH_OWN = ("model", "quality", "rate", "overwrite")
+_BATCH_OWN = ("model", "quality", "rate", "max_rmse_db", "overwrite")
 #: the compress options that also apply to batch --reconstruct
 _BATCH_RECONSTRUCT = ("model", "device", "runtime", "overwrite")
 
@@ -282,6 +289,8 @@ def cmd_batch(args) -> int:
         options = {dest: getattr(args, dest) for dest in _BATCH_RECONSTRUCT[:-1] if dest in args.compress_options}
         options.update(units=args.output_units or "source", device=args.device or "cpu")
     else:
+        if getattr(args, "max_rmse_db", None) is not None:
+            raise SarInputError(None, "--max-rmse-db is not available in batch yet (use --rate or --quality)")
         if args.output_units is not None:
             raise SarInputError(None, "--output-units is for batch --reconstruct")
         if sum(x is not None for x in (args.quality, args.model, args.rate)) > 1:
@@ -396,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rate", type=float, default=None, metavar="BPP",
                    help="write a file of BPP bits per pixel (within 2 %%): the rate point and its quantization "
                         "are searched at compress time")
+    s.add_argument("--max-rmse-db", type=float, default=None, metavar="DB",
+                   help="write the smallest file whose reconstruction is within DB of the source (RMSE in dB over the "
+                        "valid pixels; each candidate is decoded and measured)")
     s.add_argument("--bands", default="all", help="'all' or a list like 1,2 (default all)")
     s.add_argument("--units", default="auto", choices=UNIT_CHOICES, help="source units (default auto)")
     s.add_argument("--bits", type=int, default=8,

@@ -151,3 +151,81 @@ def search_summary(res: dict) -> str:
     note = "" if res["reached"] else " (outside what the bundled rate points reach: the closest was written)"
     return (f"--rate {res['target_bpp']:g}: {res['bpp']:.4f} bits per pixel "
             f"({100 * (res['bpp'] / res['target_bpp'] - 1):+.1f} %) with {how}, {len(res['passes'])} pass(es){note}")
+
+
+def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: bool = False, progress=None,
+                     max_passes: int = 12, **kwargs) -> dict:
+    """compress_raster with the fewest bytes whose reconstruction stays within `max_rmse_db` of the source (RMSE in
+    dB over the valid pixels, as `assess` reports it): each candidate is compressed, decoded and measured. The rate
+    points are tried from the lowest rate up; on the first that meets the target the quantization gain is lowered
+    as far as the target allows (bisection), above the top point it is raised. A target no candidate meets is an
+    input error naming the best RMSE reached (nothing is written)."""
+    from sar_ae_core.codec import LatentStore, compress_raster, reconstruct_raster
+    from sar_ae_core.quality.assess import assess_rasters
+
+    if not (isinstance(max_rmse_db, (int, float)) and math.isfinite(max_rmse_db) and max_rmse_db > 0):
+        raise SarInputError(None, f"--max-rmse-db must be a positive number of dB (got {max_rmse_db})")
+    for key in ("model", "bundle", "gain", "latent_store"):
+        if kwargs.get(key) is not None:
+            raise SarInputError(None, f"--max-rmse-db chooses the model and quantization itself: drop '{key}'")
+        kwargs.pop(key, None)
+    import time
+
+    t_start = time.perf_counter()
+    check_output_path(output_path, overwrite, [input_path])
+    points = _rate_points()
+    folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
+    passes: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".rmse",
+                                     dir=folder) as work:
+        stores: dict = {}
+
+        def attempt(i: int, gain: float) -> dict:
+            path = os.path.join(work, f"pass{len(passes)}.sarz")
+            stores.setdefault(i, LatentStore(work, f"m{i}"))
+            res = compress_raster(input_path, path, model=points[i][0], gain=gain, latent_store=stores[i],
+                                  overwrite=True, **kwargs)
+            rec = os.path.join(work, "check.tif")
+            reconstruct_raster(path, rec, units="db", overwrite=True)
+            res.update(path=path, model=points[i][0], gain=gain, rmse_db=float(assess_rasters(input_path, rec)["rmse_db"]))
+            passes.append({"model": res["model"], "gain": gain, "bpp": res["bpp"], "rmse_db": res["rmse_db"]})
+            if progress is not None:
+                progress(min(0.95, len(passes) / max_passes), f"--max-rmse-db: pass {len(passes)}")
+            return res
+
+        ok = lambda r: r["rmse_db"] <= max_rmse_db  # noqa: E731
+        best = None
+        pick = None
+        for i in range(len(points)):
+            res = attempt(i, 1.0)
+            if ok(res):
+                best, pick = res, i
+                break
+        last = res
+        if best is not None:  # as coarse a gain as the target allows on that rate point
+            lo, hi = (COARSEST_USEFUL_GAIN if pick > 0 else MIN_GAIN), 1.0
+        else:  # finer than the top rate point
+            lo, hi = 1.0, MAX_GAIN
+            pick = len(points) - 1
+            res = attempt(pick, hi)
+            if not ok(res):
+                raise SarInputError(None, f"--max-rmse-db {max_rmse_db:g}: the bundled rate points reach "
+                                          f"{min(res['rmse_db'], last['rmse_db']):.3f} dB at best (at "
+                                          f"{res['bpp']:.2f} bits per pixel); ask for a larger error")
+            best = res
+        # bisection on log gain: the error falls as the gain rises; `hi` always meets the target
+        while len(passes) < max_passes and hi / lo > 1.05:
+            g = math.sqrt(lo * hi)
+            res = attempt(pick, g)
+            if ok(res):
+                hi = g
+                if res["bytes"] < best["bytes"]:
+                    best = res
+            else:
+                lo = g
+        with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=[input_path]) as out:
+            shutil.copyfile(best["path"], out.tmp)
+    best.update(output=os.fspath(output_path), max_rmse_db=float(max_rmse_db), passes=passes,
+                seconds=time.perf_counter() - t_start)
+    best.pop("path", None)
+    return best

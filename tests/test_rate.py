@@ -3,6 +3,7 @@
 import pytest
 
 from sar_ae_core.errors import SarInputError
+from sar_ae_core.cli import main
 from sar_ae_core.rate import compress_to_rate, search_summary
 
 
@@ -20,3 +21,25 @@ def test_invalid_targets(tmp_path, spain_db, target):
     with pytest.raises(SarInputError, match="--rate"):
         compress_to_rate(spain_db, tmp_path / "x.sarz", target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_max_rmse_db_writes_the_smallest_file_within_the_error(tmp_path, spain_db, capsys):
+    """--max-rmse-db: the file's own reconstruction is within the target, and it is smaller than the rate point
+    that first met it at its own quantization; an unreachable or invalid target is exit 2 with nothing written."""
+    from sar_ae_core.codec import compress_raster, reconstruct_raster
+    from sar_ae_core.quality.assess import assess_rasters
+
+    out = tmp_path / "e.sarz"
+    assert main(["compress", str(spain_db), str(out), "--max-rmse-db", "1.5"]) == 0
+    assert "--max-rmse-db 1.5: RMSE" in capsys.readouterr().out
+    reconstruct_raster(out, tmp_path / "e.tif", units="db")
+    rmse = assess_rasters(spain_db, tmp_path / "e.tif")["rmse_db"]
+    assert rmse <= 1.5
+    plain = compress_raster(spain_db, tmp_path / "q2.sarz", model="sarae-q2")  # RMSE ~1.31 dB at gain 1
+    assert out.stat().st_size < 0.95 * plain["bytes"]
+    assert main(["compress", str(spain_db), str(tmp_path / "x.sarz"), "--max-rmse-db", "0.05"]) == 2
+    assert "reach" in capsys.readouterr().err and not (tmp_path / "x.sarz").exists()
+    assert main(["compress", str(spain_db), str(tmp_path / "y.sarz"), "--max-rmse-db", "-1"]) == 2
+    assert main(["compress", str(spain_db), str(tmp_path / "y.sarz"), "--max-rmse-db", "1", "--rate", "1"]) == 2
+    assert not (tmp_path / "y.sarz").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no work folder left
