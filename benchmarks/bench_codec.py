@@ -250,7 +250,7 @@ def run_speed(args) -> dict:
             subprocess.run([py, "-m", "sar_ae_core", "compress", str(src), str(sarz), "--model", name,
                             "--overwrite"], check=True, capture_output=True, env=env)
             target = sarz.stat().st_size
-            from sar_ae_core.codec import SarzFile
+            from sar_ae_core.coding.sarz import SarzFile
 
             with SarzFile(sarz) as f:
                 scaling = f.scaling

@@ -59,7 +59,8 @@ def main() -> None:
     from bench_models import stage_macs_per_pixel
     from bench_rd import split_scenes
 
-    from sar_ae_core.codec import SarzFile, compress_raster, reconstruct_raster
+    from sar_ae_core.codec import compress_raster, reconstruct_raster
+    from sar_ae_core.coding.sarz import SarzFile
     from sar_ae_core.quality.jpeg2000 import jpeg2000_twin
     from sar_ae_core.nn.model_io import load_bundle
 

@@ -229,7 +229,7 @@ def _done_item(job: dict, t0: float, status: str, nbytes: int, bpp: float, pixel
 
 def _verify_sarz(path: str):
     """The open SarzFile when `path` is a complete, valid `.sarz` (every chunk's checksum read), else raises."""
-    from sar_ae_core.codec import SarzFile
+    from sar_ae_core.coding.sarz import SarzFile
 
     f = SarzFile(path)
     try:
@@ -385,7 +385,8 @@ def reconstruct_one(job: dict) -> dict:
     o = job["options"]
     inp, out = job["input"], job["output"]
     try:
-        from sar_ae_core.codec import SarzFile, reconstruct_raster
+        from sar_ae_core.codec import reconstruct_raster
+        from sar_ae_core.coding.sarz import SarzFile
         from sar_ae_core.io.output import same_file
 
         if not os.path.exists(inp):

@@ -1,16 +1,15 @@
-"""Compress a SAR raster into a `.sarz` file and reconstruct a georeferenced GeoTIFF from it, streaming
-tile row by tile row so memory does not grow with the raster height (and only linearly with its width).
+"""compress / reconstruct / info: a SAR raster into a `.sarz` file and back into a georeferenced GeoTIFF,
+streaming tile row by tile row (memory grows only with the raster's width, through one row of tiles).
 
-Decoding is deterministic: every decode window runs alone (batch 1, fixed size) on the CPU by default,
-windows are blended in a fixed order, and the quantized latents are integers with float16 bounds.
-On the CPU every network call runs with ONE intra-op thread (oneDNN picks convolution algorithms, and so
-summation orders, by thread count) and the machine's cores work on different windows at once instead
-(`_Runner`): the bytes written and the pixels decoded do not depend on the number of threads.
+compress: read a strip (`tiling.read_strip`), run the encoder on fixed units of it, code the latents, masks and
+escapes of each tile into the container. reconstruct: decode the latent tiles a region needs (`coding.sarz`), run
+the decoder on fixed units with its halo (or blended windows for global-attention models), put the escapes back,
+write the GeoTIFF. Network calls run on `_Runner`'s threads, one thread each, on units fixed on the tile grid: the
+bytes written and the pixels decoded do not depend on the number of threads.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -21,35 +20,23 @@ import numpy as np
 
 from sar_ae_core import __version__
 from sar_ae_core.coding import escapes as esc
-from sar_ae_core.coding.container import ContainerReader, ContainerWriter
+from sar_ae_core.coding.container import ContainerWriter
 from sar_ae_core.errors import SarInputError
-from sar_ae_core.coding.latent_coding import UniformZstdCodec, codec_from_params, decode_mask, encode_mask
+from sar_ae_core.coding.latent_coding import UniformZstdCodec, codec_from_params, encode_mask
 from sar_ae_core.nn.model_config import decoder_halo_cells, encoder_halo_cells
 from sar_ae_core.nn.model_io import ModelBundle, load_bundle, ready_bundle
 from sar_ae_core.nn.runtime import threads as runtime_threads
 from sar_ae_core.defaults import HALO_PIXELS, SCALING_CHOICES, TILE
 from sar_ae_core.options import MAX_BATCH, MAX_TILE, choice_option, device_option, int_option
 from sar_ae_core.progress import Progress, ProgressFn
-from sar_ae_core.io.raster import AtomicOutput, Georef, GeoTiffWriter, Window, check_output_path, open_raster
-from sar_ae_core.coding.schema import validate_header
+from sar_ae_core.io.raster import AtomicOutput, GeoTiffWriter, Window, check_output_path, open_raster
 from sar_ae_core.scaling import ScalingParams, db_to_raw, output_dtype, output_nodata
-from sar_ae_core.tiling import TilePlan, blend_weights
+from sar_ae_core.coding.sarz import SHA_PREFIX, SarzFile, _chunk_id
+from sar_ae_core.scaling import choose_scaling
+from sar_ae_core.tiling import TilePlan, blend_weights, read_strip
 
 
 _OUT_COLS = 1024
-SHA_PREFIX = 16  # hex digits of the model SHA-256 stored in `.sarz` headers (64 bits: no accidental match)
-
-
-def _chunk_id(plan: TilePlan, bands: int, row: int, col: int, band: int, kind: int) -> int:
-    """Index of a chunk: tiles row-major, then bands, then (latent=0, mask=1)."""
-    return ((row * plan.tile_cols + col) * bands + band) * 2 + kind
-
-
-def _pad_to(block: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-    """Mirror-pad the last two axes (repeatedly for pads larger than the block)."""
-    if top or bottom or left or right:
-        block = np.pad(block, [(0, 0)] * (block.ndim - 2) + [(top, bottom), (left, right)], mode="symmetric")
-    return block
 
 
 @dataclass
@@ -163,7 +150,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                 job = None
                 if tr < plan.tile_rows:
                     t0 = time.perf_counter()
-                    strip, valid, y0, db = _read_strip(r, plan, scaling, tr, want_db=bool(step))
+                    strip, valid, y0, db = read_strip(r, plan, scaling, tr, want_db=bool(step))
                     timer.io += time.perf_counter() - t0
                     cached = latent_store.get(tr) if latent_store is not None else None
                     if cached is None:
@@ -277,45 +264,6 @@ def _choose_codec(name: str, bundle: ModelBundle, bits: int):
     raise SarInputError(None, f"unknown codec '{name}' (auto, uniform-zstd, factorized-range, hyperprior-range)")
 
 
-def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto", hist=None) -> tuple[ScalingParams, str]:
-    """The dB range to code a raster with, and why (see compress_raster); `hist`: the raster's dB histogram
-    when the caller has it (scaling.raster_histogram), else it is read."""
-    from sar_ae_core.scaling import fit_scaling, raster_histogram
-
-    if mode not in SCALING_CHOICES:
-        raise SarInputError(None, f"scaling must be auto, model or source (got '{mode}')")
-    if mode == "model":
-        return model_scaling, "the model's training range"
-    hist = hist if hist is not None else raster_histogram(r, model_scaling.noise_floor)
-    p1, p99 = hist.percentile(1), hist.percentile(99)
-    if not p99 > p1:  # a flat raster: a 1 dB range around its value
-        p1, p99 = p1 - 0.5, p1 + 0.5
-    quick = dataclasses.replace(model_scaling, vmin_db=p1, vmax_db=p99)
-    lo, hi = model_scaling.vmin_db - 1.0, model_scaling.vmax_db + 1.0
-    if mode == "auto" and lo <= quick.vmin_db and quick.vmax_db <= hi:
-        return model_scaling, "the model's training range (covers this raster's 1st-99th percentiles)"
-    span = model_scaling.vmax_db - model_scaling.vmin_db
-    if mode == "auto" and quick.vmax_db - quick.vmin_db <= span - 2.0:
-        # Uncalibrated data (GRD digital numbers, SLC amplitudes) is calibrated SAR shifted by a constant in dB:
-        # move the model's window onto it (centred on the 1st-99th percentiles) and keep its width, so the
-        # network sees the contrast it was trained on.
-        shift = (quick.vmin_db + quick.vmax_db) / 2 - (model_scaling.vmin_db + model_scaling.vmax_db) / 2
-        shifted = dataclasses.replace(model_scaling, vmin_db=model_scaling.vmin_db + shift,
-                                      vmax_db=model_scaling.vmax_db + shift, clip_method="fixed",
-                                      clip_low=model_scaling.vmin_db + shift, clip_high=model_scaling.vmax_db + shift,
-                                      fitted_on=[], pixels=0)
-        return shifted, (f"the model's {span:.1f} dB range shifted by {shift:+.2f} dB onto this raster (its "
-                         f"1st-99th percentiles [{quick.vmin_db:.1f}, {quick.vmax_db:.1f}] dB fall outside the "
-                         f"model's range [{model_scaling.vmin_db:.1f}, {model_scaling.vmax_db:.1f}] dB)")
-    fitted = fit_scaling([r], low=0.1, high=99.9, max_pixels_per_raster=4_000_000,
-                         noise_floor=model_scaling.noise_floor, flat_ok=True)
-    why = "fitted on this raster (0.1-99.9 percentiles)"
-    if mode == "auto":
-        why += (f": its 1st-99th percentiles [{quick.vmin_db:.1f}, {quick.vmax_db:.1f}] dB fall outside the "
-                f"model's range [{model_scaling.vmin_db:.1f}, {model_scaling.vmax_db:.1f}] dB")
-    return fitted, why
-
-
 def _json_nodata(v):
     if v is None:
         return None
@@ -354,33 +302,6 @@ def _code_tile_row(job, writer: ContainerWriter, codec, plan: TilePlan, scaling:
                 writer.add(encode_mask(m), "masks")
     timer.coding += time.perf_counter() - t0
     return n_valid, n_escaped
-
-
-def _read_strip(r, plan: TilePlan, scaling: ScalingParams, tr: int, want_db: bool = False):
-    """Scaled pixels and validity for the encode windows of tile row `tr`, mirror-padded past the edges.
-
-    Returns (scaled (bands, rows, cols), valid (bands, rows, cols), y0, db) where row 0 of the strip is raster
-    row y0 and column 0 is raster column −halo; `db` (with `want_db`) holds the dB values (float32) of the
-    raster rows the tile row owns, unpadded, for the escapes."""
-    h, tile = plan.halo, plan.tile
-    y0, y1 = tr * tile - h, (tr + 1) * tile + h
-    x0, x1 = -h, plan.tile_cols * tile + h
-    ry0, ry1 = max(y0, 0), min(y1, plan.height)
-    raw = r.read(Window(0, ry0, plan.width, ry1 - ry0))
-    scaled, valid, db_all = scaling.forward_db(raw, r.units, r.nodata)
-    db = None
-    if want_db:
-        c0, c1 = tr * tile - ry0, min((tr + 1) * tile, plan.height) - ry0
-        db = db_all[:, c0:c1].astype(np.float32)
-    del db_all
-    # Fill invalid pixels with the strip's mean valid value: fewer bits than a hard 0 edge.
-    for b in range(scaled.shape[0]):
-        v = valid[b]
-        fill = float(scaled[b][v].mean()) if v.any() else 0.5
-        scaled[b][~v] = fill
-    scaled = _pad_to(scaled, ry0 - y0, y1 - ry1, -x0, x1 - plan.width)
-    valid = np.pad(valid, [(0, 0), (ry0 - y0, y1 - ry1), (-x0, x1 - plan.width)], constant_values=False)
-    return scaled, valid, y0, db
 
 
 def _tile_db(db: np.ndarray, plan: TilePlan, tr: int, tc: int) -> np.ndarray:
@@ -510,106 +431,6 @@ def _tile_mask(valid: np.ndarray, plan: TilePlan, tr: int, tc: int, y0: int) -> 
 # ------------------------------------------------------------------------------------------------
 # Reconstruct
 # ------------------------------------------------------------------------------------------------
-class SarzFile:
-    """An open `.sarz` file: header facts and access to the latent and mask tiles it stores."""
-
-    def __init__(self, path: str | os.PathLike):
-        from sar_ae_core.io.remote import open_container  # a local path or a URL (http(s) range requests, fsspec)
-
-        self.reader = open_container(path)
-        self.path = self.reader.path
-        h = self.reader.header
-        try:
-            validate_header(h, self.path)
-        except BaseException:
-            self.close()
-            raise
-        try:
-            self.plan = TilePlan.from_dict(h["tiling"])
-            self.scaling = ScalingParams.from_dict(h["scaling"])
-            self.source = h["source"]
-            self.georef = Georef.from_dict(h["georef"])
-            self.model_name = h["model"]["name"]
-            self.model_sha = str(h["model"]["sha256"]).lower()
-            if len(self.model_sha) < SHA_PREFIX or any(ch not in "0123456789abcdef" for ch in self.model_sha):
-                raise ValueError(f"model sha256 {self.model_sha!r} is not a hex digest of >= {SHA_PREFIX} digits")
-            self.latent_channels = int(h["model"]["config"]["latent_channels"])
-            self.bands = len(self.source["bands"])
-            mask = h.get("mask") or {"id": esc.MASK_ID}
-            self.mask_id = mask["id"]
-            if self.mask_id not in (esc.MASK_ID, esc.ESCAPE_MASK_ID):
-                raise ValueError(f"mask id {self.mask_id!r} is unknown")
-            self.escape_step = float(mask["step_db"]) if self.mask_id == esc.ESCAPE_MASK_ID else 0.0
-            self.escape_above = float(mask.get("above_db", self.scaling.vmax_db))
-            if self.mask_id == esc.ESCAPE_MASK_ID and not (0 < self.escape_step <= esc.MAX_STEP_DB and
-                                                           self.scaling.vmin_db < self.escape_above <= self.scaling.vmax_db + 1e-6):
-                raise ValueError(f"escape step {self.escape_step} dB or bound {self.escape_above} dB is out of range")
-        except (KeyError, TypeError, ValueError) as exc:
-            self.close()
-            raise SarInputError(self.path, f"header is incomplete ({exc})") from None
-        self.codec = None
-        expected = self.plan.tile_rows * self.plan.tile_cols * self.bands * 2
-        if self.reader.chunk_count != expected:
-            self.close()
-            raise SarInputError(self.path, f"has {self.reader.chunk_count} chunks, the header implies {expected} "
-                                           "(file is damaged)")
-
-    @property
-    def header(self) -> dict:
-        return self.reader.header
-
-    def attach(self, bundle: ModelBundle) -> None:
-        """Set up latent decoding with the file's model (whose SHA-256 the caller has checked)."""
-        if bundle.config.latent_channels != self.latent_channels:
-            raise SarInputError(self.path, f"header says {self.latent_channels} latent channels, model "
-                                           f"'{bundle.name}' has {bundle.config.latent_channels} (file is damaged)")
-        try:
-            self.codec = codec_from_params(self.header["codec"], bundle.tables)
-        except KeyError:
-            raise SarInputError(self.path, f"made with latent codec '{self.header['codec'].get('id')}' which this "
-                                           "version cannot decode; please upgrade") from None
-        except ValueError as exc:
-            raise SarInputError(self.path, f"cannot set up latent decoding: {exc}") from None
-
-    def latent_tile(self, row: int, col: int, band: int) -> np.ndarray:
-        """Dequantized latent cells of one tile (C, h, w)."""
-        r0, r1, c0, c1 = self.plan.tile_cells(row, col)
-        payload = self.reader.chunk(_chunk_id(self.plan, self.bands, row, col, band, 0))
-        try:
-            return self.codec.decode(payload, (self.latent_channels, r1 - r0, c1 - c0))
-        except Exception as exc:  # noqa: BLE001 - any decoding failure means a damaged chunk
-            raise SarInputError(self.path, f"latent tile ({row}, {col}) band {band + 1} cannot be decoded "
-                                           f"({exc})") from None
-
-    def mask_and_escapes(self, row: int, col: int, band: int):
-        """(validity, escaped dB values as a float32 tile with NaN elsewhere, or None) of one tile."""
-        p = self.plan
-        shape = (min((row + 1) * p.tile, p.height) - row * p.tile, min((col + 1) * p.tile, p.width) - col * p.tile)
-        payload = self.reader.chunk(_chunk_id(p, self.bands, row, col, band, 1))
-        try:
-            if self.mask_id == esc.MASK_ID:
-                return decode_mask(payload, shape), None
-            valid, frame = esc.split_mask_chunk(payload, shape)
-            if not frame:
-                return valid, None
-            flat, db = esc.decode_escapes(frame, shape, self.scaling.vmin_db, self.escape_above, self.escape_step)
-            out = np.full(shape[0] * shape[1], np.nan, np.float32)
-            out[flat] = db
-            return valid, out.reshape(shape)
-        except Exception as exc:  # noqa: BLE001
-            raise SarInputError(self.path, f"mask tile ({row}, {col}) cannot be decoded ({exc})") from None
-
-    def close(self) -> None:
-        """Close the file."""
-        self.reader.close()
-
-    def __enter__(self) -> "SarzFile":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def sarz_info(path: str | os.PathLike) -> dict:
     """Header and rate facts of a `.sarz` file (bits per pixel from the file's bytes)."""
     with SarzFile(path) as f:

@@ -6,7 +6,7 @@ rasterio or zstandard import in QGIS's Python."""
 #: units of pixel values (scaling.UNITS) and the choices a user has (plus "auto")
 UNITS = ("linear", "amplitude", "db", "complex")
 UNIT_CHOICES = ("auto",) + UNITS
-#: how the dB range of a raster is chosen (codec.choose_scaling)
+#: how the dB range of a raster is chosen (scaling.choose_scaling)
 SCALING_CHOICES = ("auto", "model", "source")
 #: latent codec ids stored in `.sarz` headers (latent_coding.codec_from_params reads them)
 CODEC_IDS = ("uniform-zstd", "factorized-range", "hyperprior-range")

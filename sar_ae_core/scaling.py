@@ -6,6 +6,7 @@ as a `ScalingParams`, with every model and every compressed file, so inference n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,6 +15,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from sar_ae_core.defaults import SCALING_CHOICES
 from sar_ae_core.errors import SarInputError
 from sar_ae_core.io.raster import UNITS, SarRaster, open_raster
 
@@ -345,3 +347,40 @@ def describe_raster(raster: SarRaster, noise_floor: float = 1e-10, block: int = 
 
 __all__ = ["ScalingParams", "fit_scaling", "valid_mask", "raw_to_db", "db_to_raw", "db_to_intensity",
            "describe_raster", "DbHistogram", "UNITS"]
+
+
+def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto", hist=None) -> tuple[ScalingParams, str]:
+    """The dB range to code a raster with, and why (see compress_raster); `hist`: the raster's dB histogram
+    when the caller has it (scaling.raster_histogram), else it is read."""
+    if mode not in SCALING_CHOICES:
+        raise SarInputError(None, f"scaling must be auto, model or source (got '{mode}')")
+    if mode == "model":
+        return model_scaling, "the model's training range"
+    hist = hist if hist is not None else raster_histogram(r, model_scaling.noise_floor)
+    p1, p99 = hist.percentile(1), hist.percentile(99)
+    if not p99 > p1:  # a flat raster: a 1 dB range around its value
+        p1, p99 = p1 - 0.5, p1 + 0.5
+    quick = dataclasses.replace(model_scaling, vmin_db=p1, vmax_db=p99)
+    lo, hi = model_scaling.vmin_db - 1.0, model_scaling.vmax_db + 1.0
+    if mode == "auto" and lo <= quick.vmin_db and quick.vmax_db <= hi:
+        return model_scaling, "the model's training range (covers this raster's 1st-99th percentiles)"
+    span = model_scaling.vmax_db - model_scaling.vmin_db
+    if mode == "auto" and quick.vmax_db - quick.vmin_db <= span - 2.0:
+        # Uncalibrated data (GRD digital numbers, SLC amplitudes) is calibrated SAR shifted by a constant in dB:
+        # move the model's window onto it (centred on the 1st-99th percentiles) and keep its width, so the
+        # network sees the contrast it was trained on.
+        shift = (quick.vmin_db + quick.vmax_db) / 2 - (model_scaling.vmin_db + model_scaling.vmax_db) / 2
+        shifted = dataclasses.replace(model_scaling, vmin_db=model_scaling.vmin_db + shift,
+                                      vmax_db=model_scaling.vmax_db + shift, clip_method="fixed",
+                                      clip_low=model_scaling.vmin_db + shift, clip_high=model_scaling.vmax_db + shift,
+                                      fitted_on=[], pixels=0)
+        return shifted, (f"the model's {span:.1f} dB range shifted by {shift:+.2f} dB onto this raster (its "
+                         f"1st-99th percentiles [{quick.vmin_db:.1f}, {quick.vmax_db:.1f}] dB fall outside the "
+                         f"model's range [{model_scaling.vmin_db:.1f}, {model_scaling.vmax_db:.1f}] dB)")
+    fitted = fit_scaling([r], low=0.1, high=99.9, max_pixels_per_raster=4_000_000,
+                         noise_floor=model_scaling.noise_floor, flat_ok=True)
+    why = "fitted on this raster (0.1-99.9 percentiles)"
+    if mode == "auto":
+        why += (f": its 1st-99th percentiles [{quick.vmin_db:.1f}, {quick.vmax_db:.1f}] dB fall outside the "
+                f"model's range [{model_scaling.vmin_db:.1f}, {model_scaling.vmax_db:.1f}] dB")
+    return fitted, why

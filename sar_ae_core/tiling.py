@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from sar_ae_core.defaults import TILE
+from sar_ae_core.io.raster import Window
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sar_ae_core.scaling import ScalingParams
 
 
 @dataclass(frozen=True)
@@ -117,3 +121,37 @@ def blend_weights(plan: TilePlan) -> np.ndarray:
     """2-D cosine blend weights of one decode window (window_pixels²): ramps span the overlap with neighbours."""
     w = cosine_ramp(plan.window_pixels, 2 * plan.halo)
     return np.outer(w, w)
+
+
+def _pad_to(block: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """Mirror-pad the last two axes (repeatedly for pads larger than the block)."""
+    if top or bottom or left or right:
+        block = np.pad(block, [(0, 0)] * (block.ndim - 2) + [(top, bottom), (left, right)], mode="symmetric")
+    return block
+
+
+def read_strip(r, plan: TilePlan, scaling: "ScalingParams", tr: int, want_db: bool = False):
+    """Scaled pixels and validity for the encode windows of tile row `tr`, mirror-padded past the edges.
+
+    Returns (scaled (bands, rows, cols), valid (bands, rows, cols), y0, db) where row 0 of the strip is raster
+    row y0 and column 0 is raster column −halo; `db` (with `want_db`) holds the dB values (float32) of the
+    raster rows the tile row owns, unpadded, for the escapes."""
+    h, tile = plan.halo, plan.tile
+    y0, y1 = tr * tile - h, (tr + 1) * tile + h
+    x0, x1 = -h, plan.tile_cols * tile + h
+    ry0, ry1 = max(y0, 0), min(y1, plan.height)
+    raw = r.read(Window(0, ry0, plan.width, ry1 - ry0))
+    scaled, valid, db_all = scaling.forward_db(raw, r.units, r.nodata)
+    db = None
+    if want_db:
+        c0, c1 = tr * tile - ry0, min((tr + 1) * tile, plan.height) - ry0
+        db = db_all[:, c0:c1].astype(np.float32)
+    del db_all
+    # Fill invalid pixels with the strip's mean valid value: fewer bits than a hard 0 edge.
+    for b in range(scaled.shape[0]):
+        v = valid[b]
+        fill = float(scaled[b][v].mean()) if v.any() else 0.5
+        scaled[b][~v] = fill
+    scaled = _pad_to(scaled, ry0 - y0, y1 - ry1, -x0, x1 - plan.width)
+    valid = np.pad(valid, [(0, 0), (ry0 - y0, y1 - ry1), (-x0, x1 - plan.width)], constant_values=False)
+    return scaled, valid, y0, db

@@ -344,7 +344,7 @@ def test_auto_scaling_shifts_the_model_range_onto_uncalibrated_data(tmp_path, de
     """GRD digital numbers are calibrated backscatter shifted by a constant in dB: 'auto' moves the model's window
     onto them and keeps its width (the contrast the network was trained on); a raster wider than the window gets a
     range fitted on itself; calibrated data keeps the model's range."""
-    from sar_ae_core.codec import choose_scaling
+    from sar_ae_core.scaling import choose_scaling
     from sar_ae_core.nn.model_io import load_bundle
     from sar_ae_core.io.raster import open_raster
     from sar_ae_core.scaling import fit_scaling

@@ -155,7 +155,7 @@ def test_encode_decode_is_bit_exact_across_runs_and_thread_counts(rd_run, spain_
             outs.append(ds.read())
     assert all(o.tobytes() == outs[0].tobytes() for o in outs)
     # the integer latents decoded from the file are exactly what the encoder rounded (lossless range coding)
-    from sar_ae_core.codec import SarzFile
+    from sar_ae_core.coding.sarz import SarzFile
 
     b = load_bundle(bundle)
     with SarzFile(sarz[0]) as f:

@@ -121,13 +121,13 @@ def choose_window(db: np.ndarray, valid: np.ndarray, model: ScalingParams, cfg: 
 # ------------------------------------------------------------------------------------------------
 class AutoScaledPatchDataset(SarPatchDataset):
     """Untouched patches, each raster scaled to [0, 1] with the dB window the codec's `--scaling auto` chooses
-    for it (sar_ae_core.codec.choose_scaling: the model's range, shifted onto uncalibrated rasters, or fitted on
+    for it (sar_ae_core.scaling.choose_scaling: the model's range, shifted onto uncalibrated rasters, or fitted on
     the raster): validation and test see real rasters as the codec will, and the quality filter judges each
     patch in that window (in the model's fixed window a DN or 8-bit amplitude raster is one clipped value)."""
 
     def __init__(self, sources: Sequence[PatchSource], scaling: ScalingParams, size: int, stride: int, quality,
                  augment: bool = False, scaling_mode: str = "auto"):
-        from sar_ae_core.codec import choose_scaling
+        from sar_ae_core.scaling import choose_scaling
         from sar_ae_core.io.raster import open_raster
 
         self.source_scaling = []

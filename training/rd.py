@@ -18,7 +18,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from sar_ae_core.codec import SarzFile, _chunk_id, compress_raster, reconstruct_raster, sarz_info
+from sar_ae_core.codec import compress_raster, reconstruct_raster, sarz_info
+from sar_ae_core.coding.sarz import SarzFile, _chunk_id
 from sar_ae_core.nn.model_io import ModelBundle, load_bundle
 
 MEASURE_KEYS = ("psnr", "ssim", "enl_ratio", "epi", "rmse_db")

@@ -16,7 +16,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from sar_ae_core.codec import _read_strip, choose_scaling
+from sar_ae_core.scaling import choose_scaling
+from sar_ae_core.tiling import read_strip
 from sar_ae_core.errors import SarInputError
 from sar_ae_core.nn.model_io import ModelBundle, ready_bundle
 from sar_ae_core.progress import Progress, ProgressFn
@@ -67,7 +68,7 @@ def attention_map_raster(input_path: str | os.PathLike, output_path: str | os.Pa
                            band_names=[f"attention {name}"], tags=tags, overwrite=overwrite,
                            inputs=(input_path,)) as w:
             for tr in range(plan.tile_rows):
-                strip, valid, y0, _ = _read_strip(r, plan, params, tr)
+                strip, valid, y0, _ = read_strip(r, plan, params, tr)
                 wy0 = tr * tile - h
                 grow = wy0 + wp - acc_y0 - num.shape[0]
                 if grow > 0:

@@ -74,7 +74,8 @@ def bit_allocation_raster(input_path: str | os.PathLike, output_path: str | os.P
                           model: Optional[str] = None, overwrite: bool = False,
                           progress: Optional[ProgressFn] = None) -> dict:
     """Write the bits-per-pixel map of a `.sarz` file (one band per coded band) as a GeoTIFF on its grid."""
-    from sar_ae_core.codec import SarzFile, _bundle_for
+    from sar_ae_core.codec import _bundle_for
+    from sar_ae_core.coding.sarz import SarzFile
     from sar_ae_core.io.output import check_output_path
     from sar_ae_core.io.raster import GeoTiffWriter
 

@@ -1,0 +1,127 @@
+"""An open `.sarz` file: the header facts (checked against the schema) and the latent and mask tiles it stores,
+decoded on demand through the file's latent codec; from a local path or a URL."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sar_ae_core.coding import escapes as esc
+from sar_ae_core.coding.latent_coding import codec_from_params, decode_mask
+from sar_ae_core.coding.schema import validate_header
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.io.raster import Georef
+from sar_ae_core.scaling import ScalingParams
+from sar_ae_core.tiling import TilePlan
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sar_ae_core.nn.model_io import ModelBundle
+
+SHA_PREFIX = 16  # hex digits of the model SHA-256 stored in `.sarz` headers (64 bits: no accidental match)
+
+
+def _chunk_id(plan: TilePlan, bands: int, row: int, col: int, band: int, kind: int) -> int:
+    """Index of a chunk: tiles row-major, then bands, then (latent=0, mask=1)."""
+    return ((row * plan.tile_cols + col) * bands + band) * 2 + kind
+
+
+class SarzFile:
+    """An open `.sarz` file: header facts and access to the latent and mask tiles it stores."""
+
+    def __init__(self, path: str | os.PathLike):
+        from sar_ae_core.io.remote import open_container  # a local path or a URL (http(s) range requests, fsspec)
+
+        self.reader = open_container(path)
+        self.path = self.reader.path
+        h = self.reader.header
+        try:
+            validate_header(h, self.path)
+        except BaseException:
+            self.close()
+            raise
+        try:
+            self.plan = TilePlan.from_dict(h["tiling"])
+            self.scaling = ScalingParams.from_dict(h["scaling"])
+            self.source = h["source"]
+            self.georef = Georef.from_dict(h["georef"])
+            self.model_name = h["model"]["name"]
+            self.model_sha = str(h["model"]["sha256"]).lower()
+            if len(self.model_sha) < SHA_PREFIX or any(ch not in "0123456789abcdef" for ch in self.model_sha):
+                raise ValueError(f"model sha256 {self.model_sha!r} is not a hex digest of >= {SHA_PREFIX} digits")
+            self.latent_channels = int(h["model"]["config"]["latent_channels"])
+            self.bands = len(self.source["bands"])
+            mask = h.get("mask") or {"id": esc.MASK_ID}
+            self.mask_id = mask["id"]
+            if self.mask_id not in (esc.MASK_ID, esc.ESCAPE_MASK_ID):
+                raise ValueError(f"mask id {self.mask_id!r} is unknown")
+            self.escape_step = float(mask["step_db"]) if self.mask_id == esc.ESCAPE_MASK_ID else 0.0
+            self.escape_above = float(mask.get("above_db", self.scaling.vmax_db))
+            if self.mask_id == esc.ESCAPE_MASK_ID and not (0 < self.escape_step <= esc.MAX_STEP_DB and
+                                                           self.scaling.vmin_db < self.escape_above <= self.scaling.vmax_db + 1e-6):
+                raise ValueError(f"escape step {self.escape_step} dB or bound {self.escape_above} dB is out of range")
+        except (KeyError, TypeError, ValueError) as exc:
+            self.close()
+            raise SarInputError(self.path, f"header is incomplete ({exc})") from None
+        self.codec = None
+        expected = self.plan.tile_rows * self.plan.tile_cols * self.bands * 2
+        if self.reader.chunk_count != expected:
+            self.close()
+            raise SarInputError(self.path, f"has {self.reader.chunk_count} chunks, the header implies {expected} "
+                                           "(file is damaged)")
+
+    @property
+    def header(self) -> dict:
+        return self.reader.header
+
+    def attach(self, bundle: ModelBundle) -> None:
+        """Set up latent decoding with the file's model (whose SHA-256 the caller has checked)."""
+        if bundle.config.latent_channels != self.latent_channels:
+            raise SarInputError(self.path, f"header says {self.latent_channels} latent channels, model "
+                                           f"'{bundle.name}' has {bundle.config.latent_channels} (file is damaged)")
+        try:
+            self.codec = codec_from_params(self.header["codec"], bundle.tables)
+        except KeyError:
+            raise SarInputError(self.path, f"made with latent codec '{self.header['codec'].get('id')}' which this "
+                                           "version cannot decode; please upgrade") from None
+        except ValueError as exc:
+            raise SarInputError(self.path, f"cannot set up latent decoding: {exc}") from None
+
+    def latent_tile(self, row: int, col: int, band: int) -> np.ndarray:
+        """Dequantized latent cells of one tile (C, h, w)."""
+        r0, r1, c0, c1 = self.plan.tile_cells(row, col)
+        payload = self.reader.chunk(_chunk_id(self.plan, self.bands, row, col, band, 0))
+        try:
+            return self.codec.decode(payload, (self.latent_channels, r1 - r0, c1 - c0))
+        except Exception as exc:  # noqa: BLE001 - any decoding failure means a damaged chunk
+            raise SarInputError(self.path, f"latent tile ({row}, {col}) band {band + 1} cannot be decoded "
+                                           f"({exc})") from None
+
+    def mask_and_escapes(self, row: int, col: int, band: int):
+        """(validity, escaped dB values as a float32 tile with NaN elsewhere, or None) of one tile."""
+        p = self.plan
+        shape = (min((row + 1) * p.tile, p.height) - row * p.tile, min((col + 1) * p.tile, p.width) - col * p.tile)
+        payload = self.reader.chunk(_chunk_id(p, self.bands, row, col, band, 1))
+        try:
+            if self.mask_id == esc.MASK_ID:
+                return decode_mask(payload, shape), None
+            valid, frame = esc.split_mask_chunk(payload, shape)
+            if not frame:
+                return valid, None
+            flat, db = esc.decode_escapes(frame, shape, self.scaling.vmin_db, self.escape_above, self.escape_step)
+            out = np.full(shape[0] * shape[1], np.nan, np.float32)
+            out[flat] = db
+            return valid, out.reshape(shape)
+        except Exception as exc:  # noqa: BLE001
+            raise SarInputError(self.path, f"mask tile ({row}, {col}) cannot be decoded ({exc})") from None
+
+    def close(self) -> None:
+        """Close the file."""
+        self.reader.close()
+
+    def __enter__(self) -> "SarzFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
