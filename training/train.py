@@ -324,9 +324,7 @@ class Trainer:
             for name, p in ae.named_parameters():
                 p.requires_grad_(name.startswith("decoder."))
         params: list = [p for p in ae.parameters() if p.requires_grad]
-        if frozen:
-            pass
-        elif getattr(ae, "entropy", None) is not None and cfg.optim.prior_lr_mult != 1.0:
+        if not frozen and getattr(ae, "entropy", None) is not None and cfg.optim.prior_lr_mult != 1.0:
             density = getattr(ae.entropy, "z_prior", ae.entropy)  # hyperprior: only its factorized density
             prior_ids = {id(p) for p in density.parameters()}
             params = [{"params": [p for p in ae.parameters() if id(p) not in prior_ids]},

@@ -33,7 +33,8 @@ def attention_map_raster(input_path: str | os.PathLike, output_path: str | os.Pa
     """Write the mean spatial attention of a model over one band of a raster as a float32 GeoTIFF in [0, 1].
 
     The raster is scaled as compress_raster would scale it (`scaling` as there), so the map shows what
-    the encoder attends to when this raster is compressed."""
+    the encoder attends to when this raster is compressed. `batch_size` is kept for callers: the windows are
+    whole tile rows now, one call each."""
     t_start = time.perf_counter()
     check_output_path(output_path, overwrite, (input_path,))
     prog = Progress(progress)
