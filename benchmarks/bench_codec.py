@@ -213,7 +213,8 @@ def _in_process(src: Path, sarz: Path, u16: Path, jp2_q: float, ht_level: float,
     imagecodecs.htj2k_decode(blob)
     out["htj2k_decode_s"] = time.perf_counter() - t
     prof.update(driver="JP2OpenJPEG", QUALITY=f"{jp2_q:.4f}", REVERSIBLE="NO")
-    prof.pop("tiled", None), prof.pop("blockxsize", None), prof.pop("blockysize", None), prof.pop("interleave", None)
+    for key in ("tiled", "blockxsize", "blockysize", "interleave"):  # GTiff layout options JP2OpenJPEG refuses
+        prof.pop(key, None)
     with MemoryFile() as mem:
         t = time.perf_counter()
         with mem.open(**prof) as w:

@@ -21,18 +21,17 @@ import numpy as np
 from sar_ae_core import __version__
 from sar_ae_core.coding import escapes as esc
 from sar_ae_core.coding.container import ContainerWriter
-from sar_ae_core.errors import SarInputError
 from sar_ae_core.coding.latent_coding import UniformZstdCodec, codec_from_params, encode_mask
+from sar_ae_core.coding.sarz import SHA_PREFIX, SarzFile, _chunk_id
+from sar_ae_core.defaults import HALO_PIXELS, SCALING_CHOICES, TILE
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.io.raster import AtomicOutput, GeoTiffWriter, Window, check_output_path, open_raster
 from sar_ae_core.nn.model_config import decoder_halo_cells, encoder_halo_cells
 from sar_ae_core.nn.model_io import ModelBundle, load_bundle, ready_bundle
 from sar_ae_core.nn.runtime import threads as runtime_threads
-from sar_ae_core.defaults import HALO_PIXELS, SCALING_CHOICES, TILE
 from sar_ae_core.options import MAX_BATCH, MAX_TILE, choice_option, device_option, int_option
 from sar_ae_core.progress import Progress, ProgressFn
-from sar_ae_core.io.raster import AtomicOutput, GeoTiffWriter, Window, check_output_path, open_raster
-from sar_ae_core.scaling import ScalingParams, db_to_raw, output_dtype, output_nodata
-from sar_ae_core.coding.sarz import SHA_PREFIX, SarzFile, _chunk_id
-from sar_ae_core.scaling import choose_scaling
+from sar_ae_core.scaling import ScalingParams, choose_scaling, db_to_raw, output_dtype, output_nodata
 from sar_ae_core.tiling import TilePlan, blend_weights, read_strip
 
 

@@ -139,9 +139,7 @@ def read_runtime_bundle(path: Path) -> tuple[dict, bytes, bytes]:
 
 def choose_runtime(runtime: str, pt_path: Optional[Path], zip_path: Optional[Path], device: str) -> str:
     """'onnx' or 'torch' for a model that has a `.pt` and/or a runtime bundle, on `device`."""
-    from sar_ae_core.options import choice_option
-
-    from sar_ae_core.options import device_option
+    from sar_ae_core.options import choice_option, device_option
 
     runtime = choice_option("--runtime", runtime, RUNTIMES)
     device = device_option(device)
