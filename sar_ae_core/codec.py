@@ -23,7 +23,7 @@ from sar_ae_core.coding import escapes as esc
 from sar_ae_core.coding.container import ContainerWriter
 from sar_ae_core.coding.latent_coding import UniformZstdCodec, codec_from_params, encode_mask
 from sar_ae_core.coding.sarz import SHA_PREFIX, SarzFile, _chunk_id
-from sar_ae_core.defaults import HALO_PIXELS, SCALING_CHOICES, TILE
+from sar_ae_core.defaults import CODEC_IDS, HALO_PIXELS, SCALING_CHOICES, TILE
 from sar_ae_core.errors import SarInputError
 from sar_ae_core.io.raster import AtomicOutput, GeoTiffWriter, Window, check_output_path, open_raster
 from sar_ae_core.nn.model_config import decoder_halo_cells, encoder_halo_cells
@@ -94,7 +94,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     if gain != 1.0:
         from sar_ae_core.coding.latent_coding import MAX_GAIN, MIN_GAIN
 
-        if type(codec).__name__ != "FactorizedRangeCodec":
+        if type(codec).__name__ != "FactorizedRangeCodec":  # either factorized-range id
             raise SarInputError(None, "a quantization gain needs a model with a factorized entropy model")
         if not MIN_GAIN <= float(gain) <= MAX_GAIN:
             raise SarInputError(None, f"quantization gain must be in [{MIN_GAIN}, {MAX_GAIN}] (got {gain})")
@@ -153,8 +153,8 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                     timer.io += time.perf_counter() - t0
                     cached = latent_store.get(tr) if latent_store is not None else None
                     if cached is None:
-                        waits = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner, exact)
-                                 for b in range(r.count)]
+                        waits = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner, exact,
+                                               skip=getattr(codec, "skip", None)) for b in range(r.count)]
                         finish = (lambda waits=waits: [w() for w in waits])
                     else:
                         finish = (lambda cached=cached: cached)
@@ -247,20 +247,27 @@ class LatentStore:
 
 
 def _choose_codec(name: str, bundle: ModelBundle, bits: int):
-    """'auto': the model's learned entropy coder when it has one, else uniform quantization + zstd."""
+    """'auto': the model's learned entropy coder when it has one (factorized: without its inactive channels,
+    'factorized-range-active'), else uniform quantization + zstd."""
     coded = None if bundle.tables is None else (
         "hyperprior-range" if getattr(bundle.tables, "kind", "") == "hyperprior" else "factorized-range")
     if name == "auto":
         name = coded or UniformZstdCodec.id
+        if name == "factorized-range" and bundle.tables.inactive().any():
+            name = "factorized-range-active"
     if name == UniformZstdCodec.id:
         return UniformZstdCodec(bits=bits)
-    if name in ("factorized-range", "hyperprior-range"):
-        if bundle.tables is not None and name != coded:
+    if name in ("factorized-range", "factorized-range-active", "hyperprior-range"):
+        family = "factorized-range" if name == "factorized-range-active" else name
+        if bundle.tables is not None and family != coded:
             raise SarInputError(bundle.path, f"model '{bundle.name}' codes its latents with {coded}, not {name}")
         if bundle.tables is None:
             raise SarInputError(bundle.path, f"model '{bundle.name}' has no entropy model; use --codec uniform-zstd")
+        if name == "factorized-range-active" and not bundle.tables.inactive().any():
+            raise SarInputError(bundle.path, f"model '{bundle.name}' has no inactive latent channels; use "
+                                             "--codec factorized-range")
         return codec_from_params({"id": name}, bundle.tables)
-    raise SarInputError(None, f"unknown codec '{name}' (auto, uniform-zstd, factorized-range, hyperprior-range)")
+    raise SarInputError(None, f"unknown codec '{name}' (auto, {', '.join(CODEC_IDS)})")
 
 
 def _json_nodata(v):
@@ -380,19 +387,24 @@ ENCODE_UNIT_PIXELS = 1024
 
 
 def _encode_strip(bundle: ModelBundle, plan: TilePlan, strip: np.ndarray, tr: int, dev: str, batch_size: int,
-                  timer, runner: "_Runner", exact: bool = False) -> list:
+                  timer, runner: "_Runner", exact: bool = False, skip: Optional[np.ndarray] = None) -> list:
     """Latent cells of every tile in tile row `tr`. `exact` (the halo covers the encoder's receptive field): the
     strip is encoded in units of ENCODE_UNIT_PIXELS columns plus the halo, fixed on the tile grid, and each tile's
     cells are cut from its unit — no window overlap beyond the receptive field. Otherwise each tile is encoded
     from its own window with halo. On the CPU every unit or window is its own call (results independent of the
-    thread count); on CUDA windows go in batches. Returns a function that waits for the network and returns the
-    latents, so that the caller can code the previous tile row meanwhile."""
+    thread count); on CUDA windows go in batches. `skip`: the latent channels the codec leaves out (the runtime need
+    not compute them). Returns a function that waits for the network and returns the latents, so that the caller
+    can code the previous tile row meanwhile."""
     wp, tile, hc = plan.window_pixels, plan.tile, plan.halo_cells
+
+    def encode(x):
+        return bundle.nets.encode(x, skip=skip)
+
     if exact:
         k = max(1, ENCODE_UNIT_PIXELS // tile)
         starts = list(range(0, plan.tile_cols, k))
         units = [strip[None, None, :, u * tile: min(u + k, plan.tile_cols) * tile + 2 * plan.halo] for u in starts]
-        wait = runner.submit(bundle.nets.encode, units)
+        wait = runner.submit(encode, units)
 
         def finish() -> list:
             out = []
@@ -407,7 +419,7 @@ def _encode_strip(bundle: ModelBundle, plan: TilePlan, strip: np.ndarray, tr: in
     windows = [strip[:, tc * tile: tc * tile + wp] for tc in range(plan.tile_cols)]
     step = batch_size if dev != "cpu" else 1
     batches = [np.stack(windows[i:i + step])[:, None] for i in range(0, len(windows), step)]
-    wait = runner.submit(bundle.nets.encode, batches)
+    wait = runner.submit(encode, batches)
 
     def finish() -> list:
         out = []
@@ -652,7 +664,9 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
         if any(map(any, pads)):
             lat = np.pad(lat, pads, mode="edge")
         timer.coding += time.perf_counter() - t0
-        return tr, u, hr0, c0, c1, hc0, runner.submit(lambda x: bundle.nets.decode(x[None])[0, 0], [lat])
+        # only the unit's centre is kept (`halo` cells inside): the runtime may leave out the inactive channels
+        return tr, u, hr0, c0, c1, hc0, runner.submit(lambda x: bundle.nets.decode(x[None], trimmed=True)[0, 0],
+                                                      [lat])
 
     def finish(job) -> None:
         """Cut, mask, convert and write one decoded unit."""

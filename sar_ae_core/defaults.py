@@ -9,7 +9,7 @@ UNIT_CHOICES = ("auto",) + UNITS
 #: how the dB range of a raster is chosen (scaling.choose_scaling)
 SCALING_CHOICES = ("auto", "model", "source")
 #: latent codec ids stored in `.sarz` headers (latent_coding.codec_from_params reads them)
-CODEC_IDS = ("uniform-zstd", "factorized-range", "hyperprior-range")
+CODEC_IDS = ("uniform-zstd", "factorized-range", "factorized-range-active", "hyperprior-range")
 #: output units of reconstruct
 OUTPUT_UNITS = ("source", "db")
 #: the bundled default model and the bundled model with spatial attention

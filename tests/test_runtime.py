@@ -169,3 +169,47 @@ def test_qgis_compress_and_reconstruct_run_without_torch(tmp_path, scene, no_tor
     with rasterio.open(scene) as a, rasterio.open(tif) as b:
         assert (b.crs, b.transform, b.shape) == (a.crs, a.transform, a.shape)
         assert np.sqrt(np.mean((a.read(1).astype(float) - b.read(1).astype(float)) ** 2)) < 2.0
+
+
+def test_the_active_channel_networks_compute_what_the_full_ones_compute():
+    """The bundled model ships the networks on its active latent channels; the encoder's active channels are the
+    full encoder's, and inside the decoder halo the decoder on the active channels (inactive ones folded into the
+    first bias) gives the full decoder's pixels."""
+    from sar_ae_core.nn.model_config import decoder_halo_cells
+
+    bundle = load_bundle(DEFAULT_MODEL, runtime="onnx")
+    nets, tables = bundle.nets, bundle.tables
+    assert nets.active is not None and nets.active.tolist() == np.nonzero(~tables.inactive())[0].tolist()
+    assert 0 < len(nets.active) < bundle.config.latent_channels
+    img = np.random.default_rng(0).random((1, 1, 128, 96), dtype=np.float32)
+    full = nets.encode(img)
+    part = nets.encode(img, skip=tables.inactive())
+    assert np.abs(part[:, nets.active] - full[:, nets.active]).max() < 1e-5
+    assert not part[:, tables.inactive()].any()  # not computed
+    y = np.rint(full)
+    y[:, tables.inactive()] = tables.modes()[tables.inactive()][:, None, None]
+    k = decoder_halo_cells(bundle.config) * bundle.downsample_factor
+    a, b = nets.decode(y), nets.decode(y, trimmed=True)
+    assert np.abs(a - b)[..., k:-k, k:-k].max() < 1e-5
+    assert np.array_equal(b, nets._run("dec_active", y[:, nets.active]))  # the smaller decoder did run
+    y[:, np.nonzero(tables.inactive())[0][0]] += 1  # an inactive channel off its mode: the full decoder serves
+    assert np.array_equal(nets.decode(y, trimmed=True), nets.decode(y))
+
+
+def test_files_of_the_all_channel_codec_still_decode(tmp_path, scene):
+    """`--codec factorized-range` writes the stream of the first files (every channel coded); such files decode to
+    the pixels of the default 'factorized-range-active' file of the same raster, which is no larger."""
+    old, new = tmp_path / "old.sarz", tmp_path / "new.sarz"
+    compress_raster(scene, old, codec="factorized-range")
+    compress_raster(scene, new)
+    from sar_ae_core.codec import sarz_info
+
+    assert sarz_info(old)["codec"]["id"] == "factorized-range"
+    assert sarz_info(new)["codec"]["id"] == "factorized-range-active"
+    assert new.stat().st_size <= old.stat().st_size
+    px = []
+    for f in (old, new):
+        reconstruct_raster(f, tmp_path / f"{f.stem}.tif", units="db")
+        with rasterio.open(tmp_path / f"{f.stem}.tif") as r:
+            px.append(r.read(1))
+    assert np.abs(px[0] - px[1]).max() < 1e-3

@@ -11,7 +11,17 @@ The graphs are rewritten for speed without changing what they compute:
   constants (e.g. BatchNorm folded into a convolution) stay float32.
 
 The runtime bundle is a zip beside the `.pt` bundle: `model.json` (name, weights SHA-256 of the `.pt`, model
-config, scaling, entropy tables, info) + `encoder.onnx` + `decoder.onnx`.
+config, scaling, entropy tables, info) + `encoder.onnx` + `decoder.onnx`, and for a model whose entropy tables have
+inactive channels (`EntropyTables.inactive`: training collapsed them, they always hold their mode) the two
+networks on the active channels alone (`model.json` names them, `active_channels`):
+
+* `encoder_active.onnx`: the last convolution computes the active channels only (the others are the mode by
+  definition of the 'factorized-range-active' codec);
+* `decoder_active.onnx`: the first convolution reads the active channels only; the constant inactive ones are
+  folded into its bias (bias + Σ mode_c · Σ taps W[:, c]). That is exact wherever the convolution does not reach
+  the zero padding at the input's border — the pixels the codec keeps, `decoder_halo_cells` inside the border.
+
+Each is checked against the full network on random latents when it is exported.
 """
 
 from __future__ import annotations
@@ -96,24 +106,79 @@ class _Decode(nn.Module):
         return self.decoder(y).clamp(0.0, 1.0)
 
 
-def export_networks(model: SarAutoencoder) -> tuple[bytes, bytes]:
-    """(encoder, decoder) ONNX bytes of a model: dynamic batch, height and width; float32 in and out."""
+def _prepared(model: SarAutoencoder) -> SarAutoencoder:
+    """A float32 CPU copy in eval mode with the export rewrites (sub-pixel convolutions, GDN as a convolution)."""
     ae = _rewrite(copy.deepcopy(model).cpu().float().eval())
     for m in ae.modules():
         if isinstance(m, GDN):
             m.fixed_order = False
-    f = ae.downsample_factor
+    return ae
+
+
+def export_networks(model: SarAutoencoder) -> tuple[bytes, bytes]:
+    """(encoder, decoder) ONNX bytes of a model: dynamic batch, height and width; float32 in and out."""
+    ae = _prepared(model)
+    f, c = ae.downsample_factor, ae.config
+    return (_onnx(_Encode(ae), (1, c.in_channels, 4 * f, 4 * f), ("image", "latent")),
+            _onnx(_Decode(ae), (1, c.latent_channels, 4, 4), ("latent", "image")))
+
+
+def _bare(seq: nn.Module) -> bool:
+    return isinstance(seq, nn.Sequential) and len(seq) == 0
+
+
+def _onnx(net: nn.Module, shape: tuple, names: tuple[str, str]) -> bytes:
+    buf = io.BytesIO()
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with torch.no_grad():
+        torch.onnx.export(net, torch.rand(shape), buf, input_names=[names[0]], output_names=[names[1]],
+                          dynamic_axes={names[0]: axes, names[1]: axes}, opset_version=OPSET, dynamo=False)
+    return _half_weights(buf.getvalue())
+
+
+def export_active_networks(model: SarAutoencoder, active: np.ndarray, modes: np.ndarray) -> tuple[bytes, bytes]:
+    """(encoder, decoder) ONNX bytes on the `active` latent channels only (see the module docstring); `modes`: the
+    value of every latent channel when inactive. Raises ValueError for a model whose networks do not start/end with
+    a plain convolution on the latent."""
+    from sar_ae_core.nn.model_config import decoder_halo_cells
+
+    ae = _prepared(model)
     c = ae.config
-    out = []
-    for net, shape, names in ((_Encode(ae), (1, c.in_channels, 4 * f, 4 * f), ("image", "latent")),
-                              (_Decode(ae), (1, c.latent_channels, 4, 4), ("latent", "image"))):
-        buf = io.BytesIO()
-        axes = {0: "batch", 2: "height", 3: "width"}
-        with torch.no_grad():
-            torch.onnx.export(net, torch.rand(shape), buf, input_names=[names[0]], output_names=[names[1]],
-                              dynamic_axes={names[0]: axes, names[1]: axes}, opset_version=OPSET, dynamo=False)
-        out.append(_half_weights(buf.getvalue()))
-    return out[0], out[1]
+    idx = torch.as_tensor(np.asarray(active, np.int64))
+    dead = torch.as_tensor(np.setdiff1d(np.arange(c.latent_channels), active))
+    halo = decoder_halo_cells(c)
+    enc_last = ae.encoder.levels[-1]
+    if not (_bare(ae.encoder.bottleneck) and isinstance(enc_last, nn.Conv2d)) or halo is None \
+            or not _bare(getattr(ae.decoder, "bottleneck", nn.Sequential())):
+        raise ValueError(f"{c.variant} models have no active-channel networks")
+    first = next(m for m in ae.decoder.levels.modules() if isinstance(m, nn.Conv2d))
+    if first.in_channels != c.latent_channels:
+        raise ValueError("the decoder does not start with a convolution on the latent")
+    full_enc, full_dec = copy.deepcopy(ae.encoder), copy.deepcopy(ae.decoder)
+    with torch.no_grad():
+        new = nn.Conv2d(enc_last.in_channels, len(idx), enc_last.kernel_size, enc_last.stride, enc_last.padding)
+        new.weight.copy_(enc_last.weight[idx])
+        new.bias.copy_(enc_last.bias[idx])
+        ae.encoder.levels[-1] = new
+        m = torch.as_tensor(np.asarray(modes, np.float64))
+        w = first.weight.detach().double()
+        bias = first.bias.detach().double() + (w[:, dead].sum((2, 3)) * m[dead][None]).sum(1)
+        first.weight = nn.Parameter(first.weight.detach()[:, idx].clone())
+        first.bias = nn.Parameter(bias.float())
+        first.in_channels = len(idx)
+        # check: the active networks give the full ones' values (encoder everywhere, decoder inside the halo)
+        f = ae.downsample_factor
+        x = torch.rand(1, c.in_channels, 12 * f, 12 * f)
+        e_err = (full_enc(x)[:, idx] - ae.encoder(x)).abs().max().item()
+        y = torch.randint(-3, 4, (1, c.latent_channels, 12, 12)).float()
+        y[:, dead] = m[dead].float()[:, None, None]
+        k = halo * f
+        d_err = (full_dec(y) - ae.decoder(y[:, idx]))[..., k:-k, k:-k].abs().max().item()
+    if e_err > 1e-4 or d_err > 1e-4:
+        raise ValueError(f"active-channel networks differ from the full ones (encoder {e_err:.2g}, decoder "
+                         f"{d_err:.2g})")
+    return (_onnx(_Encode(ae), (1, c.in_channels, 4 * f, 4 * f), ("image", "latent")),
+            _onnx(_Decode(ae), (1, len(idx), 4, 4), ("latent", "image")))
 
 
 def _half_weights(onnx_bytes: bytes) -> bytes:
@@ -148,10 +213,21 @@ def _half_weights(onnx_bytes: bytes) -> bytes:
 def write_runtime_bundle(bundle: ModelBundle, path: Optional[str | os.PathLike] = None) -> Path:
     """Write the ONNX runtime bundle of a loaded `.pt` bundle (default: beside it, `<name>.onnx.zip`)."""
     enc, dec = export_networks(bundle.model)
+    extra = {}
+    tables = bundle.tables
+    if tables is not None and hasattr(tables, "inactive") and tables.inactive().any():
+        active = np.nonzero(~tables.inactive())[0]
+        try:
+            extra["encoder_active.onnx"], extra["decoder_active.onnx"] = export_active_networks(
+                bundle.model, active, tables.modes())
+        except ValueError:
+            active = None  # a variant without them: the full networks serve
     meta = {"format": RUNTIME_FORMAT, "version": RUNTIME_VERSION, "name": bundle.name, "sha256": bundle.sha256,
             "model_config": bundle.config.to_dict(), "scaling": bundle.scaling.to_dict(),
             "entropy_tables": bundle.tables.to_dict() if bundle.tables is not None else None,
             "info": bundle.info, "opset": OPSET}
+    if extra:
+        meta["active_channels"] = [int(a) for a in active]
     if bundle.tables is not None and not hasattr(bundle.tables, "offsets"):
         raise ValueError(f"model '{bundle.name}': only factorized entropy models run without torch")
     target = Path(path) if path is not None else runtime_path(Path(bundle.path))
@@ -160,6 +236,8 @@ def write_runtime_bundle(bundle: ModelBundle, path: Optional[str | os.PathLike] 
             z.writestr("model.json", json.dumps(meta, indent=1, sort_keys=True))
             z.writestr("encoder.onnx", enc)
             z.writestr("decoder.onnx", dec)
+            for name, data in extra.items():
+                z.writestr(name, data)
     return target
 
 

@@ -98,7 +98,7 @@ def codec_from_params(p: dict, tables=None) -> LatentCodec:
     """The codec named in a header (KeyError for unknown ids; ValueError when its tables are missing)."""
     if p.get("id") == UniformZstdCodec.id:
         return UniformZstdCodec.from_params(p)
-    if p.get("id") in ("factorized-range", "hyperprior-range"):
+    if p.get("id") in ("factorized-range", "factorized-range-active", "hyperprior-range"):
         from sar_ae_core.coding.tables import FactorizedRangeCodec
 
         if tables is None:
@@ -112,7 +112,10 @@ def codec_from_params(p: dict, tables=None) -> LatentCodec:
             from sar_ae_core.nn.hyperprior import HyperpriorRangeCodec
 
             return HyperpriorRangeCodec(tables)
-        codec = FactorizedRangeCodec(tables)
+        active = p["id"] == "factorized-range-active"
+        codec = FactorizedRangeCodec(tables, tables.inactive() if active else None)
+        if active and codec.skip is None:
+            raise ValueError("the model's tables have no inactive channels for codec factorized-range-active")
         gain = float(p.get("gain", 1.0))
         if not MIN_GAIN <= gain <= MAX_GAIN:
             raise ValueError(f"quantization gain {gain} is outside [{MIN_GAIN}, {MAX_GAIN}]")

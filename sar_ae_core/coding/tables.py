@@ -12,6 +12,12 @@ import zstandard
 
 TABLE_PRECISION = 16
 LIKELIHOOD_BOUND = 1e-9
+#: a channel is inactive when its table leaves less than this probability to all its symbols but the most probable
+#: one: training collapsed it (the prior gives the others their minimum counts; no encoder output on any of the
+#: project's rasters ever leaves the mode there). The 'factorized-range-active' codec does not code such channels.
+#: Part of that codec's format (its files name no channels: the model's tables say which): never change it.
+INACTIVE_BELOW = 1e-3
+ACTIVE_ID = "factorized-range-active"
 
 
 def _integer_counts(pmf: np.ndarray, precision: int) -> np.ndarray:
@@ -46,6 +52,15 @@ class EntropyTables:
         return cls(np.asarray(d["offsets"], np.int32), [np.asarray(c, np.int32) for c in d["counts"]],
                    int(d["precision"]))
 
+    def modes(self) -> np.ndarray:
+        """Most probable symbol of each channel (int64), the value an inactive channel always has."""
+        return np.array([int(np.argmax(c[:-1])) + int(o) for c, o in zip(self.counts, self.offsets)], np.int64)
+
+    def inactive(self) -> np.ndarray:
+        """Boolean mask of the channels whose table leaves less than INACTIVE_BELOW to the non-modal symbols."""
+        limit = INACTIVE_BELOW * (1 << self.precision)
+        return np.array([int(c[:-1].sum() - c[:-1].max() + c[-1]) < limit for c in self.counts], bool)
+
     def probabilities(self, c: int) -> np.ndarray:
         """Exact dyadic probabilities of channel c (float64, identical bits on every machine)."""
         return self.counts[c].astype(np.float64) / float(1 << self.precision)
@@ -70,17 +85,28 @@ class EntropyTables:
 
 
 class FactorizedRangeCodec:
-    """Latent codec 'factorized-range': rounding + constriction range coding with the model's frozen tables."""
+    """Latent codec 'factorized-range': rounding + constriction range coding with the model's frozen tables, channel
+    after channel. With `skip` (a channel mask, normally the tables' inactive channels) it is the codec
+    'factorized-range-active': the skipped channels are not coded at all — they are at their mode, in the encoder's
+    symbols and in the decoded latents — so coding and decoding handle only the active channels (a sixth of the
+    symbols for the shipped models) and the networks can run on those alone (runtime.OnnxNets). Which channels
+    are skipped is not stored: it is `tables.inactive()` of the model the file names."""
 
-    id = "factorized-range"
-
-    def __init__(self, tables: EntropyTables):
+    def __init__(self, tables: EntropyTables, skip: "np.ndarray | None" = None):
         import constriction
 
         self.tables = tables
         self._cs = constriction
         self._models = [constriction.stream.model.Categorical(tables.probabilities(c), perfect=False)
                         for c in range(len(tables.counts))]
+        self.skip = None if skip is None or not np.any(skip) else np.asarray(skip, bool)
+        if self.skip is not None and len(self.skip) != len(tables.counts):
+            raise ValueError(f"channel mask has {len(self.skip)} channels, the tables {len(tables.counts)}")
+        self._modes = tables.modes()
+
+    @property
+    def id(self) -> str:
+        return "factorized-range" if self.skip is None else ACTIVE_ID
 
     def params(self) -> dict:
         """Parameters stored in the header (the tables themselves live in the model bundle)."""
@@ -95,17 +121,18 @@ class FactorizedRangeCodec:
     gain: float = 1.0
 
     def _centers(self) -> np.ndarray:
-        if not hasattr(self, "_m"):
-            self._m = np.array([float(np.argmax(c[:-1]) + int(o)) for c, o in zip(self.tables.counts,
-                                                                                  self.tables.offsets)])
-        return self._m[:, None, None]
+        return self._modes.astype(np.float64)[:, None, None]
 
     def quantize(self, latent: np.ndarray) -> np.ndarray:
-        """Integer symbols of one latent tile (C, h, w)."""
+        """Integer symbols of one latent tile (C, h, w) (skipped channels: their mode)."""
         if self.gain == 1.0:
-            return np.rint(latent).astype(np.int64)
-        m = self._centers()[: latent.shape[0]]
-        return np.rint(m + self.gain * (latent.astype(np.float64) - m)).astype(np.int64)
+            q = np.rint(latent).astype(np.int64)
+        else:
+            m = self._centers()[: latent.shape[0]]
+            q = np.rint(m + self.gain * (latent.astype(np.float64) - m)).astype(np.int64)
+        if self.skip is not None:
+            q[self.skip] = self._modes[self.skip][:, None, None]
+        return q
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
         """Latent values of integer symbols (float32)."""
@@ -120,6 +147,8 @@ class FactorizedRangeCodec:
         enc = self._cs.stream.queue.RangeEncoder()
         escapes = []
         for c in range(q.shape[0]):  # = encode_grouped with table c for channel c (contiguous groups)
+            if self.skip is not None and self.skip[c]:
+                continue
             idx, esc = self.tables._index(c, q[c].ravel())
             enc.encode(idx, self._models[c])
             escapes.append(esc)
@@ -132,6 +161,9 @@ class FactorizedRangeCodec:
         out = np.empty((c_n, n), dtype=np.int64)
         k = 0
         for c in range(c_n):  # = decode_grouped with channel c's table for channel c, without its O(C²) masks
+            if self.skip is not None and self.skip[c]:
+                out[c] = self._modes[c]
+                continue
             out[c], k = _decode_table(dec, self._models[c], self.tables, c, n, esc, k)
         return self.dequantize(out.reshape(shape))
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+import numpy as np
+
 from sar_ae_core.errors import SarInputError
 from sar_ae_core.nn.model_config import ModelConfig
 from sar_ae_core.nn.runtime import OnnxNets, TorchNets, choose_runtime, read_runtime_bundle, runtime_path
@@ -219,7 +221,7 @@ def load_bundle(name_or_path: Optional[str] = None, device: "str | torch.device"
 
 
 def _load_runtime_bundle(path: Path) -> ModelBundle:
-    meta, enc, dec = read_runtime_bundle(path)
+    meta, enc, dec, extra = read_runtime_bundle(path)
     try:
         config = ModelConfig.from_dict(meta["model_config"])
         scaling = ScalingParams.from_dict(meta["scaling"])
@@ -230,8 +232,15 @@ def _load_runtime_bundle(path: Path) -> ModelBundle:
     if config.entropy_model != "none" and tables is None:
         raise SarInputError(path, "model has an entropy model but no coding tables (re-export it)")
     name = str(meta.get("name") or path.name.split(".")[0])
+    active = None
+    if tables is not None and meta.get("active_channels") is not None:
+        active = np.nonzero(~tables.inactive())[0]
+        if [int(a) for a in meta["active_channels"]] != active.tolist():
+            active = None  # exported for other tables: the full networks serve
+    nets = OnnxNets(enc, dec, str(path), active=active, modes=None if active is None else tables.modes(),
+                    encoder_active=extra.get("encoder_active.onnx"), decoder_active=extra.get("decoder_active.onnx"))
     return ModelBundle(name=name, model=None, config=config, scaling=scaling, sha256=sha, path=str(path),
-                       info=meta.get("info") or {}, tables=tables, nets=OnnxNets(enc, dec, str(path)))
+                       info=meta.get("info") or {}, tables=tables, nets=nets)
 
 
 def ready_bundle(model: Optional[str], device: str = "auto", bundle: Optional[ModelBundle] = None,

@@ -62,35 +62,77 @@ def have_torch() -> bool:
 
 
 class OnnxNets:
-    """Encoder and decoder as ONNX Runtime sessions (CPU, one thread each call, all graph optimisations)."""
+    """Encoder and decoder as ONNX Runtime sessions (CPU, one thread each call, all graph optimisations), created
+    when first used. With `active` (the latent channels a model's entropy tables leave active) and the networks on
+    those channels alone (`training.onnx_export.export_active_networks`), `encode(x, skip=...)` runs the smaller
+    encoder when the codec leaves exactly the inactive channels out, and `decode(y, trimmed=True)` the smaller
+    decoder when every inactive channel of `y` holds its mode."""
 
     runtime = "onnx"
 
-    def __init__(self, encoder: bytes, decoder: bytes, source: str):
+    def __init__(self, encoder: bytes, decoder: bytes, source: str, active: Optional[np.ndarray] = None,
+                 modes: Optional[np.ndarray] = None, encoder_active: Optional[bytes] = None,
+                 decoder_active: Optional[bytes] = None):
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError:
             raise SarInputError(source, "needs onnxruntime (pip install onnxruntime)") from None
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        try:
-            self._enc = ort.InferenceSession(encoder, so, providers=["CPUExecutionProvider"])
-            self._dec = ort.InferenceSession(decoder, so, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise SarInputError(source, f"ONNX networks cannot be loaded ({str(exc).splitlines()[0][:160]})") \
-                from None
-        self._enc_in = self._enc.get_inputs()[0].name
-        self._dec_in = self._dec.get_inputs()[0].name
+        import threading
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        return self._enc.run(None, {self._enc_in: np.ascontiguousarray(x, np.float32)})[0]
+        self._graphs = {"enc": encoder, "dec": decoder, "enc_active": encoder_active, "dec_active": decoder_active}
+        self._sessions: dict = {}
+        self._source = source
+        self._lock = threading.Lock()
+        self.active = None
+        if active is not None and modes is not None and encoder_active and decoder_active:
+            self.active = np.asarray(active, np.int64)
+            self._inactive = np.setdiff1d(np.arange(len(modes)), self.active)
+            self._modes = np.asarray(modes, np.float32)
+        self._session("dec")  # a broken bundle fails when it is loaded, not in the middle of a run
 
-    def decode(self, y: np.ndarray) -> np.ndarray:
-        return self._dec.run(None, {self._dec_in: np.ascontiguousarray(y, np.float32)})[0]
+    def _session(self, key: str):
+        s = self._sessions.get(key)
+        if s is not None:
+            return s
+        import onnxruntime as ort
+
+        with self._lock:
+            if key not in self._sessions:
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = 1
+                so.inter_op_num_threads = 1
+                so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                so.log_severity_level = 3
+                try:
+                    sess = ort.InferenceSession(self._graphs[key], so, providers=["CPUExecutionProvider"])
+                except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+                    raise SarInputError(self._source, f"ONNX networks cannot be loaded "
+                                                      f"({str(exc).splitlines()[0][:160]})") from None
+                self._sessions[key] = (sess, sess.get_inputs()[0].name)
+        return self._sessions[key]
+
+    def _run(self, key: str, x: np.ndarray) -> np.ndarray:
+        sess, name = self._session(key)
+        return sess.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
+
+    def encode(self, x: np.ndarray, skip: Optional[np.ndarray] = None) -> np.ndarray:
+        """Latents (B, C, h, w); with `skip` equal to the inactive channels, those are computed no more (zeros:
+        the codec does not code them)."""
+        if skip is None or self.active is None or not np.array_equal(np.nonzero(~np.asarray(skip))[0], self.active):
+            return self._run("enc", x)
+        ya = self._run("enc_active", x)
+        y = np.zeros((ya.shape[0], len(self._modes)) + ya.shape[2:], np.float32)
+        y[:, self.active] = ya
+        return y
+
+    def decode(self, y: np.ndarray, trimmed: bool = False) -> np.ndarray:
+        """Image (B, 1, H, W) of latents (B, C, h, w). `trimmed`: the caller keeps only the pixels at least
+        `decoder_halo_cells` inside the border, where the inactive channels' constant contribution is exact."""
+        if trimmed and self.active is not None and np.all(y[:, self._inactive] == self._modes[self._inactive,
+                                                                                          None, None]):
+            return self._run("dec_active", y[:, self.active])
+        return self._run("dec", y)
 
 
 class TorchNets:
@@ -101,31 +143,40 @@ class TorchNets:
     def __init__(self, model: Any, device: Any):
         self.model, self.device = model, device
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
+    active = None  # the full networks on every channel (the GPU does not need the smaller ones)
+
+    def encode(self, x: np.ndarray, skip: Optional[np.ndarray] = None) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             return self.model.encode(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu().numpy()
 
-    def decode(self, y: np.ndarray) -> np.ndarray:
+    def decode(self, y: np.ndarray, trimmed: bool = False) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             return self.model.decode(torch.from_numpy(np.ascontiguousarray(y)).to(self.device)).float().cpu().numpy()
 
 
-def read_runtime_bundle(path: Path) -> tuple[dict, bytes, bytes]:
-    """(metadata, encoder ONNX, decoder ONNX) of a runtime bundle; errors name the file."""
+#: optional members: the networks on the active latent channels (training.onnx_export)
+ACTIVE_MEMBERS = ("encoder_active.onnx", "decoder_active.onnx")
+
+
+def read_runtime_bundle(path: Path) -> tuple[dict, bytes, bytes, dict]:
+    """(metadata, encoder ONNX, decoder ONNX, {optional member: bytes}) of a runtime bundle; errors name the
+    file."""
     try:
         with zipfile.ZipFile(path) as z:
             members = {i.filename: i for i in z.infolist()}
             for name in ("model.json", "encoder.onnx", "decoder.onnx"):
                 if name not in members:
                     raise SarInputError(path, f"runtime bundle has no {name}")
+            for name in members:
                 if members[name].file_size > MAX_MEMBER_BYTES:
                     raise SarInputError(path, f"runtime bundle member {name} is implausibly large")
             meta = json.loads(z.read("model.json").decode("utf-8"))
             enc, dec = z.read("encoder.onnx"), z.read("decoder.onnx")
+            extra = {name: z.read(name) for name in ACTIVE_MEMBERS if name in members}
     except SarInputError:
         raise
     except (OSError, zipfile.BadZipFile, ValueError, KeyError) as exc:
@@ -134,7 +185,7 @@ def read_runtime_bundle(path: Path) -> tuple[dict, bytes, bytes]:
         raise SarInputError(path, "not a runtime bundle of this project (wrong format tag)")
     if int(meta.get("version", 0)) > RUNTIME_VERSION:
         raise SarInputError(path, f"runtime bundle version {meta['version']} is newer than this software")
-    return meta, enc, dec
+    return meta, enc, dec, extra
 
 
 def choose_runtime(runtime: str, pt_path: Optional[Path], zip_path: Optional[Path], device: str) -> str:

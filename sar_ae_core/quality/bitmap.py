@@ -26,16 +26,17 @@ def cell_bits(f, band: int) -> np.ndarray:
 
     codec = f.codec
     if not isinstance(codec, FactorizedRangeCodec):
-        raise SarInputError(f.path, f"a bit-allocation map needs a factorized-range file (this one is "
+        raise SarInputError(f.path, f"a bit-allocation map needs a factorized-range(-active) file (this one is "
                                     f"{f.header['codec']['id']})")
     p = f.plan
     out = np.zeros((p.latent_height, p.latent_width), np.float64)
+    coded = [c for c in range(f.latent_channels) if codec.skip is None or not codec.skip[c]]  # skipped: no bits
     for tr in range(p.tile_rows):
         for tc in range(p.tile_cols):
             r0, r1, c0, c1 = p.tile_cells(tr, tc)
             y = f.latent_tile(tr, tc, band)
             q = codec.quantize(y)  # the symbols (dequantization is inverted exactly)
-            out[r0:r1, c0:c1] = sum(codec.tables.symbol_bits(c, q[c]) for c in range(q.shape[0]))
+            out[r0:r1, c0:c1] = sum(codec.tables.symbol_bits(c, q[c]) for c in coded)
     return out
 
 
