@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from sar_ae_core.errors import Cancelled, SarInputError
-from sar_ae_core.defaults import CODEC_IDS, OUTPUT_UNITS, SCALING_CHOICES, TILE, UNIT_CHOICES
+from sar_ae_core.defaults import CODEC_IDS, OUTPUT_COMPRESS, OUTPUT_UNITS, SCALING_CHOICES, TILE, UNIT_CHOICES
 from sar_ae_core.nn.runtime import RUNTIMES
 
 RUNTIME_HELP = ("network runtime: auto (ONNX Runtime on the CPU when the model has its ONNX export, else PyTorch), "
@@ -149,7 +149,8 @@ def cmd_reconstruct(args) -> int:
 
     with _progress_bar("reconstruct") as bar:
         r = reconstruct_raster(args.input, args.output, units=args.units, window=args.window, model=args.model,
-                               device=args.device, overwrite=args.overwrite, progress=bar, runtime=args.runtime)
+                               device=args.device, overwrite=args.overwrite, progress=bar, runtime=args.runtime,
+                               output_compress=args.output_compress)
     print(f"wrote {r['output']}: {r['width']}x{r['height']} px, {r['bands']} band(s), {r['units']} "
           f"{r['dtype']}, {r['seconds']:.1f} s")
     from sar_ae_core.io.remote import TOTALS, is_url
@@ -367,19 +368,24 @@ class _progress_bar:
         self.desc = desc
 
     def __enter__(self):
-        from tqdm import tqdm
+        self.bar = None
+        if sys.stderr.isatty():  # tqdm is not even imported when nobody sees the bar
+            from tqdm import tqdm
 
-        self.bar = tqdm(total=1000, desc=self.desc, unit="‰", disable=not sys.stderr.isatty(), leave=False)
+            self.bar = tqdm(total=1000, desc=self.desc, unit="‰", leave=False)
         return self
 
     def __call__(self, fraction: float, message: str = "") -> bool:
+        if self.bar is None:
+            return True
         self.bar.n = int(1000 * fraction)
         self.bar.set_postfix_str(message, refresh=False)
         self.bar.refresh()
         return True
 
     def __exit__(self, *exc):
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -439,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--window", nargs=4, type=int, metavar=("COL", "ROW", "WIDTH", "HEIGHT"),
                    help="decode only this pixel window")
     s.add_argument("--model", default=None, help="model bundle (default: the one named in the file)")
+    s.add_argument("--output-compress", default=OUTPUT_COMPRESS[0], choices=OUTPUT_COMPRESS,
+                   help="GeoTIFF compression of the output (default zstd, level 1; deflate for GDAL older than 2.3)")
     s.add_argument("--device", default="cpu",
                    help="cpu (default: bit-exact everywhere) | auto | cuda | cuda:N")
     s.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)

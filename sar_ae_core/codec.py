@@ -23,7 +23,7 @@ from sar_ae_core.coding import escapes as esc
 from sar_ae_core.coding.container import ContainerWriter
 from sar_ae_core.coding.latent_coding import UniformZstdCodec, codec_from_params, encode_mask
 from sar_ae_core.coding.sarz import SHA_PREFIX, SarzFile, _chunk_id
-from sar_ae_core.defaults import CODEC_IDS, HALO_PIXELS, SCALING_CHOICES, TILE
+from sar_ae_core.defaults import CODEC_IDS, HALO_PIXELS, OUTPUT_COMPRESS, SCALING_CHOICES, TILE
 from sar_ae_core.errors import SarInputError
 from sar_ae_core.io.raster import AtomicOutput, GeoTiffWriter, Window, check_output_path, open_raster
 from sar_ae_core.nn.model_config import decoder_halo_cells, encoder_halo_cells
@@ -477,12 +477,14 @@ def _bundle_for(f: SarzFile, model: Optional[str], device: str = "cpu", runtime:
 def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.PathLike, *, units: str = "source",
                        window: Optional[Sequence[int]] = None, model: Optional[str] = None, device: str = "cpu",
                        overwrite: bool = False, progress: Optional[ProgressFn] = None,
-                       bundle: Optional[ModelBundle] = None, runtime: str = "auto") -> dict:
+                       bundle: Optional[ModelBundle] = None, runtime: str = "auto",
+                       output_compress: str = OUTPUT_COMPRESS[0]) -> dict:
     """Decode a `.sarz` file (or a window COL ROW WIDTH HEIGHT of it) into a georeferenced GeoTIFF in the
-    source units and dtype (`units='source'`) or in dB (`units='db'`)."""
+    source units and dtype (`units='source'`) or in dB (`units='db'`), compressed with `output_compress`."""
     t_start = time.perf_counter()
     if units not in ("source", "db"):
         raise SarInputError(None, f"--units must be 'source' or 'db' (got '{units}')")
+    choice_option("--output-compress", output_compress, OUTPUT_COMPRESS)
     from sar_ae_core.io.remote import local_input
 
     inputs = [local_input(input_path)] + \
@@ -513,7 +515,8 @@ def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.Path
         tile_rows = sorted({r for r, _ in p.tiles_touching(row0, row0 + height, col0, col0 + width)})
         tile_cols = sorted({c for _, c in p.tiles_touching(row0, row0 + height, col0, col0 + width)})
         with GeoTiffWriter(output_path, width, height, f.bands, dtype, georef, nodata=nodata,
-                           band_names=src.get("band_names"), tags=tags, overwrite=overwrite, inputs=inputs) as w:
+                           band_names=src.get("band_names"), tags=tags, overwrite=overwrite, inputs=inputs,
+                           compress=output_compress) as w:
             steps = len(tile_rows) * f.bands
             halo = decoder_halo_cells(bundle.config)
             with _Runner(bundle) as runner:
@@ -635,15 +638,23 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
     tile_rows = range(row0 // p.tile, (row0 + height - 1) // p.tile + 1)
     steps = len(tile_rows) * f.bands
     cache: dict = {}  # (tile row, tile col) -> latent cells (C, h, w); rows above the current one: their tail
+    # the file's codec leaves out exactly the channels the runtime's smaller decoder does without: latents of the
+    # coded channels only, straight into it
+    nets, skip = bundle.nets, getattr(f.codec, "skip", None)
+    active = getattr(nets, "active", None) is not None and skip is not None and \
+        np.array_equal(np.nonzero(~skip)[0], nets.active) and getattr(nets, "core_halo", None) == halo
+    channels = len(nets.active) if active else f.latent_channels
+    decode = (lambda x: nets.decode_core_active(x[None], halo)[0, 0]) if active else \
+        (lambda x: nets.decode_core(x[None], halo)[0, 0])
 
     def latents(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Latent cells rows [r0, r1) x cols [c0, c1) of the grid, from the (cached) stored tiles."""
-        out = np.empty((f.latent_channels, r1 - r0, c1 - c0), np.float32)
+        out = np.empty((channels, r1 - r0, c1 - c0), np.float32)
         for t_r in range(r0 // cells, (r1 - 1) // cells + 1):
             for t_c in range(c0 // cells, (c1 - 1) // cells + 1):
                 key = (t_r, t_c)
                 if key not in cache:
-                    cache[key] = (0, f.latent_tile(t_r, t_c, band))
+                    cache[key] = (0, f.latent_tile(t_r, t_c, band, coded_only=active))
                 skip, tile = cache[key]  # a tail keeps the tile's last rows: its row 0 is tile row `skip`
                 top = t_r * cells + skip
                 a0, a1 = max(r0, top), min(r1, t_r * cells + skip + tile.shape[1])
@@ -664,9 +675,9 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
         if any(map(any, pads)):
             lat = np.pad(lat, pads, mode="edge")
         timer.coding += time.perf_counter() - t0
-        # only the unit's centre is kept (`halo` cells inside): the runtime may leave out the inactive channels
-        return tr, u, hr0, c0, c1, hc0, runner.submit(lambda x: bundle.nets.decode(x[None], trimmed=True)[0, 0],
-                                                      [lat])
+        # only the unit's core is kept (`halo` cells inside): the runtime computes just that (and may leave out
+        # the inactive channels)
+        return tr, u, hr0, c0, c1, hc0, runner.submit(decode, [lat])
 
     def finish(job) -> None:
         """Cut, mask, convert and write one decoded unit."""
@@ -676,9 +687,10 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
         t0 = time.perf_counter()
         valid, escaped = _mask_rows(f, band, y0, y1, a, b - a)
         timer.coding += time.perf_counter() - t0
-        x = wait()[0]
+        x = wait()[0]  # pixels from raster row (hr0 + halo)·fct, column (hc0 + halo)·fct = c0·fct
         t0 = time.perf_counter()
-        unit = x[y0 - hr0 * fct:y1 - hr0 * fct, a - hc0 * fct:b - hc0 * fct]
+        oy, ox = (hr0 + halo) * fct, c0 * fct
+        unit = x[y0 - oy:y1 - oy, a - ox:b - ox]
         values = _to_output(f, unit, valid, escaped, out_units, dtype, nodata)
         timer.blending += time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -12,6 +12,9 @@ SCALING_CHOICES = ("auto", "model", "source")
 CODEC_IDS = ("uniform-zstd", "factorized-range", "factorized-range-active", "hyperprior-range")
 #: output units of reconstruct
 OUTPUT_UNITS = ("source", "db")
+#: GeoTIFF compression of reconstruct's output (the first is the default: zstd level 1; deflate for readers
+#: older than GDAL 2.3)
+OUTPUT_COMPRESS = ("zstd", "deflate", "lzw", "none")
 #: the bundled default model and the bundled model with spatial attention
 DEFAULT_MODEL = "sarae-q2"         # entropy-coded, ≈0.5 bpp
 ATTENTION_MODEL = "sarae-default"  # res_cbam

@@ -123,8 +123,9 @@ def test_reconstruct_and_compress_under_a_file_size_limit_exit_2_and_leave_nothi
 
 
 def test_the_read_back_check_refuses_a_geotiff_whose_blocks_did_not_reach_the_disk(tmp_path):
-    """GDAL logs some write failures instead of raising them; the writer reads the file back before the rename:
-    a file whose last blocks are cut off (what a failed flush leaves) is refused, and nothing is committed."""
+    """GDAL logs some write failures instead of raising them; the writer checks the file's block index before the
+    rename: a file whose last blocks are cut off (what a failed flush leaves) is refused, and nothing is
+    committed."""
     from sar_ae_core.io.raster import GeoTiffWriter
 
     good = tmp_path / "good.tif"

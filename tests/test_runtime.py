@@ -173,8 +173,8 @@ def test_qgis_compress_and_reconstruct_run_without_torch(tmp_path, scene, no_tor
 
 def test_the_active_channel_networks_compute_what_the_full_ones_compute():
     """The bundled model ships the networks on its active latent channels; the encoder's active channels are the
-    full encoder's, and inside the decoder halo the decoder on the active channels (inactive ones folded into the
-    first bias) gives the full decoder's pixels."""
+    full encoder's, and the decoder on the active channels (inactive ones folded into the first bias, 'valid'
+    convolutions, the last two levels fused) gives the full decoder's pixels of a unit's core."""
     from sar_ae_core.nn.model_config import decoder_halo_cells
 
     bundle = load_bundle(DEFAULT_MODEL, runtime="onnx")
@@ -188,12 +188,16 @@ def test_the_active_channel_networks_compute_what_the_full_ones_compute():
     assert not part[:, tables.inactive()].any()  # not computed
     y = np.rint(full)
     y[:, tables.inactive()] = tables.modes()[tables.inactive()][:, None, None]
-    k = decoder_halo_cells(bundle.config) * bundle.downsample_factor
-    a, b = nets.decode(y), nets.decode(y, trimmed=True)
-    assert np.abs(a - b)[..., k:-k, k:-k].max() < 1e-5
-    assert np.array_equal(b, nets._run("dec_active", y[:, nets.active]))  # the smaller decoder did run
+    halo = decoder_halo_cells(bundle.config)
+    k = halo * bundle.downsample_factor
+    whole = nets.decode(y)[..., k:-k, k:-k]
+    core = nets.decode_core_active(y[:, nets.active], halo)
+    assert core.shape == whole.shape and np.abs(core - whole).max() < 1e-5
+    assert np.array_equal(nets.decode_core(y, halo), core)  # all channels given, inactive ones at their mode
     y[:, np.nonzero(tables.inactive())[0][0]] += 1  # an inactive channel off its mode: the full decoder serves
-    assert np.array_equal(nets.decode(y, trimmed=True), nets.decode(y))
+    assert np.array_equal(nets.decode_core(y, halo), nets.decode(y)[..., k:-k, k:-k])
+    with pytest.raises(ValueError):
+        nets.decode_core_active(y[:, nets.active], halo + 1)
 
 
 def test_files_of_the_all_channel_codec_still_decode(tmp_path, scene):

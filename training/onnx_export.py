@@ -18,8 +18,10 @@ networks on the active channels alone (`model.json` names them, `active_channels
 * `encoder_active.onnx`: the last convolution computes the active channels only (the others are the mode by
   definition of the 'factorized-range-active' codec);
 * `decoder_active.onnx`: the first convolution reads the active channels only; the constant inactive ones are
-  folded into its bias (bias + Σ mode_c · Σ taps W[:, c]). That is exact wherever the convolution does not reach
-  the zero padding at the input's border — the pixels the codec keeps, `decoder_halo_cells` inside the border.
+  folded into its bias (bias + Σ mode_c · Σ taps W[:, c]); and every convolution is 'valid' (no padding): the
+  input is a latent unit with `decoder_halo_cells` cells on each side, the output just its core's pixels — no
+  work on the halo pixels the codec would throw away (1.27x the pixels for 256-px units), no zero padding for
+  the fold to meet.
 
 Each is checked against the full network on random latents when it is exported.
 """
@@ -39,7 +41,7 @@ import torch
 from torch import nn
 
 from sar_ae_core.nn.model_io import ModelBundle, load_bundle
-from sar_ae_core.nn.models import GDN, SarAutoencoder
+from sar_ae_core.nn.models import GDN, Decoder, LightDecoder, SarAutoencoder
 from sar_ae_core.io.output import AtomicOutput
 from sar_ae_core.nn.runtime import RUNTIME_FORMAT, RUNTIME_VERSION, runtime_path
 
@@ -136,10 +138,120 @@ def _onnx(net: nn.Module, shape: tuple, names: tuple[str, str]) -> bytes:
     return _half_weights(buf.getvalue())
 
 
+_POINTWISE = (nn.LeakyReLU, nn.ReLU, nn.Identity, GDN)
+
+
+def _leaves(module: nn.Module) -> list[nn.Module]:
+    """The decoder's layers in forward order, when it is a plain chain (Sequential, sub-pixel convolutions)."""
+    if isinstance(module, nn.Sequential):
+        return [leaf for child in module for leaf in _leaves(child)]
+    if isinstance(module, SubpixelConvTranspose):
+        return [module.conv, module.shuffle]
+    return [module]
+
+
+class _CoreDecode(nn.Module):
+    """The decoder as 'valid' convolutions (no padding) on a latent with `halo` cells each side, cut to the
+    unit's core: no work on pixels that are thrown away, no zero padding anywhere."""
+
+    def __init__(self, leaves: list[nn.Module], crop: int) -> None:
+        super().__init__()
+        self.leaves = nn.Sequential(*leaves)
+        self.crop = crop
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        x = self.leaves(y)
+        if self.crop:
+            x = x[..., self.crop:-self.crop, self.crop:-self.crop]
+        return x.clamp(0.0, 1.0)
+
+
+def _core_leaves(decoder: nn.Module, halo: int) -> tuple[list[nn.Module], int]:
+    """(the decoder's layers with valid convolutions, pixels to cut at the end) for a latent with `halo` cells each
+    side; ValueError when the decoder is not a chain of odd stride-1 convolutions, PixelShuffle and pointwise
+    layers, or its receptive field exceeds the halo."""
+    if not isinstance(decoder, (LightDecoder, Decoder)) or not _bare(getattr(decoder, "bottleneck", nn.Sequential())):
+        raise ValueError("not a chain decoder")
+    leaves = []
+    for m in _leaves(copy.deepcopy(decoder.levels)):
+        if isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0]
+            if m.kernel_size != (k, k) or k % 2 == 0 or m.stride != (1, 1) or m.padding != (k // 2, k // 2) \
+                    or m.dilation != (1, 1) or m.groups != 1:
+                raise ValueError("a convolution that is not odd, stride 1 and 'same'")
+            m.padding = (0, 0)
+        elif not isinstance(m, (nn.PixelShuffle,) + _POINTWISE):
+            raise ValueError(f"{type(m).__name__} is not a chain layer")
+        leaves.append(m)
+    fused = _fuse_tail(leaves)
+    for chain in ([fused] if fused is not None else []) + [leaves]:
+        left = _halo_left(chain, halo)
+        if left is not None:
+            return chain, left
+    raise ValueError("the receptive field exceeds the halo")
+
+
+def _halo_left(leaves: list[nn.Module], halo: int) -> Optional[int]:
+    """Pixels of halo left after a chain of valid convolutions on `halo` cells each side (None: it runs out)."""
+    left = halo
+    for m in leaves:
+        if isinstance(m, nn.Conv2d):
+            left -= m.kernel_size[0] // 2
+            if left < 0:
+                return None
+        elif isinstance(m, nn.PixelShuffle):
+            left *= m.upscale_factor
+    return left
+
+
+_ELEMENTWISE = (nn.LeakyReLU, nn.ReLU, nn.Identity)
+
+
+def _fuse_tail(leaves: list[nn.Module]) -> Optional[list[nn.Module]]:
+    """A chain ending PixelShuffle(2), elementwise layers, a 3x3 convolution, PixelShuffle(2) ends instead with the
+    elementwise layers, the equivalent 3x3 convolution at the lower resolution (4x the output channels, one per
+    phase) and PixelShuffle(4): the same values without the half-resolution tensor and its two shuffles (in ONNX
+    Runtime a shuffle costs as much as the convolution). Needs one more pixel of halo at the lower resolution.
+    None when the chain does not end so."""
+    n = len(leaves)
+    if n < 3 or not isinstance(leaves[-1], nn.PixelShuffle) or leaves[-1].upscale_factor != 2 or \
+            not isinstance(leaves[-2], nn.Conv2d) or leaves[-2].kernel_size != (3, 3):
+        return None
+    j = n - 3
+    while j >= 0 and isinstance(leaves[j], _ELEMENTWISE):
+        j -= 1
+    if j < 0 or not isinstance(leaves[j], nn.PixelShuffle) or leaves[j].upscale_factor != 2:
+        return None
+    conv = leaves[-2]
+    w, b = conv.weight.detach(), conv.bias.detach()
+    cout, cin = w.shape[:2]
+    out_c = cout // 4
+    fused = nn.Conv2d(cin * 4, out_c * 16, 3, padding=0)
+    wf = torch.zeros(out_c * 16, cin * 4, 3, 3, dtype=w.dtype)
+    bf = torch.zeros(out_c * 16, dtype=b.dtype)
+    for co in range(out_c):
+        for p2 in range(2):
+            for q2 in range(2):
+                o = co * 4 + p2 * 2 + q2
+                for a in range(2):
+                    for bb in range(2):
+                        k = co * 16 + (2 * a + p2) * 4 + (2 * bb + q2)
+                        bf[k] = b[o]
+                        for dy in (-1, 0, 1):
+                            di, p = divmod(a + dy, 2)
+                            for dx in (-1, 0, 1):
+                                dj, q = divmod(bb + dx, 2)
+                                wf[k, p * 2 + q::4, di + 1, dj + 1] += w[o, :, dy + 1, dx + 1]
+    with torch.no_grad():
+        fused.weight.copy_(wf)
+        fused.bias.copy_(bf)
+    return leaves[:j] + leaves[j + 1:n - 2] + [fused, nn.PixelShuffle(4)]
+
+
 def export_active_networks(model: SarAutoencoder, active: np.ndarray, modes: np.ndarray) -> tuple[bytes, bytes]:
     """(encoder, decoder) ONNX bytes on the `active` latent channels only (see the module docstring); `modes`: the
-    value of every latent channel when inactive. Raises ValueError for a model whose networks do not start/end with
-    a plain convolution on the latent."""
+    value of every latent channel when inactive. The decoder takes a latent unit with `decoder_halo_cells` cells
+    each side and gives the pixels of its core only. Raises ValueError for a model whose networks do not fit."""
     from sar_ae_core.nn.model_config import decoder_halo_cells
 
     ae = _prepared(model)
@@ -148,11 +260,11 @@ def export_active_networks(model: SarAutoencoder, active: np.ndarray, modes: np.
     dead = torch.as_tensor(np.setdiff1d(np.arange(c.latent_channels), active))
     halo = decoder_halo_cells(c)
     enc_last = ae.encoder.levels[-1]
-    if not (_bare(ae.encoder.bottleneck) and isinstance(enc_last, nn.Conv2d)) or halo is None \
-            or not _bare(getattr(ae.decoder, "bottleneck", nn.Sequential())):
+    if not (_bare(ae.encoder.bottleneck) and isinstance(enc_last, nn.Conv2d)) or halo is None:
         raise ValueError(f"{c.variant} models have no active-channel networks")
-    first = next(m for m in ae.decoder.levels.modules() if isinstance(m, nn.Conv2d))
-    if first.in_channels != c.latent_channels:
+    leaves, crop = _core_leaves(ae.decoder, halo)
+    first = leaves[0]
+    if not isinstance(first, nn.Conv2d) or first.in_channels != c.latent_channels:
         raise ValueError("the decoder does not start with a convolution on the latent")
     full_enc, full_dec = copy.deepcopy(ae.encoder), copy.deepcopy(ae.decoder)
     with torch.no_grad():
@@ -166,19 +278,23 @@ def export_active_networks(model: SarAutoencoder, active: np.ndarray, modes: np.
         first.weight = nn.Parameter(first.weight.detach()[:, idx].clone())
         first.bias = nn.Parameter(bias.float())
         first.in_channels = len(idx)
-        # check: the active networks give the full ones' values (encoder everywhere, decoder inside the halo)
+        core = _CoreDecode(leaves, crop).eval()
+        # check: the active networks give the full ones' values (the encoder's active channels; the decoder's
+        # pixels of the core, `halo` cells inside the border)
         f = ae.downsample_factor
         x = torch.rand(1, c.in_channels, 12 * f, 12 * f)
         e_err = (full_enc(x)[:, idx] - ae.encoder(x)).abs().max().item()
-        y = torch.randint(-3, 4, (1, c.latent_channels, 12, 12)).float()
+        y = torch.randint(-3, 4, (1, c.latent_channels, 12, 14)).float()
         y[:, dead] = m[dead].float()[:, None, None]
         k = halo * f
-        d_err = (full_dec(y) - ae.decoder(y[:, idx]))[..., k:-k, k:-k].abs().max().item()
+        ref = full_dec(y).clamp(0.0, 1.0)[..., k:-k, k:-k]
+        out = core(y[:, idx])
+        d_err = (ref - out).abs().max().item() if out.shape == ref.shape else float("inf")
     if e_err > 1e-4 or d_err > 1e-4:
         raise ValueError(f"active-channel networks differ from the full ones (encoder {e_err:.2g}, decoder "
                          f"{d_err:.2g})")
     return (_onnx(_Encode(ae), (1, c.in_channels, 4 * f, 4 * f), ("image", "latent")),
-            _onnx(_Decode(ae), (1, len(idx), 4, 4), ("latent", "image")))
+            _onnx(core, (1, len(idx), 2 * halo + 4, 2 * halo + 4), ("latent", "image")))
 
 
 def _half_weights(onnx_bytes: bytes) -> bytes:
@@ -227,7 +343,10 @@ def write_runtime_bundle(bundle: ModelBundle, path: Optional[str | os.PathLike] 
             "entropy_tables": bundle.tables.to_dict() if bundle.tables is not None else None,
             "info": bundle.info, "opset": OPSET}
     if extra:
+        from sar_ae_core.nn.model_config import decoder_halo_cells
+
         meta["active_channels"] = [int(a) for a in active]
+        meta["core_halo_cells"] = decoder_halo_cells(bundle.config)
     if bundle.tables is not None and not hasattr(bundle.tables, "offsets"):
         raise ValueError(f"model '{bundle.name}': only factorized entropy models run without torch")
     target = Path(path) if path is not None else runtime_path(Path(bundle.path))

@@ -88,11 +88,13 @@ class SarzFile:
         except ValueError as exc:
             raise SarInputError(self.path, f"cannot set up latent decoding: {exc}") from None
 
-    def latent_tile(self, row: int, col: int, band: int) -> np.ndarray:
-        """Dequantized latent cells of one tile (C, h, w)."""
+    def latent_tile(self, row: int, col: int, band: int, coded_only: bool = False) -> np.ndarray:
+        """Dequantized latent cells of one tile (C, h, w); `coded_only`: just the channels the codec codes."""
         r0, r1, c0, c1 = self.plan.tile_cells(row, col)
         payload = self.reader.chunk(_chunk_id(self.plan, self.bands, row, col, band, 0))
         try:
+            if coded_only:
+                return self.codec.decode(payload, (self.latent_channels, r1 - r0, c1 - c0), coded_only=True)
             return self.codec.decode(payload, (self.latent_channels, r1 - r0, c1 - c0))
         except Exception as exc:  # noqa: BLE001 - any decoding failure means a damaged chunk
             raise SarInputError(self.path, f"latent tile ({row}, {col}) band {band + 1} cannot be decoded "

@@ -103,6 +103,7 @@ class FactorizedRangeCodec:
         if self.skip is not None and len(self.skip) != len(tables.counts):
             raise ValueError(f"channel mask has {len(self.skip)} channels, the tables {len(tables.counts)}")
         self._modes = tables.modes()
+        self._n_sym = np.array([len(c) - 1 for c in tables.counts], np.int32)  # index of each table's escape
 
     @property
     def id(self) -> str:
@@ -134,11 +135,11 @@ class FactorizedRangeCodec:
             q[self.skip] = self._modes[self.skip][:, None, None]
         return q
 
-    def dequantize(self, q: np.ndarray) -> np.ndarray:
-        """Latent values of integer symbols (float32)."""
+    def dequantize(self, q: np.ndarray, channels: "np.ndarray | None" = None) -> np.ndarray:
+        """Latent values of integer symbols (float32); `channels`: the channels q holds (default the first)."""
         if self.gain == 1.0:
             return q.astype(np.float32)
-        m = self._centers()[: q.shape[0]]
+        m = self._centers()[: q.shape[0]] if channels is None else self._centers()[channels]
         return (m + (q.astype(np.float64) - m) / self.gain).astype(np.float32)
 
     def encode(self, latent: np.ndarray) -> bytes:
@@ -154,17 +155,29 @@ class FactorizedRangeCodec:
             escapes.append(esc)
         return join_payload(enc, escapes)
 
-    def decode(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
-        """Inverse of encode (float32 latents)."""
+    def decode(self, payload: bytes, shape: tuple[int, int, int], coded_only: bool = False) -> np.ndarray:
+        """Inverse of encode (float32 latents). `coded_only`: just the coded channels (all but the skipped ones),
+        in order — what the networks on the active channels take."""
         dec, esc = split_payload(self._cs, payload, int(np.prod(shape)))
         c_n, n = shape[0], int(shape[1]) * int(shape[2])
+        coded = np.arange(c_n) if self.skip is None else np.nonzero(~self.skip[:c_n])[0]
+        idx = np.empty((len(coded), n), dtype=np.int32)
+        for i, c in enumerate(coded):  # = decode_grouped with channel c's table for channel c (contiguous groups)
+            idx[i] = dec.decode(self._models[c], n)
+        # escape symbols (the last of each table) take the escaped values in coding order: channel, then position
+        hit = idx == self._n_sym[coded][:, None]
+        vals = idx.astype(np.int64) + self.tables.offsets[coded].astype(np.int64)[:, None]
+        m = int(np.count_nonzero(hit))
+        if m:
+            if m > esc.size:
+                raise ValueError("escape values missing")
+            vals[hit] = esc[:m]
+        if coded_only:
+            return self.dequantize(vals.reshape((len(coded),) + tuple(shape[1:])), coded)
         out = np.empty((c_n, n), dtype=np.int64)
-        k = 0
-        for c in range(c_n):  # = decode_grouped with channel c's table for channel c, without its O(C²) masks
-            if self.skip is not None and self.skip[c]:
-                out[c] = self._modes[c]
-                continue
-            out[c], k = _decode_table(dec, self._models[c], self.tables, c, n, esc, k)
+        out[coded] = vals
+        if self.skip is not None:
+            out[self.skip[:c_n]] = self._modes[:c_n][self.skip[:c_n]][:, None]
         return self.dequantize(out.reshape(shape))
 
 

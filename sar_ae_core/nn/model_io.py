@@ -238,7 +238,8 @@ def _load_runtime_bundle(path: Path) -> ModelBundle:
         if [int(a) for a in meta["active_channels"]] != active.tolist():
             active = None  # exported for other tables: the full networks serve
     nets = OnnxNets(enc, dec, str(path), active=active, modes=None if active is None else tables.modes(),
-                    encoder_active=extra.get("encoder_active.onnx"), decoder_active=extra.get("decoder_active.onnx"))
+                    encoder_active=extra.get("encoder_active.onnx"), decoder_active=extra.get("decoder_active.onnx"),
+                    core_halo=meta.get("core_halo_cells"))
     return ModelBundle(name=name, model=None, config=config, scaling=scaling, sha256=sha, path=str(path),
                        info=meta.get("info") or {}, tables=tables, nets=nets)
 

@@ -65,14 +65,15 @@ class OnnxNets:
     """Encoder and decoder as ONNX Runtime sessions (CPU, one thread each call, all graph optimisations), created
     when first used. With `active` (the latent channels a model's entropy tables leave active) and the networks on
     those channels alone (`training.onnx_export.export_active_networks`), `encode(x, skip=...)` runs the smaller
-    encoder when the codec leaves exactly the inactive channels out, and `decode(y, trimmed=True)` the smaller
-    decoder when every inactive channel of `y` holds its mode."""
+    encoder when the codec leaves exactly the inactive channels out, and `decode_core(y, halo)` the smaller decoder
+    (valid convolutions on a unit with `core_halo` cells each side, giving its core only) when every inactive
+    channel of `y` holds its mode."""
 
     runtime = "onnx"
 
     def __init__(self, encoder: bytes, decoder: bytes, source: str, active: Optional[np.ndarray] = None,
                  modes: Optional[np.ndarray] = None, encoder_active: Optional[bytes] = None,
-                 decoder_active: Optional[bytes] = None):
+                 decoder_active: Optional[bytes] = None, core_halo: Optional[int] = None):
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -84,7 +85,8 @@ class OnnxNets:
         self._source = source
         self._lock = threading.Lock()
         self.active = None
-        if active is not None and modes is not None and encoder_active and decoder_active:
+        self.core_halo = core_halo
+        if active is not None and modes is not None and encoder_active and decoder_active and core_halo:
             self.active = np.asarray(active, np.int64)
             self._inactive = np.setdiff1d(np.arange(len(modes)), self.active)
             self._modes = np.asarray(modes, np.float32)
@@ -126,13 +128,22 @@ class OnnxNets:
         y[:, self.active] = ya
         return y
 
-    def decode(self, y: np.ndarray, trimmed: bool = False) -> np.ndarray:
-        """Image (B, 1, H, W) of latents (B, C, h, w). `trimmed`: the caller keeps only the pixels at least
-        `decoder_halo_cells` inside the border, where the inactive channels' constant contribution is exact."""
-        if trimmed and self.active is not None and np.all(y[:, self._inactive] == self._modes[self._inactive,
-                                                                                          None, None]):
-            return self._run("dec_active", y[:, self.active])
+    def decode(self, y: np.ndarray) -> np.ndarray:
+        """Image (B, 1, H, W) of latents (B, C, h, w)."""
         return self._run("dec", y)
+
+    def decode_core_active(self, y: np.ndarray, halo: int) -> np.ndarray:
+        """decode_core of a unit given by its active channels only (`self.active`; the others at their mode)."""
+        if halo != self.core_halo or self.active is None:
+            raise ValueError("no decoder on the active channels for this halo")
+        return self._run("dec_active", y)
+
+    def decode_core(self, y: np.ndarray, halo: int) -> np.ndarray:
+        """The pixels of a latent unit's core: its decode without `halo` cells on each side."""
+        if halo == self.core_halo and self.active is not None and \
+                np.all(y[:, self._inactive] == self._modes[self._inactive, None, None]):
+            return self._run("dec_active", y[:, self.active])
+        return _core(self._run("dec", y), y, halo)
 
 
 class TorchNets:
@@ -151,11 +162,20 @@ class TorchNets:
         with torch.inference_mode():
             return self.model.encode(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu().numpy()
 
-    def decode(self, y: np.ndarray, trimmed: bool = False) -> np.ndarray:
+    def decode(self, y: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             return self.model.decode(torch.from_numpy(np.ascontiguousarray(y)).to(self.device)).float().cpu().numpy()
+
+    def decode_core(self, y: np.ndarray, halo: int) -> np.ndarray:
+        return _core(self.decode(y), y, halo)
+
+
+def _core(x: np.ndarray, y: np.ndarray, halo: int) -> np.ndarray:
+    """The core of a decoded unit x (of latent y): without `halo` cells' pixels on each side."""
+    k = halo * (x.shape[-1] // y.shape[-1])
+    return x[..., k:x.shape[-2] - k, k:x.shape[-1] - k]
 
 
 #: optional members: the networks on the active latent channels (training.onnx_export)
