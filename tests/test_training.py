@@ -380,3 +380,48 @@ def test_factorized_entropy_model_trains_with_a_rate_term(sar_data, tmp_path):
     assert main(["export", str(run), str(out), "--name", "rd-test"]) == 0
     bundle = load_bundle(out)
     assert bundle.tables is not None and bundle.info["validation"]["bpp"] == pytest.approx(ckpt["val_metrics"]["bpp"])
+
+
+def test_train_only_encoder_keeps_the_decoder_and_prior_and_its_files_decode_with_either_model(sar_data, tmp_path):
+    """--train-only encoder with a narrower --base-channels (light decoder): the encoder is warm-started from the
+    first channels of the given model's and trained; the decoder and entropy model stay bit for bit, so the
+    exported bundle names the files it decodes (--decodes): the original's decode with it to the same pixels."""
+    from sar_ae_core.codec import compress_raster, reconstruct_raster
+
+    light = ["--variant", "gdn", "--decoder", "light", "--entropy-model", "factorized", "--rate-weight", "0.05"]
+    base_run, enc_run = tmp_path / "base", tmp_path / "enc"
+    assert main([*_three_scenes(sar_data), *TINY, *light, "--steps", "6", "--val-interval", "6",
+                 "--out-dir", str(base_run)]) == 0
+    base = tmp_path / "base.pt"
+    assert main(["export", str(base_run), str(base), "--name", "base-test"]) == 0
+    narrow = [a if a != "8" else "6" for a in TINY]  # --base-channels 6
+    assert main([*_three_scenes(sar_data), *narrow, *light, "--steps", "6", "--val-interval", "6",
+                 "--init-from", str(base), "--train-only", "encoder", "--out-dir", str(enc_run)]) == 0
+    before, after = load_checkpoint(base_run / "best.pt")["state_dict"], load_checkpoint(enc_run / "last.pt")["state_dict"]
+    b16 = load_bundle(base, runtime="torch").model.state_dict()  # the bundle's fp16-rounded weights
+    for k, v in after.items():
+        if k.startswith("encoder."):
+            assert v.shape[0] <= before[k].shape[0]
+        else:
+            assert torch.equal(v, b16[k]), k  # decoder and prior: exactly the exported model's
+    changed = [k for k, v in after.items() if k.startswith("encoder.") and v.shape == before[k].shape
+               and not torch.equal(v, before[k])]
+    assert any(after[k].shape != before[k].shape for k in after if k.startswith("encoder.")) or changed
+    out = tmp_path / "enc.pt"
+    assert main(["export", str(enc_run), str(out), "--name", "enc-test", "--decodes", str(base)]) == 0
+    new = load_bundle(out, runtime="torch")
+    assert new.config.base_channels == 6 and new.decodes(load_bundle(base).sha256)
+    import rasterio
+
+    src = _files(sar_data)["ghana_a"]
+    old, mine = tmp_path / "old.sarz", tmp_path / "mine.sarz"
+    compress_raster(src, old, model=str(base), bands=[1])
+    compress_raster(src, mine, model=str(out), bands=[1])
+    px = []
+    for sarz, model in ((old, base), (old, out), (mine, out)):
+        tif = tmp_path / f"{sarz.stem}-{Path(model).stem}.tif"
+        reconstruct_raster(sarz, tif, model=str(model), units="db")
+        with rasterio.open(tif) as r:
+            px.append(r.read(1))
+    assert np.abs(px[0] - px[1]).max() < 1e-4  # the same decoder
+    assert np.isfinite(px[2]).mean() > 0.9

@@ -98,9 +98,11 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
     ("--init-decoder-from", "run", "init_decoder_from", {"metavar": "CKPT|BUNDLE"},
      "after --init-from, take the decoder's weights from this checkpoint or bundle (same decoder architecture), "
      "e.g. start the light decoder of one rate point from another's"),
-    ("--train-only", "run", "train_only", {"choices": ("all", "decoder")},
+    ("--train-only", "run", "train_only", {"choices": ("all", "decoder", "encoder")},
      "'decoder': train only the decoder on the frozen, rounded latents of the --init-from model (its encoder "
-     "and entropy model are copied and kept; the decoder may differ, e.g. --decoder light)"),
+     "and entropy model are copied and kept; the decoder may differ, e.g. --decoder light); 'encoder': train "
+     "only the encoder against its frozen decoder and entropy model (the encoder may be narrower, "
+     "--base-channels, for a light decoder: warm-started from its first channels)"),
     ("--val-interval", "run", "val_interval", {"type": int}, "validate every N steps (default: every epoch)"),
     ("--val-max-patches", "run", "val_max_patches", {"type": int}, "cap on validation patches (0 = all)"),
     ("--val-batch-size", "run", "val_batch_size", {"type": int}, "patches per validation batch"),

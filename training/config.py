@@ -101,6 +101,10 @@ class RunConfig:
                                      # decoder architecture), e.g. a light decoder trained on another rate point
     train_only: str = "all"          # all | decoder: train only the decoder on the frozen, rounded latents of the
                                      # init_from model (encoder and entropy model copied; the decoder may differ)
+                                     # | encoder: train only the encoder against the init_from model's frozen
+                                     # decoder and entropy model (its files and this model's decode alike; the
+                                     # encoder may be narrower: --base-channels, warm-started from its first
+                                     # channels)
     val_interval: Optional[int] = None  # validate every N steps (default: once per epoch) and at the end
     val_max_patches: int = 0         # cap on validation patches (0 = all)
     val_batch_size: int = 32         # patches per validation forward pass
@@ -282,10 +286,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             bad("run.init_decoder_from", f"'{r.init_decoder_from}' does not exist")
     if r.init_decoder_from is not None and r.init_from is None:
         bad("run.init_decoder_from", "needs --init-from (the model whose encoder and entropy model are used)")
-    if r.train_only not in ("all", "decoder"):
-        bad("run.train_only", f"'{r.train_only}' unknown (choose from all, decoder)")
+    if r.train_only not in ("all", "decoder", "encoder"):
+        bad("run.train_only", f"'{r.train_only}' unknown (choose from all, decoder, encoder)")
     if r.train_only == "decoder" and r.init_from is None:
         bad("run.train_only", "'decoder' needs --init-from (the model whose encoder and entropy model are kept)")
+    if r.train_only == "encoder" and r.init_from is None:
+        bad("run.train_only", "'encoder' needs --init-from (the model whose decoder and entropy model are kept)")
     if r.latent_bits > 16:
         bad("run.latent_bits", f"must be <= 16, got {r.latent_bits}")
     check_int("run.seed", r.seed, 0)

@@ -74,20 +74,30 @@ def bundle_info(ckpt: dict, attribution: Optional[str] = None) -> dict:
     return _plain(info)
 
 
-def _same_latents(model, other_name: str) -> str:
-    """SHA-256 of the bundle `other_name` after checking that `model` has its encoder and entropy tables."""
+def _same_latents(model, other_name: str) -> list[str]:
+    """SHA-256s of the files `model` decodes besides its own, after checking that it shares with the bundle
+    `other_name` the entropy tables and either the encoder (a decoder trained with --train-only decoder on its
+    latents: its files) or the decoder (an encoder trained with --train-only encoder: its files and the files it
+    decodes)."""
     other = load_bundle(other_name, runtime="torch")
-    mine = {k: v.half() for k, v in model.state_dict().items() if k.startswith("encoder.")}
-    theirs = {k: v.half() for k, v in other.model.state_dict().items() if k.startswith("encoder.")}
-    if mine.keys() != theirs.keys() or any(not torch.equal(mine[k], theirs[k]) for k in mine):
-        raise SarInputError(other_name, "--decodes: its encoder differs from this model's (train with "
-                                        "--init-from it --train-only decoder)")
+
+    def same(prefix: str) -> bool:
+        mine = {k: v.half() for k, v in model.state_dict().items() if k.startswith(prefix)}
+        theirs = {k: v.half() for k, v in other.model.state_dict().items() if k.startswith(prefix)}
+        return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+    shared_encoder, shared_decoder = same("encoder."), same("decoder.")
+    if not (shared_encoder or shared_decoder):
+        raise SarInputError(other_name, "--decodes: neither its encoder nor its decoder is this model's (train "
+                                        "with --init-from it --train-only decoder or --train-only encoder)")
     import copy
 
     tables = copy.deepcopy(model.entropy).cpu().float().eval().build_tables().to_dict()
     if other.tables is None or tables != other.tables.to_dict():
         raise SarInputError(other_name, "--decodes: its entropy tables differ from this model's")
-    return other.sha256
+    if shared_decoder:
+        return [other.sha256, *other.info.get("decodes_sha256", [])]
+    return [other.sha256]
 
 
 def export_checkpoint(ckpt_path: str, out: str, name: str, overwrite: bool = False,
@@ -108,7 +118,7 @@ def export_checkpoint(ckpt_path: str, out: str, name: str, overwrite: bool = Fal
     model, scaling = checkpoint_model(ckpt)
     info = bundle_info(ckpt, attribution)
     if decodes:
-        info["decodes_sha256"] = [_same_latents(model, decodes)]
+        info["decodes_sha256"] = _same_latents(model, decodes)
     digest = save_bundle(out, model, scaling, name, info=info, half=True)
     bundle = load_bundle(out, runtime="torch")
     size = model.downsample_factor * 8

@@ -60,12 +60,13 @@ class QuantAwareAutoencoder(torch.nn.Module):
     """
 
     def __init__(self, autoencoder: torch.nn.Module, noise: str = "uniform", bits: int = 8,
-                 decoder_only: bool = False):
+                 decoder_only: bool = False, encoder_only: bool = False):
         super().__init__()
         self.ae = autoencoder
         self.noise = noise
         self.bits = bits
         self.decoder_only = decoder_only
+        self.encoder_only = encoder_only
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         prior = getattr(self.ae, "entropy", None)
@@ -78,6 +79,13 @@ class QuantAwareAutoencoder(torch.nn.Module):
                 y_hat, likelihoods = prior(self.ae.encode(x).float())
             return self.ae.decode(y_hat.to(x.dtype)), likelihoods.detach()
         y = self.ae.encode(x)
+        if self.encoder_only and prior is not None:
+            # frozen decoder and prior: the rate from the prior's noisy proxy (as in joint training), the decoder fed
+            # the rounded latents it was trained on and the codec gives it (straight-through gradient)
+            with torch.autocast(x.device.type, enabled=False):
+                _, likelihoods = prior(y.float())
+            y_q = y + (torch.round(y) - y).detach()
+            return self.ae.decode(y_q), likelihoods
         if prior is not None:
             with torch.autocast(x.device.type, enabled=False):
                 y_hat, likelihoods = prior(y.float())

@@ -271,7 +271,11 @@ class Trainer:
         self.init = None
         if cfg.run.init_from and not ckpt:
             self.init = init = load_init(cfg.run.init_from)
-            ignore = {"decoder"} if cfg.run.train_only == "decoder" else set()
+            ignore = {"decoder": {"decoder"}, "encoder": {"base_channels"}}.get(cfg.run.train_only, set())
+            if cfg.run.train_only == "encoder" and cfg.model.decoder != "light" and \
+                    cfg.model.base_channels != init["model_config"].get("base_channels"):
+                raise SarInputError(init["path"], "--train-only encoder with other --base-channels needs "
+                                                  "--decoder light (the mirrored decoder has the encoder's widths)")
             mine = {k: v for k, v in cfg.model.to_dict().items() if k not in ignore}
             theirs = {k: v for k, v in {**ModelConfig().to_dict(), **init["model_config"]}.items() if k not in ignore}
             if theirs != mine:
@@ -314,7 +318,8 @@ class Trainer:
             ae = ae.to(device)
         frozen = cfg.run.train_only == "decoder"
         net: torch.nn.Module = QuantAwareAutoencoder(ae, cfg.run.latent_noise, cfg.run.latent_bits,
-                                                     decoder_only=frozen)
+                                                     decoder_only=frozen,
+                                                     encoder_only=cfg.run.train_only == "encoder")
         if d.enabled:
             if cuda:
                 net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -323,8 +328,12 @@ class Trainer:
         if frozen:  # only the decoder learns; the encoder and entropy model stay those of --init-from
             for name, p in ae.named_parameters():
                 p.requires_grad_(name.startswith("decoder."))
+        if cfg.run.train_only == "encoder":  # only the encoder learns, against the frozen decoder and prior
+            for name, p in ae.named_parameters():
+                p.requires_grad_(name.startswith("encoder."))
         params: list = [p for p in ae.parameters() if p.requires_grad]
-        if not frozen and getattr(ae, "entropy", None) is not None and cfg.optim.prior_lr_mult != 1.0:
+        if cfg.run.train_only == "all" and getattr(ae, "entropy", None) is not None and \
+                cfg.optim.prior_lr_mult != 1.0:
             density = getattr(ae.entropy, "z_prior", ae.entropy)  # hyperprior: only its factorized density
             prior_ids = {id(p) for p in density.parameters()}
             params = [{"params": [p for p in ae.parameters() if id(p) not in prior_ids]},
@@ -360,6 +369,10 @@ class Trainer:
             # a different decoder starts fresh; everything else is copied
             state = {**{k: v for k, v in self.ae.state_dict().items() if k.startswith("decoder.")},
                      **{k: v for k, v in state.items() if not k.startswith("decoder.")}}
+        if cfg.run.train_only == "encoder":  # a narrower encoder starts from the first channels of the given one
+            own = self.ae.state_dict()
+            state = {k: (v[tuple(slice(0, n) for n in own[k].shape)].clone()
+                         if k.startswith("encoder.") and own[k].shape != v.shape else v) for k, v in state.items()}
         if cfg.run.init_decoder_from:
             other = load_init(cfg.run.init_decoder_from)
             mine = {k: v for k, v in cfg.model.to_dict().items() if k in ("decoder", "latent_channels", "stages",
