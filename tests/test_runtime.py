@@ -15,6 +15,7 @@ import rasterio
 from rasterio.windows import Window
 
 from sar_ae_core.cli import main
+from sar_ae_core.errors import SarInputError
 from sar_ae_core.codec import compress_raster, reconstruct_raster
 from sar_ae_core.nn.model_io import DEFAULT_MODEL, load_bundle
 from sar_ae_core.nn.runtime import runtime_path
@@ -217,3 +218,28 @@ def test_files_of_the_all_channel_codec_still_decode(tmp_path, scene):
         with rasterio.open(tmp_path / f"{f.stem}.tif") as r:
             px.append(r.read(1))
     assert np.abs(px[0] - px[1]).max() < 1e-3
+
+
+def test_output_compression_is_a_choice_with_the_same_pixels(tmp_path, scene, capsys):
+    """reconstruct writes an uncompressed GeoTIFF by default (as GDAL does); --output-compress zstd/deflate/lzw
+    give the same pixels in a smaller file; an unknown choice exits 2 naming the option."""
+    sarz = tmp_path / "s.sarz"
+    compress_raster(scene, sarz)
+    px, size = {}, {}
+    for c in ("none", "zstd", "deflate", "lzw"):
+        tif = tmp_path / f"{c}.tif"
+        args = ["reconstruct", str(sarz), str(tif)] + ([] if c == "none" else ["--output-compress", c])
+        assert main(args) == 0
+        with rasterio.open(tif) as r:
+            px[c] = r.read(1)
+            assert (r.compression.name.lower() if r.compression else "none") == c
+        size[c] = tif.stat().st_size
+    for c in ("zstd", "deflate", "lzw"):
+        assert np.array_equal(px[c], px["none"], equal_nan=True) and size[c] < size["none"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["reconstruct", str(sarz), str(tmp_path / "x.tif"), "--output-compress", "jpeg"])
+    assert exit_.value.code == 2
+    assert "--output-compress" in capsys.readouterr().err and not (tmp_path / "x.tif").exists()
+    with pytest.raises(SarInputError, match="--output-compress"):  # the library checks it too
+        reconstruct_raster(sarz, tmp_path / "x.tif", output_compress="jpeg")

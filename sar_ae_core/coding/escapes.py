@@ -115,8 +115,14 @@ def encode_mask_chunk(valid: np.ndarray, escape_frame: bytes) -> bytes:
 
 def split_mask_chunk(payload: bytes, shape: tuple[int, int]) -> tuple[np.ndarray, bytes]:
     """(validity mask, escape frame) of a `packbits-zstd-escapes` chunk."""
-    (n,), k = _read_varints(np.frombuffer(payload[:4], np.uint8), 1)
-    n = int(n)
+    n = k = 0
+    for k in range(min(4, len(payload))):  # one LEB128 number: read byte by byte
+        n |= (payload[k] & 0x7F) << (7 * k)
+        if not payload[k] & 0x80:
+            break
+    else:
+        raise ValueError("mask length is truncated or too large")
+    k += 1
     if k + n > len(payload) or n == 0:
         raise ValueError("mask part longer than the chunk")
     return decode_mask(payload[k:k + n], shape), payload[k + n:]
