@@ -188,6 +188,7 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
     ERROR_MAP = "ERROR_MAP"
     ENL_MAP = "ENL_MAP"
     EPI_MAP = "EPI_MAP"
+    OUTPUT_COMPRESS = "OUTPUT_COMPRESS"
 
     _id = ""
     _display = ""
