@@ -2,10 +2,12 @@
 
 * `rd`: rate (bits per pixel from file bytes) vs PSNR / SSIM / ENL ratio / EPI on real Sentinel-1 rasters,
   for the learned codec at several latent bit depths and for JPEG2000 at the same measured bpp.
-* `speed`: whole-process compress and reconstruct (as a user runs them) next to GDAL JPEG2000 (OpenJPEG) and
-  HTJ2K (OpenJPH via imagecodecs) encode/decode at the same file size, alternated in one run, with each
-  process's peak RSS, on 1k², 4k² and 8k² mosaics of a real scene; in-process throughput of all three; the
-  achieved GMAC/s of the encoder and decoder networks.
+* `speed`: whole-process compress and reconstruct (as a user runs them: reconstruct writes an uncompressed
+  GeoTIFF by default, as gdal_translate does; also timed with --output-compress zstd) next to GDAL JPEG2000
+  (OpenJPEG) and HTJ2K (OpenJPH via imagecodecs) encode/decode at the same file size, alternated in one run,
+  with each process's peak RSS, on 1k², 4k² and 8k² mosaics of a real scene; in-process throughput of all three;
+  each network on its work unit on one thread (MACs counted in the graph, GMAC/s, fraction of the measured
+  convolution peak).
 
     .venv/bin/python benchmarks/bench_codec.py rd --out benchmarks/results/codec_rd.json
     .venv/bin/python benchmarks/bench_codec.py speed --sizes 1024 4096 8192 --rounds 3
@@ -22,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -227,6 +231,107 @@ def _in_process(src: Path, sarz: Path, u16: Path, jp2_q: float, ht_level: float,
     return out
 
 
+def onnx_conv_macs(onnx_bytes: bytes, shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of every Conv in an ONNX graph for an input of `shape` (ONNX shape inference)."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    m = onnx.load_from_string(onnx_bytes)
+    for d, n in zip(m.graph.input[0].type.tensor_type.shape.dim, shape):
+        d.ClearField("dim_param")
+        d.dim_value = n
+    m = shape_inference.infer_shapes(m)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(m.graph.value_info) + list(m.graph.output)}
+    weights = {i.name: numpy_helper.to_array(i).shape for i in m.graph.initializer}
+    casts = {n.output[0]: n.input[0] for n in m.graph.node if n.op_type == "Cast"}  # fp16 weights cast to fp32
+    total = 0
+    for n in m.graph.node:
+        if n.op_type != "Conv":
+            continue
+        name = casts.get(n.input[1], n.input[1])
+        w = weights[name] if name in weights else shapes[n.input[1]]  # GDN: a weight computed in the graph
+        out = shapes[n.output[0]]
+        total += int(np.prod(out)) * int(np.prod(w[1:]))
+    return total
+
+
+def _session(onnx_bytes: bytes):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def _best_seconds(sess, x, repeats: int = 5) -> float:
+    name = sess.get_inputs()[0].name
+    sess.run(None, {name: x})
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def run_stages(model: str) -> dict:
+    """Each network the codec runs, on one thread, on the work unit the codec gives it: MACs counted in the graph
+    (halo included), GMAC/s, output megapixels per second, and the fraction of this CPU's convolution peak (the best
+    GMAC/s ONNX Runtime reaches on one thread on a wide 3x3 convolution, measured here)."""
+    import io
+    import zipfile
+
+    import torch
+
+    from sar_ae_core.codec import ENCODE_UNIT_PIXELS, UNIT_PIXELS
+    from sar_ae_core.nn.model_config import decoder_halo_cells, encoder_halo_cells
+    from sar_ae_core.nn.model_io import load_bundle, resolve_model
+    from sar_ae_core.nn.runtime import runtime_path
+
+    bundle = load_bundle(model)
+    zpath = runtime_path(Path(resolve_model(model)))
+    z = zipfile.ZipFile(zpath)
+    f, cfg = bundle.downsample_factor, bundle.config
+    tile = 256
+    he, hd = encoder_halo_cells(cfg) or 2, decoder_halo_cells(cfg) or 2
+    # peak: 256 -> 256 channels, 3x3, 64 x 64 (the widest convolutions reach it)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1)
+    buf = io.BytesIO()
+    torch.onnx.export(conv, torch.rand(1, 256, 64, 64), buf, opset_version=17, dynamo=False)
+    x = np.random.default_rng(0).random((1, 256, 64, 64), dtype=np.float32)
+    peak = 256 * 256 * 9 * 64 * 64 / _best_seconds(_session(buf.getvalue()), x) / 1e9
+    names = set(z.namelist())
+    stages = {}
+    enc_w, enc_h = ENCODE_UNIT_PIXELS + 2 * he * f, tile + 2 * he * f
+    n_act = len(bundle.nets.active) if bundle.nets.active is not None else cfg.latent_channels
+    core = (tile // f, UNIT_PIXELS // f)
+    units = {
+        "encoder": ("encoder.onnx", (1, cfg.in_channels, enc_h, enc_w), tile * ENCODE_UNIT_PIXELS),
+        "encoder_active": ("encoder_active.onnx", (1, cfg.in_channels, enc_h, enc_w), tile * ENCODE_UNIT_PIXELS),
+        "decoder": ("decoder.onnx", (1, cfg.latent_channels, core[0] + 2 * hd, core[1] + 2 * hd),
+                    tile * UNIT_PIXELS),
+        "decoder_active": ("decoder_active.onnx", (1, n_act, core[0] + 2 * hd, core[1] + 2 * hd),
+                           tile * UNIT_PIXELS),
+    }
+    rng = np.random.default_rng(1)
+    for key, (member, shape, useful_px) in units.items():
+        if member not in names:
+            continue
+        graph = z.read(member)
+        macs = onnx_conv_macs(graph, shape)
+        x = rng.random(shape, dtype=np.float32) if key.startswith("encoder") else \
+            np.rint(rng.normal(0, 1, shape)).astype(np.float32)
+        sec = _best_seconds(_session(graph), x)
+        stages[key] = {"input": list(shape), "useful_pixels": useful_px, "macs_per_useful_pixel": macs / useful_px,
+                       "gmac_per_s": macs / sec / 1e9, "useful_mpx_per_s": useful_px / sec / 1e6,
+                       "fraction_of_peak": macs / sec / 1e9 / peak}
+    return {"model": model, "peak_gmac_per_s_one_thread": peak, "stages": stages,
+            "note": "one thread, best of 5 runs per work unit; MACs counted from each ONNX graph's convolutions "
+                    "for the unit the codec gives it (halo included) over the pixels the unit delivers"}
+
+
 def run_speed(args) -> dict:
     """Whole-process compress/reconstruct next to GDAL JPEG2000 and HTJ2K at the same bytes, alternated
     (A B C A B C ...) in one run, with peak RSS; in-process throughput; achieved GMAC/s per network stage."""
@@ -240,6 +345,11 @@ def run_speed(args) -> dict:
     name = args.model or "sarae-q2"
     torch_bundle = load_bundle(name, runtime="torch")
     macs = stage_macs_per_pixel(torch_bundle.model)
+    stages = run_stages(name)
+    for k, v in stages["stages"].items():
+        print(f"{k}: {v['macs_per_useful_pixel']:.0f} MAC/px, {v['gmac_per_s']:.1f} GMAC/s on one thread "
+              f"({100 * v['fraction_of_peak']:.0f} % of the {stages['peak_gmac_per_s_one_thread']:.1f} GMAC/s "
+              f"peak), {v['useful_mpx_per_s']:.1f} MPx/s", flush=True)
     env = {**os.environ, "GDAL_NUM_THREADS": "ALL_CPUS"}
     py = sys.executable
     rows = []
@@ -269,6 +379,8 @@ def run_speed(args) -> dict:
                 "htj2k_encode": ([py, "-c", _HTJ2K, "encode", str(u16), str(tmp / "e.j2c"), str(ht_level)],
                                  tmp / "e.j2c"),
                 "codec_reconstruct": ([py, "-m", "sar_ae_core", "reconstruct", str(sarz), str(r_out)], r_out),
+                "codec_reconstruct_zstd": ([py, "-m", "sar_ae_core", "reconstruct", str(sarz), str(r_out),
+                                            "--output-compress", "zstd"], r_out),
                 "jpeg2000_decode": (["gdal_translate", "-q", "-of", "GTiff", str(jp2), str(jdec)], jdec),
                 "htj2k_decode": ([py, "-c", _HTJ2K, "decode", str(ht), str(hdec), "0"], hdec),
             }
@@ -323,7 +435,7 @@ def run_speed(args) -> dict:
     return {"benchmark": "speed_memory", "source": Path(args.source).name, "model": name,
             "runtime": load_bundle(name).runtime, "macs_per_pixel": macs,
             "encoder_work_factor": "1.16 (strip units of 1024 px + 2-cell halo, tile rows of 256 px + halo)",
-            "threads": len(os.sched_getaffinity(0)), "gdal_num_threads": "ALL_CPUS",
+            "threads": len(os.sched_getaffinity(0)), "gdal_num_threads": "ALL_CPUS", "network_stages": stages,
             "note": "whole processes as a user runs them (start-up, imports, reading and writing included); "
                     "JPEG2000/HTJ2K code the 16-bit scaled image at the codec's file size; ratios are other/ours "
                     "wall time pair by pair (>1: ours faster)", "results": rows}
