@@ -691,9 +691,9 @@ class GeoTiffWriter:
                             offset = ds.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=b)
                             nbytes = ds.get_tag_item(f"BLOCK_SIZE_{j}_{i}", "TIFF", bidx=b)
                             if not offset or not nbytes or int(nbytes) <= 0 or int(offset) + int(nbytes) > size:
-                                raise SarInputError(self.path, f"could not be written: block {i},{j} of band {b} "
-                                                               "is missing on disk (disk full or write error); "
-                                                               "nothing was written")
+                                cause = self._lib.cause() or "disk full or write error"
+                                raise SarInputError(self.path, f"could not be written ({cause}): block {i},{j} of "
+                                                               f"band {b} is missing on disk; nothing was written")
         except SarInputError:
             raise
         except Exception as exc:  # noqa: BLE001
