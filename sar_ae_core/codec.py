@@ -144,29 +144,30 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
         with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out, open(out.tmp, "wb") as fh, \
                 _Runner(bundle) as runner:
             writer = ContainerWriter(fh, header)
-            pending = None  # tile row whose network runs while the next strip is read and the previous coded
-            for tr in range(plan.tile_rows + 1):
-                job = None
-                if tr < plan.tile_rows:
-                    t0 = time.perf_counter()
-                    strip, valid, y0, db = read_strip(r, plan, scaling, tr, want_db=bool(step))
-                    timer.io += time.perf_counter() - t0
-                    cached = latent_store.get(tr) if latent_store is not None else None
-                    if cached is None:
-                        waits = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner, exact,
-                                               skip=getattr(codec, "skip", None)) for b in range(r.count)]
-                        finish = (lambda waits=waits: [w() for w in waits])
-                    else:
-                        finish = (lambda cached=cached: cached)
-                    job = (tr, valid, y0, db, finish, cached is None)
-                    del strip
-                if pending is not None:
-                    n_v, n_e = _code_tile_row(pending, writer, codec, plan, scaling, header, step, r.count,
+            from collections import deque
+
+            # tile rows whose networks run (on the pool) while the next strips are read and the oldest is coded:
+            # LOOKAHEAD rows ahead, so the pool never waits for the reading of the next strip
+            pending: deque = deque()
+            for tr in range(plan.tile_rows):
+                t0 = time.perf_counter()
+                strip, valid, y0, db = read_strip(r, plan, scaling, tr, want_db=bool(step))
+                timer.io += time.perf_counter() - t0
+                cached = latent_store.get(tr) if latent_store is not None else None
+                if cached is None:
+                    waits = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner, exact,
+                                           skip=getattr(codec, "skip", None)) for b in range(r.count)]
+                    finish = (lambda waits=waits: [w() for w in waits])
+                else:
+                    finish = (lambda cached=cached: cached)
+                pending.append((tr, valid, y0, db, finish, cached is None))
+                del strip
+                while len(pending) > (LOOKAHEAD if tr < plan.tile_rows - 1 else 0):
+                    job = pending.popleft()
+                    n_v, n_e = _code_tile_row(job, writer, codec, plan, scaling, header, step, r.count,
                                               latent_store, timer)
                     n_valid, n_escaped = n_valid + n_v, n_escaped + n_e
-                    prog.step((pending[0] + 1) / plan.tile_rows,
-                              f"compressing tile row {pending[0] + 1}/{plan.tile_rows}")
-                pending = job
+                    prog.step((job[0] + 1) / plan.tile_rows, f"compressing tile row {job[0] + 1}/{plan.tile_rows}")
             timer.network = runner.network_seconds
             if n_valid == 0:
                 raise SarInputError(r.path, "no valid pixels to compress (all nodata, NaN, infinite or <= 0)")
@@ -181,6 +182,9 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             "seconds": time.perf_counter() - t_start,
             "timing": timer.as_dict()}
 
+
+#: tile rows read and given to the network ahead of the one being entropy-coded
+LOOKAHEAD = 2
 
 #: measured on the 2-core reference machine (benchmarks/bench_codec.py): pixels per second of compress, and
 #: bytes held per pixel of one tile-row strip (raw, dB, scaled, padded, validity, latents), per band

@@ -145,15 +145,20 @@ class FactorizedRangeCodec:
     def encode(self, latent: np.ndarray) -> bytes:
         """Quantize and range-code one latent tile (C, h, w): channel after channel, each in raster order."""
         q = self.quantize(latent)
+        c_n = q.shape[0]
+        coded = np.arange(c_n) if self.skip is None else np.nonzero(~self.skip[:c_n])[0]
+        vals = q[coded].reshape(len(coded), -1)
+        # = encode_grouped with table c for channel c (contiguous groups), all channels' indexes at once: values
+        # beyond a table are its escape symbol, their values follow in coding order (channel, then position)
+        idx = vals - self.tables.offsets[coded].astype(np.int64)[:, None]
+        n_sym = self._n_sym[coded].astype(np.int64)[:, None]
+        outside = (idx < 0) | (idx >= n_sym)
+        escapes = vals[outside].astype(np.int32)
+        idx = np.where(outside, n_sym, idx).astype(np.int32)
         enc = self._cs.stream.queue.RangeEncoder()
-        escapes = []
-        for c in range(q.shape[0]):  # = encode_grouped with table c for channel c (contiguous groups)
-            if self.skip is not None and self.skip[c]:
-                continue
-            idx, esc = self.tables._index(c, q[c].ravel())
-            enc.encode(idx, self._models[c])
-            escapes.append(esc)
-        return join_payload(enc, escapes)
+        for i, c in enumerate(coded):
+            enc.encode(idx[i], self._models[c])
+        return join_payload(enc, [escapes])
 
     def decode(self, payload: bytes, shape: tuple[int, int, int], coded_only: bool = False) -> np.ndarray:
         """Inverse of encode (float32 latents). `coded_only`: just the coded channels (all but the skipped ones),
