@@ -525,3 +525,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         discard_pending()
         print("terminated: no output written", file=sys.stderr)
         return 143
+    except BrokenPipeError:  # e.g. `info FILE | head`: the reader left; say nothing more, as other tools do
+        discard_pending()
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141

@@ -33,3 +33,16 @@ def test_argument_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["compress"])
     assert e.value.code == 2
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    """`info FILE | head -1`: the pipe closes under the printing (here before it: `| true` reads nothing); the
+    command ends quietly (141, as SIGPIPE) instead of a traceback."""
+    import subprocess
+    import sys
+
+    sarz = tmp_path / "s.sarz"
+    assert main(["compress", str(SAMPLE), str(sarz)]) == 0
+    proc = subprocess.run(f"{sys.executable} -m sar_ae_core info {sarz} | true; echo ${{PIPESTATUS[0]}}",
+                          shell=True, capture_output=True, text=True, executable="/bin/bash", timeout=120)
+    assert proc.stdout.strip() == "141" and proc.stderr == "", proc.stderr
