@@ -90,7 +90,8 @@ class OnnxNets:
             self.active = np.asarray(active, np.int64)
             self._inactive = np.setdiff1d(np.arange(len(modes)), self.active)
             self._modes = np.asarray(modes, np.float32)
-        self._session("dec")  # a broken bundle fails when it is loaded, not in the middle of a run
+        # a broken bundle fails when it is loaded, not in the middle of a run (the decoder files use is checked)
+        self._session("dec" if self.active is None else "dec_active")
 
     def _session(self, key: str):
         s = self._sessions.get(key)
