@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--gains", nargs="+", type=float, default=[0.7, 1.0, 1.6])
     ap.add_argument("--category", nargs="+", default=None, help="only these product categories")
+    ap.add_argument("--twin-each", action="store_true",
+                    help="models with different encoders (other bytes): a JPEG2000 twin at each model's own bytes, "
+                         "and each model's PSNR difference to it")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decoder_pilot.json"))
     args = ap.parse_args()
 
@@ -94,6 +97,14 @@ def main() -> None:
                     reconstruct_raster(sarz, rec, units="db", bundle=b, overwrite=True)
                     row["models"][b.name] = {"bytes": c["bytes"], "bpp": c["bpp"],
                                              "reconstruct_s": time.perf_counter() - t0, **_assess(scene, rec)}
+                    if args.twin_each:
+                        with SarzFile(sarz) as f:
+                            own = f.scaling
+                        jt = jpeg2000_twin(scene, tmp / "jp2own.tif", c["bpp"], scaling=own, overwrite=True)
+                        m = row["models"][b.name]
+                        m["jpeg2000_psnr"] = _assess(scene, tmp / "jp2own.tif")["psnr"]
+                        m["jpeg2000_bpp"] = jt["bpp"]
+                        m["d_psnr_vs_jpeg2000"] = m["psnr"] - m["jpeg2000_psnr"]
                 ref = row["models"][bundles[0].name]
                 with SarzFile(tmp / f"{bundles[0].name}.sarz") as f:
                     scaling = f.scaling
@@ -117,8 +128,11 @@ def main() -> None:
         for gain in args.gains:
             rs = [r for r in rows if r["category"] == cat and r["gain"] == gain]
             sides = [b.name for b in bundles] + ["jpeg2000", "avif"]
-            summary[f"{cat} g={gain}"] = {s: {k: mean(rs, s, k) for k in METRICS + ("bpp",)} for s in sides} | {
-                "scenes": len(rs)}
+            keys = METRICS + ("bpp",)
+            summary[f"{cat} g={gain}"] = {s: {k: mean(rs, s, k) for k in keys + (("d_psnr_vs_jpeg2000",) if
+                                                                               args.twin_each and s in rs[0]["models"]
+                                                                               else ())}
+                                          for s in sides} | {"scenes": len(rs)}
     report = {"benchmark": "decoder_pilot", "models": [{"name": b.name, "path": b.path, "decoder": b.config.decoder,
                                                          "macs_per_pixel": macs[b.name]} for b in bundles],
               "split_file": args.split_file, "split": args.split, "gains": args.gains, "results": rows,
@@ -130,6 +144,17 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
+    if args.twin_each:  # models with their own bytes: bpp and PSNR each, and the difference to JPEG2000 at those bytes
+        lines = ["| category, gain | " + " | ".join(f"{b.name} bpp / PSNR / Δ vs JPEG2000" for b in bundles) + " |",
+                 "|---" * (1 + len(bundles)) + "|"]
+        for key, m in summary.items():
+            lines.append(f"| {key} ({m['scenes']}) | " + " | ".join(
+                f"{m[b.name]['bpp']:.3f} / {m[b.name]['psnr']:.2f} / {m[b.name]['d_psnr_vs_jpeg2000']:+.2f}"
+                for b in bundles) + " |")
+        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        print(f"wrote {out}")
+        return
     lines = ["| category, gain | bpp | " + " | ".join(f"{b.name} PSNR" for b in bundles) +
              " | JPEG2000 | AVIF | " + " | ".join(f"{b.name} ENL ratio / EPI" for b in bundles) + " |",
              "|---" * (4 + 2 * len(bundles)) + "|"]

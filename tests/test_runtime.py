@@ -203,7 +203,7 @@ def test_the_active_channel_networks_compute_what_the_full_ones_compute():
 
 def test_files_of_the_all_channel_codec_still_decode(tmp_path, scene):
     """`--codec factorized-range` writes the stream of the first files (every channel coded); such files decode to
-    the pixels of the default 'factorized-range-active' file of the same raster, which is no larger."""
+    the pixels of the default 'factorized-range-active' file of the same raster."""
     old, new = tmp_path / "old.sarz", tmp_path / "new.sarz"
     compress_raster(scene, old, codec="factorized-range")
     compress_raster(scene, new)
@@ -211,7 +211,10 @@ def test_files_of_the_all_channel_codec_still_decode(tmp_path, scene):
 
     assert sarz_info(old)["codec"]["id"] == "factorized-range"
     assert sarz_info(new)["codec"]["id"] == "factorized-range-active"
-    assert new.stat().st_size <= old.stat().st_size
+    # the latents are no larger (the inactive channels cost their ~0 bits no more); the longer codec id is a few
+    # header bytes
+    assert sarz_info(new)["parts"]["latents"] <= sarz_info(old)["parts"]["latents"]
+    assert new.stat().st_size <= old.stat().st_size + 16
     px = []
     for f in (old, new):
         reconstruct_raster(f, tmp_path / f"{f.stem}.tif", units="db")
