@@ -446,8 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode only this pixel window")
     s.add_argument("--model", default=None, help="model bundle (default: the one named in the file)")
     s.add_argument("--output-compress", default=OUTPUT_COMPRESS[0], choices=OUTPUT_COMPRESS,
-                   help="GeoTIFF compression of the output (default none, as GDAL writes; zstd is level 1 and "
-                        "needs GDAL 2.3 or later to read; deflate and lzw with the predictor)")
+                   help="GeoTIFF compression of the output (default zstd, level 1, read by GDAL 2.3 or later; "
+                        "deflate and lzw with the predictor, for older readers; none)")
     s.add_argument("--device", default="cpu",
                    help="cpu (default: bit-exact everywhere) | auto | cuda | cuda:N")
     s.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)

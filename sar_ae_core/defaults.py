@@ -12,10 +12,10 @@ SCALING_CHOICES = ("auto", "model", "source")
 CODEC_IDS = ("uniform-zstd", "factorized-range", "factorized-range-active", "hyperprior-range")
 #: output units of reconstruct
 OUTPUT_UNITS = ("source", "db")
-#: GeoTIFF compression of reconstruct's output; the first is the default: none, as GDAL writes by default — a lossy
-#: float reconstruction compresses to only ~88 % (zstd level 1) or ~80 % (deflate + predictor) and that costs
-#: 15-40 % of the decode time; the .sarz is the compact copy
-OUTPUT_COMPRESS = ("none", "zstd", "deflate", "lzw")
+#: GeoTIFF compression of reconstruct's output; the first is the default: zstd level 1 (GDAL compresses the blocks
+#: on its own threads beside the decoder: no slower than uncompressed in benchmarks/bench_codec.py, ~88 % of the
+#: raw size for float dB; GDAL 2.3 or later reads it), deflate (+ predictor, ~80 %, the most widely read), lzw, none
+OUTPUT_COMPRESS = ("zstd", "deflate", "lzw", "none")
 #: the bundled default model and the bundled model with spatial attention
 DEFAULT_MODEL = "sarae-q2"         # entropy-coded, ≈0.5 bpp
 ATTENTION_MODEL = "sarae-default"  # res_cbam

@@ -22,8 +22,8 @@ class ReconstructAlgorithm(SarAeAlgorithm):
         "gives float32 backscatter in dB.\n"
         "<b>Model file</b>: only needed when the file was made with a model that is not bundled; it must be the "
         "same model (checked by its SHA-256).\n\n"
-        "<b>Output compression</b> (advanced): none by default, as GDAL writes; a lossy float reconstruction "
-        "compresses only to ~80-88 % with zstd or deflate, at a cost in decode time.\n\n"
+        "<b>Output compression</b> (advanced): zstd by default (GDAL 2.3 or later reads it); deflate for older "
+        "readers; a lossy float reconstruction compresses to ~80-88 % of its raw size.\n\n"
         "Decoding runs on the CPU by default, which gives the same pixels on every machine.")
 
     def prepareAlgorithm(self, parameters, context, feedback):
