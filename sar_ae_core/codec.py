@@ -618,7 +618,7 @@ def _decode_band(f: SarzFile, bundle: ModelBundle, band: int, region, tile_rows,
 
 #: decode work unit width (pixels, rounded to whole tiles): fixed, so that a window decodes exactly the units a
 #: full decode does (bit-identical pixels) whatever the thread count
-UNIT_PIXELS = 512
+UNIT_PIXELS = 256
 
 
 def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, halo: int,
