@@ -103,6 +103,7 @@ class FactorizedRangeCodec:
         if self.skip is not None and len(self.skip) != len(tables.counts):
             raise ValueError(f"channel mask has {len(self.skip)} channels, the tables {len(tables.counts)}")
         self._modes = tables.modes()
+        self._m = self._modes.astype(np.float64)[:, None, None]  # the modes as quantization centres
         self._n_sym = np.array([len(c) - 1 for c in tables.counts], np.int32)  # index of each table's escape
 
     @property
@@ -122,7 +123,7 @@ class FactorizedRangeCodec:
     gain: float = 1.0
 
     def _centers(self) -> np.ndarray:
-        return self._modes.astype(np.float64)[:, None, None]
+        return self._m
 
     def quantize(self, latent: np.ndarray) -> np.ndarray:
         """Integer symbols of one latent tile (C, h, w) (skipped channels: their mode)."""

@@ -143,7 +143,7 @@ class OnnxNets:
         """The pixels of a latent unit's core: its decode without `halo` cells on each side."""
         if halo == self.core_halo and self.active is not None and \
                 np.all(y[:, self._inactive] == self._modes[self._inactive, None, None]):
-            return self._run("dec_active", y[:, self.active])
+            return self.decode_core_active(y[:, self.active], halo)
         return _core(self._run("dec", y), y, halo)
 
 
