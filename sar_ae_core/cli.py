@@ -118,11 +118,14 @@ def cmd_compress(args) -> int:
                    runtime=args.runtime,
                    batch_size=args.batch_size, scaling=args.scaling, codec=args.codec, overwrite=args.overwrite,
                    escape_step_db=args.escape_step, keep_brightest=args.keep_brightest)
+    if args.residual_step is not None and (args.rate is not None or args.max_rmse_db is not None):
+        raise SarInputError(None, "--residual-step goes with --model or --quality: --rate and --max-rmse-db choose "
+                                  "the residual layer themselves")
     with _progress_bar("compress") as bar:
         if args.rate is not None:
             from sar_ae_core.rate import compress_to_rate, search_summary
 
-            r = compress_to_rate(args.input, args.output, args.rate, **options)
+            r = compress_to_rate(args.input, args.output, args.rate, residual=not args.no_residual, **options)
             print(search_summary(r))
         elif args.max_rmse_db is not None:
             from sar_ae_core.rate import compress_to_rmse
@@ -131,12 +134,20 @@ def cmd_compress(args) -> int:
             gain = f" at quantization gain {r['gain']:.3f}" if r["gain"] != 1.0 else ""
             print(f"--max-rmse-db {args.max_rmse_db:g}: RMSE {r['rmse_db']:.3f} dB with rate point {r['model']}{gain}, "
                   f"{len(r['passes'])} pass(es)")
+        elif args.residual_step is not None:
+            from sar_ae_core.refine import compress_with_residual
+
+            r = compress_with_residual(args.input, args.output, args.residual_step, model=model, progress=bar,
+                                       **options)
         else:
             r = compress_raster(args.input, args.output, model=model, progress=bar, **options)
     print(f"wrote {r['output']}: {r['bytes']} bytes, {r['bpp']:.4f} bits per pixel "
           f"({r['compression_ratio']:.1f}:1 vs the source dtype), model {r['model']}, {r['device']}, "
           f"{r['seconds']:.1f} s")
     print(f"dB range: {r['scaling']}")
+    if r.get("residual_step_db"):
+        print(f"residual layer: step {r['residual_step_db']:g} dB, {r['residual_bytes']} bytes, RMSE of the coded "
+              f"pixels {r['residual_rmse_db']:.3f} dB")
     if r["escape_step_db"]:
         print(f"kept exactly: {r['escaped_pixels']} pixel(s) outside the range or among the brightest, to "
               f"±{r['escape_step_db'] / 2:g} dB (nothing clipped)")
@@ -414,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-rmse-db", type=float, default=None, metavar="DB",
                    help="write the smallest file whose reconstruction is within DB of the source (RMSE in dB over the "
                         "valid pixels; each candidate is decoded and measured)")
+    s.add_argument("--residual-step", type=float, default=None, metavar="DB",
+                   help="add a residual layer: the difference between the source and the network's reconstruction, "
+                        "quantized with this step in dB (error <= DB/2 per pixel; ~1 more bit per pixel per halving)")
+    s.add_argument("--no-residual", action="store_true",
+                   help="with --rate: never use a residual layer (only rate points and quantization gains)")
     s.add_argument("--bands", default="all", help="'all' or a list like 1,2 (default all)")
     s.add_argument("--units", default="auto", choices=UNIT_CHOICES, help="source units (default auto)")
     s.add_argument("--bits", type=int, default=8,

@@ -599,12 +599,13 @@ def _decode_band(f: SarzFile, bundle: ModelBundle, band: int, region, tile_rows,
         final_to = row0 + height if last else min(tile_rows[k + 1] * p.tile - h, row0 + height)
         if final_to > written:
             n = final_to - written
-            valid, escaped = _mask_rows(f, band, written, final_to, col0, width)
+            valid, escaped, residual = _mask_rows(f, band, written, final_to, col0, width)
             for c in range(0, width, _OUT_COLS):  # column chunks keep float64 temporaries small
                 t0 = time.perf_counter()
                 cs = slice(c, min(c + _OUT_COLS, width))
                 values = _to_output(f, num[:n, cs] / den[:n, cs], valid[:, cs],
-                                    None if escaped is None else escaped[:, cs], out_units, dtype, nodata)
+                                    None if escaped is None else escaped[:, cs], out_units, dtype, nodata,
+                                    None if residual is None else residual[:, cs])
                 timer.blending += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 writer.write(values, Window(cs.start, written - row0, cs.stop - cs.start, n), band=band + 1)
@@ -689,13 +690,13 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
         y0, y1 = max(tr * p.tile, row0), min((tr + 1) * p.tile, p.height, row0 + height)
         a, b = max(c0 * fct, col0), min(c1 * fct, col0 + width)
         t0 = time.perf_counter()
-        valid, escaped = _mask_rows(f, band, y0, y1, a, b - a)
+        valid, escaped, residual = _mask_rows(f, band, y0, y1, a, b - a)
         timer.coding += time.perf_counter() - t0
         x = wait()[0]  # pixels from raster row (hr0 + halo)·fct, column (hc0 + halo)·fct = c0·fct
         t0 = time.perf_counter()
         oy, ox = (hr0 + halo) * fct, c0 * fct
         unit = x[y0 - oy:y1 - oy, a - ox:b - ox]
-        values = _to_output(f, unit, valid, escaped, out_units, dtype, nodata)
+        values = _to_output(f, unit, valid, escaped, out_units, dtype, nodata, residual)
         timer.blending += time.perf_counter() - t0
         t0 = time.perf_counter()
         writer.write(values, Window(a - col0, y0 - row0, b - a, y1 - y0), band=band + 1)
@@ -733,20 +734,21 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
 
 
 def _mask_rows(f: SarzFile, band: int, y0: int, y1: int, col0: int, width: int):
-    """Validity of raster rows [y0, y1) × cols [col0, col0 + width) from the stored mask tiles, and the escaped
-    dB values there (float32, NaN where not escaped; None when the region has no escapes)."""
+    """Validity of raster rows [y0, y1) × cols [col0, col0 + width) from the stored mask tiles, the escaped
+    dB values there (float32, NaN where not escaped; None when the region has no escapes) and the residual layer's
+    dB offsets (float32; None when the file has none)."""
     p = f.plan
     if y0 // p.tile == (y1 - 1) // p.tile and col0 // p.tile == (col0 + width - 1) // p.tile:
         # within one tile (a decode unit of one tile, the common case): views of it, no copy
         tr, tc = y0 // p.tile, col0 // p.tile
-        m, e = f.mask_and_escapes(tr, tc, band)
+        m, e, r = f.mask_tile(tr, tc, band)
         sl = (slice(y0 - tr * p.tile, y1 - tr * p.tile), slice(col0 - tc * p.tile, col0 + width - tc * p.tile))
-        return m[sl], None if e is None else e[sl]
+        return m[sl], None if e is None else e[sl], None if r is None else r[sl]
     out = np.zeros((y1 - y0, width), dtype=bool)
-    escaped = None
+    escaped = residual = None
     for tr in range(y0 // p.tile, (y1 - 1) // p.tile + 1):
         for tc in range(col0 // p.tile, (col0 + width - 1) // p.tile + 1):
-            m, e = f.mask_and_escapes(tr, tc, band)
+            m, e, r = f.mask_tile(tr, tc, band)
             ty0, tx0 = tr * p.tile, tc * p.tile
             a0, a1 = max(y0, ty0), min(y1, ty0 + m.shape[0])
             b0, b1 = max(col0, tx0), min(col0 + width, tx0 + m.shape[1])
@@ -755,28 +757,38 @@ def _mask_rows(f: SarzFile, band: int, y0: int, y1: int, col0: int, width: int):
                 if escaped is None:
                     escaped = np.full((y1 - y0, width), np.nan, np.float32)
                 escaped[a0 - y0:a1 - y0, b0 - col0:b1 - col0] = e[a0 - ty0:a1 - ty0, b0 - tx0:b1 - tx0]
-    return out, escaped
+            if r is not None:
+                if residual is None:
+                    residual = np.zeros((y1 - y0, width), np.float32)
+                residual[a0 - y0:a1 - y0, b0 - col0:b1 - col0] = r[a0 - ty0:a1 - ty0, b0 - tx0:b1 - tx0]
+    return out, escaped, residual
 
 
-def _to_output(f: SarzFile, unit: np.ndarray, valid: np.ndarray, escaped, out_units: str, dtype: str, nodata):
-    """Blended [0, 1] values → output units, with the escaped pixels' own dB values put back."""
+def _to_output(f: SarzFile, unit: np.ndarray, valid: np.ndarray, escaped, out_units: str, dtype: str, nodata,
+               residual=None):
+    """Blended [0, 1] values → output units, plus the residual layer's dB offsets, with the escaped pixels' own dB
+    values put back."""
     if out_units == "db" and np.dtype(dtype) == np.float32:
         # dB float32 out: float32 arithmetic in place (within 4e-6 dB of the float64 path), escapes then nodata
         sc = f.scaling
         out = np.clip(unit, 0.0, 1.0, dtype=np.float32)
         out *= np.float32(sc.span_db)
         out += np.float32(sc.vmin_db)
+        if residual is not None:
+            out += residual
         if escaped is not None:
             hit = ~np.isnan(escaped)
             out[hit] = escaped[hit]
         out[~valid] = output_nodata("float32", nodata)
         return out
-    if escaped is None:
+    if escaped is None and residual is None:
         return f.scaling.inverse(unit, valid, out_units, dtype, nodata)
     db = f.scaling.unit_to_db(unit)
-    hit = ~np.isnan(escaped)
-    db[hit] = escaped[hit]
+    if residual is not None:
+        db += residual
+    if escaped is not None:
+        hit = ~np.isnan(escaped)
+        db[hit] = escaped[hit]
     out = db_to_raw(db, out_units, dtype)
     out[~valid] = output_nodata(out.dtype.name, nodata)
     return out
-

@@ -46,8 +46,10 @@ def _rate_points() -> list[tuple[str, float]]:
 
 
 def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: float = 0.02,
-                     overwrite: bool = False, progress=None, max_passes: int = 24, **kwargs) -> dict:
-    """compress_raster at `target_bpp` (within `tolerance`, relative); returns its result plus the search."""
+                     overwrite: bool = False, progress=None, max_passes: int = 24, residual: bool = True,
+                     **kwargs) -> dict:
+    """compress_raster at `target_bpp` (within `tolerance`, relative); returns its result plus the search.
+    `residual`: also try a residual layer on a lower rate point (step 3) and keep the file closer to the source."""
     from sar_ae_core.codec import LatentStore, compress_raster
 
     if not (isinstance(target_bpp, (int, float)) and math.isfinite(target_bpp) and 0 < target_bpp <= 32):
@@ -137,6 +139,11 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
                     best = search(pick - 1, 1.0, MAX_GAIN, best)
             else:
                 best = search(pick, 1.0, MAX_GAIN, best)
+        # 3. a residual layer (coding/residual.py) on a lower rate point: where the network stops gaining (speckle,
+        #    high rates) the same bytes buy a smaller error; whichever of the two files is closer to the source wins
+        if residual and float(kwargs.get("escape_step_db", 1.0) or 0) > 0:
+            best = _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bpp, tolerance, passes,
+                                 max_passes, close, better)
         reached = close(best)
         with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out:
             shutil.copyfile(best["path"], out.tmp)
@@ -145,9 +152,72 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
     return best
 
 
+#: a residual layer is tried when the target is at least this multiple of the lowest rate point's rate on the raster
+RESIDUAL_FROM = 1.6
+
+
+def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bpp, tolerance, passes, max_passes,
+                  close, better) -> dict:
+    """The better (smaller RMSE in dB over the coded pixels) of `best` and a residual layer on the lowest rate point
+    (and on the rate point nearest half the target, when that is another) sized to the target."""
+    from sar_ae_core.refine import ResidualSource, check_step
+
+    low = at_unit_gain(0)
+    if target_bpp < RESIDUAL_FROM * low["bpp"]:
+        return best
+    with ResidualSource(best["path"], input_path, work_dir=work) as rs:
+        best["rmse_db"] = rs.base_rmse()
+    half = min(range(len(points)), key=lambda i: abs(math.log(points[i][1] / (0.5 * target_bpp))))
+    bases = [0] + ([half] if half != 0 and half in plain and plain[half]["bpp"] < target_bpp / RESIDUAL_FROM else [])
+    for i in bases:
+        base = plain[i]
+        with ResidualSource(base["path"], input_path, work_dir=work) as rs:
+            rmse0 = rs.base_rmse()
+
+            def attempt(step: float) -> dict:
+                path = os.path.join(work, f"pass{len(passes)}.sarz")
+                layer = rs.write(path, step, overwrite=True)
+                r = {**base, **layer, "compression_ratio": base["compression_ratio"] * base["bytes"] / layer["bytes"]}
+                r.update(path=path, rmse_db=layer["residual_rmse_db"])
+                passes.append({"model": base["model"], "gain": base["gain"], "residual_step_db": step,
+                               "bpp": r["bpp"], "rmse_db": r["rmse_db"]})
+                return r
+
+            # ~1 bit per pixel per halving of the step at high rates: start there, then regula falsi on log step
+            extra = max(target_bpp - base["bpp"], 0.05)
+            lo_s, hi_s = math.log(0.01), math.log(20.0)
+            s = min(max(math.log(max(rmse0, 0.05) * 3.4 / 2 ** extra), lo_s), hi_s)
+            f_lo = f_hi = None  # f at the small-step (high-rate) and large-step ends
+            cand = None
+            for _ in range(10):
+                if len(passes) >= max_passes + 10:
+                    break
+                r = attempt(check_step(round(math.exp(s), 6)))
+                cand = r if cand is None else better(r, cand)
+                f = math.log(r["bpp"] / target_bpp)
+                if close(r):
+                    break
+                if f > 0:
+                    lo_s, f_lo = s, f
+                else:
+                    hi_s, f_hi = s, f
+                if f_lo is not None and f_hi is not None:
+                    t = min(max(f_lo / (f_lo - f_hi), 0.1), 0.9)
+                    s = lo_s + t * (hi_s - lo_s)
+                else:  # not bracketed yet: one bit per pixel per halving
+                    s = min(max(s + f * r["bpp"] * math.log(2), lo_s), hi_s)
+                if hi_s - lo_s < 1e-3:
+                    break
+        if cand is not None and close(cand) and (not close(best) or cand["rmse_db"] < best["rmse_db"]):
+            best = cand
+    return best
+
+
 def search_summary(res: dict) -> str:
     """One line about how --rate was met (for the CLI and the QGIS log)."""
     how = f"rate point {res['model']}" + (f" at quantization gain {res['gain']:.3f}" if res["gain"] != 1.0 else "")
+    if res.get("residual_step_db"):
+        how += f" + residual layer (step {res['residual_step_db']:.3g} dB)"
     note = "" if res["reached"] else " (outside what the bundled rate points reach: the closest was written)"
     return (f"--rate {res['target_bpp']:g}: {res['bpp']:.4f} bits per pixel "
             f"({100 * (res['bpp'] / res['target_bpp'] - 1):+.1f} %) with {how}, {len(res['passes'])} pass(es){note}")

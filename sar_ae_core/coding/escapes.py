@@ -115,6 +115,12 @@ def encode_mask_chunk(valid: np.ndarray, escape_frame: bytes) -> bytes:
 
 def split_mask_chunk(payload: bytes, shape: tuple[int, int]) -> tuple[np.ndarray, bytes]:
     """(validity mask, escape frame) of a `packbits-zstd-escapes` chunk."""
+    mask_part, frame = split_mask_chunk_bytes(payload)
+    return decode_mask(mask_part, shape), frame
+
+
+def split_mask_chunk_bytes(payload: bytes) -> tuple[bytes, bytes]:
+    """(coded mask part, escape frame) of a `packbits-zstd-escapes` chunk, undecoded."""
     n = k = 0
     for k in range(min(4, len(payload))):  # one LEB128 number: read byte by byte
         n |= (payload[k] & 0x7F) << (7 * k)
@@ -125,4 +131,4 @@ def split_mask_chunk(payload: bytes, shape: tuple[int, int]) -> tuple[np.ndarray
     k += 1
     if k + n > len(payload) or n == 0:
         raise ValueError("mask part longer than the chunk")
-    return decode_mask(payload[k:k + n], shape), payload[k + n:]
+    return payload[k:k + n], payload[k + n:]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sar_ae_core.coding import escapes as esc
+from sar_ae_core.coding import residual as res
 from sar_ae_core.coding.latent_coding import codec_from_params, decode_mask
 from sar_ae_core.coding.schema import validate_header
 from sar_ae_core.errors import SarInputError
@@ -54,11 +55,16 @@ class SarzFile:
             self.bands = len(self.source["bands"])
             mask = h.get("mask") or {"id": esc.MASK_ID}
             self.mask_id = mask["id"]
-            if self.mask_id not in (esc.MASK_ID, esc.ESCAPE_MASK_ID):
+            if self.mask_id not in (esc.MASK_ID, esc.ESCAPE_MASK_ID, res.RESIDUAL_MASK_ID):
                 raise ValueError(f"mask id {self.mask_id!r} is unknown")
-            self.escape_step = float(mask["step_db"]) if self.mask_id == esc.ESCAPE_MASK_ID else 0.0
+            escapes = self.mask_id != esc.MASK_ID
+            self.escape_step = float(mask["step_db"]) if escapes else 0.0
             self.escape_above = float(mask.get("above_db", self.scaling.vmax_db))
-            if self.mask_id == esc.ESCAPE_MASK_ID and not (0 < self.escape_step <= esc.MAX_STEP_DB and
+            #: step of the residual layer (dB), 0 without one
+            self.residual_step = float(mask["residual_db"]) if self.mask_id == res.RESIDUAL_MASK_ID else 0.0
+            if self.residual_step and not res.MIN_STEP_DB <= self.residual_step <= res.MAX_STEP_DB:
+                raise ValueError(f"residual step {self.residual_step} dB is out of range")
+            if escapes and not (0 < self.escape_step <= esc.MAX_STEP_DB and
                                                            self.scaling.vmin_db < self.escape_above <= self.scaling.vmax_db + 1e-6):
                 raise ValueError(f"escape step {self.escape_step} dB or bound {self.escape_above} dB is out of range")
         except (KeyError, TypeError, ValueError) as exc:
@@ -102,19 +108,35 @@ class SarzFile:
 
     def mask_and_escapes(self, row: int, col: int, band: int):
         """(validity, escaped dB values as a float32 tile with NaN elsewhere, or None) of one tile."""
+        return self.mask_tile(row, col, band)[:2]
+
+    def mask_tile(self, row: int, col: int, band: int):
+        """(validity, escaped dB values as a float32 tile with NaN elsewhere or None, residual-layer dB offsets
+        as a float32 tile or None) of one tile."""
         p = self.plan
         shape = (min((row + 1) * p.tile, p.height) - row * p.tile, min((col + 1) * p.tile, p.width) - col * p.tile)
         payload = self.reader.chunk(_chunk_id(p, self.bands, row, col, band, 1))
         try:
             if self.mask_id == esc.MASK_ID:
-                return decode_mask(payload, shape), None
-            valid, frame = esc.split_mask_chunk(payload, shape)
-            if not frame:
-                return valid, None
-            flat, db = esc.decode_escapes(frame, shape, self.scaling.vmin_db, self.escape_above, self.escape_step)
-            out = np.full(shape[0] * shape[1], np.nan, np.float32)
-            out[flat] = db
-            return valid, out.reshape(shape)
+                return decode_mask(payload, shape), None, None
+            residual_frame = None
+            if self.mask_id == res.RESIDUAL_MASK_ID:
+                mask_part, frame, residual_frame = res.split_chunk(payload)
+                valid = decode_mask(mask_part, shape)
+            else:
+                valid, frame = esc.split_mask_chunk(payload, shape)
+            escaped = None
+            if frame:
+                flat, db = esc.decode_escapes(frame, shape, self.scaling.vmin_db, self.escape_above,
+                                              self.escape_step)
+                escaped = np.full(shape[0] * shape[1], np.nan, np.float32)
+                escaped[flat] = db
+                escaped = escaped.reshape(shape)
+            residual = None
+            if residual_frame is not None:
+                coded = valid if escaped is None else valid & np.isnan(escaped)
+                residual = res.decode_residual(residual_frame, coded, self.residual_step)
+            return valid, escaped, residual
         except Exception as exc:  # noqa: BLE001
             raise SarInputError(self.path, f"mask tile ({row}, {col}) cannot be decoded ({exc})") from None
 

@@ -180,8 +180,12 @@ def validate_header(h, path: str) -> None:
     mask = h.get("mask", {"id": "packbits-zstd"})
     c.obj(mask, "mask")
     from sar_ae_core.coding.escapes import ESCAPE_MASK_ID, MASK_ID, MAX_STEP_DB
+    from sar_ae_core.coding import residual as res
 
-    if c.str_(mask, "id", "mask", (MASK_ID, ESCAPE_MASK_ID)) == ESCAPE_MASK_ID:
+    mask_id = c.str_(mask, "id", "mask", (MASK_ID, ESCAPE_MASK_ID, res.RESIDUAL_MASK_ID))
+    if mask_id == res.RESIDUAL_MASK_ID:
+        c.num(mask, "residual_db", "mask", res.MIN_STEP_DB, res.MAX_STEP_DB)
+    if mask_id != MASK_ID:
         c.num(mask, "step_db", "mask", 1e-6, MAX_STEP_DB)
         above = c.num(mask, "above_db", "mask", -400.0, 400.0, default=vmax)
         if not vmin < above <= vmax + 1e-6:

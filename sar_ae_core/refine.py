@@ -1,0 +1,199 @@
+"""Encoder side of the residual layer (`coding/residual.py`): a `.sarz` file whose mask chunks also carry the
+quantized difference between the source and the file's own reconstruction.
+
+`add_residual_layer(base, source, out, step)`: the base file is decoded once (exactly as `reconstruct` will
+decode it: same networks, same units of work) into a temporary dB GeoTIFF; then, tile by tile in chunk order,
+the source's dB values (the same conversion as compress) minus that reconstruction are quantized and coded, and
+a new container is written with the base's latent chunks unchanged. Memory: one tile row of the source and of the
+reconstruction at a time. `ResidualSource` keeps the decoded base (and the source's dB tiles, for rasters that fit
+in memory) so that rate control can try several steps on one base for the cost of the residual coding alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+import numpy as np
+
+from sar_ae_core.coding import escapes as esc
+from sar_ae_core.coding import residual as res
+from sar_ae_core.coding.container import ContainerWriter
+from sar_ae_core.coding.sarz import SarzFile, _chunk_id
+from sar_ae_core.errors import SarInputError
+from sar_ae_core.io.output import AtomicOutput, check_output_path
+
+#: rasters up to this many pixels keep their residuals in memory between rate-control passes
+CACHE_PIXELS = 16_000_000
+
+
+def check_step(step_db) -> float:
+    """A valid residual step (dB) or the option error."""
+    if isinstance(step_db, bool) or not isinstance(step_db, (int, float)) or \
+            not res.MIN_STEP_DB <= float(step_db) <= res.MAX_STEP_DB:
+        raise SarInputError(None, f"--residual-step must be a step in dB from {res.MIN_STEP_DB:g} to "
+                                  f"{res.MAX_STEP_DB:g} (got {step_db})")
+    return float(step_db)
+
+
+class ResidualSource:
+    """A base `.sarz` file with its decoded reconstruction and the source it was made from: the residual of any
+    tile, for coding residual layers of several steps. Use as a context manager (it owns a temporary folder)."""
+
+    def __init__(self, base_path, input_path, *, bundle=None, work_dir: Optional[str] = None):
+        from sar_ae_core.codec import reconstruct_raster
+
+        self.base_path, self.input_path = os.fspath(base_path), os.fspath(input_path)
+        self._tmp = tempfile.mkdtemp(prefix=".residual.", dir=work_dir or os.path.dirname(
+            os.path.abspath(self.base_path)))
+        try:
+            with SarzFile(self.base_path) as f:
+                if f.mask_id != esc.ESCAPE_MASK_ID:
+                    raise SarInputError(self.base_path, "a residual layer needs a file with escapes "
+                                                        "(compress with --escape-step > 0)")
+                self.header = f.header
+                self.plan, self.bands, self.scaling = f.plan, f.bands, f.scaling
+                self.n_chunks = f.reader.chunk_count
+            self.recon = os.path.join(self._tmp, "base_db.tif")
+            reconstruct_raster(self.base_path, self.recon, units="db", bundle=bundle, output_compress="none")
+            p = self.plan
+            self._cache = {} if p.width * p.height * self.bands <= CACHE_PIXELS else None
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+
+    def tile_rows(self):
+        """Per tile row: a list over (tile col, band) in chunk order of (valid, coded, residual dB) — coded = the
+        valid pixels that are not escapes."""
+        import rasterio
+
+        from sar_ae_core.io.raster import Window, open_raster
+
+        p, src = self.plan, self.header["source"]
+        with SarzFile(self.base_path) as f, rasterio.open(self.recon) as rec, \
+                open_raster(self.input_path, bands=src["bands"], units=src["units"]) as r:
+            if (r.width, r.height, r.count) != (p.width, p.height, self.bands):
+                raise SarInputError(self.input_path, "is not the raster the base file was made from")
+            for tr in range(p.tile_rows):
+                if self._cache is not None and tr in self._cache:
+                    yield tr, self._cache[tr]
+                    continue
+                y0, y1 = tr * p.tile, min((tr + 1) * p.tile, p.height)
+                raw = r.read(Window(0, y0, p.width, y1 - y0))
+                _, _, db = self.scaling.forward_db(raw, r.units, r.nodata)
+                base = rec.read(window=Window(0, y0, p.width, y1 - y0).to_rasterio()).astype(np.float64)
+                row = []
+                for tc in range(p.tile_cols):
+                    x0, x1 = tc * p.tile, min((tc + 1) * p.tile, p.width)
+                    for b in range(self.bands):
+                        valid, escaped = f.mask_and_escapes(tr, tc, b)
+                        coded = valid if escaped is None else valid & np.isnan(escaped)
+                        resid = np.where(coded, db[b, :, x0:x1] - base[b, :, x0:x1], 0.0).astype(np.float32)
+                        row.append((coded, resid))
+                if self._cache is not None:
+                    self._cache[tr] = row
+                yield tr, row
+
+    def base_rmse(self) -> float:
+        """RMSE (dB) of the base file's reconstruction over the coded pixels."""
+        sq, n = 0.0, 0
+        for _, row in self.tile_rows():
+            for coded, resid in row:
+                sq += float(np.sum(resid[coded].astype(np.float64) ** 2))
+                n += int(coded.sum())
+        return float(np.sqrt(sq / max(n, 1)))
+
+    def write(self, output_path, step_db: float, *, overwrite: bool = False, inputs=(), progress=None,
+              deadzone: float = res.DEADZONE) -> dict:
+        """The base file with a residual layer of step `step_db` as `output_path`; returns rate facts."""
+        from sar_ae_core.progress import Progress
+
+        step = check_step(step_db)
+        prog = Progress(progress)
+        header = dict(self.header)
+        header["mask"] = {**self.header["mask"], "id": res.RESIDUAL_MASK_ID, "residual_db": round(step, 6)}
+        p = self.plan
+        n_coded = 0
+        residual_bytes = 0
+        sq_err = 0.0
+        with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out, \
+                open(out.tmp, "wb") as fh, SarzFile(self.base_path) as f:
+            writer = ContainerWriter(fh, header)
+            for tr, row in self.tile_rows():
+                k = 0
+                for tc in range(p.tile_cols):
+                    for b in range(self.bands):
+                        writer.add(f.reader.chunk(_chunk_id(p, self.bands, tr, tc, b, 0)), "latents")
+                        mask_part, frame = esc.split_mask_chunk_bytes(
+                            f.reader.chunk(_chunk_id(p, self.bands, tr, tc, b, 1)))
+                        coded, resid = row[k]
+                        k += 1
+                        rframe = res.encode_residual(resid, coded, step, deadzone)
+                        residual_bytes += len(rframe)
+                        n_coded += int(coded.sum())
+                        if rframe:
+                            back = res.decode_residual(rframe, coded, step)
+                            sq_err += float(np.sum((resid[coded].astype(np.float64) - back[coded]) ** 2))
+                        writer.add(res.encode_chunk(mask_part, frame, rframe), "masks")
+                prog.step((tr + 1) / p.tile_rows, f"coding the residual layer, tile row {tr + 1}/{p.tile_rows}")
+            sizes = writer.finish()
+        nbytes = os.path.getsize(output_path)
+        pixels = p.width * p.height * self.bands
+        return {"output": os.fspath(output_path), "bytes": nbytes, "bpp": nbytes * 8 / pixels, "pixels": pixels,
+                "parts": sizes, "residual_step_db": step, "residual_bytes": residual_bytes,
+                "residual_rmse_db": float(np.sqrt(sq_err / max(n_coded, 1)))}
+
+    def close(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._cache = None
+
+    def __enter__(self) -> "ResidualSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def add_residual_layer(base_path, input_path, output_path, step_db: float, *, overwrite: bool = False,
+                       bundle=None, progress=None) -> dict:
+    """Write `base_path` + a residual layer of step `step_db` (dB) against `input_path` as `output_path`."""
+    step = check_step(step_db)
+    inputs = [input_path, base_path]
+    check_output_path(output_path, overwrite, inputs)
+    with ResidualSource(base_path, input_path, bundle=bundle) as rs:
+        return rs.write(output_path, step, overwrite=overwrite, inputs=inputs, progress=progress)
+
+
+def compress_with_residual(input_path, output_path, step_db: float, *, overwrite: bool = False, progress=None,
+                           **kwargs) -> dict:
+    """compress_raster, then a residual layer of step `step_db` (dB): compress's result with the final file's
+    rate."""
+    from sar_ae_core.codec import compress_raster
+    from sar_ae_core.progress import Progress
+
+    step = check_step(step_db)
+    check_output_path(output_path, overwrite, [input_path])
+    prog = Progress(progress)
+    folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
+    with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".residual",
+                                     dir=folder) as work:
+        base_path = os.path.join(work, "base.sarz")
+        if not float(kwargs.get("escape_step_db", 1.0) or 0) > 0:
+            raise SarInputError(None, "--residual-step needs escapes (--escape-step > 0)")
+        from sar_ae_core.nn.model_io import ready_bundle
+        from sar_ae_core.options import device_option
+
+        device_option(kwargs.get("device", "auto"))
+        bundle = ready_bundle(kwargs.pop("model", None), kwargs.get("device", "auto"), kwargs.pop("bundle", None),
+                              kwargs.get("runtime", "auto"))
+        r = compress_raster(input_path, base_path, overwrite=True, bundle=bundle,
+                            progress=lambda f, m="": prog.step(0.7 * f, m), **kwargs)
+        with ResidualSource(base_path, input_path, bundle=bundle, work_dir=work) as rs:
+            layer = rs.write(output_path, step, overwrite=overwrite, inputs=[input_path],
+                             progress=lambda f, m="": prog.step(0.7 + 0.3 * f, m))
+    r.update(output=os.fspath(output_path), compression_ratio=r["compression_ratio"] * r["bytes"] / layer["bytes"],
+             bytes=layer["bytes"], bpp=layer["bpp"], parts=layer["parts"], residual_step_db=step,
+             residual_bytes=layer["residual_bytes"], residual_rmse_db=layer["residual_rmse_db"])
+    return r

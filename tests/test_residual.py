@@ -1,0 +1,175 @@
+"""The residual layer: the source minus the network's reconstruction, quantized and range-coded per tile, so that
+quality keeps rising with the rate on any product."""
+
+import numpy as np
+import pytest
+import rasterio
+
+from sar_ae_core.cli import main
+from sar_ae_core.coding import residual as res
+from sar_ae_core.io.raster import open_raster
+from sar_ae_core.scaling import raw_to_db, valid_mask
+
+
+def _db_of(path):
+    with open_raster(path) as r:
+        raw = r.read()
+        v = valid_mask(raw, r.units, r.nodata)
+        return raw_to_db(np.where(v, raw, 1), r.units), v
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read().astype(np.float64)
+
+
+def test_frames_round_trip_within_the_step():
+    """Skewed dB speckle (log of exponential intensity) with holes: decoded values are the bin centroids, never
+    further than one step from the value, RMSE near step/sqrt(12); a wide tail goes through the escape symbol."""
+    rng = np.random.default_rng(3)
+    r = 10 * np.log10(rng.exponential(1.0, (200, 256))) + 2.5
+    r[5, 7] = 900.0  # far outside any table
+    coded = rng.random(r.shape) > 0.2
+    for step in (0.05, 0.5, 3.0):
+        frame = res.encode_residual(r, coded, step)
+        back = res.decode_residual(frame, coded, step)
+        err = np.abs(back - r)[coded]
+        assert err.max() <= step + 1e-4
+        assert np.all(back[~coded] == 0)
+        rmse = float(np.sqrt(np.mean(err ** 2)))
+        assert rmse <= 0.31 * step
+    assert abs(back[5, 7] - 900.0) <= 3.0
+    assert res.encode_residual(r, np.zeros_like(coded), 1.0) == b""
+    # finer steps cost more: ~1 bit per pixel per halving
+    sizes = [len(res.encode_residual(r, coded, s)) for s in (2.0, 1.0, 0.5)]
+    per_halving = np.diff(sizes) * 8 / coded.sum()
+    assert np.all((per_halving > 0.8) & (per_halving < 1.2))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "counts", "alphabet", "missing"])
+def test_damaged_frames_are_refused(damage):
+    rng = np.random.default_rng(0)
+    r = rng.normal(0, 3, (64, 64))
+    coded = np.ones(r.shape, bool)
+    frame = res.encode_residual(r, coded, 1.0)
+    bad = {"truncated": frame[:12], "counts": frame[:2] + bytes([frame[2] ^ 0x05]) + frame[3:],
+           "alphabet": bytes([0, 0x7F]) + frame[2:], "missing": b""}[damage]
+    with pytest.raises(ValueError):
+        res.decode_residual(bad, coded, 1.0)
+
+
+def test_residual_layer_end_to_end(tmp_path, spain_db, tiny_bundle, capsys):
+    """compress --residual-step: the error falls to about step/sqrt(12) and below one step everywhere (bright
+    targets still within the escapes' 0.05 dB), finer steps cost more bytes; a --window decode equals that window
+    of the full decode; the base file's bytes are all still there."""
+    db, valid = _db_of(spain_db)
+    base, base_rec = tmp_path / "b.sarz", tmp_path / "b.tif"
+    assert main(["compress", str(spain_db), str(base), "--model", tiny_bundle]) == 0
+    assert main(["reconstruct", str(base), str(base_rec), "--units", "db", "--model", tiny_bundle]) == 0
+    base_err = np.sqrt(np.mean((_read(base_rec) - db)[valid] ** 2))
+    sizes = {}
+    for step in ("2", "0.5"):
+        sarz, rec = tmp_path / f"r{step}.sarz", tmp_path / f"r{step}.tif"
+        assert main(["compress", str(spain_db), str(sarz), "--model", tiny_bundle, "--residual-step", step]) == 0
+        assert f"residual layer: step {step} dB" in capsys.readouterr().out
+        assert main(["reconstruct", str(sarz), str(rec), "--units", "db", "--model", tiny_bundle]) == 0
+        out = _read(rec)
+        err = np.abs(out - db)[valid]
+        s = float(step)
+        assert err.max() <= s + 1e-3
+        assert np.sqrt(np.mean(err ** 2)) <= 0.31 * s < base_err
+        sizes[step] = sarz.stat().st_size
+    assert sizes["0.5"] > sizes["2"] > base.stat().st_size
+    assert main(["info", str(tmp_path / "r0.5.sarz")]) == 0
+    win = tmp_path / "w.tif"
+    assert main(["reconstruct", str(tmp_path / "r0.5.sarz"), str(win), "--units", "db", "--model", tiny_bundle,
+                 "--window", "100", "200", "300", "250"]) == 0
+    np.testing.assert_array_equal(_read(win), _read(tmp_path / "r0.5.tif")[:, 200:450, 100:400])
+
+
+def test_residual_layer_in_source_units_of_dn_data(tmp_path, kerala_dn, tiny_bundle):
+    """uint16 DN amplitude back in its own units: within the step (and the DN rounding), nodata kept."""
+    with open_raster(kerala_dn) as r:
+        raw = r.read().astype(np.float64)
+        valid = valid_mask(raw, r.units, r.nodata)
+    sarz, rec = tmp_path / "k.sarz", tmp_path / "k.tif"
+    assert main(["compress", str(kerala_dn), str(sarz), "--model", tiny_bundle, "--residual-step", "0.2"]) == 0
+    assert main(["reconstruct", str(sarz), str(rec), "--model", tiny_bundle]) == 0
+    out = _read(rec)
+    assert np.all(out[~valid] == 0)
+    rel = np.abs(20 * np.log10(np.maximum(out[valid], 1)) - 20 * np.log10(raw[valid]))
+    big = raw[valid] >= 20  # DN rounding dominates below
+    assert np.percentile(rel[big], 99) <= 0.2
+
+
+def test_rate_control_adds_a_residual_layer_at_high_rates(tmp_path, tsx_complex):
+    """Single-look SLC at 2 bpp: --rate hits the target within 3 % with a residual layer on a low rate point, and
+    the file is closer to the source than the search without one (--no-residual) at the same bytes."""
+    db, valid = _db_of(tsx_complex)
+    rmse = {}
+    for flag in ([], ["--no-residual"]):
+        sarz, rec = tmp_path / f"t{len(flag)}.sarz", tmp_path / f"t{len(flag)}.tif"
+        assert main(["compress", str(tsx_complex), str(sarz), "--rate", "2", *flag]) == 0
+        bpp = sarz.stat().st_size * 8 / db.size
+        assert main(["reconstruct", str(sarz), str(rec), "--units", "db"]) == 0
+        rmse[bool(flag)] = float(np.sqrt(np.mean((_read(rec) - db)[valid] ** 2)))
+        from sar_ae_core.coding.sarz import SarzFile
+
+        with SarzFile(sarz) as f:
+            assert (f.residual_step > 0) != bool(flag)
+        if not flag:
+            assert abs(bpp / 2 - 1) <= 0.03
+    assert rmse[False] < 0.8 * rmse[True]
+
+
+@pytest.mark.parametrize("args, option", [(["--residual-step", "0"], "--residual-step"),
+                                          (["--residual-step", "-1"], "--residual-step"),
+                                          (["--residual-step", "50"], "--residual-step"),
+                                          (["--residual-step", "1", "--rate", "2"], "--residual-step"),
+                                          (["--residual-step", "1", "--escape-step", "0"], "--escape-step")])
+def test_invalid_residual_options_exit_2(tmp_path, spain_db, tiny_bundle, capsys, args, option):
+    out = tmp_path / "x.sarz"
+    extra = [] if "--rate" in args else ["--model", tiny_bundle]
+    assert main(["compress", str(spain_db), str(out), *extra, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and option in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_damaged_residual_chunk_names_the_file(tmp_path, spain_db, tiny_bundle, capsys):
+    """A residual frame whose table is corrupted (CRC repaired, as a hostile file would) is an input error naming
+    the file and the tile; nothing is written."""
+    import struct
+    import zlib
+
+    from sar_ae_core.coding.sarz import SarzFile, _chunk_id
+
+    sarz = tmp_path / "r.sarz"
+    assert main(["compress", str(spain_db), str(sarz), "--model", tiny_bundle, "--residual-step", "1"]) == 0
+    with SarzFile(sarz) as f:
+        i = _chunk_id(f.plan, f.bands, 0, 0, 0, 1)
+        offset = f.reader.offsets[i] if hasattr(f.reader, "offsets") else None
+        payload = f.reader.chunk(i)
+        lengths = list(f.reader.lengths)
+    mask_part, frame, rframe = res.split_chunk(payload)
+    broken = res.encode_chunk(mask_part, frame, rframe[:2] + bytes([rframe[2] ^ 0x11]) + rframe[3:])
+    data = bytearray(sarz.read_bytes())
+    start = offset if offset is not None else data.find(payload)
+    assert start > 0 and len(broken) == len(payload)
+    data[start:start + len(payload)] = broken
+    # repair the chunk's CRC in the index (zstd-compressed (length, crc) pairs)
+    import zstandard
+
+    idx_off, idx_len, _, end = struct.unpack("<QII8s", bytes(data[-24:]))
+    entries = np.frombuffer(zstandard.ZstdDecompressor().decompress(bytes(data[idx_off:idx_off + idx_len])),
+                            "<u4").reshape(-1, 2).copy()
+    assert entries[i, 0] == lengths[i]
+    entries[i, 1] = zlib.crc32(broken)
+    index = zstandard.ZstdCompressor(level=19).compress(entries.tobytes())
+    data = data[:idx_off] + index + struct.pack("<QII8s", idx_off, len(index), zlib.crc32(index), end)
+    sarz.write_bytes(bytes(data))
+    out = tmp_path / "o.tif"
+    assert main(["reconstruct", str(sarz), str(out), "--model", tiny_bundle]) == 2
+    err = capsys.readouterr().err
+    assert "r.sarz" in err and "mask tile (0, 0)" in err
+    assert not out.exists()
