@@ -46,14 +46,14 @@ def test_frames_round_trip_within_the_step():
     assert np.all((per_halving > 0.8) & (per_halving < 1.2))
 
 
-@pytest.mark.parametrize("damage", ["truncated", "counts", "alphabet", "missing"])
+@pytest.mark.parametrize("damage", ["truncated", "counts", "mode", "missing"])
 def test_damaged_frames_are_refused(damage):
     rng = np.random.default_rng(0)
     r = rng.normal(0, 3, (64, 64))
     coded = np.ones(r.shape, bool)
     frame = res.encode_residual(r, coded, 1.0)
-    bad = {"truncated": frame[:12], "counts": frame[:2] + bytes([frame[2] ^ 0x05]) + frame[3:],
-           "alphabet": bytes([0, 0x7F]) + frame[2:], "missing": b""}[damage]
+    bad = {"truncated": frame[:12], "counts": frame[:4] + bytes([frame[4] ^ 0x05]) + frame[4 + 1:],
+           "mode": bytes([7]) + frame[1:], "missing": b""}[damage]
     with pytest.raises(ValueError):
         res.decode_residual(bad, coded, 1.0)
 
@@ -152,7 +152,7 @@ def test_damaged_residual_chunk_names_the_file(tmp_path, spain_db, tiny_bundle, 
         payload = f.reader.chunk(i)
         lengths = list(f.reader.lengths)
     mask_part, frame, rframe = res.split_chunk(payload)
-    broken = res.encode_chunk(mask_part, frame, rframe[:2] + bytes([rframe[2] ^ 0x11]) + rframe[3:])
+    broken = res.encode_chunk(mask_part, frame, rframe[:4] + bytes([rframe[4] ^ 0x11]) + rframe[5:])
     data = bytearray(sarz.read_bytes())
     start = offset if offset is not None else data.find(payload)
     assert start > 0 and len(broken) == len(payload)

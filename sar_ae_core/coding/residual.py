@@ -36,6 +36,7 @@ MAX_ALPHABET = 1024          # symbols per tile table (escape included); rarer v
 TAIL_SYMBOLS = 8             # table symbols beyond the central percentiles kept before the tail escapes instead
 OFFSET_SYMBOLS = 3           # reconstruction offsets for the symbols −3 … +3
 MIN_STEP_DB, MAX_STEP_DB = 0.01, 20.0
+MODE_PLAIN, MODE_CHECKERBOARD = 0, 1
 DEADZONE = 0.0               # encoder only: |u| is rounded down after subtracting this (measured: any dead zone
                              # costs PSNR at equal bytes once the bins have centroid offsets, so none)
 
@@ -54,47 +55,131 @@ def quantize(residual: np.ndarray, step: float, deadzone: float = DEADZONE) -> n
     return (np.sign(u) * np.floor(np.abs(u) + 0.5 - deadzone)).astype(np.int64)
 
 
+class _Group:
+    """The symbols of one group of pixels with their table and reconstruction offsets (encoder side)."""
+
+    def __init__(self, u: np.ndarray, deadzone: float):
+        q = np.clip(quantize(u, 1.0, deadzone), -(1 << 26), 1 << 26)  # far beyond any dB residual
+        # the table covers the symbols between the 0.005 and 99.995 percentiles (all of them when that adds at
+        # most TAIL_SYMBOLS): every table symbol costs a count and takes a minimum probability, the tail escapes
+        lo, hi = int(q.min()), int(q.max())
+        c_lo, c_hi = (int(v) for v in np.percentile(q, [0.005, 99.995], method="nearest"))
+        lo, hi = (lo if c_lo - lo <= TAIL_SYMBOLS else c_lo), (hi if hi - c_hi <= TAIL_SYMBOLS else c_hi)
+        if hi - lo + 2 > MAX_ALPHABET:
+            half = (MAX_ALPHABET - 2) // 2
+            mid = (lo + hi) // 2
+            lo, hi = max(lo, mid - half), min(hi, mid + half - 1)
+        n = hi - lo + 2
+        idx = q - lo
+        outside = (idx < 0) | (idx >= n - 1)
+        self.escapes = q[outside].astype(np.int32)
+        self.idx = np.where(outside, n - 1, idx).astype(np.int32)
+        hist = np.bincount(self.idx, minlength=n).astype(np.float64)
+        self.counts = _integer_counts(hist / hist.sum(), PRECISION)
+        self.offsets = np.zeros(2 * OFFSET_SYMBOLS + 1, np.int8)
+        for k, v in enumerate(range(-OFFSET_SYMBOLS, OFFSET_SYMBOLS + 1)):
+            sel = q == v
+            if sel.any():
+                self.offsets[k] = np.int8(np.clip(np.rint(256 * float(np.mean(u[sel] - v))), -127, 127))
+        self.head = _varints(np.array([_zigzag(lo), n] + self.counts.tolist(), np.int64)) + self.offsets.tobytes()
+        self.q = q
+
+    def values(self) -> np.ndarray:
+        """Reconstructed values in steps (what the decoder computes)."""
+        return _values(self.q, self.offsets.astype(np.float64) / 256.0)
+
+
+def _values(q: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    v = q.astype(np.float64)
+    near = np.abs(q) <= OFFSET_SYMBOLS
+    v[near] += offsets[q[near] + OFFSET_SYMBOLS]
+    return v
+
+
+def _neighbour_mean(values: np.ndarray, avail: np.ndarray) -> np.ndarray:
+    """Mean of the 4-neighbours' values where they are available (0 where none is), within the tile."""
+    s = np.zeros(values.shape, np.float64)
+    c = np.zeros(values.shape, np.int64)
+    v = np.where(avail, values, 0.0)
+    a = avail.astype(np.int64)
+    s[1:] += v[:-1]; c[1:] += a[:-1]          # noqa: E702 - up
+    s[:-1] += v[1:]; c[:-1] += a[1:]          # noqa: E702 - down
+    s[:, 1:] += v[:, :-1]; c[:, 1:] += a[:, :-1]  # noqa: E702 - left
+    s[:, :-1] += v[:, 1:]; c[:, :-1] += a[:, 1:]  # noqa: E702 - right
+    return np.where(c > 0, s / np.maximum(c, 1), 0.0)
+
+
+def _checkerboard(shape) -> np.ndarray:
+    yy, xx = np.indices(shape)
+    return (yy + xx) % 2 == 0
+
+
 def encode_residual(residual: np.ndarray, coded: np.ndarray, step: float, deadzone: float = DEADZONE) -> bytes:
-    """The residual frame of one tile: residual dB values (any shape) of the pixels where `coded` is true."""
+    """The residual frame of one tile: residual dB values (tile shape) of the pixels where `coded` is true. Both
+    modes are coded and the shorter frame is kept (the error is the same: one step, bin centroids)."""
     import constriction
 
-    r = residual[coded]
-    if r.size == 0:
+    if not coded.any():
         return b""
-    q = quantize(r, step, deadzone)
-    q = np.clip(q, -(1 << 26), 1 << 26)  # far beyond any dB residual: keeps every number a short varint
-    # the table covers the symbols between the 0.005 and 99.995 percentiles (all of them when that adds at most
-    # TAIL_SYMBOLS): every table symbol costs a count and takes a minimum probability, the rare tail escapes
-    lo, hi = int(q.min()), int(q.max())
-    c_lo, c_hi = (int(v) for v in np.percentile(q, [0.005, 99.995], method="nearest"))
-    lo, hi = (lo if c_lo - lo <= TAIL_SYMBOLS else c_lo), (hi if hi - c_hi <= TAIL_SYMBOLS else c_hi)
-    if hi - lo + 2 > MAX_ALPHABET:
-        half = (MAX_ALPHABET - 2) // 2
-        mid = (lo + hi) // 2
-        lo, hi = max(lo, mid - half), min(hi, mid + half - 1)
-    n = hi - lo + 2
-    idx = q - lo
-    outside = (idx < 0) | (idx >= n - 1)
-    escapes = q[outside].astype(np.int32)
-    idx = np.where(outside, n - 1, idx)
-    hist = np.bincount(idx, minlength=n).astype(np.float64)
-    counts = _integer_counts(hist / hist.sum(), PRECISION)
-    u = r.astype(np.float64) / step
-    offsets = np.zeros(2 * OFFSET_SYMBOLS + 1, np.int8)
-    for k, v in enumerate(range(-OFFSET_SYMBOLS, OFFSET_SYMBOLS + 1)):
-        sel = q == v
-        if sel.any():
-            offsets[k] = np.int8(np.clip(np.rint(256 * float(np.mean(u[sel] - v))), -127, 127))
+    u = residual.astype(np.float64) / step
+    frames = []
+    g = _Group(u[coded], deadzone)  # mode 0: every coded pixel with one table
     enc = constriction.stream.queue.RangeEncoder()
-    enc.encode(idx.astype(np.int32), _model(counts))
-    head = _varints(np.array([_zigzag(lo), n] + counts.tolist(), np.int64)) + offsets.tobytes()
-    return head + join_payload(enc, [escapes])
+    enc.encode(g.idx, _model(g.counts))
+    frames.append(bytes([MODE_PLAIN]) + g.head + join_payload(enc, [g.escapes]))
+    black = _checkerboard(coded.shape)
+    a_sel, b_sel = coded & black, coded & ~black
+    if a_sel.any() and b_sel.any():  # mode 1: checkerboard, the second half predicted from the first
+        ga = _Group(u[a_sel], deadzone)
+        rec = np.zeros(coded.shape, np.float64)
+        rec[a_sel] = ga.values()
+        nb = _neighbour_mean(rec, a_sel)[b_sel]
+        den = float(np.dot(nb, nb))
+        alpha = int(np.clip(np.rint(128 * float(np.dot(u[b_sel], nb)) / den), -127, 127)) if den > 0 else 0
+        gb = _Group(u[b_sel] - alpha / 128.0 * nb, deadzone)
+        enc = constriction.stream.queue.RangeEncoder()
+        enc.encode(ga.idx, _model(ga.counts))
+        enc.encode(gb.idx, _model(gb.counts))
+        frames.append(bytes([MODE_CHECKERBOARD]) + np.int8(alpha).tobytes() + ga.head + gb.head +
+                      join_payload(enc, [ga.escapes, gb.escapes]))
+    return min(frames, key=len)
 
 
 def _model(counts: np.ndarray):
     import constriction
 
     return constriction.stream.model.Categorical(counts.astype(np.float64) / float(1 << PRECISION), perfect=False)
+
+
+def _read_table(buf: np.ndarray, used: int):
+    """(lo, n, counts, offsets in steps, bytes used) of one group header."""
+    head, k = _read_varints(buf[used:], 2)
+    used += k
+    lo, n = _unzigzag(int(head[0])), int(head[1])
+    if not 2 <= n <= MAX_ALPHABET or abs(lo) > (1 << 26):
+        raise ValueError(f"residual alphabet of {n} symbols from {lo} is out of range")
+    counts, k = _read_varints(buf[used:], n)
+    used += k
+    if counts.min() < 1 or int(counts.sum()) != 1 << PRECISION:
+        raise ValueError("residual table counts are invalid")
+    m = 2 * OFFSET_SYMBOLS + 1
+    if used + m > buf.size:
+        raise ValueError("residual frame is truncated")
+    offsets = buf[used:used + m].view(np.int8).astype(np.float64) / 256.0
+    return lo, n, counts, offsets, used + m
+
+
+def _decode_group(dec, lo: int, n: int, counts, count: int, esc: np.ndarray, k: int):
+    """(symbols, escapes used) of one group."""
+    idx = dec.decode(_model(counts), count).astype(np.int64)
+    hit = idx == n - 1
+    q = idx + lo
+    m = int(np.count_nonzero(hit))
+    if m:
+        if k + m > esc.size:
+            raise ValueError("residual escape values missing")
+        q[hit] = esc[k:k + m]
+    return q, k + m
 
 
 def decode_residual(frame: bytes, coded: np.ndarray, step: float) -> np.ndarray:
@@ -110,31 +195,28 @@ def decode_residual(frame: bytes, coded: np.ndarray, step: float) -> np.ndarray:
     if n_coded == 0:
         raise ValueError("residual frame for a tile without coded pixels")
     buf = np.frombuffer(frame, np.uint8)
-    head, used = _read_varints(buf, 2)
-    lo, n = _unzigzag(int(head[0])), int(head[1])
-    if not 2 <= n <= MAX_ALPHABET or abs(lo) > (1 << 26):
-        raise ValueError(f"residual alphabet of {n} symbols from {lo} is out of range")
-    counts, k = _read_varints(buf[used:], n)
-    used += k
-    if counts.min() < 1 or int(counts.sum()) != 1 << PRECISION:
-        raise ValueError("residual table counts are invalid")
-    m = 2 * OFFSET_SYMBOLS + 1
-    if used + m > buf.size:
-        raise ValueError("residual frame is truncated")
-    offsets = buf[used:used + m].view(np.int8).astype(np.float64) / 256.0
-    dec, esc = split_payload(constriction, bytes(buf[used + m:]), n_coded)
-    idx = dec.decode(_model(counts), n_coded).astype(np.int64)
-    hit = idx == n - 1
-    q = idx + lo
-    n_esc = int(np.count_nonzero(hit))
-    if n_esc:
-        if n_esc > esc.size:
-            raise ValueError("residual escape values missing")
-        q[hit] = esc[:n_esc]
-    v = q.astype(np.float64)
-    near = np.abs(q) <= OFFSET_SYMBOLS
-    v[near] += offsets[q[near] + OFFSET_SYMBOLS]
-    out[coded] = (v * step).astype(np.float32)
+    mode = int(buf[0])
+    if mode == MODE_PLAIN:
+        lo, n, counts, offsets, used = _read_table(buf, 1)
+        dec, esc = split_payload(constriction, bytes(buf[used:]), n_coded)
+        q, _ = _decode_group(dec, lo, n, counts, n_coded, esc, 0)
+        out[coded] = (_values(q, offsets) * step).astype(np.float32)
+        return out
+    if mode != MODE_CHECKERBOARD or buf.size < 2:
+        raise ValueError(f"residual mode {mode} is unknown")
+    alpha = float(buf[1:2].view(np.int8)[0]) / 128.0
+    black = _checkerboard(coded.shape)
+    a_sel, b_sel = coded & black, coded & ~black
+    la, na, ca, oa, used = _read_table(buf, 2)
+    lb, nb_, cb, ob, used = _read_table(buf, used)
+    dec, esc = split_payload(constriction, bytes(buf[used:]), n_coded)
+    qa, k = _decode_group(dec, la, na, ca, int(a_sel.sum()), esc, 0)
+    qb, _ = _decode_group(dec, lb, nb_, cb, int(b_sel.sum()), esc, k)
+    rec = np.zeros(coded.shape, np.float64)
+    rec[a_sel] = _values(qa, oa)
+    pred = alpha * _neighbour_mean(rec, a_sel)[b_sel]
+    rec[b_sel] = pred + _values(qb, ob)
+    out[coded] = (rec[coded] * step).astype(np.float32)
     return out
 
 
