@@ -316,7 +316,7 @@ def compress_one(job: dict) -> dict:
             raise SarInputError(inp, "file not found")
         from sar_ae_core.io.output import same_file
 
-        rate, model = o.pop("rate", None), o.pop("model", None)
+        rate, model, residual = o.pop("rate", None), o.pop("model", None), o.pop("residual", True)
         bundle = None if rate is not None else st.bundle(model, o.get("device") or "auto", o.get("runtime"))
         reason = "missing" if os.path.lexists(out) and same_file(out, inp) else compress_mismatch(job, bundle)
         if reason is None:
@@ -328,7 +328,7 @@ def compress_one(job: dict) -> dict:
         if rate is not None:
             from sar_ae_core.rate import compress_to_rate
 
-            r = compress_to_rate(inp, out, rate, overwrite=overwrite, **o)
+            r = compress_to_rate(inp, out, rate, overwrite=overwrite, residual=residual, **o)
         else:
             from sar_ae_core.codec import compress_raster
 

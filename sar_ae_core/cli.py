@@ -283,7 +283,7 @@ def cmd_assess(args) -> int:
 
 #: compress options whose compress_raster keyword differs from their argparse name; options batch handles itself
 _BATCH_RENAMES = {"escape_step": "escape_step_db"}
-_BATCH_OWN = ("model", "quality", "rate", "max_rmse_db", "overwrite")
+_BATCH_OWN = ("model", "quality", "rate", "max_rmse_db", "overwrite", "residual_step", "no_residual")
 #: the compress options that also apply to batch --reconstruct
 _BATCH_RECONSTRUCT = ("model", "device", "runtime", "overwrite")
 
@@ -303,12 +303,17 @@ def cmd_batch(args) -> int:
     else:
         if getattr(args, "max_rmse_db", None) is not None:
             raise SarInputError(None, "--max-rmse-db is not available in batch yet (use --rate or --quality)")
+        if getattr(args, "residual_step", None) is not None:
+            raise SarInputError(None, "--residual-step is not available in batch yet (use --rate: it adds a residual "
+                                      "layer where that gives the smaller error)")
         if args.output_units is not None:
             raise SarInputError(None, "--output-units is for batch --reconstruct")
         if sum(x is not None for x in (args.quality, args.model, args.rate)) > 1:
             raise SarInputError(None, "give only one of --model, --quality and --rate")
         options = {_BATCH_RENAMES.get(dest, dest): getattr(args, dest) for dest in args.compress_options
                    if dest not in _BATCH_OWN}
+        if args.rate is not None and args.no_residual:
+            options["residual"] = False
         options.update(device=args.device or "auto", rate=args.rate,
                        model=QUALITY_MODELS[args.quality] if args.quality is not None else args.model)
     r = run_batch(args.inputs, args.out, reconstruct=args.reconstruct, options=options, workers=args.workers,

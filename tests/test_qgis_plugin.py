@@ -702,6 +702,31 @@ def test_compress_to_a_target_rate_logs_every_decision(qgis_app, tmp_path, spain
     assert bits.flags() & QgsProcessingParameterDefinition.FlagAdvanced  # the default model ignores it
 
 
+def test_compress_with_a_residual_layer_step(qgis_app, tmp_path, spain_db, tiny_models):
+    """Advanced 'Residual layer step': the .sarz carries the layer (logged), and its reconstruction stays within
+    one step of the source everywhere."""
+    import processing
+    import rasterio
+    from qgis.core import QgsProcessingFeedback, QgsProcessingParameterDefinition
+
+    from sar_ae_core.codec import reconstruct_raster
+    from sar_ae_core.coding.sarz import SarzFile
+
+    fb = QgsProcessingFeedback()
+    res = processing.run("sarae:compress", {"INPUT": str(spain_db), "MODEL_FILE": tiny_models["cbam"],
+                                            "RESIDUAL_STEP": 1.5, "OUTPUT": str(tmp_path / "r.sarz")}, feedback=fb)
+    assert "Residual layer: step 1.5 dB" in fb.textLog()
+    with SarzFile(res["OUTPUT"]) as f:
+        assert f.residual_step == 1.5
+    reconstruct_raster(res["OUTPUT"], tmp_path / "r.tif", units="db", model=tiny_models["cbam"])
+    with rasterio.open(spain_db) as a, rasterio.open(tmp_path / "r.tif") as b:
+        src, out = a.read().astype(np.float64), b.read().astype(np.float64)
+    ok = np.isfinite(src)
+    assert np.abs(out - src)[ok].max() <= 1.5 + 1e-3
+    step = QgsApplication_alg("sarae:compress").parameterDefinition("RESIDUAL_STEP")
+    assert step.flags() & QgsProcessingParameterDefinition.FlagAdvanced
+
+
 def QgsApplication_alg(alg_id):
     from qgis.core import QgsApplication
 

@@ -176,6 +176,7 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
     MODEL_FILE = "MODEL_FILE"
     BITS = "BITS"
     TARGET_BPP = "TARGET_BPP"
+    RESIDUAL_STEP = "RESIDUAL_STEP"
     SCALING = "SCALING"
     CODEC = "CODEC"
     DEVICE = "DEVICE"
@@ -292,6 +293,10 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
             "Target rate (bits per pixel; 0 = the model's own rate)"), QgsProcessingParameterNumber.Double, 0.0,
             minValue=0.0, maxValue=8.0)
         self.addParameter(target)
+        self._advanced(QgsProcessingParameterNumber(self.RESIDUAL_STEP, self.tr(
+            "Residual layer step (dB; 0 = none): the difference to the network's reconstruction, coded with this "
+            "step (with a target rate the search decides)"), QgsProcessingParameterNumber.Double, 0.0,
+            minValue=0.0, maxValue=20.0))
         # only the uniform-zstd coder reads it: the entropy-coded default models ignore it, so it is advanced
         self._advanced(QgsProcessingParameterNumber(self.BITS, self.tr(
             "Quantization bits per latent value (uniform-zstd coder only)"), QgsProcessingParameterNumber.Integer,
@@ -453,6 +458,15 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
             progress(0.05, "searching the rate")
             res = compress_to_rate(source, output, target, overwrite=True, **options)
             feedback.pushInfo(search_summary(res))
+        elif self.parameterDefinition(self.RESIDUAL_STEP) is not None and \
+                self.parameterAsDouble(parameters, self.RESIDUAL_STEP, context) > 0:
+            from sar_ae_core.refine import compress_with_residual
+
+            step = self.parameterAsDouble(parameters, self.RESIDUAL_STEP, context)
+            res = compress_with_residual(source, output, step, model=self._model(parameters, context),
+                                         overwrite=True, progress=progress, **options)
+            feedback.pushInfo(self.tr(f"Residual layer: step {step:g} dB, {res['residual_bytes']:,} bytes, RMSE of "
+                                      f"the coded pixels {res['residual_rmse_db']:.3f} dB"))
         else:
             res = compress_raster(source, output, model=self._model(parameters, context), overwrite=True,
                                   progress=progress, **options)
