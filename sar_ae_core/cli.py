@@ -201,6 +201,9 @@ def cmd_info(args) -> int:
           f"{info['tiling']['halo_cells']} cells, {info['tiling']['tile_rows']}x{info['tiling']['tile_cols']} tiles")
     sc = info["scaling"]
     print(f"  scaling   : [{sc['vmin_db']:.2f}, {sc['vmax_db']:.2f}] dB ({sc['clip_method']})")
+    if info["residual_step_db"]:
+        print(f"  residual  : layer of step {info['residual_step_db']:g} dB (in the masks' bytes; every pixel within "
+              f"one step of the source)")
     return 0
 
 

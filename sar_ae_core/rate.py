@@ -64,6 +64,9 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
         if kwargs.get(key) is not None:
             raise SarInputError(None, f"--rate chooses the model and quantization itself: drop '{key}'")
         kwargs.pop(key, None)
+    import time
+
+    t_start = time.perf_counter()
     inputs = [input_path]
     check_output_path(output_path, overwrite, inputs)
     points = _rate_points()
@@ -151,7 +154,8 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
         reached = close(best)
         with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out:
             shutil.copyfile(best["path"], out.tmp)
-    best.update(output=os.fspath(output_path), target_bpp=float(target_bpp), reached=reached, passes=passes)
+    best.update(output=os.fspath(output_path), target_bpp=float(target_bpp), reached=reached, passes=passes,
+                seconds=time.perf_counter() - t_start)
     best.pop("path", None)
     return best
 

@@ -173,6 +173,9 @@ def compress_with_residual(input_path, output_path, step_db: float, *, overwrite
     from sar_ae_core.codec import compress_raster
     from sar_ae_core.progress import Progress
 
+    import time
+
+    t_start = time.perf_counter()
     step = check_step(step_db)
     check_output_path(output_path, overwrite, [input_path])
     prog = Progress(progress)
@@ -195,5 +198,6 @@ def compress_with_residual(input_path, output_path, step_db: float, *, overwrite
                              progress=lambda f, m="": prog.step(0.7 + 0.3 * f, m))
     r.update(output=os.fspath(output_path), compression_ratio=r["compression_ratio"] * r["bytes"] / layer["bytes"],
              bytes=layer["bytes"], bpp=layer["bpp"], parts=layer["parts"], residual_step_db=step,
-             residual_bytes=layer["residual_bytes"], residual_rmse_db=layer["residual_rmse_db"])
+             residual_bytes=layer["residual_bytes"], residual_rmse_db=layer["residual_rmse_db"],
+             seconds=time.perf_counter() - t_start)
     return r

@@ -80,7 +80,9 @@ def test_residual_layer_end_to_end(tmp_path, spain_db, tiny_bundle, capsys):
         assert np.sqrt(np.mean(err ** 2)) <= 0.31 * s < base_err
         sizes[step] = sarz.stat().st_size
     assert sizes["0.5"] > sizes["2"] > base.stat().st_size
+    capsys.readouterr()
     assert main(["info", str(tmp_path / "r0.5.sarz")]) == 0
+    assert "residual  : layer of step 0.5 dB" in capsys.readouterr().out
     win = tmp_path / "w.tif"
     assert main(["reconstruct", str(tmp_path / "r0.5.sarz"), str(win), "--units", "db", "--model", tiny_bundle,
                  "--window", "100", "200", "300", "250"]) == 0
