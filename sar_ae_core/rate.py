@@ -161,13 +161,14 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
 
 
 #: a residual layer is tried when the target is at least this multiple of the lowest rate point's rate on the raster
-RESIDUAL_FROM = 1.6
+RESIDUAL_FROM = 1.25
 
 
 def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bpp, tolerance, passes, max_passes,
                   close, better) -> dict:
     """The better (smaller RMSE in dB over the coded pixels) of `best` and a residual layer on the lowest rate point
     (and on the rate point nearest half the target, when that is another) sized to the target."""
+    from sar_ae_core.coding import residual as res
     from sar_ae_core.refine import ResidualSource, check_step
 
     low = at_unit_gain(0)
@@ -197,7 +198,7 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
 
             # ~1 bit per pixel per halving of the step at high rates: start there, then regula falsi on log step
             extra = max(target_bpp - base["bpp"], 0.05)
-            lo_s, hi_s = math.log(0.01), math.log(20.0)
+            lo_s, hi_s = math.log(res.MIN_STEP_DB), math.log(res.MAX_STEP_DB)
             s = min(max(math.log(max(rmse0, 0.05) * 3.4 / 2 ** extra), lo_s), hi_s)
             f_lo = f_hi = None  # f at the small-step (high-rate) and large-step ends
             cand = None

@@ -126,7 +126,7 @@ def test_rate_control_adds_a_residual_layer_at_high_rates(tmp_path, tsx_complex)
 
 @pytest.mark.parametrize("args, option", [(["--residual-step", "0"], "--residual-step"),
                                           (["--residual-step", "-1"], "--residual-step"),
-                                          (["--residual-step", "50"], "--residual-step"),
+                                          (["--residual-step", "70"], "--residual-step"),
                                           (["--residual-step", "1", "--rate", "2"], "--residual-step"),
                                           (["--residual-step", "1", "--escape-step", "0"], "--escape-step")])
 def test_invalid_residual_options_exit_2(tmp_path, spain_db, tiny_bundle, capsys, args, option):

@@ -296,7 +296,7 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
         self._advanced(QgsProcessingParameterNumber(self.RESIDUAL_STEP, self.tr(
             "Residual layer step (dB; 0 = none): the difference to the network's reconstruction, coded with this "
             "step (with a target rate the search decides)"), QgsProcessingParameterNumber.Double, 0.0,
-            minValue=0.0, maxValue=20.0))
+            minValue=0.0, maxValue=60.0))
         # only the uniform-zstd coder reads it: the entropy-coded default models ignore it, so it is advanced
         self._advanced(QgsProcessingParameterNumber(self.BITS, self.tr(
             "Quantization bits per latent value (uniform-zstd coder only)"), QgsProcessingParameterNumber.Integer,

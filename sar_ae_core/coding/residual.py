@@ -35,7 +35,7 @@ PRECISION = 14
 MAX_ALPHABET = 1024          # symbols per tile table (escape included); rarer values go as escapes
 TAIL_SYMBOLS = 8             # table symbols beyond the central percentiles kept before the tail escapes instead
 OFFSET_SYMBOLS = 3           # reconstruction offsets for the symbols −3 … +3
-MIN_STEP_DB, MAX_STEP_DB = 0.01, 20.0
+MIN_STEP_DB, MAX_STEP_DB = 0.01, 60.0
 MODE_PLAIN, MODE_CHECKERBOARD = 0, 1
 DEADZONE = 0.0               # encoder only: |u| is rounded down after subtracting this (measured: any dead zone
                              # costs PSNR at equal bytes once the bins have centroid offsets, so none)
