@@ -31,6 +31,40 @@ RATES = (0.25, 0.5, 1.0, 2.0)
 METRICS = ("psnr", "ssim", "epi", "enl_ratio", "rmse_db", "bright_abs_err_db")
 
 
+def seam_statistic(path: Path, tile: int = 256, reference: Path | None = None) -> float | None:
+    """Mean |step| between neighbouring pixels across the codec's tile borders (every `tile` rows and columns)
+    over the mean |step| everywhere, in dB over pixels valid on both sides (of `reference`'s validity when given):
+    1 = borders look like the rest; tile-aligned steps raise it. None for a raster of one tile."""
+    import numpy as np
+
+    from sar_ae_core.io.raster import open_raster
+    from sar_ae_core.scaling import raw_to_db, valid_mask
+
+    def db_of(p):
+        with open_raster(p) as r:  # units from the file (a reconstruction's SARAE_UNITS tag says dB)
+            raw = r.read()
+            ok = valid_mask(raw, r.units, r.nodata)
+            return raw_to_db(np.where(ok, raw, 1), r.units), ok
+
+    db, ok = db_of(path)
+    if reference is not None:
+        ok = ok & db_of(reference)[1]
+    border, every = [], []
+    for axis in (1, 2):
+        d = np.abs(np.diff(db, axis=axis))
+        m = ok.take(range(1, db.shape[axis]), axis=axis) & ok.take(range(db.shape[axis] - 1), axis=axis)
+        at = np.arange(1, db.shape[axis]) % tile == 0
+        if not at.any():
+            continue
+        sel = [slice(None)] * 3
+        sel[axis] = at
+        border.append(d[tuple(sel)][m[tuple(sel)]])
+        every.append(d[m])
+    if not border:
+        return None
+    return float(np.mean(np.concatenate(border)) / np.mean(np.concatenate(every)))
+
+
 def point(scene: Path, tmp: Path, rate: float, residual: bool) -> dict:
     from bench_decoder_pilot import _assess
 
@@ -42,9 +76,13 @@ def point(scene: Path, tmp: Path, rate: float, residual: bool) -> dict:
     r = compress_to_rate(scene, sarz, rate, overwrite=True, residual=residual)
     t1 = time.perf_counter()
     reconstruct_raster(sarz, rec, units="db", overwrite=True)
+    t2 = time.perf_counter()
+    ref_seam = seam_statistic(scene)
+    seam = seam_statistic(rec, reference=scene)
     return {"bytes": r["bytes"], "bpp": r["bpp"], "model": r["model"], "gain": r["gain"],
             "residual_step_db": r.get("residual_step_db"), "passes": len(r["passes"]),
-            "compress_s": t1 - t0, "reconstruct_s": time.perf_counter() - t1, **_assess(scene, rec)}
+            "compress_s": t1 - t0, "reconstruct_s": t2 - t1, **_assess(scene, rec),
+            "seam_ratio_to_source": None if seam is None or not ref_seam else seam / ref_seam}
 
 
 def twins(scene: Path, tmp: Path, sarz_like: dict, scaling) -> dict:

@@ -130,8 +130,10 @@ def cmd_compress(args) -> int:
         elif args.max_rmse_db is not None:
             from sar_ae_core.rate import compress_to_rmse
 
-            r = compress_to_rmse(args.input, args.output, args.max_rmse_db, **options)
+            r = compress_to_rmse(args.input, args.output, args.max_rmse_db, residual=not args.no_residual, **options)
             gain = f" at quantization gain {r['gain']:.3f}" if r["gain"] != 1.0 else ""
+            if r.get("residual_step_db"):
+                gain += f" + residual layer (step {r['residual_step_db']:.3g} dB)"
             print(f"--max-rmse-db {args.max_rmse_db:g}: RMSE {r['rmse_db']:.3f} dB with rate point {r['model']}{gain}, "
                   f"{len(r['passes'])} pass(es)")
         elif args.residual_step is not None:
@@ -437,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add a residual layer: the difference between the source and the network's reconstruction, "
                         "quantized with this step in dB (error <= DB/2 per pixel; ~1 more bit per pixel per halving)")
     s.add_argument("--no-residual", action="store_true",
-                   help="with --rate: never use a residual layer (only rate points and quantization gains)")
+                   help="with --rate or --max-rmse-db: never use a residual layer (only rate points and quantization "
+                        "gains)")
     s.add_argument("--bands", default="all", help="'all' or a list like 1,2 (default all)")
     s.add_argument("--units", default="auto", choices=UNIT_CHOICES, help="source units (default auto)")
     s.add_argument("--bits", type=int, default=8,

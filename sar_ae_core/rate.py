@@ -237,12 +237,14 @@ def search_summary(res: dict) -> str:
 
 
 def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: bool = False, progress=None,
-                     max_passes: int = 12, **kwargs) -> dict:
+                     max_passes: int = 12, residual: bool = True, **kwargs) -> dict:
     """compress_raster with the fewest bytes whose reconstruction stays within `max_rmse_db` of the source (RMSE in
     dB over the valid pixels, as `assess` reports it): each candidate is compressed, decoded and measured. The rate
     points are tried from the lowest rate up; on the first that meets the target the quantization gain is lowered
-    as far as the target allows (bisection), above the top point it is raised. A target no candidate meets is an
-    input error naming the best RMSE reached (nothing is written)."""
+    as far as the target allows (bisection), above the top point it is raised. `residual`: also a residual layer on
+    a rate point that misses the target, its step as large as the target allows (any error is reachable that way);
+    the smallest file that meets the target wins. A target no candidate meets is an input error naming the best
+    RMSE reached (nothing is written)."""
     from sar_ae_core.codec import LatentStore, compress_raster, reconstruct_raster
     from sar_ae_core.quality.assess import assess_rasters
 
@@ -279,25 +281,22 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
         ok = lambda r: r["rmse_db"] <= max_rmse_db  # noqa: E731
         best = None
         pick = None
+        unit: dict = {}
         for i in range(len(points)):
-            res = attempt(i, 1.0)
+            unit[i] = res = attempt(i, 1.0)
             if ok(res):
                 best, pick = res, i
                 break
-        last = res
         if best is not None:  # as coarse a gain as the target allows on that rate point
             lo, hi = (COARSEST_USEFUL_GAIN if pick > 0 else LOWEST_USEFUL_GAIN), 1.0
         else:  # finer than the top rate point
             lo, hi = 1.0, MAX_GAIN
             pick = len(points) - 1
             res = attempt(pick, hi)
-            if not ok(res):
-                raise SarInputError(None, f"--max-rmse-db {max_rmse_db:g}: the bundled rate points reach "
-                                          f"{min(res['rmse_db'], last['rmse_db']):.3f} dB at best (at "
-                                          f"{res['bpp']:.2f} bits per pixel); ask for a larger error")
-            best = res
+            if ok(res):
+                best = res
         # bisection on log gain: the error falls as the gain rises; `hi` always meets the target
-        while len(passes) < max_passes and hi / lo > 1.05:
+        while best is not None and len(passes) < max_passes and hi / lo > 1.05:
             g = math.sqrt(lo * hi)
             res = attempt(pick, g)
             if ok(res):
@@ -306,9 +305,63 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
                     best = res
             else:
                 lo = g
+        # a residual layer on a rate point that misses the target (the lowest, and the one below the pick): any
+        # error can be reached that way, often in fewer bytes
+        if residual and float(kwargs.get("escape_step_db", 1.0) or 0) > 0:
+            for i in sorted({0, max(pick - 1, 0)} if pick is not None else {0}):
+                if ok(unit[i]):
+                    continue
+                cand = _residual_for_rmse(input_path, work, unit[i], max_rmse_db, passes, progress)
+                if cand is not None and (best is None or cand["bytes"] < best["bytes"]):
+                    best = cand
+        if best is None:
+            reached = min(p["rmse_db"] for p in passes)
+            raise SarInputError(None, f"--max-rmse-db {max_rmse_db:g}: the bundled rate points reach "
+                                      f"{reached:.3f} dB at best; ask for a larger error")
         with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=[input_path]) as out:
             shutil.copyfile(best["path"], out.tmp)
     best.update(output=os.fspath(output_path), max_rmse_db=float(max_rmse_db), passes=passes,
                 seconds=time.perf_counter() - t_start)
     best.pop("path", None)
+    return best
+
+
+def _residual_for_rmse(input_path, work, base: dict, max_rmse_db: float, passes: list, progress=None,
+                       max_tries: int = 10):
+    """The smallest file of `base` + a residual layer whose reconstruction is within `max_rmse_db` (RMSE in dB over
+    the valid pixels, measured by assess): bisection on the log step (the error rises with the step); None if even
+    the finest step misses."""
+    from sar_ae_core.codec import reconstruct_raster
+    from sar_ae_core.coding import residual as res
+    from sar_ae_core.quality.assess import assess_rasters
+    from sar_ae_core.refine import ResidualSource
+
+    best = None
+    with ResidualSource(base["path"], input_path, work_dir=work) as rs:
+        def attempt(step: float) -> dict:
+            path = os.path.join(work, f"pass{len(passes)}.sarz")
+            layer = rs.write(path, step, overwrite=True)
+            rec = os.path.join(work, "check.tif")
+            reconstruct_raster(path, rec, units="db", overwrite=True)
+            r = {**base, **layer, "compression_ratio": base["compression_ratio"] * base["bytes"] / layer["bytes"],
+                 "path": path, "rmse_db": float(assess_rasters(input_path, rec)["rmse_db"])}
+            passes.append({"model": base["model"], "gain": base["gain"], "residual_step_db": step,
+                           "bpp": r["bpp"], "rmse_db": r["rmse_db"]})
+            if progress is not None:
+                progress(0.95, f"--max-rmse-db: pass {len(passes)}")
+            return r
+
+        lo, hi = math.log(res.MIN_STEP_DB), math.log(res.MAX_STEP_DB)  # lo meets the target, hi does not (assumed)
+        s = min(max(math.log(max_rmse_db / 0.29), lo), hi)  # uniform quantization: RMSE ~ step / sqrt(12)
+        for _ in range(max_tries):
+            r = attempt(round(math.exp(s), 6))
+            if r["rmse_db"] <= max_rmse_db:
+                if best is None or r["bytes"] < best["bytes"]:
+                    best = r
+                lo = s
+            else:
+                hi = s
+            if hi - lo < math.log(1.03):
+                break
+            s = 0.5 * (lo + hi) if best is not None or hi - lo < 2 else hi - 1.0
     return best

@@ -37,7 +37,7 @@ def test_max_rmse_db_writes_the_smallest_file_within_the_error(tmp_path, spain_d
     assert rmse <= 1.5
     plain = compress_raster(spain_db, tmp_path / "q2.sarz", model="sarae-q2")  # RMSE ~1.31 dB at gain 1
     assert out.stat().st_size < 0.95 * plain["bytes"]
-    assert main(["compress", str(spain_db), str(tmp_path / "x.sarz"), "--max-rmse-db", "0.05"]) == 2
+    assert main(["compress", str(spain_db), str(tmp_path / "x.sarz"), "--max-rmse-db", "0.05", "--no-residual"]) == 2
     assert "reach" in capsys.readouterr().err and not (tmp_path / "x.sarz").exists()
     assert main(["compress", str(spain_db), str(tmp_path / "y.sarz"), "--max-rmse-db", "-1"]) == 2
     assert main(["compress", str(spain_db), str(tmp_path / "y.sarz"), "--max-rmse-db", "1", "--rate", "1"]) == 2

@@ -214,3 +214,19 @@ def test_batch_refuses_a_fixed_residual_step(tmp_path, spain_db, capsys):
     err = capsys.readouterr().err
     assert "--residual-step" in err and "batch" in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_max_rmse_reaches_any_error_with_a_residual_layer(tmp_path, tsx_complex, capsys):
+    """No rate point comes within 0.4 dB of single-look SLC (RMSE ~4 dB); with a residual layer --max-rmse-db
+    does, measured on the file's own reconstruction, and without one it is exit 2 naming the best reached."""
+    from sar_ae_core.codec import reconstruct_raster
+    from sar_ae_core.quality.assess import assess_rasters
+
+    out = tmp_path / "e.sarz"
+    assert main(["compress", str(tsx_complex), str(out), "--max-rmse-db", "0.4"]) == 0
+    assert "+ residual layer (step" in capsys.readouterr().out
+    reconstruct_raster(out, tmp_path / "e.tif", units="db")
+    rmse = assess_rasters(tsx_complex, tmp_path / "e.tif")["rmse_db"]
+    assert 0.3 < rmse <= 0.4
+    assert main(["compress", str(tsx_complex), str(tmp_path / "n.sarz"), "--max-rmse-db", "0.4", "--no-residual"]) == 2
+    assert "reach" in capsys.readouterr().err and not (tmp_path / "n.sarz").exists()
