@@ -77,17 +77,25 @@ def interpolate(points: list[dict], target_bytes: int, keys) -> dict:
 
 def bd_rate(rate_a, psnr_a, rate_b, psnr_b) -> float | None:
     """Bjøntegaard delta rate (%) of curve b against curve a: mean bitrate change of b at equal PSNR over the
-    overlapping PSNR range (cubic fit of log-rate over PSNR). None with fewer than 2 points each or no overlap."""
+    overlapping PSNR range. Log-rate is interpolated over PSNR with monotone piecewise-cubic Hermite splines (PCHIP,
+    as in the current BD-rate practice) rather than one cubic polynomial, which swings between 4 points that are
+    not evenly spread. None with fewer than 2 points each, non-increasing PSNR, or no overlap."""
+    from scipy.interpolate import PchipInterpolator
+
     if min(len(rate_a), len(rate_b)) < 2:
         return None
-    la, lb = np.log(np.asarray(rate_a, float)), np.log(np.asarray(rate_b, float))
-    pa, pb = np.asarray(psnr_a, float), np.asarray(psnr_b, float)
-    lo, hi = max(pa.min(), pb.min()), min(pa.max(), pb.max())
+    curves = []
+    for rate, psnr in ((rate_a, psnr_a), (rate_b, psnr_b)):
+        order = np.argsort(np.asarray(psnr, float))
+        p, r = np.asarray(psnr, float)[order], np.log(np.asarray(rate, float))[order]
+        if np.any(np.diff(p) <= 0) or np.any(np.diff(r) <= 0):  # quality must rise with the rate
+            return None
+        curves.append((p, PchipInterpolator(p, r)))
+    lo, hi = max(curves[0][0][0], curves[1][0][0]), min(curves[0][0][-1], curves[1][0][-1])
     if hi <= lo:
         return None
-    deg = min(3, len(pa) - 1, len(pb) - 1)
-    fa, fb = np.polyint(np.polyfit(pa, la, deg)), np.polyint(np.polyfit(pb, lb, deg))
-    avg = ((np.polyval(fb, hi) - np.polyval(fb, lo)) - (np.polyval(fa, hi) - np.polyval(fa, lo))) / (hi - lo)
+    grid = np.linspace(lo, hi, 201)
+    avg = float(np.mean(curves[1][1](grid) - curves[0][1](grid)))  # even grid: the mean is the integral / width
     return float((np.exp(avg) - 1) * 100)
 
 

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -280,8 +281,11 @@ def compress_mismatch(job: dict, bundle) -> Optional[str]:
                 return f"it was coded with quantization gain {codec['gain']}"
             from sar_ae_core.codec import _choose_codec
 
-            want_codec = _choose_codec(o["codec"], bundle, o["bits"]).params()
-            if codec.get("id") != want_codec["id"] or codec.get("bits", None) != want_codec.get("bits", None):
+            chosen = _choose_codec(o["codec"], bundle, o["bits"])
+            want_codec = chosen.params()
+            ids = {want_codec["id"]} | ({"factorized-range-adaptive"} if getattr(chosen, "wants_adaptation", False)
+                                        else set())  # adapted tables where they paid, the model's elsewhere
+            if codec.get("id") not in ids or codec.get("bits", None) != want_codec.get("bits", None):
                 return f"it was coded with {codec.get('id')}, not {want_codec['id']}"
             if o["scaling"] == "model" and (h["scaling"]["vmin_db"], h["scaling"]["vmax_db"]) != \
                     (bundle.scaling.vmin_db, bundle.scaling.vmax_db):
@@ -452,6 +456,8 @@ def _sweep_part_files(outputs: Sequence[str]) -> int:
     for folder, bases in by_dir.items():
         pat = re.compile(r"^\.(%s)\.[0-9a-f]{8}\.part(\.sarz|\.tif)?(\.aux\.xml|\.ovr|\.msk)?$"
                          % "|".join(re.escape(b) for b in bases))
+        # work folders of the codec (kept latents, rate and residual searches): tempfile's 8-character names
+        work = re.compile(r"^\.(%s)\.[a-z0-9_]{8}\.(latents|rate|rmse|residual)$" % "|".join(re.escape(b) for b in bases))
         try:
             names = os.listdir(folder)
         except OSError:
@@ -463,6 +469,9 @@ def _sweep_part_files(outputs: Sequence[str]) -> int:
                     n += 1
                 except FileNotFoundError:
                     pass
+            elif work.match(name) and os.path.isdir(os.path.join(folder, name)):
+                shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+                n += 1
     return n
 
 

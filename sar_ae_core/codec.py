@@ -61,6 +61,56 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                     latent_store: Optional["LatentStore"] = None, runtime: str = "auto") -> dict:
     """Encode a raster into a `.sarz` file; returns the measured rate (bits per pixel from file bytes).
 
+    The default latent codec of factorized models ('factorized-range-adaptive') fits the tables to the raster where
+    that pays: the encoder's latents are kept (in `latent_store`, or a temporary folder beside the output) by a
+    first pass, and the file is written from them. See `_compress_raster` for the options."""
+    import tempfile
+
+    b = None
+    if codec in ("auto", "factorized-range-adaptive"):
+        try:
+            b = bundle if bundle is not None else ready_bundle(model, device_option(device), None, runtime)
+        except SarInputError:  # reported below, in the order of the other checks
+            b = None
+    if b is not None:
+        if codec == "factorized-range-adaptive" or (b.tables is not None and
+                                                    getattr(b.tables, "kind", "factorized") == "factorized" and
+                                                    b.tables.inactive().any()):
+            args = dict(model=model, bands=bands, units=units, bits=bits, device=device, tile=tile,
+                        halo_cells=halo_cells, batch_size=batch_size, scaling=scaling, progress=None, bundle=b,
+                        escape_step_db=escape_step_db, keep_brightest=keep_brightest, gain=gain, runtime=runtime)
+            check_output_path(output_path, overwrite, [input_path] + ([model] if model and
+                                                                      os.path.exists(os.fspath(model)) else []))
+            prog = Progress(progress)
+            folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
+            with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.",
+                                             suffix=".latents", dir=folder) as work:
+                store = latent_store if latent_store is not None else LatentStore(work, "l")
+                done = store.complete()
+                if not done:
+                    _compress_raster(input_path, os.path.join(work, "first.sarz"), overwrite=True,
+                                     codec="factorized-range-active", latent_store=store,
+                                     **{**args, "progress": lambda f, m="": prog.step(0.75 * f, m)})
+                    store.mark_complete()
+                return _compress_raster(input_path, output_path, overwrite=overwrite,
+                                        codec="factorized-range-adaptive", latent_store=store,
+                                        **{**args, "progress": (lambda f, m="": prog.step(0.75 + 0.25 * f, m))
+                                           if not done else progress})
+    return _compress_raster(input_path, output_path, model=model, bands=bands, units=units, bits=bits, device=device,
+                            tile=tile, halo_cells=halo_cells, batch_size=batch_size, scaling=scaling, codec=codec,
+                            overwrite=overwrite, progress=progress, bundle=bundle, escape_step_db=escape_step_db,
+                            keep_brightest=keep_brightest, gain=gain, latent_store=latent_store, runtime=runtime)
+
+
+def _compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLike, *, model: Optional[str] = None,
+                    bands: str | Sequence[int] = "all", units: str = "auto", bits: int = 8, device: str = "auto",
+                    tile: int = TILE, halo_cells: Optional[int] = None, batch_size: int = 8, scaling: str = "auto",
+                    codec: str = "auto", overwrite: bool = False, progress: Optional[ProgressFn] = None,
+                    bundle: Optional[ModelBundle] = None, escape_step_db: Optional[float] = esc.DEFAULT_STEP_DB,
+                    keep_brightest: float = esc.DEFAULT_BRIGHTEST_PERCENT, gain: float = 1.0,
+                    latent_store: Optional["LatentStore"] = None, runtime: str = "auto") -> dict:
+    """Encode a raster into a `.sarz` file; returns the measured rate (bits per pixel from file bytes).
+
     `scaling`: 'model' uses the dB range the model was trained with; 'source' fits a 0.1–99.9 percentile
     range on this raster; 'auto' keeps the model's range unless the raster's 1st–99th percentiles fall
     outside it (e.g. uncalibrated DN or SLC data), then fits on the source. The range used is stored in
@@ -122,6 +172,11 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             above = float(min(above, max(bright, scaling.vmin_db + step)))
         above = math.floor(above * 1000) / 1000  # a short header number; a lower bound only escapes more
         info = r.info
+        if getattr(codec, "wants_adaptation", False):  # per-file tables from the kept latents' symbols
+            if latent_store is None or not latent_store.complete():
+                raise RuntimeError("adapted tables need the latents of every tile row first")
+            codec = codec.adapted(codec.histograms(
+                tile_latent for tr in range(plan.tile_rows) for band in latent_store.get(tr) for tile_latent in band))
         # Every header byte counts in the rate of small rasters: only what decoding and `info` need. The model
         # is named by its name and a 64-bit SHA-256 prefix (its bundle has the rest), the CRS by its EPSG code
         # when that is exact, the scaling without its training-file list; the reasons are printed at compress time.
@@ -245,22 +300,34 @@ class LatentStore:
             n_bands, n_cols = (int(v) for v in z["shape"])
             return [[z[f"b{b}c{c}"] for c in range(n_cols)] for b in range(n_bands)]
 
+    def complete(self) -> bool:
+        """Whether every tile row is stored (mark_complete was called after a whole pass)."""
+        return os.path.exists(os.path.join(self.folder, f"{self.key}-complete"))
+
+    def mark_complete(self) -> None:
+        open(os.path.join(self.folder, f"{self.key}-complete"), "w").close()
+
     def put(self, tr: int, latents: list) -> None:
         arrays = {f"b{b}c{c}": t for b, row in enumerate(latents) for c, t in enumerate(row)}
         np.savez(self._path(tr), shape=np.array([len(latents), len(latents[0])]), **arrays)
 
 
 def _choose_codec(name: str, bundle: ModelBundle, bits: int):
-    """'auto': the model's learned entropy coder when it has one (factorized: without its inactive channels,
-    'factorized-range-active'), else uniform quantization + zstd."""
+    """'auto': the model's learned entropy coder when it has one (factorized: without its inactive channels and
+    with the tables fitted to the file where that pays, 'factorized-range-adaptive'), else uniform quantization +
+    zstd."""
     coded = None if bundle.tables is None else (
         "hyperprior-range" if getattr(bundle.tables, "kind", "") == "hyperprior" else "factorized-range")
     if name == "auto":
         name = coded or UniformZstdCodec.id
         if name == "factorized-range" and bundle.tables.inactive().any():
-            name = "factorized-range-active"
+            name = "factorized-range-adaptive"
     if name == UniformZstdCodec.id:
         return UniformZstdCodec(bits=bits)
+    if name == "factorized-range-adaptive":  # the active codec, its tables fitted to the file where that pays
+        codec = _choose_codec("factorized-range-active", bundle, bits)
+        codec.wants_adaptation = True
+        return codec
     if name in ("factorized-range", "factorized-range-active", "hyperprior-range"):
         family = "factorized-range" if name == "factorized-range-active" else name
         if bundle.tables is not None and family != coded:

@@ -36,7 +36,7 @@ def test_bit_map_sums_to_the_coded_bits_and_has_no_tile_seams(tmp_path, umbra, c
     rx = gx[:, bx].mean() / gx[:, ox].mean()
     ry = gy[by].mean() / gy[oy].mean()
     assert abs(rx - 1) < 0.05 and abs(ry - 1) < 0.05, (rx, ry)
-    assert a.min() >= 0 and a.std() > 0.05  # it does show where the bits go
+    assert a.min() >= 0 and a.std() > 0.05 * a.mean()  # it does show where the bits go
 
 
 def test_bit_map_of_a_uniform_coded_file_says_why(tmp_path, spain_db, tiny_bundle, capsys):

@@ -98,7 +98,7 @@ def codec_from_params(p: dict, tables=None) -> LatentCodec:
     """The codec named in a header (KeyError for unknown ids; ValueError when its tables are missing)."""
     if p.get("id") == UniformZstdCodec.id:
         return UniformZstdCodec.from_params(p)
-    if p.get("id") in ("factorized-range", "factorized-range-active", "hyperprior-range"):
+    if p.get("id") in ("factorized-range", "factorized-range-active", "factorized-range-adaptive", "hyperprior-range"):
         from sar_ae_core.coding.tables import FactorizedRangeCodec
 
         if tables is None:
@@ -112,10 +112,22 @@ def codec_from_params(p: dict, tables=None) -> LatentCodec:
             from sar_ae_core.nn.hyperprior import HyperpriorRangeCodec
 
             return HyperpriorRangeCodec(tables)
-        active = p["id"] == "factorized-range-active"
+        active = p["id"] in ("factorized-range-active", "factorized-range-adaptive")
         codec = FactorizedRangeCodec(tables, tables.inactive() if active else None)
         if active and codec.skip is None:
-            raise ValueError("the model's tables have no inactive channels for codec factorized-range-active")
+            raise ValueError(f"the model's tables have no inactive channels for codec {p['id']}")
+        if p["id"] == "factorized-range-adaptive":
+            import base64
+            import binascii
+
+            from sar_ae_core.coding.tables import parse_adaptation
+
+            try:
+                blob = base64.b64decode(str(p["adapt"]), validate=True)
+            except (KeyError, binascii.Error):
+                raise ValueError("the file's adapted tables are missing or not base64") from None
+            codec = FactorizedRangeCodec(parse_adaptation(tables, blob), codec.skip, modes=tables.modes())
+            codec.adaptation = blob
         gain = float(p.get("gain", 1.0))
         if not MIN_GAIN <= gain <= MAX_GAIN:
             raise ValueError(f"quantization gain {gain} is outside [{MIN_GAIN}, {MAX_GAIN}]")
