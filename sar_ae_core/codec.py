@@ -66,6 +66,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     first pass, and the file is written from them. See `_compress_raster` for the options."""
     import tempfile
 
+    t_start = time.perf_counter()
     b = None
     if codec in ("auto", "factorized-range-adaptive"):
         try:
@@ -89,13 +90,15 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                 done = store.complete()
                 if not done:
                     _compress_raster(input_path, os.path.join(work, "first.sarz"), overwrite=True,
-                                     codec="factorized-range-active", latent_store=store,
+                                     codec="factorized-range-active", latent_store=store, latents_only=True,
                                      **{**args, "progress": lambda f, m="": prog.step(0.75 * f, m)})
                     store.mark_complete()
-                return _compress_raster(input_path, output_path, overwrite=overwrite,
-                                        codec="factorized-range-adaptive", latent_store=store,
-                                        **{**args, "progress": (lambda f, m="": prog.step(0.75 + 0.25 * f, m))
-                                           if not done else progress})
+                res = _compress_raster(input_path, output_path, overwrite=overwrite,
+                                       codec="factorized-range-adaptive", latent_store=store,
+                                       **{**args, "progress": (lambda f, m="": prog.step(0.75 + 0.25 * f, m))
+                                          if not done else progress})
+                res["seconds"] = time.perf_counter() - t_start
+                return res
     return _compress_raster(input_path, output_path, model=model, bands=bands, units=units, bits=bits, device=device,
                             tile=tile, halo_cells=halo_cells, batch_size=batch_size, scaling=scaling, codec=codec,
                             overwrite=overwrite, progress=progress, bundle=bundle, escape_step_db=escape_step_db,
@@ -108,7 +111,8 @@ def _compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLi
                     codec: str = "auto", overwrite: bool = False, progress: Optional[ProgressFn] = None,
                     bundle: Optional[ModelBundle] = None, escape_step_db: Optional[float] = esc.DEFAULT_STEP_DB,
                     keep_brightest: float = esc.DEFAULT_BRIGHTEST_PERCENT, gain: float = 1.0,
-                    latent_store: Optional["LatentStore"] = None, runtime: str = "auto") -> dict:
+                    latent_store: Optional["LatentStore"] = None, runtime: str = "auto",
+                     latents_only: bool = False) -> dict:
     """Encode a raster into a `.sarz` file; returns the measured rate (bits per pixel from file bytes).
 
     `scaling`: 'model' uses the dB range the model was trained with; 'source' fits a 0.1–99.9 percentile
@@ -220,7 +224,7 @@ def _compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLi
                 while len(pending) > (LOOKAHEAD if tr < plan.tile_rows - 1 else 0):
                     job = pending.popleft()
                     n_v, n_e = _code_tile_row(job, writer, codec, plan, scaling, header, step, r.count,
-                                              latent_store, timer)
+                                              latent_store, timer, latents_only)
                     n_valid, n_escaped = n_valid + n_v, n_escaped + n_e
                     prog.step((job[0] + 1) / plan.tile_rows, f"compressing tile row {job[0] + 1}/{plan.tile_rows}")
             timer.network = runner.network_seconds
@@ -354,13 +358,16 @@ def _nodata_from_json(v):
 
 
 def _code_tile_row(job, writer: ContainerWriter, codec, plan: TilePlan, scaling: ScalingParams, header: dict,
-                   step: float, bands: int, latent_store, timer: "_Timer") -> tuple[int, int]:
+                   step: float, bands: int, latent_store, timer: "_Timer", latents_only: bool = False) -> tuple[int, int]:
     """Entropy-code one encoded tile row (latents, masks, escapes) into the container, in chunk order; returns
-    (valid pixels, escaped pixels)."""
+    (valid pixels, escaped pixels). `latents_only`: only keep the latents in the store (a first pass)."""
     tr, valid, y0, db, finish, fresh = job
     latents = finish()
     if fresh and latent_store is not None:
         latent_store.put(tr, latents)
+    if latents_only:
+        return sum(int(_tile_mask(valid[b], plan, tr, tc, y0).sum()) for tc in range(plan.tile_cols)
+                   for b in range(bands)), 0
     t0 = time.perf_counter()
     n_valid = n_escaped = 0
     above = header["mask"].get("above_db")

@@ -53,8 +53,12 @@ def estimated_bits_of_sarz(sarz: str | os.PathLike, bundle: ModelBundle) -> dict
 
 
 def latent_rate(model, raster: str | os.PathLike, workdir: Optional[str] = None, **compress_kwargs) -> dict:
-    """Estimated (prior) vs real (.sarz bytes) rate of a raster; relative differences are (real - est) / real."""
+    """Estimated (prior) vs real (.sarz bytes) rate of a raster; relative differences are (real - est) / real.
+    Coded with the model's own tables (what the estimate is about), not tables adapted to the raster."""
     bundle = _bundle(model)
+    tables = bundle.tables
+    if "codec" not in compress_kwargs and tables is not None and getattr(tables, "kind", "factorized") == "factorized":
+        compress_kwargs["codec"] = "factorized-range-active" if tables.inactive().any() else "factorized-range"
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         sarz = Path(tmp) / "rate.sarz"
         facts = compress_raster(raster, sarz, bundle=bundle, device="cpu", overwrite=True, **compress_kwargs)
