@@ -61,60 +61,6 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                     latent_store: Optional["LatentStore"] = None, runtime: str = "auto") -> dict:
     """Encode a raster into a `.sarz` file; returns the measured rate (bits per pixel from file bytes).
 
-    The default latent codec of factorized models ('factorized-range-adaptive') fits the tables to the raster where
-    that pays: the encoder's latents are kept (in `latent_store`, or a temporary folder beside the output) by a
-    first pass, and the file is written from them. See `_compress_raster` for the options."""
-    import tempfile
-
-    t_start = time.perf_counter()
-    b = None
-    if codec in ("auto", "factorized-range-adaptive"):
-        try:
-            b = bundle if bundle is not None else ready_bundle(model, device_option(device), None, runtime)
-        except SarInputError:  # reported below, in the order of the other checks
-            b = None
-    if b is not None:
-        if codec == "factorized-range-adaptive" or (b.tables is not None and
-                                                    getattr(b.tables, "kind", "factorized") == "factorized" and
-                                                    b.tables.inactive().any()):
-            args = dict(model=model, bands=bands, units=units, bits=bits, device=device, tile=tile,
-                        halo_cells=halo_cells, batch_size=batch_size, scaling=scaling, progress=None, bundle=b,
-                        escape_step_db=escape_step_db, keep_brightest=keep_brightest, gain=gain, runtime=runtime)
-            check_output_path(output_path, overwrite, [input_path] + ([model] if model and
-                                                                      os.path.exists(os.fspath(model)) else []))
-            prog = Progress(progress)
-            folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
-            with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.",
-                                             suffix=".latents", dir=folder) as work:
-                store = latent_store if latent_store is not None else LatentStore(work, "l")
-                done = store.complete()
-                if not done:
-                    _compress_raster(input_path, os.path.join(work, "first.sarz"), overwrite=True,
-                                     codec="factorized-range-active", latent_store=store, latents_only=True,
-                                     **{**args, "progress": lambda f, m="": prog.step(0.75 * f, m)})
-                    store.mark_complete()
-                res = _compress_raster(input_path, output_path, overwrite=overwrite,
-                                       codec="factorized-range-adaptive", latent_store=store,
-                                       **{**args, "progress": (lambda f, m="": prog.step(0.75 + 0.25 * f, m))
-                                          if not done else progress})
-                res["seconds"] = time.perf_counter() - t_start
-                return res
-    return _compress_raster(input_path, output_path, model=model, bands=bands, units=units, bits=bits, device=device,
-                            tile=tile, halo_cells=halo_cells, batch_size=batch_size, scaling=scaling, codec=codec,
-                            overwrite=overwrite, progress=progress, bundle=bundle, escape_step_db=escape_step_db,
-                            keep_brightest=keep_brightest, gain=gain, latent_store=latent_store, runtime=runtime)
-
-
-def _compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLike, *, model: Optional[str] = None,
-                    bands: str | Sequence[int] = "all", units: str = "auto", bits: int = 8, device: str = "auto",
-                    tile: int = TILE, halo_cells: Optional[int] = None, batch_size: int = 8, scaling: str = "auto",
-                    codec: str = "auto", overwrite: bool = False, progress: Optional[ProgressFn] = None,
-                    bundle: Optional[ModelBundle] = None, escape_step_db: Optional[float] = esc.DEFAULT_STEP_DB,
-                    keep_brightest: float = esc.DEFAULT_BRIGHTEST_PERCENT, gain: float = 1.0,
-                    latent_store: Optional["LatentStore"] = None, runtime: str = "auto",
-                     latents_only: bool = False) -> dict:
-    """Encode a raster into a `.sarz` file; returns the measured rate (bits per pixel from file bytes).
-
     `scaling`: 'model' uses the dB range the model was trained with; 'source' fits a 0.1–99.9 percentile
     range on this raster; 'auto' keeps the model's range unless the raster's 1st–99th percentiles fall
     outside it (e.g. uncalibrated DN or SLC data), then fits on the source. The range used is stored in
@@ -176,11 +122,29 @@ def _compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLi
             above = float(min(above, max(bright, scaling.vmin_db + step)))
         above = math.floor(above * 1000) / 1000  # a short header number; a lower bound only escapes more
         info = r.info
-        if getattr(codec, "wants_adaptation", False):  # per-file tables from the kept latents' symbols
-            if latent_store is None or not latent_store.complete():
-                raise RuntimeError("adapted tables need the latents of every tile row first")
-            codec = codec.adapted(codec.histograms(
-                tile_latent for tr in range(plan.tile_rows) for band in latent_store.get(tr) for tile_latent in band))
+        sampled: dict = {}  # tile row -> latents encoded for the adapted tables, used again below
+        if getattr(codec, "wants_adaptation", False):  # per-file tables from the raster's own symbols
+            if latent_store is not None and latent_store.complete():  # a rate search: every row is kept
+                rows = (latent_store.get(tr) for tr in range(plan.tile_rows))
+            else:
+                t0 = time.perf_counter()
+                with _Runner(bundle) as runner:
+                    waiting: list = []  # the network runs on LOOKAHEAD rows while the next strip is read
+                    for tr in _sample_rows(plan, r.count, bundle):
+                        strip, _, _, _ = read_strip(r, plan, scaling, tr)
+                        waiting.append((tr, [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer,
+                                                           runner, exact, skip=getattr(codec, "skip", None))
+                                             for b in range(r.count)]))
+                        del strip
+                        while len(waiting) > LOOKAHEAD:
+                            t_r, waits = waiting.pop(0)
+                            sampled[t_r] = [w() for w in waits]
+                    for t_r, waits in waiting:
+                        sampled[t_r] = [w() for w in waits]
+                    timer.network += runner.network_seconds
+                timer.io += time.perf_counter() - t0 - runner.network_seconds
+                rows = sampled.values()
+            codec = codec.adapted(codec.histograms(tile for row in rows for band in row for tile in band))
         # Every header byte counts in the rate of small rasters: only what decoding and `info` need. The model
         # is named by its name and a 64-bit SHA-256 prefix (its bundle has the rest), the CRS by its EPSG code
         # when that is exact, the scaling without its training-file list; the reasons are printed at compress time.
@@ -213,21 +177,26 @@ def _compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLi
                 strip, valid, y0, db = read_strip(r, plan, scaling, tr, want_db=bool(step))
                 timer.io += time.perf_counter() - t0
                 cached = latent_store.get(tr) if latent_store is not None else None
+                fresh = cached is None
+                if cached is None:
+                    cached = sampled.pop(tr, None)
                 if cached is None:
                     waits = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner, exact,
                                            skip=getattr(codec, "skip", None)) for b in range(r.count)]
                     finish = (lambda waits=waits: [w() for w in waits])
                 else:
                     finish = (lambda cached=cached: cached)
-                pending.append((tr, valid, y0, db, finish, cached is None))
+                pending.append((tr, valid, y0, db, finish, fresh))
                 del strip
                 while len(pending) > (LOOKAHEAD if tr < plan.tile_rows - 1 else 0):
                     job = pending.popleft()
                     n_v, n_e = _code_tile_row(job, writer, codec, plan, scaling, header, step, r.count,
-                                              latent_store, timer, latents_only)
+                                              latent_store, timer)
                     n_valid, n_escaped = n_valid + n_v, n_escaped + n_e
                     prog.step((job[0] + 1) / plan.tile_rows, f"compressing tile row {job[0] + 1}/{plan.tile_rows}")
-            timer.network = runner.network_seconds
+            timer.network += runner.network_seconds
+            if latent_store is not None:
+                latent_store.mark_complete()
             if n_valid == 0:
                 raise SarInputError(r.path, "no valid pixels to compress (all nodata, NaN, infinite or <= 0)")
             sizes = writer.finish()
@@ -244,6 +213,18 @@ def _compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLi
 
 #: tile rows read and given to the network ahead of the one being entropy-coded
 LOOKAHEAD = 2
+
+#: latents (bytes) the adapted tables may hold in memory: that many tile rows, evenly spread, are encoded first,
+#: their symbols' histograms give the tables, and the main pass codes them without encoding again
+SAMPLE_BYTES = 64 << 20
+
+
+def _sample_rows(plan: TilePlan, bands: int, bundle: ModelBundle) -> list[int]:
+    """Tile rows whose latents give a raster's adapted tables: all of them when they fit SAMPLE_BYTES (a raster
+    up to ~8k x 8k px), else as many as fit, evenly spread over the raster."""
+    per_row = bands * bundle.config.latent_channels * plan.cells * plan.latent_width * 4
+    n = max(1, min(plan.tile_rows, SAMPLE_BYTES // max(per_row, 1)))
+    return sorted({int(round(v)) for v in np.linspace(0, plan.tile_rows - 1, n)})
 
 #: measured on the 2-core reference machine (benchmarks/bench_codec.py): pixels per second of compress, and
 #: bytes held per pixel of one tile-row strip (raw, dB, scaled, padded, validity, latents), per band
@@ -358,16 +339,13 @@ def _nodata_from_json(v):
 
 
 def _code_tile_row(job, writer: ContainerWriter, codec, plan: TilePlan, scaling: ScalingParams, header: dict,
-                   step: float, bands: int, latent_store, timer: "_Timer", latents_only: bool = False) -> tuple[int, int]:
+                   step: float, bands: int, latent_store, timer: "_Timer") -> tuple[int, int]:
     """Entropy-code one encoded tile row (latents, masks, escapes) into the container, in chunk order; returns
-    (valid pixels, escaped pixels). `latents_only`: only keep the latents in the store (a first pass)."""
+    (valid pixels, escaped pixels)."""
     tr, valid, y0, db, finish, fresh = job
     latents = finish()
     if fresh and latent_store is not None:
         latent_store.put(tr, latents)
-    if latents_only:
-        return sum(int(_tile_mask(valid[b], plan, tr, tc, y0).sum()) for tc in range(plan.tile_cols)
-                   for b in range(bands)), 0
     t0 = time.perf_counter()
     n_valid = n_escaped = 0
     above = header["mask"].get("above_db")

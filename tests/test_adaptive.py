@@ -75,3 +75,24 @@ def test_explicit_codec_choices_and_rate_search(tmp_path, kerala_dn, capsys):
     assert abs(out.stat().st_size * 8 / px / 0.3 - 1) <= 0.03
     assert sarz_info(out)["codec"]["id"] == "factorized-range-adaptive"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_tables_from_a_sample_of_tile_rows(tmp_path, kerala_dn, monkeypatch):
+    """A raster whose latents exceed the sample budget: the tables come from evenly spread tile rows (encoded once,
+    coded again without encoding), the other rows' symbols are coded with them — same pixels, still smaller."""
+    import sar_ae_core.codec as codec_mod
+
+    fixed, sampled = tmp_path / "f.sarz", tmp_path / "s.sarz"
+    compress_raster(kerala_dn, fixed, codec="factorized-range-active")
+    monkeypatch.setattr(codec_mod, "SAMPLE_BYTES", 1)  # one tile row
+    bundle = load_bundle("sarae-q2")
+    from sar_ae_core.tiling import TilePlan
+
+    plan = TilePlan(1280, 837, bundle.downsample_factor, 256, 2)
+    assert codec_mod._sample_rows(plan, 1, bundle) == [0]
+    compress_raster(kerala_dn, sampled)
+    assert sarz_info(sampled)["codec"]["id"] == "factorized-range-adaptive"
+    assert sampled.stat().st_size < 0.95 * fixed.stat().st_size
+    for f in (fixed, sampled):
+        reconstruct_raster(f, tmp_path / f"{f.stem}.tif", units="db")
+    np.testing.assert_array_equal(_pixels(tmp_path / "f.tif"), _pixels(tmp_path / "s.tif"))
