@@ -241,7 +241,7 @@ def _rewrite_as_v10(src, dst, bundle_sha, crs_wkt):
 
     raw = open(src, "rb").read()
     _, major, minor, hlen, _ = _PRE.unpack(raw[:_PRE.size])
-    assert (major, minor) == (1, 1)
+    assert (major, minor) == (1, 2)
     h = json.loads(zstandard.ZstdDecompressor(dict_data=_header_dict()).decompress(raw[_PRE.size:_PRE.size + hlen]))
     h["model"]["sha256"] = bundle_sha
     h["georef"] = {"crs_wkt": crs_wkt, "transform": h["georef"]["transform"], "gcps": None}

@@ -32,7 +32,7 @@ from sar_ae_core.coding.frames import MAX_HEADER_BYTES, bounded_decompress
 
 MAGIC = b"\x89SARZ\r\n\x1a"
 END = b"SARZEND\0"
-FORMAT_MAJOR, FORMAT_MINOR = 1, 1
+FORMAT_MAJOR, FORMAT_MINOR = 1, 2  # 1.2: adapted tables (codec factorized-range-adaptive), residual layers (mask id)
 # Part of the format: never edit (a new dictionary needs a new minor version). Typical header text, keys sorted.
 HEADER_DICT_V1 = (
     b'{"codec":{"id":"factorized-range","precision":16},"created_by":"sar_ae_core 0.1.0",'
