@@ -56,10 +56,10 @@ def test_adaptation_round_trip_and_damage():
         with pytest.raises(ValueError):
             parse_adaptation(tables, bad)
     with pytest.raises(ValueError):
-        codec_from_params({"id": "factorized-range-adaptive", "precision": 16, "adapt": "not base64!"}, tables)
+        codec_from_params({"id": "factorized-range-adaptive", "precision": 16, "adapt": "not base85\"'"}, tables)
     codec = codec_from_params({"id": "factorized-range-adaptive", "precision": 16,
-                               "adapt": base64.b64encode(blob).decode()}, tables)
-    assert codec.params()["adapt"] == base64.b64encode(blob).decode()
+                               "adapt": base64.b85encode(blob).decode()}, tables)
+    assert codec.params()["adapt"] == base64.b85encode(blob).decode()
 
 
 def test_explicit_codec_choices_and_rate_search(tmp_path, kerala_dn, capsys):

@@ -123,9 +123,9 @@ def codec_from_params(p: dict, tables=None) -> LatentCodec:
             from sar_ae_core.coding.tables import parse_adaptation
 
             try:
-                blob = base64.b64decode(str(p["adapt"]), validate=True)
-            except (KeyError, binascii.Error):
-                raise ValueError("the file's adapted tables are missing or not base64") from None
+                blob = base64.b85decode(str(p["adapt"]))
+            except (KeyError, ValueError, binascii.Error):
+                raise ValueError("the file's adapted tables are missing or not base85") from None
             codec = FactorizedRangeCodec(parse_adaptation(tables, blob), codec.skip, modes=tables.modes())
             codec.adaptation = blob
         gain = float(p.get("gain", 1.0))

@@ -169,7 +169,16 @@ def validate_header(h, path: str) -> None:
         if not isinstance(tr, list) or len(tr) != 6 or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in tr):
             c.fail("georef.transform", "must be 6 finite numbers")
-    if "gcps" in g and g["gcps"] is not None:
+    if "gcps" in g and isinstance(g["gcps"], str):  # packed (io/gcps.py)
+        from sar_ae_core.io.gcps import unpack_gcps
+
+        if len(g["gcps"]) > 8 << 20:
+            c.fail("georef.gcps", "is longer than any packed GCP list")
+        try:
+            unpack_gcps(g["gcps"])
+        except ValueError as exc:
+            c.fail("georef.gcps", f"cannot be unpacked ({exc})")
+    elif "gcps" in g and g["gcps"] is not None:
         gcps = g["gcps"]
         if not isinstance(gcps, list) or len(gcps) > 100_000 or not all(
                 isinstance(p, list) and len(p) == 7 and all(isinstance(v, (int, float)) and not isinstance(v, bool)

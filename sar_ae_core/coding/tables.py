@@ -125,7 +125,7 @@ class FactorizedRangeCodec:
         if self.adaptation:
             import base64
 
-            p["adapt"] = base64.b64encode(self.adaptation).decode("ascii")
+            p["adapt"] = base64.b85encode(self.adaptation).decode("ascii")  # RFC 1924: nothing JSON escapes
         return p
 
     def adapted(self, histograms: dict) -> "FactorizedRangeCodec":
@@ -353,9 +353,9 @@ def adapt_tables(tables: EntropyTables, histograms: dict) -> tuple[EntropyTables
         new_bits = float(-(inside * np.log2(p[:-1])).sum() + outside * (32 - np.log2(p[-1])))
         old_bits = float((hist * tables.symbol_bits(c, values)).sum())
         desc = _varints(np.array([c, _zz(int(values[lo_i])), len(c12) - 1] + c12[:-1].tolist(), np.int64))
-        if old_bits - new_bits <= 8 * len(desc) * 4 / 3 + 16:  # the header holds it as base64
+        if old_bits - new_bits <= 8 * len(desc) * 5 / 4 + 16:  # the header holds it as base85
             continue
-        saved += old_bits - new_bits - 8 * len(desc) * 4 / 3
+        saved += old_bits - new_bits - 8 * len(desc) * 5 / 4
         parts.append(desc)
         counts[c] = (c12.astype(np.int64) * scale).astype(np.int32)
         offsets[c] = int(values[lo_i])

@@ -7,6 +7,7 @@ output nor overwrites what the user had.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -108,6 +109,11 @@ class Georef:
             out["transform"] = list(self.transform)
         if self.gcps:
             out["gcps"] = [list(g) for g in self.gcps]
+            from sar_ae_core.io.gcps import pack_gcps
+
+            packed = pack_gcps(self.gcps)  # the same bits in about half the header bytes (io/gcps.py)
+            if packed is not None and len(packed) < len(json.dumps(out["gcps"], separators=(",", ":"))) // 2:
+                out["gcps"] = packed
         return out
 
     @classmethod
@@ -115,6 +121,10 @@ class Georef:
         """Inverse of to_dict and to_compact."""
         t = d.get("transform")
         g = d.get("gcps")
+        if isinstance(g, str):
+            from sar_ae_core.io.gcps import unpack_gcps
+
+            g = unpack_gcps(g)
         wkt = d.get("crs_wkt")
         if not wkt and d.get("crs"):
             from rasterio.crs import CRS
