@@ -306,15 +306,42 @@ def make_base(folder: str, model: str | None = None, size: int = 160) -> str:
     return path
 
 
+def make_base_gcps_residual(folder: str, size: int = 192) -> str:
+    """A `.sarz` with this release's fields: a crop of the Kerala GRD DN scene (uint16, 210 GCPs: packed in the
+    header), per-file adapted tables, and a residual layer (frames in the mask chunks), 128 px tiles."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from sar_ae_core.refine import compress_with_residual
+
+    data = Path(os.environ.get("SARAE_DATA", ROOT.parent / "shared" / "data" / "sar"))
+    crop = os.path.join(folder, "kerala.tif")
+    with rasterio.open(data / "s1_iw_grdh_kerala_20180716_vv_dn.tiff") as src:
+        win = Window(300, 200, size, size)
+        gcps, crs = src.gcps
+        shifted = [type(g)(row=g.row - win.row_off, col=g.col - win.col_off, x=g.x, y=g.y, z=g.z, id=g.id,
+                           info=g.info) for g in gcps]
+        profile = dict(driver="GTiff", width=size, height=size, count=1, dtype=src.dtypes[0], nodata=src.nodata)
+        with rasterio.open(crop, "w", **profile) as dst:
+            dst.write(src.read(1, window=win), 1)
+            dst.gcps = (shifted, crs)
+    path = os.path.join(folder, "base.sarz")
+    compress_with_residual(crop, path, 2.0, tile=128, overwrite=True)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit-gb", type=float, default=2.0, help="address-space limit of the decoding worker")
+    ap.add_argument("--base", choices=("sample", "gcps-residual"), default="sample",
+                    help="the file to mutate: a crop of the bundled sample, or a GCP-georeferenced DN crop with "
+                         "adapted tables and a residual layer")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fuzz_sarz.json"))
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        base = make_base(tmp)
+        base = make_base(tmp) if args.base == "sample" else make_base_gcps_residual(tmp)
         report = fuzz(base, args.cases, seed=args.seed, as_gb=args.limit_gb)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps({k: report[k] for k in ("cases", "counts", "failure_count", "seconds")}))
