@@ -85,3 +85,41 @@ def test_a_few_hundred_fuzzed_files_give_input_errors_or_valid_rasters(base):
     assert report["failure_count"] == 0, report["failures"][:5]
     assert report["counts"].get("input-error", 0) > 150  # the mutations do reach the checks
     assert set(report["by_kind"]) >= {"field", "delete", "tiling", "truncate", "bitflip", "bomb", "depth"}
+
+
+@pytest.fixture(scope="module")
+def layered(tmp_path_factory):
+    """A GCP-georeferenced uint16 DN crop with adapted tables and a residual layer (the fuzzer's second base)."""
+    return fuzz_sarz.make_base_gcps_residual(str(tmp_path_factory.mktemp("fuzz2")))
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (_set(("source", "nodata"), "nan"), "'source.nodata'"),                  # NaN for a uint16 source
+    (_set(("tiling", "downsample"), 16), "latents are 1/16 of the raster"),  # not the model's
+    (_set(("georef", "gcps"), "z1:abc"), "'georef.gcps'"),                   # damaged packed GCPs
+    (_set(("mask", "residual_db"), 0), "'mask.residual_db'"),
+    (_set(("codec", "adapt"), "!!"), "adapted tables"),
+])
+def test_hostile_fields_of_layered_files(layered, tmp_path, capsys, edit, needle):
+    """What the fuzzer found on such files (tracebacks before): each is now one input error naming the problem."""
+    path = _with(layered, tmp_path, edit)
+    out = tmp_path / "out.tif"
+    assert main(["reconstruct", str(path), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and needle in err, err
+    assert not out.exists()
+
+
+def test_gcps_without_a_crs_are_written_back(layered, tmp_path):
+    """A source may carry GCPs without a CRS: the reconstruction keeps the GCPs (the fuzzer found a traceback)."""
+    import rasterio
+
+    def no_crs(h):
+        h["georef"].pop("crs", None)
+        h["georef"].pop("crs_wkt", None)
+    path = _with(layered, tmp_path, no_crs)
+    out = tmp_path / "out.tif"
+    assert main(["reconstruct", str(path), str(out)]) == 0
+    with rasterio.open(out) as ds:
+        gcps, crs = ds.gcps
+        assert len(gcps) > 10 and crs is None

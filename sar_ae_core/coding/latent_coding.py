@@ -126,7 +126,11 @@ def codec_from_params(p: dict, tables=None) -> LatentCodec:
                 blob = base64.b85decode(str(p["adapt"]))
             except (KeyError, ValueError, binascii.Error):
                 raise ValueError("the file's adapted tables are missing or not base85") from None
-            codec = FactorizedRangeCodec(parse_adaptation(tables, blob), codec.skip, modes=tables.modes())
+            try:
+                adapted = parse_adaptation(tables, blob)
+            except ValueError as exc:
+                raise ValueError(f"the file's adapted tables are damaged ({exc})") from None
+            codec = FactorizedRangeCodec(adapted, codec.skip, modes=tables.modes())
             codec.adaptation = blob
         gain = float(p.get("gain", 1.0))
         if not MIN_GAIN <= gain <= MAX_GAIN:

@@ -124,10 +124,12 @@ def validate_header(h, path: str) -> None:
     if not (nodata is None or nodata == "nan" or (isinstance(nodata, (int, float)) and not isinstance(nodata, bool)
                                                   and math.isfinite(nodata))):
         c.fail("source.nodata", f"must be a number, \"nan\" or null (got {_short(nodata)})")
-    if isinstance(nodata, (int, float)) and not isinstance(nodata, bool):
-        import numpy as np
+    import numpy as np
 
-        dt = np.dtype("complex64" if src["dtype"] == "complex_int16" else src["dtype"])
+    dt = np.dtype("complex64" if src["dtype"] == "complex_int16" else src["dtype"])
+    if nodata == "nan" and np.issubdtype(dt, np.integer):
+        c.fail("source.nodata", f"NaN is not a value of the source's {dt.name}")
+    if isinstance(nodata, (int, float)) and not isinstance(nodata, bool):
         if np.issubdtype(dt, np.integer):
             info = np.iinfo(dt)
             if nodata != int(nodata) or not info.min <= nodata <= info.max:

@@ -637,9 +637,9 @@ class GeoTiffWriter:
             with warnings.catch_warnings(), self._lib:  # GCP-only and plain arrays are normal for SAR
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self._ds = rasterio.open(self._out.tmp, "w", **profile)
-            if g.kind == "gcps":
+            if g.kind == "gcps":  # GCPs without a CRS (a source can have them) are written with an empty one
                 self._ds.gcps = ([GroundControlPoint(row=r, col=c, x=x, y=y, z=z, id=i, info=n)
-                                  for r, c, x, y, z, i, n in g.gcps], crs)
+                                  for r, c, x, y, z, i, n in g.gcps], crs if crs is not None else CRS())
             for i, name in enumerate(self.band_names[: self.count], start=1):
                 if name:
                     self._ds.set_band_description(i, name)
