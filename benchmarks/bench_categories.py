@@ -19,7 +19,6 @@ import json
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -102,7 +101,7 @@ def twins(scene: Path, tmp: Path, sarz_like: dict, scaling) -> dict:
 
 def main(argv=None) -> int:
     from baselines import bd_rate
-    from bench_rd import split_scenes
+    from bench_rd import held_out
 
     from sar_ae_core.coding.sarz import SarzFile
 
@@ -117,11 +116,8 @@ def main(argv=None) -> int:
     variants = ["codec"] + (["codec_no_residual"] if args.no_residual else [])
     rows = []
     t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
-        (tmp / "crops").mkdir()
-        for scene_path, category in split_scenes(args.split_file, args.split, args.category, tmp / "crops"):
-            scene = Path(scene_path)
+    with held_out(args.split_file, args.split, args.category) as (tmp, scenes):
+        for scene, category in scenes:
             for rate in args.rates:
                 row = {"scene": scene.name, "category": category, "target_bpp": rate}
                 row["codec"] = point(scene, tmp, rate, True)

@@ -18,7 +18,6 @@ import json
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -57,7 +56,7 @@ def _assess(ref, test) -> dict:
 def main() -> None:
     from baselines import avif_twin, interpolate
     from bench_models import stage_macs_per_pixel
-    from bench_rd import split_scenes
+    from bench_rd import held_out
 
     from sar_ae_core.codec import compress_raster, reconstruct_raster
     from sar_ae_core.coding.sarz import SarzFile
@@ -83,11 +82,8 @@ def main() -> None:
               f"{m['decoder'] + m['decoder_gdn']:.0f} MAC/px (GDN included)", flush=True)
     rows = []
     t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
-        (tmp / "crops").mkdir()
-        for scene_path, category in split_scenes(args.split_file, args.split, args.category, tmp / "crops"):
-            scene = Path(scene_path)
+    with held_out(args.split_file, args.split, args.category) as (tmp, scenes):
+        for scene, category in scenes:
             for gain in args.gains:
                 row = {"scene": scene.name, "category": category, "gain": gain, "models": {}}
                 for b in bundles:

@@ -21,6 +21,7 @@ Writes benchmarks/results/rd_report.json, rd_report.png and rd_report.md (gap to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -91,6 +92,16 @@ def split_scenes(split_file: str, split: str, categories, folder: Path) -> list[
         if e.split == split and (not categories or e.category in categories):
             out.append((write_window(e, folder, DATA), e.category))
     return out
+
+
+@contextlib.contextmanager
+def held_out(split_file: str, split: str, categories):
+    """(a temporary work folder, [(raster path, category)] of one split) — the crops a split names are written in
+    the folder and removed with it."""
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        (tmp / "crops").mkdir()
+        yield tmp, [(Path(p), c) for p, c in split_scenes(split_file, split, categories, tmp / "crops")]
 
 
 def run(args) -> dict:

@@ -83,12 +83,12 @@ class SarzFile:
 
     def attach(self, bundle: ModelBundle) -> None:
         """Set up latent decoding with the file's model (whose SHA-256 the caller has checked)."""
-        if int(self.plan.downsample) != int(bundle.downsample_factor):
-            raise SarInputError(self.path, f"header says the latents are 1/{self.plan.downsample} of the raster, model "
-                                           f"'{bundle.name}' makes 1/{bundle.downsample_factor} (file is damaged)")
         if bundle.config.latent_channels != self.latent_channels:
             raise SarInputError(self.path, f"header says {self.latent_channels} latent channels, model "
                                            f"'{bundle.name}' has {bundle.config.latent_channels} (file is damaged)")
+        if int(self.plan.downsample) != int(bundle.downsample_factor):
+            raise SarInputError(self.path, f"header says the latents are 1/{self.plan.downsample} of the raster, model "
+                                           f"'{bundle.name}' makes 1/{bundle.downsample_factor} (file is damaged)")
         try:
             self.codec = codec_from_params(self.header["codec"], bundle.tables)
         except KeyError:
