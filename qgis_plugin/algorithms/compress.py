@@ -20,14 +20,19 @@ class CompressAlgorithm(SarAeAlgorithm):
         "amplitude / GRD digital numbers, complex SLC).\n"
         "<b>Model</b>: the rate point: sarae-q1 (lowest rate) .. sarae-q4 (highest quality), see the list below; "
         "or any .pt bundle chosen as model file.\n"
+        "<b>Target rate</b> (bits per pixel): the rate point, its quantization and, where that gives the smaller "
+        "error, a residual layer are searched so that the file has that size (within 2 %).\n"
         "<b>Quantization bits</b> (uniform coder): fewer bits, smaller file, lower quality (8 is a good default).\n\n"
         "<b>Compressed file</b>: left at '[Save to temporary file]', the .sarz is written beside the input "
         "(scene.sarz, or scene_2.sarz if that exists) so that it outlives the QGIS session. No output may be an "
         "input or the file of a loaded layer; another existing file is replaced, as in every QGIS algorithm.\n\n"
         "The log reports the real rate in bits per pixel, measured from the file's bytes, and the compression "
         "ratio against the source's sample size. Advanced: dB range (auto keeps the model's unless the raster "
-        "falls outside it), latent coder (auto: the model's learned entropy coder when it has one, else uniform "
-        "quantization + zstd), device (auto uses CUDA when present), tile size and tiles per batch (memory).")
+        "falls outside it), latent coder (auto: the model's learned entropy coder when it has one, its tables fitted "
+        "to the raster where that pays, else uniform quantization + zstd), residual layer step in dB (the "
+        "difference to the network's reconstruction, coded so that every pixel comes back within that step; "
+        "~1 bit per pixel more per halving), device (auto uses CUDA when present), tile size and tiles per batch "
+        "(memory).")
 
     def shortHelpString(self) -> str:
         """The help text and the measured rate of every bundled model (pick the rate point with Model)."""
