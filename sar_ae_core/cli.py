@@ -447,8 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latent quantization bits for the uniform-zstd codec, 1-16 (default 8)")
     s.add_argument("--codec", default="auto", choices=("auto",) + CODEC_IDS,
                    help="latent coder: the model's learned entropy model when it has one (auto: "
-                        "factorized-range-active, which leaves out the latent channels the model never uses), or "
-                        "uniform quantization + zstd")
+                        "factorized-range-adaptive, which leaves out the latent channels the model never uses and "
+                        "fits the tables to the raster where that pays), or uniform quantization + zstd")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     s.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     s.add_argument("--tile", type=int, default=TILE, help=f"tile size in pixels (default {TILE})")
