@@ -63,6 +63,16 @@ def _varints(values: np.ndarray) -> bytes:
     return out[keep].tobytes()
 
 
+def _zigzag(v: int) -> int:
+    """A signed integer as a non-negative one for a varint: 0, -1, 1, -2, … → 0, 1, 2, 3, …"""
+    return 2 * v if v >= 0 else -2 * v - 1
+
+
+def _unzigzag(z: int) -> int:
+    """Inverse of _zigzag."""
+    return z // 2 if z % 2 == 0 else -(z + 1) // 2
+
+
 def _read_varints(buf: np.ndarray, n: int) -> tuple[np.ndarray, int]:
     """The first n LEB128 integers (each at most 4 bytes) of a uint8 array, and the bytes they used."""
     ends = np.flatnonzero((buf & 0x80) == 0)

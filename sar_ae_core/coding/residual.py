@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sar_ae_core.coding.escapes import _read_varints, _varints
+from sar_ae_core.coding.escapes import _read_varints, _unzigzag, _varints, _zigzag
 from sar_ae_core.coding.tables import _integer_counts, join_payload, split_payload
 
 RESIDUAL_MASK_ID = "packbits-zstd-escapes-residual"  # validity mask + escapes + residual layer
@@ -39,14 +39,6 @@ MIN_STEP_DB, MAX_STEP_DB = 0.01, 60.0
 MODE_PLAIN, MODE_CHECKERBOARD = 0, 1
 DEADZONE = 0.0               # encoder only: |u| is rounded down after subtracting this (measured: any dead zone
                              # costs PSNR at equal bytes once the bins have centroid offsets, so none)
-
-
-def _zigzag(v: int) -> int:
-    return 2 * v if v >= 0 else -2 * v - 1
-
-
-def _unzigzag(z: int) -> int:
-    return z // 2 if z % 2 == 0 else -(z + 1) // 2
 
 
 def quantize(residual: np.ndarray, step: float, deadzone: float = DEADZONE) -> np.ndarray:

@@ -108,6 +108,9 @@ class FactorizedRangeCodec:
         self._m = self._modes.astype(np.float64)[:, None, None]
         self._n_sym = np.array([len(c) - 1 for c in tables.counts], np.int32)  # index of each table's escape
 
+    #: set by the codec choice when the tables are to be fitted to the file being compressed ('auto' and
+    #: 'factorized-range-adaptive'): compress_raster calls `adapted` with the file's histograms
+    wants_adaptation: bool = False
     #: the description of per-file adapted tables (adapt_tables) when `tables` are adapted ('factorized-range-adaptive')
     adaptation: bytes = b""
 
@@ -310,19 +313,11 @@ ADAPT_HEADER_BYTES = 32  # what adapting costs the header besides the tables: th
 ADAPT_TAIL = 4          # table symbols beyond the central 99.99 % kept before the tail escapes instead
 
 
-def _zz(v: int) -> int:
-    return 2 * v if v >= 0 else -2 * v - 1
-
-
-def _unzz(z: int) -> int:
-    return z // 2 if z % 2 == 0 else -(z + 1) // 2
-
-
 def adapt_tables(tables: EntropyTables, histograms: dict) -> tuple[EntropyTables, bytes]:
     """Tables for one file: `histograms` maps a channel to (lowest symbol, counts of the symbols from there on) of
     that file's quantized latents. Returns the adapted tables and their description (b'' when no channel gains
     more than its description costs)."""
-    from sar_ae_core.coding.escapes import _varints
+    from sar_ae_core.coding.escapes import _varints, _zigzag
 
     counts = list(tables.counts)
     offsets = tables.offsets.copy()
@@ -352,7 +347,7 @@ def adapt_tables(tables: EntropyTables, histograms: dict) -> tuple[EntropyTables
         p = c12.astype(np.float64) / (1 << ADAPT_PRECISION)
         new_bits = float(-(inside * np.log2(p[:-1])).sum() + outside * (32 - np.log2(p[-1])))
         old_bits = float((hist * tables.symbol_bits(c, values)).sum())
-        desc = _varints(np.array([c, _zz(int(values[lo_i])), len(c12) - 1] + c12[:-1].tolist(), np.int64))
+        desc = _varints(np.array([c, _zigzag(int(values[lo_i])), len(c12) - 1] + c12[:-1].tolist(), np.int64))
         if old_bits - new_bits <= 8 * len(desc) * 5 / 4 + 16:  # the header holds it as base85
             continue
         saved += old_bits - new_bits - 8 * len(desc) * 5 / 4
@@ -367,7 +362,7 @@ def adapt_tables(tables: EntropyTables, histograms: dict) -> tuple[EntropyTables
 
 def parse_adaptation(tables: EntropyTables, blob: bytes) -> EntropyTables:
     """Inverse of adapt_tables: the model's tables with the file's channels replaced (ValueError on damage)."""
-    from sar_ae_core.coding.escapes import _read_varints
+    from sar_ae_core.coding.escapes import _read_varints, _unzigzag
 
     buf = np.frombuffer(blob, np.uint8)
     (k,), used = _read_varints(buf, 1)
@@ -379,7 +374,7 @@ def parse_adaptation(tables: EntropyTables, blob: bytes) -> EntropyTables:
     for _ in range(int(k)):
         head, n_used = _read_varints(buf[used:], 3)
         used += n_used
-        c, lo, n = int(head[0]), _unzz(int(head[1])), int(head[2])
+        c, lo, n = int(head[0]), _unzigzag(int(head[1])), int(head[2])
         if c >= len(tables.counts) or c in seen or not 1 <= n <= ADAPT_MAX_SYMBOLS or abs(lo) > (1 << 24):
             raise ValueError(f"adapted table of channel {c} ({n} symbols from {lo}) is out of range")
         seen.add(c)
