@@ -130,12 +130,12 @@ class ResidualSource:
                             f.reader.chunk(_chunk_id(p, self.bands, tr, tc, b, 1)))
                         coded, resid = row[k]
                         k += 1
-                        rframe = res.encode_residual(resid, coded, step, deadzone)
+                        rframe, back = res.encode_residual(resid, coded, step, deadzone, with_values=True)
                         residual_bytes += len(rframe)
                         n_coded += int(coded.sum())
-                        if rframe:
-                            back = res.decode_residual(rframe, coded, step)
-                            sq_err += float(np.sum((resid[coded].astype(np.float64) - back[coded]) ** 2))
+                        if rframe:  # the decoder's float32 values (the encoder computes them in float64)
+                            sq_err += float(np.sum((resid[coded].astype(np.float64) -
+                                                    back.astype(np.float32)) ** 2))
                         writer.add(res.encode_chunk(mask_part, frame, rframe), "masks")
                 prog.step((tr + 1) / p.tile_rows, f"coding the residual layer, tile row {tr + 1}/{p.tile_rows}")
             sizes = writer.finish()

@@ -230,3 +230,16 @@ def test_max_rmse_reaches_any_error_with_a_residual_layer(tmp_path, tsx_complex,
     assert 0.3 < rmse <= 0.4
     assert main(["compress", str(tsx_complex), str(tmp_path / "n.sarz"), "--max-rmse-db", "0.4", "--no-residual"]) == 2
     assert "reach" in capsys.readouterr().err and not (tmp_path / "n.sarz").exists()
+
+
+def test_encoder_knows_what_the_decoder_reconstructs():
+    """encode_residual(with_values=True) returns exactly the values decode_residual gives (both modes): the
+    encoder measures its error without decoding."""
+    from scipy.ndimage import uniform_filter
+
+    rng = np.random.default_rng(9)
+    coded = rng.random((256, 200)) > 0.1
+    for r in (10 * np.log10(rng.exponential(1.0, coded.shape)), uniform_filter(rng.normal(0, 3, coded.shape), 3) * 3):
+        frame, values = res.encode_residual(r, coded, 0.7, with_values=True)
+        back = res.decode_residual(frame, coded, 0.7)
+        np.testing.assert_array_equal(back[coded], values.astype(np.float32))

@@ -106,19 +106,21 @@ def _checkerboard(shape) -> np.ndarray:
     return (yy + xx) % 2 == 0
 
 
-def encode_residual(residual: np.ndarray, coded: np.ndarray, step: float, deadzone: float = DEADZONE) -> bytes:
+def encode_residual(residual: np.ndarray, coded: np.ndarray, step: float, deadzone: float = DEADZONE,
+                    with_values: bool = False):
     """The residual frame of one tile: residual dB values (tile shape) of the pixels where `coded` is true. Both
-    modes are coded and the shorter frame is kept (the error is the same: one step, bin centroids)."""
+    modes are coded and the shorter frame is kept (the error is the same: one step, bin centroids).
+    `with_values`: (frame, the float64 residuals the decoder will reconstruct at the coded pixels)."""
     import constriction
 
     if not coded.any():
-        return b""
+        return (b"", np.zeros(0)) if with_values else b""
     u = residual.astype(np.float64) / step
     frames = []
     g = _Group(u[coded], deadzone)  # mode 0: every coded pixel with one table
     enc = constriction.stream.queue.RangeEncoder()
     enc.encode(g.idx, _model(g.counts))
-    frames.append(bytes([MODE_PLAIN]) + g.head + join_payload(enc, [g.escapes]))
+    frames.append((bytes([MODE_PLAIN]) + g.head + join_payload(enc, [g.escapes]), g.values()))
     black = _checkerboard(coded.shape)
     a_sel, b_sel = coded & black, coded & ~black
     if a_sel.any() and b_sel.any():  # mode 1: checkerboard, the second half predicted from the first
@@ -132,9 +134,11 @@ def encode_residual(residual: np.ndarray, coded: np.ndarray, step: float, deadzo
         enc = constriction.stream.queue.RangeEncoder()
         enc.encode(ga.idx, _model(ga.counts))
         enc.encode(gb.idx, _model(gb.counts))
-        frames.append(bytes([MODE_CHECKERBOARD]) + np.int8(alpha).tobytes() + ga.head + gb.head +
-                      join_payload(enc, [ga.escapes, gb.escapes]))
-    return min(frames, key=len)
+        rec[b_sel] = alpha / 128.0 * nb + gb.values()  # as decode_residual computes it
+        frames.append((bytes([MODE_CHECKERBOARD]) + np.int8(alpha).tobytes() + ga.head + gb.head +
+                       join_payload(enc, [ga.escapes, gb.escapes]), rec[coded]))
+    frame, values = min(frames, key=lambda f: len(f[0]))
+    return (frame, values * step) if with_values else frame
 
 
 def _model(counts: np.ndarray):
