@@ -164,10 +164,23 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
 RESIDUAL_FROM = 1.25
 
 
+def _layer_pass(rs, base: dict, work: str, step: float, passes: list, rmse_db=None) -> dict:
+    """One search pass: `base` + a residual layer of `step` written by `rs` into `work`, recorded in `passes`;
+    `rmse_db(path)` measures the file (default: the layer's own RMSE over the coded pixels)."""
+    from sar_ae_core.refine import with_layer
+
+    path = os.path.join(work, f"pass{len(passes)}.sarz")
+    r = with_layer(base, rs.write(path, step, overwrite=True))
+    r.update(path=path, rmse_db=r["residual_rmse_db"] if rmse_db is None else rmse_db(path))
+    passes.append({"model": base["model"], "gain": base["gain"], "residual_step_db": step, "bpp": r["bpp"],
+                   "rmse_db": r["rmse_db"]})
+    return r
+
+
 def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bpp, tolerance, passes, max_passes,
                   close, better) -> dict:
-    """The better (smaller RMSE in dB over the coded pixels) of `best` and a residual layer on the lowest rate point
-    (and on the rate point nearest half the target, when that is another) sized to the target."""
+    """The better (smaller RMSE in dB over the coded pixels) of `best` and a residual layer sized to the target on
+    each rate point whose plain rate leaves room for one."""
     from sar_ae_core.coding import residual as res
     from sar_ae_core.refine import ResidualSource, check_step
 
@@ -187,15 +200,6 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
         with ResidualSource(base["path"], input_path, work_dir=work) as rs:
             rmse0 = rs.base_rmse()
 
-            def attempt(step: float) -> dict:
-                path = os.path.join(work, f"pass{len(passes)}.sarz")
-                layer = rs.write(path, step, overwrite=True)
-                r = {**base, **layer, "compression_ratio": base["compression_ratio"] * base["bytes"] / layer["bytes"]}
-                r.update(path=path, rmse_db=layer["residual_rmse_db"])
-                passes.append({"model": base["model"], "gain": base["gain"], "residual_step_db": step,
-                               "bpp": r["bpp"], "rmse_db": r["rmse_db"]})
-                return r
-
             # ~1 bit per pixel per halving of the step at high rates: start there, then regula falsi on log step
             extra = max(target_bpp - base["bpp"], 0.05)
             lo_s, hi_s = math.log(res.MIN_STEP_DB), math.log(res.MAX_STEP_DB)
@@ -205,7 +209,7 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
             for _ in range(10):
                 if len(passes) >= max_passes + 10:
                     break
-                r = attempt(check_step(round(math.exp(s), 6)))
+                r = _layer_pass(rs, base, work, check_step(round(math.exp(s), 6)), passes)
                 cand = r if cand is None else better(r, cand)
                 f = math.log(r["bpp"] / target_bpp)
                 if close(r):
@@ -336,20 +340,17 @@ def _residual_for_rmse(input_path, work, base: dict, max_rmse_db: float, passes:
     from sar_ae_core.quality.assess import assess_rasters
     from sar_ae_core.refine import ResidualSource
 
+    def measured(path: str) -> float:
+        rec = os.path.join(work, "check.tif")
+        reconstruct_raster(path, rec, units="db", overwrite=True)
+        if progress is not None:
+            progress(0.95, f"--max-rmse-db: pass {len(passes) + 1}")
+        return float(assess_rasters(input_path, rec)["rmse_db"])
+
     best = None
     with ResidualSource(base["path"], input_path, work_dir=work) as rs:
         def attempt(step: float) -> dict:
-            path = os.path.join(work, f"pass{len(passes)}.sarz")
-            layer = rs.write(path, step, overwrite=True)
-            rec = os.path.join(work, "check.tif")
-            reconstruct_raster(path, rec, units="db", overwrite=True)
-            r = {**base, **layer, "compression_ratio": base["compression_ratio"] * base["bytes"] / layer["bytes"],
-                 "path": path, "rmse_db": float(assess_rasters(input_path, rec)["rmse_db"])}
-            passes.append({"model": base["model"], "gain": base["gain"], "residual_step_db": step,
-                           "bpp": r["bpp"], "rmse_db": r["rmse_db"]})
-            if progress is not None:
-                progress(0.95, f"--max-rmse-db: pass {len(passes)}")
-            return r
+            return _layer_pass(rs, base, work, step, passes, measured)
 
         lo, hi = math.log(res.MIN_STEP_DB), math.log(res.MAX_STEP_DB)  # lo meets the target, hi does not (assumed)
         s = min(max(math.log(max_rmse_db / 0.29), lo), hi)  # uniform quantization: RMSE ~ step / sqrt(12)

@@ -156,6 +156,12 @@ class ResidualSource:
         self.close()
 
 
+def with_layer(base: dict, layer: dict) -> dict:
+    """compress's result for `base` updated to the file `ResidualSource.write` made from it (its bytes, rate,
+    parts and the layer's facts)."""
+    return {**base, **layer, "compression_ratio": base["compression_ratio"] * base["bytes"] / layer["bytes"]}
+
+
 def add_residual_layer(base_path, input_path, output_path, step_db: float, *, overwrite: bool = False,
                        bundle=None, progress=None) -> dict:
     """Write `base_path` + a residual layer of step `step_db` (dB) against `input_path` as `output_path`."""
@@ -196,8 +202,4 @@ def compress_with_residual(input_path, output_path, step_db: float, *, overwrite
         with ResidualSource(base_path, input_path, bundle=bundle, work_dir=work) as rs:
             layer = rs.write(output_path, step, overwrite=overwrite, inputs=[input_path],
                              progress=lambda f, m="": prog.step(0.7 + 0.3 * f, m))
-    r.update(output=os.fspath(output_path), compression_ratio=r["compression_ratio"] * r["bytes"] / layer["bytes"],
-             bytes=layer["bytes"], bpp=layer["bpp"], parts=layer["parts"], residual_step_db=step,
-             residual_bytes=layer["residual_bytes"], residual_rmse_db=layer["residual_rmse_db"],
-             seconds=time.perf_counter() - t_start)
-    return r
+    return {**with_layer(r, layer), "seconds": time.perf_counter() - t_start}
