@@ -32,7 +32,8 @@ import zstandard
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sar_ae_core.coding.container import _FOOTER, _PRE, _header_dict  # noqa: E402
+from sar_ae_core.coding.container import (  # noqa: E402
+    _FOOTER, _FOOTER2, _PRE, FORMAT_MAJOR, FORMAT_MINOR, _header_dict, _leb128)
 
 HOSTILE_VALUES = [None, True, -1, 0, 1, 3, 10 ** 6, 10 ** 9, 2 ** 63, -1e308, 1e308, 0.5, "", "x", "nan",
                   [], [1], {}, {"a": 1}, "A" * 5000]
@@ -42,36 +43,42 @@ HOSTILE_VALUES = [None, True, -1, 0, 1, 3, 10 ** 6, 10 ** 9, 2 ** 63, -1e308, 1e
 # Writing mutated files (checksums repaired)
 # ------------------------------------------------------------------------------------------------
 def parse(data: bytes) -> dict:
-    """The parts of a `.sarz`: version, header dict, chunk bytes, index entries."""
-    magic, major, minor, hlen, _ = _PRE.unpack(data[:_PRE.size])
-    body = data[_PRE.size:_PRE.size + hlen]
-    header = json.loads(zstandard.ZstdDecompressor(dict_data=_header_dict()).decompress(body))
-    ioff, ilen, _, _ = _FOOTER.unpack(data[-_FOOTER.size:])
-    table = np.frombuffer(zstandard.ZstdDecompressor().decompress(data[ioff:ioff + ilen]), "<u4").reshape(-1, 2)
-    chunks, pos = [], _PRE.size + hlen
-    for n, _ in table:
-        chunks.append(data[pos:pos + int(n)])
-        pos += int(n)
-    return {"major": major, "minor": minor, "header": header, "chunks": chunks}
+    """The parts of a `.sarz`: version, header dict (every field, as a reader sees it), chunk bytes."""
+    import io
+
+    from sar_ae_core.coding.container import ContainerReader
+
+    _, major, minor, _, _ = _PRE.unpack(data[:_PRE.size])
+    with ContainerReader.from_file(io.BytesIO(data), len(data), "base.sarz") as r:
+        return {"major": major, "minor": minor, "header": r.header,
+                "chunks": [r.chunk(i) for i in range(r.chunk_count)]}
 
 
 def build(header, chunks: list[bytes], header_text: bytes | None = None, header_body: bytes | None = None,
-          index_body: bytes | None = None, major: int = 1, minor: int = 1) -> bytes:
-    """A `.sarz` with valid CRCs around whatever header/chunks/index it is given."""
+          index_body: bytes | None = None, major: int = FORMAT_MAJOR, minor: int = FORMAT_MINOR) -> bytes:
+    """A `.sarz` with valid CRCs around whatever header/chunks/index it is given, in the layout of `major`
+    (2.x: LEB128 index and short footer; 1.x: zstd index, 24-byte footer)."""
     if header_body is None:
         text = header_text if header_text is not None else json.dumps(header, sort_keys=True).encode()
-        header_body = zstandard.ZstdCompressor(level=3, dict_data=_header_dict(), write_content_size=True,
+        header_body = zstandard.ZstdCompressor(level=3, dict_data=_header_dict(major), write_content_size=True,
                                                write_dict_id=False).compress(text)
     out = bytearray(_PRE.pack(b"\x89SARZ\r\n\x1a", major, minor, len(header_body), zlib.crc32(header_body)))
     out += header_body
     for c in chunks:
         out += c
     if index_body is None:
-        raw = np.asarray([(len(c), zlib.crc32(c)) for c in chunks], "<u4").reshape(-1, 2).tobytes()
-        index_body = zstandard.ZstdCompressor(level=3).compress(raw)
+        if major >= 2:
+            index_body = _leb128([len(chunks), *map(len, chunks)]) + \
+                np.asarray([zlib.crc32(c) for c in chunks], "<u4").tobytes()
+        else:
+            raw = np.asarray([(len(c), zlib.crc32(c)) for c in chunks], "<u4").reshape(-1, 2).tobytes()
+            index_body = zstandard.ZstdCompressor(level=3).compress(raw)
     offset = len(out)
     out += index_body
-    out += _FOOTER.pack(offset, len(index_body), zlib.crc32(index_body), b"SARZEND\0")
+    if major >= 2:
+        out += _FOOTER2.pack(len(index_body), zlib.crc32(index_body), b"SARZEND\0")
+    else:
+        out += _FOOTER.pack(offset, len(index_body), zlib.crc32(index_body), b"SARZEND\0")
     return bytes(out)
 
 
@@ -124,7 +131,9 @@ def mutations(base: bytes, n: int, seed: int = 0):
     # fixed hostile structures first
     yield "depth", "100000-deep nested JSON", build(None, chunks, header_text=b'{"a":' * 100000 + b"1" + b"}" * 100000)
     yield "bomb", "header declares 3 GB", build(None, chunks, header_body=bomb(3 << 30))
-    yield "bomb", "index declares 3 GB", build(header, chunks, index_body=bomb(3 << 30))
+    yield "bomb", "index declares 3 GB (1.x layout)", build(header, chunks, index_body=bomb(3 << 30), major=1, minor=2)
+    yield "index", "index declares 2**30 chunks", build(header, chunks, index_body=_leb128([1 << 30]) + bytes(16))
+    yield "index", "1.2 layout of the same file", build(header, chunks, major=1, minor=2)
     quiet = zstandard.ZstdCompressor(level=1, write_content_size=False).compress(b"\0" * (64 << 20))
     c = list(chunks)
     c[1] = bytes([2]) + quiet  # a mask frame that expands to 64 MB without declaring it

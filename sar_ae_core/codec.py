@@ -98,7 +98,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             raise SarInputError(None, "a quantization gain needs a model with a factorized entropy model")
         if not MIN_GAIN <= float(gain) <= MAX_GAIN:
             raise SarInputError(None, f"quantization gain must be in [{MIN_GAIN}, {MAX_GAIN}] (got {gain})")
-        codec.gain = float(gain)
+        codec.gain = round(float(gain), 4)  # the header's value (a short number) is the one used
     timer = _Timer()
     with open_raster(input_path, bands=bands, units=units) as r:
         if r.width < d or r.height < d:

@@ -110,10 +110,10 @@ class ResidualSource:
         """The base file with a residual layer of step `step_db` as `output_path`; returns rate facts."""
         from sar_ae_core.progress import Progress
 
-        step = check_step(step_db)
+        step = round(check_step(step_db), 4)  # the header's (short) value is the one coded with
         prog = Progress(progress)
         header = dict(self.header)
-        header["mask"] = {**self.header["mask"], "id": res.RESIDUAL_MASK_ID, "residual_db": round(step, 6)}
+        header["mask"] = {**self.header["mask"], "id": res.RESIDUAL_MASK_ID, "residual_db": step}
         p = self.plan
         n_coded = 0
         residual_bytes = 0

@@ -370,10 +370,9 @@ def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto", hist=Non
         # move the model's window onto it (centred on the 1st-99th percentiles) and keep its width, so the
         # network sees the contrast it was trained on.
         shift = (quick.vmin_db + quick.vmax_db) / 2 - (model_scaling.vmin_db + model_scaling.vmax_db) / 2
-        shifted = dataclasses.replace(model_scaling, vmin_db=model_scaling.vmin_db + shift,
-                                      vmax_db=model_scaling.vmax_db + shift, clip_method="fixed",
-                                      clip_low=model_scaling.vmin_db + shift, clip_high=model_scaling.vmax_db + shift,
-                                      fitted_on=[], pixels=0)
+        lo, hi = round(model_scaling.vmin_db + shift, 3), round(model_scaling.vmax_db + shift, 3)  # short header
+        shifted = dataclasses.replace(model_scaling, vmin_db=lo, vmax_db=hi, clip_method="fixed", clip_low=lo,
+                                      clip_high=hi, fitted_on=[], pixels=0)
         return shifted, (f"the model's {span:.1f} dB range shifted by {shift:+.2f} dB onto this raster (its "
                          f"1st-99th percentiles [{quick.vmin_db:.1f}, {quick.vmax_db:.1f}] dB fall outside the "
                          f"model's range [{model_scaling.vmin_db:.1f}, {model_scaling.vmax_db:.1f}] dB)")

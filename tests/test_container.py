@@ -34,7 +34,7 @@ def test_damage_is_named(tmp_path):
     path = tmp_path / "b.sarz"
     _write(path, {"k": "v"}, [b"payload" * 10])
     data = bytearray(path.read_bytes())
-    data[-30] ^= 0xFF  # inside the index or footer
+    data[-20] ^= 0xFF  # inside the index (2.x: 6 bytes before the 16-byte footer)
     (tmp_path / "c.sarz").write_bytes(bytes(data))
     with pytest.raises(SarInputError, match="damaged|checksum"):
         ContainerReader.open(tmp_path / "c.sarz")

@@ -35,6 +35,81 @@ def test_escape_frames_round_trip_within_half_a_step():
     assert esc.encode_escapes(db, np.zeros_like(out), -25, 5, 0.1) == b""
 
 
+def _zstd_frame(db, escaped, vmin, vmax, step):
+    """The escape frame as format 1.0-1.2 wrote it (one zstd frame), for the reader's backward compatibility."""
+    import zstandard
+
+    flat = np.flatnonzero(escaped.ravel())
+    values = db.ravel()[flat]
+    above = values > vmax
+    k = np.rint(np.where(above, values - vmax, vmin - values) / step) + 1
+    codes = (np.where(above, 1, -1) * np.clip(k, 1, 32767)).astype("<i2")
+    body = np.array([flat.size], "<u4").tobytes() + esc._varints(np.diff(flat, prepend=0)) + \
+        codes.view(np.uint8).reshape(-1, 2).T.tobytes()
+    return zstandard.ZstdCompressor(level=19).compress(body)
+
+
+@pytest.mark.parametrize("case", ["bright_only", "dark_only", "both", "one", "dense", "chip"])
+def test_rice_frames_decode_like_the_old_frames_and_are_smaller(case, spain_db):
+    """The 1.3 frame gives the positions and values of the 1.0-1.2 frame (which still decodes), never in more
+    bytes; on a 100 x 100 RTC chip (scattered bright and dark pixels) in under three quarters of them."""
+    rng = np.random.default_rng(3)
+    if case == "chip":
+        from conftest import SAR_DATA
+
+        db, valid = _db_of(SAR_DATA / "train" / "s1_opera_rtc_t137-292324-iw1_20211119_vh_lin.tif")
+        db = db[0].astype(np.float64)
+        vmin, vmax = -45.0, float(np.quantile(db[valid[0]], 0.999))
+        out = valid[0] & ((db > vmax) | (db < vmin))
+    elif case in ("bright_only", "both"):
+        db, valid = _db_of(spain_db)
+        db = db[0].astype(np.float64)
+        above = float(np.quantile(db[valid[0]], 0.999))
+        vmin = -30.0 if case == "both" else -60.0
+        out = valid[0] & ((db > above) | (db < vmin))
+        vmax = above
+    elif case == "dark_only":
+        db = rng.normal(-20, 3, (256, 256))
+        vmin, vmax = -26.0, 40.0
+        out = db < vmin
+    elif case == "one":
+        db = np.full((256, 256), -10.0)
+        db[255, 255] = 31.0
+        vmin, vmax = -40.0, 8.0
+        out = db > vmax
+    else:  # a tile mostly outside the window
+        db = rng.normal(-50, 5, (256, 256))
+        vmin, vmax = -45.0, 8.0
+        out = db < vmin
+    assert out.sum() > 0
+    new = esc.encode_escapes(db, out, vmin, vmax, 0.1)
+    old = _zstd_frame(db, out, vmin, vmax, 0.1)
+    assert old[0] != esc.RICE_TAG
+    f_new, v_new = esc.decode_escapes(new, db.shape, vmin, vmax, 0.1)
+    f_old, v_old = esc.decode_escapes(old, db.shape, vmin, vmax, 0.1)
+    np.testing.assert_array_equal(f_new, np.flatnonzero(out))
+    np.testing.assert_array_equal(f_new, f_old)
+    np.testing.assert_allclose(v_new, v_old, atol=1e-12)
+    assert np.abs(v_new - db.ravel()[f_new]).max() <= 0.05 + 1e-9
+    print(case, int(out.sum()), len(new), len(old))
+    assert len(new) <= len(old), (len(new), len(old))
+    if case in ("chip", "one", "dark_only"):  # scattered escapes: the Rice frame
+        assert new[0] == esc.RICE_TAG and len(new) < (0.9 if case == "dark_only" else 0.75) * len(old), \
+            (len(new), len(old))
+
+
+@pytest.mark.parametrize("cut", [1, 3, 5, -1])
+def test_damaged_rice_frames_are_refused(cut):
+    rng = np.random.default_rng(4)
+    db = rng.normal(-10, 12, (64, 64))
+    out = esc.out_of_window(db, np.ones(db.shape, bool), -25.0, 5.0)
+    frame = esc.encode_escapes(db, out, -25.0, 5.0, 0.1)
+    with pytest.raises(ValueError):
+        esc.decode_escapes(frame[:cut] if cut > 0 else frame + bytes(4), db.shape, -25.0, 5.0, 0.1)
+    with pytest.raises(ValueError):  # more escapes than the tile has pixels
+        esc.decode_escapes(frame, (8, 8), -25.0, 5.0, 0.1)
+
+
 @pytest.mark.parametrize("damage", ["count", "positions", "bomb"])
 def test_damaged_escape_frames_are_refused(damage):
     import zstandard

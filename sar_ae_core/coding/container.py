@@ -1,15 +1,21 @@
 """The `.sarz` container: a small binary frame around a JSON header and independently decodable chunks.
 
-Layout (little-endian)::
+Layout (little-endian), format 2.x::
 
     magic      8 bytes  b"\\x89SARZ\\r\\n\\x1a"   (PNG-style: catches text-mode and truncation damage)
     version    2 × u16  major, minor            (readers refuse a newer major)
-    header     u32 length, u32 CRC-32, then zstd-compressed UTF-8 JSON (version 1.1 and later: compressed
-               with the fixed raw-content dictionary HEADER_DICT_V1, which holds the usual keys and values,
-               so a header costs ~200 bytes instead of ~450; 1.0 files, without it, still read)
+    header     u32 length, u32 CRC-32, then UTF-8 JSON compressed with zstd and the fixed raw-content dictionary
+               HEADER_DICT_V2 (typical headers of this format's products); fields derivable from others — the
+               tile plan's sizes, from the source's width and height and the plan's tile and downsampling — are
+               left out and restored on reading (`compact_header` / `expand_header`)
     chunks     concatenated payloads, in the order the header's tile plan defines
-    index      zstd-compressed array of (u32 length, u32 CRC-32) per chunk
-    footer     u64 index offset, u32 index length, u32 index CRC-32, 8 bytes b"SARZEND\\0"
+    index      LEB128 chunk count, LEB128 length of each chunk, u32 CRC-32 of each chunk
+    footer     u32 index length, u32 index CRC-32, 8 bytes b"SARZEND\\0"
+
+Everything but the coded tiles costs ~110 bytes on a georeferenced 100 × 100 chip (~310 in 1.2, where the small
+files of ML datasets spent most of their bytes on it at low rates). Format 1.x files read as before: header
+compressed with HEADER_DICT_V1 (1.1, 1.2) or without a dictionary (1.0), every field present; index one zstd frame
+of (u32 length, u32 CRC-32) per chunk; footer u64 index offset, u32 index length, u32 index CRC-32, end marker.
 
 Chunk offsets are the running sum of the lengths, so one window can be decoded by reading only its
 chunks. Every chunk, the header and the index carry a CRC-32; any mismatch is reported with the file name.
@@ -22,6 +28,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Optional
 
 import numpy as np
@@ -32,7 +39,9 @@ from sar_ae_core.coding.frames import MAX_HEADER_BYTES, bounded_decompress
 
 MAGIC = b"\x89SARZ\r\n\x1a"
 END = b"SARZEND\0"
-FORMAT_MAJOR, FORMAT_MINOR = 1, 2  # 1.2: adapted tables (codec factorized-range-adaptive), residual layers (mask id)
+# 1.2: adapted tables (codec factorized-range-adaptive), residual layers (mask id); 2.0: compact header (dictionary
+# V2, derived fields left out), LEB128 index, short footer, Rice-coded escapes (`escapes.RICE_TAG`)
+FORMAT_MAJOR, FORMAT_MINOR = 2, 0
 # Part of the format: never edit (a new dictionary needs a new minor version). Typical header text, keys sorted.
 HEADER_DICT_V1 = (
     b'{"codec":{"id":"factorized-range","precision":16},"created_by":"sar_ae_core 0.1.0",'
@@ -47,22 +56,118 @@ HEADER_DICT_V1 = (
 )
 
 
-def _header_dict() -> "zstandard.ZstdCompressionDict":
-    return zstandard.ZstdCompressionDict(HEADER_DICT_V1, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-_FOOTER = struct.Struct("<QII8s")
+def _header_dict(major: int = 1) -> "zstandard.ZstdCompressionDict":
+    data = _dict_v2() if major >= 2 else HEADER_DICT_V1
+    return zstandard.ZstdCompressionDict(data, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+_DICT_V2: Optional[bytes] = None
+
+
+def _dict_v2() -> bytes:
+    """HEADER_DICT_V2: the bytes of `header_dict_v2.txt` (part of the 2.x format: never edit; its SHA-256 is tested)."""
+    global _DICT_V2
+    if _DICT_V2 is None:
+        _DICT_V2 = (Path(__file__).with_name("header_dict_v2.txt")).read_bytes()
+    return _DICT_V2
+
+
+_FOOTER = struct.Struct("<QII8s")    # format 1.x
+_FOOTER2 = struct.Struct("<II8s")    # format 2.x
 _PRE = struct.Struct("<8sHHII")
+_DERIVED_TILING = ("latent_width", "latent_height", "tile_rows", "tile_cols")
+
+
+def _derived_tiling(t: dict) -> dict:
+    """The tile plan's derived sizes from its width, height, downsample and tile (as `TilePlan.to_dict` gives)."""
+    w, h, d, tile = (int(t[k]) for k in ("width", "height", "downsample", "tile"))
+    lw, lh, cells = -(-w // d), -(-h // d), tile // d
+    return {"latent_width": lw, "latent_height": lh, "tile_rows": -(-lh // cells), "tile_cols": -(-lw // cells)}
+
+
+def compact_header(header: dict) -> dict:
+    """The header without the fields a 2.x reader derives (tile plan sizes equal to the source's and its own)."""
+    t, src = header.get("tiling"), header.get("source")
+    if not isinstance(t, dict) or not isinstance(src, dict):
+        return header
+    try:
+        derived = _derived_tiling(t)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return header
+    tiling = {k: v for k, v in t.items() if not (k in derived and derived[k] == v)}
+    for k in ("width", "height"):
+        if tiling.get(k) == src.get(k):
+            del tiling[k]
+    return {**header, "tiling": tiling}
+
+
+def expand_header(header: dict) -> dict:
+    """Inverse of compact_header; a header it cannot complete is returned as it is (the schema then names the
+    missing field)."""
+    t, src = header.get("tiling"), header.get("source")
+    if not isinstance(t, dict) or not isinstance(src, dict):
+        return header
+    t = {**{k: src[k] for k in ("width", "height") if k in src}, **t}
+    try:
+        t = {**_derived_tiling(t), **t}
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):
+        pass
+    return {**header, "tiling": t}
+
+
+def _leb128(values) -> bytes:
+    out = bytearray()
+    for v in values:
+        v = int(v)
+        while True:
+            b = v & 0x7F
+            v >>= 7
+            out.append(b | (0x80 if v else 0))
+            if not v:
+                break
+    return bytes(out)
+
+
+def _read_leb128(buf: bytes, pos: int, n: int, limit: int = 1 << 35) -> tuple[list[int], int]:
+    """n LEB128 numbers from buf at pos, each below `limit`; (values, next position)."""
+    out = []
+    for _ in range(n):
+        v = shift = 0
+        while True:
+            if pos >= len(buf):
+                raise ValueError("index is truncated")
+            b = buf[pos]
+            pos += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+            if shift > 35:
+                raise ValueError("index number too long")
+        if v >= limit:
+            raise ValueError("index number out of range")
+        out.append(v)
+    return out, pos
 
 
 class ContainerWriter:
-    """Streams chunks into an open binary file; call `finish()` once after the last chunk."""
+    """Streams chunks into an open binary file; call `finish()` once after the last chunk. `version` (major,
+    minor) other than the current one writes that older container layout (for compatibility tests)."""
 
-    def __init__(self, fh: BinaryIO, header: dict):
+    def __init__(self, fh: BinaryIO, header: dict, version: tuple[int, int] = (FORMAT_MAJOR, FORMAT_MINOR)):
         self.fh = fh
+        self.major, minor = version
+        if self.major >= 2:
+            header = compact_header(header)
         text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-        body = zstandard.ZstdCompressor(level=19, dict_data=_header_dict(), write_checksum=False,
-                                        write_content_size=True, write_dict_id=False).compress(text)
-        fh.write(_PRE.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, len(body), zlib.crc32(body)))
+        if version >= (1, 1):
+            body = zstandard.ZstdCompressor(level=19, dict_data=_header_dict(self.major), write_checksum=False,
+                                            write_content_size=True, write_dict_id=False).compress(text)
+        else:
+            body = zstandard.ZstdCompressor(level=19).compress(text)
+        fh.write(_PRE.pack(MAGIC, self.major, minor, len(body), zlib.crc32(body)))
         fh.write(body)
+        self._start = fh.tell()
         self.entries: list[tuple[int, int]] = []
         self.sizes = {"header": _PRE.size + len(body)}
 
@@ -75,11 +180,17 @@ class ContainerWriter:
     def finish(self) -> dict:
         """Write index and footer; returns the byte count of each part."""
         offset = self.fh.tell()
-        raw = np.asarray(self.entries, dtype="<u4").reshape(-1, 2).tobytes()
-        index = zstandard.ZstdCompressor(level=19).compress(raw)
-        self.fh.write(index)
-        self.fh.write(_FOOTER.pack(offset, len(index), zlib.crc32(index), END))
-        self.sizes["index+footer"] = len(index) + _FOOTER.size
+        table = np.asarray(self.entries, dtype="<u4").reshape(-1, 2)
+        if self.major >= 2:
+            index = _leb128([len(table), *table[:, 0]]) + table[:, 1].astype("<u4").tobytes()
+            self.fh.write(index)
+            self.fh.write(_FOOTER2.pack(len(index), zlib.crc32(index), END))
+            self.sizes["index+footer"] = len(index) + _FOOTER2.size
+        else:
+            index = zstandard.ZstdCompressor(level=19).compress(table.tobytes())
+            self.fh.write(index)
+            self.fh.write(_FOOTER.pack(offset, len(index), zlib.crc32(index), END))
+            self.sizes["index+footer"] = len(index) + _FOOTER.size
         return dict(self.sizes)
 
 
@@ -127,33 +238,50 @@ class ContainerReader:
             if zlib.crc32(body) != hcrc:
                 raise SarInputError(path, "header checksum mismatch (file is damaged)")
             try:
-                dctx = zstandard.ZstdDecompressor(dict_data=_header_dict()) if (major, minor) >= (1, 1) \
+                dctx = zstandard.ZstdDecompressor(dict_data=_header_dict(major)) if (major, minor) >= (1, 1) \
                     else zstandard.ZstdDecompressor()
                 header = json.loads(bounded_decompress(body, MAX_HEADER_BYTES, dctx).decode("utf-8"))
             except RecursionError:
                 raise SarInputError(path, "header JSON is nested too deeply (file is damaged)") from None
             except (ValueError, zstandard.ZstdError):
                 raise SarInputError(path, "header is not valid JSON (file is damaged)") from None
-            if size < _PRE.size + hlen + _FOOTER.size:
+            if major >= 2 and isinstance(header, dict):
+                header = expand_header(header)
+            footer = _FOOTER2 if major >= 2 else _FOOTER
+            if size < _PRE.size + hlen + footer.size:
                 raise SarInputError(path, "file is truncated (no index)")
-            fh.seek(size - _FOOTER.size)
-            ioff, ilen, icrc, end = _FOOTER.unpack(fh.read(_FOOTER.size))
+            fh.seek(size - footer.size)
+            if major >= 2:
+                ilen, icrc, end = footer.unpack(fh.read(footer.size))
+                ioff = size - footer.size - ilen
+            else:
+                ioff, ilen, icrc, end = footer.unpack(fh.read(footer.size))
             if end != END:
                 raise SarInputError(path, "file is truncated or damaged (end marker missing)")
-            if ioff + ilen != size - _FOOTER.size or ioff < _PRE.size + hlen:
+            if ioff + ilen != size - footer.size or ioff < _PRE.size + hlen:
                 raise SarInputError(path, "index position is inconsistent (file is damaged)")
             fh.seek(ioff)
             index = fh.read(ilen)
             if zlib.crc32(index) != icrc:
                 raise SarInputError(path, "chunk index checksum mismatch (file is damaged)")
-            # every chunk has at least one byte: the index cannot describe more chunks than the file has bytes
-            raw = bounded_decompress(index, 8 * size)
-            if len(raw) % 8:
-                raise SarInputError(path, "chunk index has a partial entry (file is damaged)")
-            table = np.frombuffer(raw, dtype="<u4").reshape(-1, 2)
+            if major >= 2:
+                (n,), pos = _read_leb128(index, 0, 1, limit=len(index) + 1)
+                lens, pos = _read_leb128(index, pos, n, limit=size)
+                if len(index) - pos != 4 * n:
+                    raise SarInputError(path, "chunk index has a partial entry (file is damaged)")
+                table = np.stack([np.asarray(lens, np.int64).reshape(-1),
+                                  np.frombuffer(index, "<u4", offset=pos).astype(np.int64)], axis=1)
+            else:
+                # every chunk has at least one byte: the index cannot describe more chunks than the file has bytes
+                raw = bounded_decompress(index, 8 * size)
+                if len(raw) % 8:
+                    raise SarInputError(path, "chunk index has a partial entry (file is damaged)")
+                table = np.frombuffer(raw, dtype="<u4").reshape(-1, 2)
             lengths = table[:, 0].astype(np.int64)
             offsets = _PRE.size + hlen + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
             if len(lengths) and offsets[-1] + lengths[-1] != ioff:
+                raise SarInputError(path, "chunk sizes do not add up (file is damaged)")
+            if not len(lengths) and ioff != _PRE.size + hlen:
                 raise SarInputError(path, "chunk sizes do not add up (file is damaged)")
         except SarInputError:
             fh.close()
@@ -161,7 +289,7 @@ class ContainerReader:
         except (struct.error, zstandard.ZstdError, ValueError) as exc:
             fh.close()
             raise SarInputError(path, f"file is damaged ({exc})") from None
-        return cls(path, header, offsets, lengths, table[:, 1].copy(), size, fh)
+        return cls(path, header, offsets, lengths, table[:, 1].astype(np.uint32), size, fh)
 
     def chunk(self, i: int) -> bytes:
         """Payload of chunk i, CRC-checked."""
