@@ -54,3 +54,49 @@ def test_bounded_decompress_refuses_what_does_not_fit():
     quiet = zstandard.ZstdCompressor(write_content_size=False).compress(b"y" * 100_000)
     with pytest.raises(zstandard.ZstdError):
         bounded_decompress(quiet, 1000)  # size not declared: stopped at the bound
+
+
+def test_v2_index_and_footer_are_small_and_checked(tmp_path):
+    """2.x: LEB128 count and lengths + CRC-32s, 16-byte footer; a count or length the bytes cannot hold, or a
+    partial entry, is refused (CRC repaired as a hostile file would)."""
+    import struct
+
+    from sar_ae_core.coding.container import _leb128
+
+    path = tmp_path / "v2.sarz"
+    sizes = _write(path, {"k": "v"}, [b"a" * 300, b"b"])
+    assert sizes["index+footer"] == (1 + 2 + 1 + 8) + 16
+    data = path.read_bytes()
+    body_end = len(data) - sizes["index+footer"]
+
+    def with_index(index):
+        out = data[:body_end] + index + struct.pack("<II8s", len(index), zlib.crc32(index), b"SARZEND\0")
+        (tmp_path / "x.sarz").write_bytes(out)
+        return tmp_path / "x.sarz"
+
+    crcs = data[body_end + 4:body_end + 12]
+    assert ContainerReader.open(with_index(_leb128([2, 300, 1]) + crcs)).chunk(0) == b"a" * 300
+    for bad in (_leb128([1 << 30]) + crcs, _leb128([2, 300, 1]) + crcs[:7], _leb128([2, 300, 2]) + crcs,
+                _leb128([2, 1 << 40, 1]) + crcs, b"\xff" * 12):
+        with pytest.raises(SarInputError, match="damaged|truncated|index"):
+            ContainerReader.open(with_index(bad))
+
+
+def test_derived_tiling_fields_are_left_out_and_restored(tmp_path):
+    from sar_ae_core.coding.container import compact_header, expand_header
+    from sar_ae_core.tiling import TilePlan
+
+    plan = TilePlan(width=1000, height=333, downsample=8, tile=256, halo_cells=2)
+    header = {"source": {"width": 1000, "height": 333}, "tiling": plan.to_dict()}
+    small = compact_header(header)
+    assert small["tiling"] == {"downsample": 8, "tile": 256, "halo_cells": 2}
+    assert expand_header(small) == header
+    _write(tmp_path / "t.sarz", header, [b"x"])
+    with ContainerReader.open(tmp_path / "t.sarz") as r:
+        assert r.header == header
+    # a tiling field that differs from what it derives stays in the header (and the schema then refuses it)
+    odd = {**header, "tiling": {**header["tiling"], "tile_rows": 7}}
+    assert compact_header(odd)["tiling"]["tile_rows"] == 7 and expand_header(compact_header(odd)) == odd
+    # what cannot be derived is left for the schema to name
+    assert expand_header({"source": {"width": 10}, "tiling": {"tile": 0}}) == \
+        {"source": {"width": 10}, "tiling": {"width": 10, "tile": 0}}
