@@ -192,7 +192,7 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2, default=_json_default))
         return 0
-    print(f"{info['path']}")
+    print(f"{info['path']} (.sarz format {info['format']})")
     print(f"  raster    : {info['width']} x {info['height']} px, {info['bands']} band(s) {info['band_names']}, "
           f"source {info['source_units']} {info['source_dtype']}, georef {info['georef']}")
     print(f"  rate      : {info['bytes']} bytes = {info['bpp']:.4f} bits per pixel "

@@ -507,7 +507,8 @@ def sarz_info(path: str | os.PathLike) -> dict:
             sizes["latents" if i % 2 == 0 else "masks"] += int(n)
         nbytes = f.reader.file_size
         pixels = p.width * p.height * f.bands
-        return {"path": f.path, "bytes": nbytes, "bpp": nbytes * 8 / pixels, "pixels": pixels,
+        return {"path": f.path, "format": "%d.%d" % f.reader.version,
+                "bytes": nbytes, "bpp": nbytes * 8 / pixels, "pixels": pixels,
                 "parts": {**sizes, "header+index": nbytes - sizes["latents"] - sizes["masks"]},
                 "width": p.width, "height": p.height, "bands": f.bands, "band_names": src.get("band_names"),
                 "source_name": src["name"], "source_units": src["units"], "source_dtype": src["dtype"],

@@ -205,6 +205,7 @@ class ContainerReader:
     crcs: np.ndarray
     file_size: int
     _fh: Optional[BinaryIO] = None
+    version: tuple[int, int] = (FORMAT_MAJOR, FORMAT_MINOR)  # the file's format version
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "ContainerReader":
@@ -289,7 +290,7 @@ class ContainerReader:
         except (struct.error, zstandard.ZstdError, ValueError) as exc:
             fh.close()
             raise SarInputError(path, f"file is damaged ({exc})") from None
-        return cls(path, header, offsets, lengths, table[:, 1].astype(np.uint32), size, fh)
+        return cls(path, header, offsets, lengths, table[:, 1].astype(np.uint32), size, fh, (major, minor))
 
     def chunk(self, i: int) -> bytes:
         """Payload of chunk i, CRC-checked."""
