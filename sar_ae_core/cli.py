@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from sar_ae_core.errors import Cancelled, SarInputError
-from sar_ae_core.defaults import CODEC_IDS, OUTPUT_COMPRESS, OUTPUT_UNITS, SCALING_CHOICES, TILE, UNIT_CHOICES
+from sar_ae_core.defaults import (CODEC_IDS, OUTPUT_COMPRESS, OUTPUT_UNITS, QUALITY_MODELS, SCALING_CHOICES, TILE,
+                                  UNIT_CHOICES)
 from sar_ae_core.nn.runtime import RUNTIMES
 
 RUNTIME_HELP = ("network runtime: auto (ONNX Runtime on the CPU when the model has its ONNX export, else PyTorch), "
@@ -427,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", help="GeoTIFF / any GDAL raster / .npy array")
     s.add_argument("output", help="the .sarz file to write")
     s.add_argument("--model", default=None, help="bundled model name or path to a .pt bundle (default sarae-q2)")
-    s.add_argument("--quality", type=int, choices=(1, 2, 3, 4), default=None,
-                   help="pick a bundled rate point: 1 (lowest rate) .. 4 (highest quality); see `models`")
+    s.add_argument("--quality", type=int, choices=tuple(QUALITY_MODELS), default=None,
+                   help=f"pick a bundled rate point: 1 (lowest rate) .. {max(QUALITY_MODELS)} (highest quality); "
+                        "see `models`")
     s.add_argument("--rate", type=float, default=None, metavar="BPP",
                    help="write a file of BPP bits per pixel (within 2 %%): the rate point and its quantization "
                         "are searched at compress time")
