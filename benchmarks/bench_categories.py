@@ -64,7 +64,23 @@ def seam_statistic(path: Path, tile: int = 256, reference: Path | None = None) -
     return float(np.mean(np.concatenate(border)) / np.mean(np.concatenate(every)))
 
 
-def point(scene: Path, tmp: Path, rate: float, residual: bool) -> dict:
+_MACS: dict = {}
+
+
+def model_kmacs(name: str) -> dict:
+    """Encoder and decoder kMAC per pixel of a bundled model, counted by bench_models.count_macs (256² input)."""
+    if name not in _MACS:
+        from bench_models import count_macs
+
+        from sar_ae_core.nn.model_io import load_bundle
+
+        model = load_bundle(name, "cpu", runtime="torch").model
+        px = 256 * 256
+        _MACS[name] = {part: round(count_macs(model, 256, part) / px / 1000, 2) for part in ("encoder", "decoder")}
+    return _MACS[name]
+
+
+def point(scene: Path, tmp: Path, rate: float, residual: bool, max_decoder_kmac=None) -> dict:
     from bench_decoder_pilot import _assess
 
     from sar_ae_core.codec import reconstruct_raster
@@ -72,13 +88,15 @@ def point(scene: Path, tmp: Path, rate: float, residual: bool) -> dict:
 
     sarz, rec = tmp / "c.sarz", tmp / "c.tif"
     t0 = time.perf_counter()
-    r = compress_to_rate(scene, sarz, rate, overwrite=True, residual=residual)
+    r = compress_to_rate(scene, sarz, rate, overwrite=True, residual=residual, max_decoder_kmac=max_decoder_kmac)
     t1 = time.perf_counter()
     reconstruct_raster(sarz, rec, units="db", overwrite=True)
     t2 = time.perf_counter()
     ref_seam = seam_statistic(scene)
     seam = seam_statistic(rec, reference=scene)
+    macs = model_kmacs(r["model"])
     return {"bytes": r["bytes"], "bpp": r["bpp"], "model": r["model"], "gain": r["gain"],
+            "encoder_kmac_px": macs["encoder"], "decoder_kmac_px": macs["decoder"],
             "residual_step_db": r.get("residual_step_db"), "passes": len(r["passes"]),
             "compress_s": t1 - t0, "reconstruct_s": t2 - t1, **_assess(scene, rec),
             "seam_ratio_to_source": None if seam is None or not ref_seam else seam / ref_seam}
@@ -111,6 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rates", nargs="+", type=float, default=list(RATES))
     ap.add_argument("--category", nargs="+", default=None)
     ap.add_argument("--no-residual", action="store_true", help="also the search without the residual layer")
+    ap.add_argument("--max-decoder-kmac", type=float, default=None,
+                    help="only rate points whose decoder fits this budget (compress --max-decoder-kmac)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "categories.json"))
     args = ap.parse_args(argv)
     variants = ["codec"] + (["codec_no_residual"] if args.no_residual else [])
@@ -120,17 +140,18 @@ def main(argv=None) -> int:
         for scene, category in scenes:
             for rate in args.rates:
                 row = {"scene": scene.name, "category": category, "target_bpp": rate}
-                row["codec"] = point(scene, tmp, rate, True)
+                row["codec"] = point(scene, tmp, rate, True, args.max_decoder_kmac)
                 with SarzFile(tmp / "c.sarz") as f:
                     scaling = f.scaling
                 if args.no_residual:
-                    row["codec_no_residual"] = point(scene, tmp, rate, False)
+                    row["codec_no_residual"] = point(scene, tmp, rate, False, args.max_decoder_kmac)
                 row.update(twins(scene, tmp, row["codec"], scaling))
                 rows.append(row)
                 c, j, a = row["codec"], row["jpeg2000"], row["avif"]
                 extra = f" | no residual {row['codec_no_residual']['psnr']:.2f}" if args.no_residual else ""
                 print(f"{category:<9} {scene.name[:36]:<36} {rate:<4} {c['bpp']:.3f} bpp {c['model']} "
-                      f"g={c['gain']:.2f} r={c['residual_step_db']} | PSNR {c['psnr']:.2f} J2K {j['psnr']:.2f} "
+                      f"g={c['gain']:.2f} r={c['residual_step_db']} dec {c['decoder_kmac_px']} kMAC/px | "
+                      f"PSNR {c['psnr']:.2f} J2K {j['psnr']:.2f} "
                       f"AVIF {a['psnr']:.2f}{extra} | ENL {c['enl_ratio']:.2f}/{j['enl_ratio']:.2f}", flush=True)
     summary = {}
     for cat in sorted({r["category"] for r in rows}):
@@ -142,7 +163,9 @@ def main(argv=None) -> int:
             d = [r["codec"]["psnr"] - r["jpeg2000"]["psnr"] for r in rs]
             s.update(scenes=len(rs), d_psnr_vs_jpeg2000=statistics.fmean(d), worst_d_psnr_vs_jpeg2000=min(d),
                      d_psnr_vs_avif=statistics.fmean(r["codec"]["psnr"] - r["avif"]["psnr"] for r in rs),
-                     max_rate_error_pct=max(abs(100 * (r["codec"]["bpp"] / rate - 1)) for r in rs))
+                     max_rate_error_pct=max(abs(100 * (r["codec"]["bpp"] / rate - 1)) for r in rs),
+                     max_decoder_kmac_px=max(r["codec"]["decoder_kmac_px"] for r in rs),
+                     models=sorted({r["codec"]["model"] for r in rs}))
             summary[f"{cat} @{rate:g}"] = s
         bd = {}
         for scene in dict.fromkeys(r["scene"] for r in cat_rows):
@@ -155,6 +178,7 @@ def main(argv=None) -> int:
     report = {"benchmark": "categories", "rates": args.rates, "split_file": args.split_file, "split": args.split,
               "results": rows, "summary": summary, "machine": platform.platform(),
               "seconds": time.perf_counter() - t_start,
+              "max_decoder_kmac": args.max_decoder_kmac,
               "notes": "bpp from whole-file bytes; JPEG2000 matched within ~1 %, AVIF interpolated in log-bytes "
                        "between the bracketing qualities; both coded from the .sarz's scaled dB data (pixels only, "
                        "no georeference); bright = pixels at or above the source's 99.9th dB percentile; BD-rate < 0: "
@@ -164,8 +188,8 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(report, indent=1))
     lines = ["| category @ --rate (scenes) | bpp | PSNR codec | JPEG2000 | AVIF | Δ vs JPEG2000 mean / worst | "
              + ("no residual | " if args.no_residual else "") + "SSIM codec / J2K | EPI codec / J2K | "
-             "ENL ratio codec / J2K / AVIF | bright 0.1 % median err dB |",
-             "|---" * (10 + bool(args.no_residual)) + "|"]
+             "ENL ratio codec / J2K / AVIF | bright 0.1 % median err dB | decoder kMAC/px (max) |",
+             "|---" * (11 + bool(args.no_residual)) + "|"]
     for key, s in summary.items():
         if key.endswith("BD-rate"):
             continue
@@ -175,7 +199,7 @@ def main(argv=None) -> int:
                      f"{a['psnr']:.2f} | {s['d_psnr_vs_jpeg2000']:+.2f} / {s['worst_d_psnr_vs_jpeg2000']:+.2f} | {nr}"
                      f"{c['ssim']:.3f} / {j['ssim']:.3f} | {c['epi']:.3f} / {j['epi']:.3f} | "
                      f"{c['enl_ratio']:.2f} / {j['enl_ratio']:.2f} / {a['enl_ratio']:.2f} | "
-                     f"{c['bright_abs_err_db']:.2f} |")
+                     f"{c['bright_abs_err_db']:.2f} | {s['max_decoder_kmac_px']:.1f} |")
     lines += ["", "| category | scene | BD-rate vs JPEG2000 | BD-rate vs AVIF |", "|---|---|---|---|"]
     for key, bd in summary.items():
         if key.endswith("BD-rate"):

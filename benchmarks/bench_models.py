@@ -139,6 +139,34 @@ def bench_one(config: ModelConfig, size: int, repeats: int) -> dict:
     }
 
 
+def bundled_macs(name: str, size: int = 256) -> dict:
+    """Encoder and decoder kMAC per pixel of a bundled model (count_macs on a size² input; the decoder on all
+    latent channels, as trained)."""
+    from sar_ae_core.nn.model_io import load_bundle
+
+    model = load_bundle(name, "cpu", runtime="torch").model
+    px = size * size
+    return {"encoder_kmac_px": round(count_macs(model, size, "encoder") / px / 1000, 2),
+            "decoder_kmac_px": round(count_macs(model, size, "decoder") / px / 1000, 2),
+            "counted_by": f"benchmarks/bench_models.py count_macs, {size}² input"}
+
+
+def update_cards(size: int = 256) -> int:
+    """Write bundled_macs into every bundled model's card (`macs`)."""
+    from sar_ae_core.nn.model_io import bundled_models, resolve_model
+
+    for name in bundled_models():
+        card = resolve_model(name).with_suffix(".json")
+        if not card.exists():
+            continue
+        d = json.loads(card.read_text())
+        d["macs"] = bundled_macs(name, size)
+        card.write_text(json.dumps(d, indent=2) + "\n")
+        m = d["macs"]
+        print(f"{Path(name).stem}: encoder {m['encoder_kmac_px']} kMAC/px, decoder {m['decoder_kmac_px']} kMAC/px")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; writes the JSON report and prints a table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         help="benchmark without / with / both with and without bottleneck self-attention",
     )
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--update-cards", action="store_true",
+                    help="only count the bundled models (encoder and decoder kMAC per pixel) and write the counts into "
+                         "their model cards, where `compress --max-decoder-kmac` reads them")
     args = ap.parse_args(argv)
+    if args.update_cards:
+        return update_cards(args.size)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
     if args.threads:

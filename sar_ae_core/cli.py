@@ -119,6 +119,9 @@ def cmd_compress(args) -> int:
                    runtime=args.runtime,
                    batch_size=args.batch_size, scaling=args.scaling, codec=args.codec, overwrite=args.overwrite,
                    escape_step_db=args.escape_step, keep_brightest=args.keep_brightest)
+    if args.max_decoder_kmac is not None and args.rate is None and args.max_rmse_db is None:
+        raise SarInputError(None, "--max-decoder-kmac goes with --rate or --max-rmse-db (it limits the rate points "
+                                  "they choose from)")
     if args.residual_step is not None and (args.rate is not None or args.max_rmse_db is not None):
         raise SarInputError(None, "--residual-step goes with --model or --quality: --rate and --max-rmse-db choose "
                                   "the residual layer themselves")
@@ -126,12 +129,14 @@ def cmd_compress(args) -> int:
         if args.rate is not None:
             from sar_ae_core.rate import compress_to_rate, search_summary
 
-            r = compress_to_rate(args.input, args.output, args.rate, residual=not args.no_residual, **options)
+            r = compress_to_rate(args.input, args.output, args.rate, residual=not args.no_residual,
+                                 max_decoder_kmac=args.max_decoder_kmac, **options)
             print(search_summary(r))
         elif args.max_rmse_db is not None:
             from sar_ae_core.rate import compress_to_rmse
 
-            r = compress_to_rmse(args.input, args.output, args.max_rmse_db, residual=not args.no_residual, **options)
+            r = compress_to_rmse(args.input, args.output, args.max_rmse_db, residual=not args.no_residual,
+                                 max_decoder_kmac=args.max_decoder_kmac, **options)
             gain = f" at quantization gain {r['gain']:.3f}" if r["gain"] != 1.0 else ""
             if r.get("residual_step_db"):
                 gain += f" + residual layer (step {r['residual_step_db']:.3g} dB)"
@@ -289,7 +294,8 @@ def cmd_assess(args) -> int:
 
 #: compress options whose compress_raster keyword differs from their argparse name; options batch handles itself
 _BATCH_RENAMES = {"escape_step": "escape_step_db"}
-_BATCH_OWN = ("model", "quality", "rate", "max_rmse_db", "overwrite", "residual_step", "no_residual")
+_BATCH_OWN = ("model", "quality", "rate", "max_rmse_db", "overwrite", "residual_step", "no_residual",
+              "max_decoder_kmac")
 #: the compress options that also apply to batch --reconstruct
 _BATCH_RECONSTRUCT = ("model", "device", "runtime", "overwrite")
 
@@ -309,6 +315,8 @@ def cmd_batch(args) -> int:
     else:
         if getattr(args, "max_rmse_db", None) is not None:
             raise SarInputError(None, "--max-rmse-db is not available in batch yet (use --rate or --quality)")
+        if getattr(args, "max_decoder_kmac", None) is not None:
+            raise SarInputError(None, "--max-decoder-kmac is not available in batch yet")
         if getattr(args, "residual_step", None) is not None:
             raise SarInputError(None, "--residual-step is not available in batch yet (use --rate: it adds a residual "
                                       "layer where that gives the smaller error)")
@@ -443,6 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-residual", action="store_true",
                    help="with --rate or --max-rmse-db: never use a residual layer (only rate points and quantization "
                         "gains)")
+    s.add_argument("--max-decoder-kmac", type=float, default=None, metavar="KMAC",
+                   help="with --rate or --max-rmse-db: only rate points whose decoder costs at most KMAC thousand "
+                        "multiply-accumulates per pixel (e.g. 2.5: the light decoders, ~4x faster to reconstruct "
+                        "than sarae-q4's; see `models`)")
     s.add_argument("--bands", default="all", help="'all' or a list like 1,2 (default all)")
     s.add_argument("--units", default="auto", choices=UNIT_CHOICES, help="source units (default auto)")
     s.add_argument("--bits", type=int, default=8,

@@ -31,29 +31,47 @@ COARSEST_USEFUL_GAIN = 0.7
 LOWEST_USEFUL_GAIN = 0.4
 
 
-def _rate_points() -> list[tuple[str, float]]:
-    """(model name, measured mean bpp) of the bundled rate points, lowest rate first."""
+def _rate_points(max_decoder_kmac: "float | None" = None) -> list[tuple[str, float]]:
+    """(model name, measured mean bpp) of the bundled rate points, lowest rate first; `max_decoder_kmac`: only those
+    whose decoder (kMAC per pixel, counted into the model card by `benchmarks/bench_models.py --update-cards`)
+    fits that budget."""
     from sar_ae_core.nn.model_io import QUALITY_MODELS, model_card, resolve_model
 
-    points = []
+    if max_decoder_kmac is not None and (isinstance(max_decoder_kmac, bool) or not isinstance(
+            max_decoder_kmac, (int, float)) or not math.isfinite(max_decoder_kmac) or max_decoder_kmac <= 0):
+        raise SarInputError(None, f"--max-decoder-kmac must be a positive number of kMAC per pixel "
+                                  f"(got {max_decoder_kmac})")
+    points, costs = [], {}
     for name in QUALITY_MODELS.values():
         try:
             resolve_model(name)
         except SarInputError:
             continue
-        bpp = (model_card(name).get("measured") or {}).get("bpp")
-        if bpp:
-            points.append((name, float(bpp)))
+        card = model_card(name)
+        bpp = (card.get("measured") or {}).get("bpp")
+        if not bpp:
+            continue
+        cost = (card.get("macs") or {}).get("decoder_kmac_px")
+        costs[name] = cost
+        if max_decoder_kmac is not None and (cost is None or float(cost) > max_decoder_kmac):
+            continue
+        points.append((name, float(bpp)))
     if not points:
+        if max_decoder_kmac is not None and costs:
+            known = {n: c for n, c in costs.items() if c is not None}
+            lightest = f" (the lightest: {min(known, key=known.get)}, {min(known.values()):g} kMAC/px)" if known else ""
+            raise SarInputError(None, f"--max-decoder-kmac {max_decoder_kmac:g}: no bundled rate point has a decoder "
+                                      f"within it{lightest}")
         raise SarInputError(None, "no bundled rate point with a measured rate: --rate needs them (use --model)")
     return sorted(points, key=lambda p: p[1])
 
 
 def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: float = 0.02,
                      overwrite: bool = False, progress=None, max_passes: int = 24, residual: bool = True,
-                     **kwargs) -> dict:
+                     max_decoder_kmac: "float | None" = None, **kwargs) -> dict:
     """compress_raster at `target_bpp` (within `tolerance`, relative); returns its result plus the search.
-    `residual`: also try a residual layer on a lower rate point (step 3) and keep the file closer to the source."""
+    `residual`: also try a residual layer on a lower rate point (step 3) and keep the file closer to the source.
+    `max_decoder_kmac`: only rate points whose decoder costs at most this many kMAC per pixel (faster decoding)."""
     from sar_ae_core.codec import LatentStore, compress_raster
 
     if not (isinstance(target_bpp, (int, float)) and math.isfinite(target_bpp) and 0 < target_bpp <= 32):
@@ -69,7 +87,7 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
     t_start = time.perf_counter()
     inputs = [input_path]
     check_output_path(output_path, overwrite, inputs)
-    points = _rate_points()
+    points = _rate_points(max_decoder_kmac)
     folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
     passes: list[dict] = []
     with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".rate",
@@ -241,14 +259,15 @@ def search_summary(res: dict) -> str:
 
 
 def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: bool = False, progress=None,
-                     max_passes: int = 12, residual: bool = True, **kwargs) -> dict:
+                     max_passes: int = 12, residual: bool = True, max_decoder_kmac: "float | None" = None,
+                     **kwargs) -> dict:
     """compress_raster with the fewest bytes whose reconstruction stays within `max_rmse_db` of the source (RMSE in
     dB over the valid pixels, as `assess` reports it): each candidate is compressed, decoded and measured. The rate
     points are tried from the lowest rate up; on the first that meets the target the quantization gain is lowered
     as far as the target allows (bisection), above the top point it is raised. `residual`: also a residual layer on
     a rate point that misses the target, its step as large as the target allows (any error is reachable that way);
     the smallest file that meets the target wins. A target no candidate meets is an input error naming the best
-    RMSE reached (nothing is written)."""
+    RMSE reached (nothing is written). `max_decoder_kmac`: as for compress_to_rate."""
     from sar_ae_core.codec import LatentStore, compress_raster, reconstruct_raster
     from sar_ae_core.quality.assess import assess_rasters
 
@@ -262,7 +281,7 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
 
     t_start = time.perf_counter()
     check_output_path(output_path, overwrite, [input_path])
-    points = _rate_points()
+    points = _rate_points(max_decoder_kmac)
     folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
     passes: list[dict] = []
     with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".rmse",

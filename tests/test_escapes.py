@@ -51,7 +51,7 @@ def _zstd_frame(db, escaped, vmin, vmax, step):
 
 @pytest.mark.parametrize("case", ["bright_only", "dark_only", "both", "one", "dense", "chip"])
 def test_rice_frames_decode_like_the_old_frames_and_are_smaller(case, spain_db):
-    """The 1.3 frame gives the positions and values of the 1.0-1.2 frame (which still decodes), never in more
+    """The 2.0 frame gives the positions and values of the 1.0-1.2 frame (which still decodes), never in more
     bytes; on a 100 x 100 RTC chip (scattered bright and dark pixels) in under three quarters of them."""
     rng = np.random.default_rng(3)
     if case == "chip":

@@ -727,6 +727,27 @@ def test_compress_with_a_residual_layer_step(qgis_app, tmp_path, spain_db, tiny_
     assert step.flags() & QgsProcessingParameterDefinition.FlagAdvanced
 
 
+def test_compress_with_a_decoder_budget(qgis_app, tmp_path):
+    """Advanced 'Decoder budget': with a target rate only the light-decoder rate points are candidates (W-Slovakia
+    at 1 bpp takes sarae-q4's 9.2 kMAC/px decoder without it), and the rate is still met."""
+    import processing
+    from qgis.core import QgsProcessingFeedback, QgsProcessingParameterDefinition
+
+    from conftest import SAR_DATA
+
+    from sar_ae_core.codec import sarz_info
+    from sar_ae_core.nn.model_io import model_card
+
+    src = SAR_DATA / "fullres" / "s1_grd_wslovakia_vv_db.tif"
+    fb = QgsProcessingFeedback()
+    res = processing.run("sarae:compress", {"INPUT": str(src), "TARGET_BPP": 1.0, "DECODER_BUDGET": 2.5,
+                                            "OUTPUT": str(tmp_path / "b.sarz")}, feedback=fb)
+    info = sarz_info(res["OUTPUT"])
+    assert model_card(info["model"])["macs"]["decoder_kmac_px"] <= 2.5 and abs(info["bpp"] - 1) <= 0.03
+    budget = QgsApplication_alg("sarae:compress").parameterDefinition("DECODER_BUDGET")
+    assert budget.flags() & QgsProcessingParameterDefinition.FlagAdvanced
+
+
 def QgsApplication_alg(alg_id):
     from qgis.core import QgsApplication
 

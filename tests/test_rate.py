@@ -43,3 +43,34 @@ def test_max_rmse_db_writes_the_smallest_file_within_the_error(tmp_path, spain_d
     assert main(["compress", str(spain_db), str(tmp_path / "y.sarz"), "--max-rmse-db", "1", "--rate", "1"]) == 2
     assert not (tmp_path / "y.sarz").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no work folder left
+
+
+def test_decoder_budget_limits_the_rate_points(tmp_path, capsys):
+    """W-Slovakia VV at 1 bpp: the search takes sarae-q4 (its 9.2 kMAC/px mirror decoder); with
+    --max-decoder-kmac 2.5 only the light decoders (2.3 kMAC/px, counted into the model cards by
+    benchmarks/bench_models.py --update-cards) are candidates, and the rate is still met. A budget no rate point
+    fits, a bad value, or the option without --rate / --max-rmse-db is exit 2 naming the option, nothing written."""
+    from conftest import SAR_DATA
+
+    from sar_ae_core.codec import sarz_info
+    from sar_ae_core.nn.model_io import QUALITY_MODELS, model_card
+
+    costs = {n: model_card(n)["macs"]["decoder_kmac_px"] for n in QUALITY_MODELS.values()}
+    assert costs["sarae-q4"] > 2.5 and all(costs[n] <= 2.5 for n in ("sarae-q1", "sarae-q2", "sarae-q3"))
+    src = SAR_DATA / "fullres" / "s1_grd_wslovakia_vv_db.tif"
+    free, light = tmp_path / "free.sarz", tmp_path / "light.sarz"
+    assert main(["compress", str(src), str(free), "--rate", "1"]) == 0
+    assert main(["compress", str(src), str(light), "--rate", "1", "--max-decoder-kmac", "2.5"]) == 0
+    assert sarz_info(free)["model"] == "sarae-q4"
+    info = sarz_info(light)
+    assert costs[info["model"]] <= 2.5 and abs(info["bpp"] - 1) <= 0.03, info
+    assert main(["compress", str(src), str(tmp_path / "r.sarz"), "--max-rmse-db", "1.2",
+                 "--max-decoder-kmac", "2.5"]) == 0
+    assert costs[sarz_info(tmp_path / "r.sarz")["model"]] <= 2.5
+    capsys.readouterr()
+    for extra, message in ((["--rate", "1", "--max-decoder-kmac", "1"], "the lightest: sarae-q1"),
+                           (["--rate", "1", "--max-decoder-kmac", "-3"], "must be a positive number"),
+                           (["--max-decoder-kmac", "2.5"], "goes with --rate or --max-rmse-db")):
+        out = tmp_path / "bad.sarz"
+        assert main(["compress", str(src), str(out), *extra]) == 2
+        assert message in capsys.readouterr().err and not out.exists()

@@ -8,7 +8,7 @@ or below vmin) and their dB value, quantized with step `step_db` relative to the
 they passed (|error| <= step/2), so the reconstruction keeps every value.
 
 Chunk layout (mask id `packbits-zstd-escapes`): varint length of the validity-mask part, the mask part
-(`latent_coding.encode_mask`), then — only when the tile has escapes — the escape frame. Since format 1.3 it is
+(`latent_coding.encode_mask`), then — only when the tile has escapes — the escape frame. Since format 2.0 it is
 the shorter of two codings: the 1.0-1.2 zstd frame (uint32 count, LEB128 position deltas, int16 codes as low then
 high bytes: best for clustered escapes, a bright structure's neighbouring pixels) and a Rice-coded frame (first byte
 RICE_TAG, best for scattered ones): varint count n, one byte each for the Rice parameters of the position gaps and of
@@ -16,8 +16,8 @@ the code magnitudes, a sign byte (1: all above, 2: all below, 3: one sign bit pe
 string: [signs] unary quotients of the gaps, their k-bit remainders, unary quotients of the magnitudes, their
 remainders (each parameter the cheapest for its tile, so unary parts never run long; gaps are the distances between
 successive positions in raster order within the tile, minus one; magnitudes |k| − 1 for code k: k > 0 above:
-above + (k−1)·step, k < 0 below: vmin + (k+1)·step) — ~19 bits per escape for scattered bright pixels where the zstd frame takes
-~32 and ~10 bytes of frame overhead per tile.
+above + (k−1)·step, k < 0 below: vmin + (k+1)·step) — ~19 bits per escape for scattered bright pixels where the
+zstd frame takes ~32 and ~10 bytes of frame overhead per tile.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def out_of_window(db: np.ndarray, valid: np.ndarray, vmin: float, vmax: float) -
         return valid & ((db > vmax) | (db < vmin))
 
 
-RICE_TAG = 0x01            # first byte of a 1.3 escape frame (a 1.0-1.2 frame is a zstd frame: 0x28 …)
+RICE_TAG = 0x01            # first byte of a 2.0 Rice escape frame (a 1.0-1.2 frame is a zstd frame: 0x28 …)
 _MAX_RICE_K = 30
 
 
