@@ -232,6 +232,8 @@ def cmd_models(args) -> int:
         card = model_card(b.name)
         if card.get("measured"):
             rows[-1]["measured"] = card["measured"]
+        if card.get("macs"):  # benchmarks/bench_models.py --update-cards
+            rows[-1]["macs"] = card["macs"]
     if args.json:
         print(json.dumps(rows, indent=2, default=_json_default))
         return 0
@@ -240,8 +242,11 @@ def cmd_models(args) -> int:
     for r in rows:
         quality = _measured_text(r.get("measured") or {})
         size = "entropy-coded" if r["entropy_model"] != "none" else f"nominal {r['nominal_ratio']:.0f}x"
+        macs = r.get("macs") or {}
+        cost = (f", encoder {macs['encoder_kmac_px']:g} / decoder {macs['decoder_kmac_px']:g} kMAC/px"
+                if "decoder_kmac_px" in macs else "")
         print(f"{r['name']}: {r['variant']}{' (light decoder)' if r['decoder'] == 'light' else ''}, latent "
-              f"{r['latent_channels']} ch ({size}), runs on {r['runtime']}, {r['size_bytes'] / 1e6:.1f} MB; scaling "
+              f"{r['latent_channels']} ch ({size}){cost}, runs on {r['runtime']}, {r['size_bytes'] / 1e6:.1f} MB; scaling "
               f"[{r['scaling_db'][0]:.1f}, {r['scaling_db'][1]:.1f}] dB" + (f"; measured: {quality}" if quality else ""))
     return 0
 
@@ -453,8 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "gains)")
     s.add_argument("--max-decoder-kmac", type=float, default=None, metavar="KMAC",
                    help="with --rate or --max-rmse-db: only rate points whose decoder costs at most KMAC thousand "
-                        "multiply-accumulates per pixel (e.g. 2.5: the light decoders, ~4x faster to reconstruct "
-                        "than sarae-q4's; see `models`)")
+                        "multiply-accumulates per pixel (e.g. 2.5: the light decoders, a quarter of the operations "
+                        "of sarae-q4's; see `models`)")
     s.add_argument("--bands", default="all", help="'all' or a list like 1,2 (default all)")
     s.add_argument("--units", default="auto", choices=UNIT_CHOICES, help="source units (default auto)")
     s.add_argument("--bits", type=int, default=8,

@@ -300,7 +300,7 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
             minValue=0.0, maxValue=60.0))
         self._advanced(QgsProcessingParameterNumber(self.DECODER_BUDGET, self.tr(
             "Decoder budget with a target rate (thousand multiply-accumulates per pixel; 0 = any rate point; 2.5 = "
-            "the light decoders only, ~4x faster to reconstruct than sarae-q4's)"), QgsProcessingParameterNumber.Double,
+            "the light decoders only, a quarter of sarae-q4's operations)"), QgsProcessingParameterNumber.Double,
             0.0, minValue=0.0, maxValue=100.0))
         # only the uniform-zstd coder reads it: the entropy-coded default models ignore it, so it is advanced
         self._advanced(QgsProcessingParameterNumber(self.BITS, self.tr(
