@@ -266,6 +266,27 @@ def test_format_1_0_files_still_decode_identically(tmp_path, tiny_bundle, spain_
         assert a.crs == b.crs and a.transform == b.transform
 
 
+def test_format_1_2_layout_still_decodes_identically(tmp_path, tiny_bundle, spain_db):
+    """A file in the 1.1/1.2 container layout (dictionary V1, every tiling field, zstd index, 24-byte footer)
+    decodes to the same raster as its 2.0 twin."""
+    from sar_ae_core.coding.container import ContainerReader, ContainerWriter
+
+    facts, sarz, tif = _round_trip(tmp_path, spain_db, tiny_bundle)
+    old = tmp_path / "v12.sarz"
+    with ContainerReader.open(sarz) as r:
+        header, chunks = r.header, [r.chunk(i) for i in range(r.chunk_count)]
+    with open(old, "wb") as fh:
+        w = ContainerWriter(fh, header, version=(1, 2))
+        for c in chunks:
+            w.add(c)
+        w.finish()
+    assert sarz_info(old)["format"] == "1.2" and old.stat().st_size > sarz.stat().st_size
+    reconstruct_raster(old, tmp_path / "v12.tif", model=tiny_bundle)
+    with rasterio.open(tif) as a, rasterio.open(tmp_path / "v12.tif") as b:
+        assert np.array_equal(a.read(), b.read(), equal_nan=True)
+        assert a.crs == b.crs and a.transform == b.transform
+
+
 def test_header_and_index_stay_small(tmp_path, default_bundle):
     """A held-out 120 x 120 chip: everything but the coded tiles (header, index, footer) is under 130 bytes
     (~270 in format 1.2), so small rasters are not starved by the container (the CRS is stored as its EPSG code,
