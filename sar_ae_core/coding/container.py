@@ -75,7 +75,6 @@ def _dict_v2() -> bytes:
 _FOOTER = struct.Struct("<QII8s")    # format 1.x
 _FOOTER2 = struct.Struct("<II8s")    # format 2.x
 _PRE = struct.Struct("<8sHHII")
-_DERIVED_TILING = ("latent_width", "latent_height", "tile_rows", "tile_cols")
 
 
 def _derived_tiling(t: dict) -> dict:
