@@ -68,15 +68,12 @@ _MACS: dict = {}
 
 
 def model_kmacs(name: str) -> dict:
-    """Encoder and decoder kMAC per pixel of a bundled model, counted by bench_models.count_macs (256² input)."""
+    """Encoder and decoder kMAC per pixel of a bundled model (bench_models.bundled_macs, counted once)."""
     if name not in _MACS:
-        from bench_models import count_macs
+        from bench_models import bundled_macs
 
-        from sar_ae_core.nn.model_io import load_bundle
-
-        model = load_bundle(name, "cpu", runtime="torch").model
-        px = 256 * 256
-        _MACS[name] = {part: round(count_macs(model, 256, part) / px / 1000, 2) for part in ("encoder", "decoder")}
+        m = bundled_macs(name)
+        _MACS[name] = {"encoder": m["encoder_kmac_px"], "decoder": m["decoder_kmac_px"]}
     return _MACS[name]
 
 

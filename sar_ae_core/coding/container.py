@@ -115,6 +115,7 @@ def expand_header(header: dict) -> dict:
 
 
 def _leb128(values) -> bytes:
+    """LEB128 of non-negative integers of any size (chunk lengths; `escapes._varints` stops at 2**28)."""
     out = bytearray()
     for v in values:
         v = int(v)
