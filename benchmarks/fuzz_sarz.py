@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sar_ae_core.coding.container import (  # noqa: E402
-    _FOOTER, _FOOTER2, _PRE, FORMAT_MAJOR, FORMAT_MINOR, _header_dict, _leb128)
+    _FOOTER, _FOOTER2, _PRE, FORMAT_MAJOR, FORMAT_MINOR, _header_dict, _leb128, footer_v3, pre_v3)
 
 HOSTILE_VALUES = [None, True, -1, 0, 1, 3, 10 ** 6, 10 ** 9, 2 ** 63, -1e308, 1e308, 0.5, "", "x", "nan",
                   [], [1], {}, {"a": 1}, "A" * 5000]
@@ -48,7 +48,9 @@ def parse(data: bytes) -> dict:
 
     from sar_ae_core.coding.container import ContainerReader
 
-    _, major, minor, _, _ = _PRE.unpack(data[:_PRE.size])
+    major, minor = data[8], data[9]
+    if major < 3:
+        _, major, minor, _, _ = _PRE.unpack(data[:_PRE.size])
     with ContainerReader.from_file(io.BytesIO(data), len(data), "base.sarz") as r:
         return {"major": major, "minor": minor, "header": r.header,
                 "chunks": [r.chunk(i) for i in range(r.chunk_count)]}
@@ -57,13 +59,19 @@ def parse(data: bytes) -> dict:
 def build(header, chunks: list[bytes], header_text: bytes | None = None, header_body: bytes | None = None,
           index_body: bytes | None = None, major: int = FORMAT_MAJOR, minor: int = FORMAT_MINOR) -> bytes:
     """A `.sarz` with valid CRCs around whatever header/chunks/index it is given, in the layout of `major`
-    (2.x: LEB128 index and short footer; 1.x: zstd index, 24-byte footer)."""
+    (3.x: u8 version, LEB128 header length, zstd frame without its magic, one CRC of header and index, 5-byte
+    footer; 2.x: LEB128 index and 16-byte footer; 1.x: zstd index, 24-byte footer)."""
     if header_body is None:
         text = header_text if header_text is not None else json.dumps(header, sort_keys=True).encode()
         header_body = zstandard.ZstdCompressor(level=3, dict_data=_header_dict(major), write_content_size=True,
                                                write_dict_id=False).compress(text)
-    out = bytearray(_PRE.pack(b"\x89SARZ\r\n\x1a", major, minor, len(header_body), zlib.crc32(header_body)))
-    out += header_body
+    if major >= 3:
+        pre = pre_v3(header_body, major, minor)
+        out = bytearray(pre + header_body[4:])
+    else:
+        out = bytearray(_PRE.pack(b"\x89SARZ\r\n\x1a", major, minor, len(header_body), zlib.crc32(header_body)))
+        out += header_body
+    head_crc = zlib.crc32(bytes(out))
     for c in chunks:
         out += c
     if index_body is None:
@@ -75,7 +83,9 @@ def build(header, chunks: list[bytes], header_text: bytes | None = None, header_
             index_body = zstandard.ZstdCompressor(level=3).compress(raw)
     offset = len(out)
     out += index_body
-    if major >= 2:
+    if major >= 3:
+        out += footer_v3(index_body, head_crc)
+    elif major >= 2:
         out += _FOOTER2.pack(len(index_body), zlib.crc32(index_body), b"SARZEND\0")
     else:
         out += _FOOTER.pack(offset, len(index_body), zlib.crc32(index_body), b"SARZEND\0")
@@ -134,6 +144,8 @@ def mutations(base: bytes, n: int, seed: int = 0):
     yield "bomb", "index declares 3 GB (1.x layout)", build(header, chunks, index_body=bomb(3 << 30), major=1, minor=2)
     yield "index", "index declares 2**30 chunks", build(header, chunks, index_body=_leb128([1 << 30]) + bytes(16))
     yield "index", "1.2 layout of the same file", build(header, chunks, major=1, minor=2)
+    yield "index", "2.0 layout of the same file", build(header, chunks, major=2, minor=0)
+    yield "bomb", "header declares 3 GB (2.0 layout)", build(None, chunks, header_body=bomb(3 << 30), major=2, minor=0)
     quiet = zstandard.ZstdCompressor(level=1, write_content_size=False).compress(b"\0" * (64 << 20))
     c = list(chunks)
     c[1] = bytes([2]) + quiet  # a mask frame that expands to 64 MB without declaring it

@@ -585,6 +585,11 @@ def run_batch(inputs: Sequence[str], out_dir: str, *, reconstruct: bool = False,
     of the result (and of the manifest), they do not raise."""
     kind = "reconstruct" if reconstruct else "compress"
     options = _absolute_model({**(_RECONSTRUCT_DEFAULTS if reconstruct else _compress_defaults()), **(options or {})})
+    if not reconstruct:  # escape options not given (None): compress's defaults, or with a rate the target's
+        from sar_ae_core.rate import escape_policy
+
+        auto = escape_policy(options["rate"]) if options.get("rate") is not None else _compress_defaults()
+        options.update({k: auto[k] for k in ("escape_step_db", "keep_brightest") if options.get(k) is None})
     _check_driver_options(workers, threads_per_worker, codec_threads, retries, scheduler)
     if reconstruct:
         from sar_ae_core.defaults import OUTPUT_UNITS

@@ -117,8 +117,10 @@ def cmd_compress(args) -> int:
     model = QUALITY_MODELS[args.quality] if args.quality is not None else args.model
     options = dict(bands=args.bands, units=args.units, bits=args.bits, device=args.device, tile=args.tile,
                    runtime=args.runtime,
-                   batch_size=args.batch_size, scaling=args.scaling, codec=args.codec, overwrite=args.overwrite,
-                   escape_step_db=args.escape_step, keep_brightest=args.keep_brightest)
+                   batch_size=args.batch_size, scaling=args.scaling, codec=args.codec, overwrite=args.overwrite)
+    # escape options left out: compress_raster's defaults, or with --rate the target's (rate.escape_policy)
+    options.update({k: v for k, v in (("escape_step_db", args.escape_step), ("keep_brightest", args.keep_brightest))
+                    if v is not None})
     if args.max_decoder_kmac is not None and args.rate is None and args.max_rmse_db is None:
         raise SarInputError(None, "--max-decoder-kmac goes with --rate or --max-rmse-db (it limits the rate points "
                                   "they choose from)")
@@ -157,7 +159,8 @@ def cmd_compress(args) -> int:
         print(f"residual layer: step {r['residual_step_db']:g} dB, {r['residual_bytes']} bytes, RMSE of the coded "
               f"pixels {r['residual_rmse_db']:.3f} dB")
     if r["escape_step_db"]:
-        print(f"kept exactly: {r['escaped_pixels']} pixel(s) outside the range or among the brightest, to "
+        bright = f" or among the brightest {r['keep_brightest']:g} %" if r.get("keep_brightest") else ""
+        print(f"kept exactly: {r['escaped_pixels']} pixel(s) outside the range{bright}, to "
               f"±{r['escape_step_db'] / 2:g} dB (nothing clipped)")
     return 0
 
@@ -475,11 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scaling", default="auto", choices=SCALING_CHOICES,
                    help="dB range: the model's, fitted on this raster, or auto (model's unless the raster "
                         "falls outside it)")
-    s.add_argument("--escape-step", type=float, default=0.1, metavar="DB",
+    s.add_argument("--escape-step", type=float, default=None, metavar="DB",
                    help="pixels outside the dB range (bright point targets) are stored with this step so nothing "
-                        "is clipped (default 0.1 dB; 0 clips them to the range)")
-    s.add_argument("--keep-brightest", type=float, default=0.1, metavar="PERCENT",
-                   help="also store the brightest PERCENT of the pixels that way (point targets; default 0.1)")
+                        "is clipped (default 0.1 dB; with --rate below 0.5 bpp: 1 dB; 0 clips them to the range)")
+    s.add_argument("--keep-brightest", type=float, default=None, metavar="PERCENT",
+                   help="also store the brightest PERCENT of the pixels that way (point targets; default 0.1; with "
+                        "--rate below 0.5 bpp: 0)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.set_defaults(func=cmd_compress)
 

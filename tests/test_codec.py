@@ -132,7 +132,8 @@ def _sarz(tmp_path, tiny_bundle, spain_db):
     (lambda b: b"GIF89a" + b[6:], "wrong magic"),
     (lambda b: b[:8] + struct.pack("<H", 9) + b[10:], "newer than this software"),
     (lambda b: b[:2000] + bytes([b[2000] ^ 0x10]) + b[2001:], "checksum mismatch"),
-    (lambda b: b[:30] + bytes([b[30] ^ 0x01]) + b[31:], "header checksum mismatch"),
+    (lambda b: b[:30] + bytes([b[30] ^ 0x01]) + b[31:], "header and index checksum mismatch"),
+    (lambda b: b[:len(b) - 3] + bytes([b[-3] ^ 0x01]) + b[len(b) - 2:], "checksum mismatch"),  # the footer's CRC
 ])
 def test_damaged_files_give_exit_2_and_no_output(tmp_path, tiny_bundle, spain_db, capsys, damage, message):
     sarz, data = _sarz(tmp_path, tiny_bundle, spain_db)
@@ -258,38 +259,42 @@ def test_format_1_0_files_still_decode_identically(tmp_path, tiny_bundle, spain_
     old = tmp_path / "old.sarz"
     _rewrite_as_v10(sarz, old, load_bundle(tiny_bundle).sha256, wkt)
     assert old.stat().st_size > sarz.stat().st_size + 100  # the 1.1+ header is much smaller
-    assert open(old, "rb").read(12)[8:] == bytes([1, 0, 0, 0]) and open(sarz, "rb").read(12)[8:] == bytes([2, 0, 0, 0])
-    assert sarz_info(old)["format"] == "1.0" and sarz_info(sarz)["format"] == "2.0"
+    assert open(old, "rb").read(12)[8:] == bytes([1, 0, 0, 0]) and open(sarz, "rb").read(10)[8:] == bytes([3, 0])
+    assert sarz_info(old)["format"] == "1.0" and sarz_info(sarz)["format"] == "3.0"
     reconstruct_raster(old, tmp_path / "old.tif", model=tiny_bundle)
     with rasterio.open(tif) as a, rasterio.open(tmp_path / "old.tif") as b:
         assert np.array_equal(a.read(), b.read(), equal_nan=True)
         assert a.crs == b.crs and a.transform == b.transform
 
 
-def test_format_1_2_layout_still_decodes_identically(tmp_path, tiny_bundle, spain_db):
-    """A file in the 1.1/1.2 container layout (dictionary V1, every tiling field, zstd index, 24-byte footer)
-    decodes to the same raster as its 2.0 twin."""
+@pytest.mark.parametrize("version", [(1, 2), (2, 0)])
+def test_older_layouts_still_decode_identically(tmp_path, tiny_bundle, spain_db, version):
+    """A file in the 1.1/1.2 container layout (dictionary V1, every tiling field, zstd index, 24-byte footer) or
+    the 2.0 one (u16 version, u32 header length and CRC, whole zstd frame, 16-byte footer) decodes to the same
+    raster as its 3.0 twin, which is smaller."""
     from sar_ae_core.coding.container import ContainerReader, ContainerWriter
 
     facts, sarz, tif = _round_trip(tmp_path, spain_db, tiny_bundle)
-    old = tmp_path / "v12.sarz"
+    old = tmp_path / "old.sarz"
     with ContainerReader.open(sarz) as r:
         header, chunks = r.header, [r.chunk(i) for i in range(r.chunk_count)]
     with open(old, "wb") as fh:
-        w = ContainerWriter(fh, header, version=(1, 2))
+        w = ContainerWriter(fh, header, version=version)
         for c in chunks:
             w.add(c)
         w.finish()
-    assert sarz_info(old)["format"] == "1.2" and old.stat().st_size > sarz.stat().st_size
-    reconstruct_raster(old, tmp_path / "v12.tif", model=tiny_bundle)
-    with rasterio.open(tif) as a, rasterio.open(tmp_path / "v12.tif") as b:
+    assert sarz_info(old)["format"] == "%d.%d" % version and old.stat().st_size > sarz.stat().st_size
+    if version == (2, 0):
+        assert old.stat().st_size - sarz.stat().st_size >= 19  # version, lengths, CRCs, zstd magic, end marker
+    reconstruct_raster(old, tmp_path / "old.tif", model=tiny_bundle)
+    with rasterio.open(tif) as a, rasterio.open(tmp_path / "old.tif") as b:
         assert np.array_equal(a.read(), b.read(), equal_nan=True)
         assert a.crs == b.crs and a.transform == b.transform
 
 
 def test_header_and_index_stay_small(tmp_path, default_bundle):
-    """A held-out 120 x 120 chip: everything but the coded tiles (header, index, footer) is under 130 bytes
-    (~270 in format 1.2), so small rasters are not starved by the container (the CRS is stored as its EPSG code,
+    """A held-out 120 x 120 chip: everything but the coded tiles (header, index, footer) is under 110 bytes
+    (~270 in format 1.2, ~125 in 2.0), so small rasters are not starved by the container (the CRS is stored as its EPSG code,
     the model by a SHA prefix, the header compressed with a dictionary of typical headers, derived fields left
     out)."""
     import glob
@@ -302,7 +307,7 @@ def test_header_and_index_stay_small(tmp_path, default_bundle):
     compress_raster(chip, sarz, model=default_bundle, device="cpu")
     info = sarz_info(sarz)
     print(info["parts"])
-    assert info["parts"]["header+index"] < 130, info["parts"]
+    assert info["parts"]["header+index"] < 110, info["parts"]
     assert info["georef"] == "transform"
     with rasterio.open(chip) as ds:
         crs, transform = ds.crs, ds.transform
@@ -312,7 +317,7 @@ def test_header_and_index_stay_small(tmp_path, default_bundle):
 
 
 def test_header_dictionaries_are_frozen():
-    """HEADER_DICT_V1 is part of the 1.1/1.2 format, header_dict_v2.txt of 2.x: changing either would make every
+    """HEADER_DICT_V1 is part of the 1.1/1.2 format, header_dict_v2.txt of 2.x and 3.x: changing either would make every
     such file unreadable."""
     import hashlib
 
@@ -322,7 +327,7 @@ def test_header_dictionaries_are_frozen():
         "9a7a241587036b08a4cf92dedf3bbd8789409c5f9bca07f79a0f8504cd9bf067"
     assert hashlib.sha256(_dict_v2()).hexdigest() == \
         "6120b23aac5da0d1f63f2e83ead7da79e3320465b7a36e29caa7d971aa9962a3"
-    assert FORMAT_MAJOR == 2
+    assert FORMAT_MAJOR == 3
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ def test_damage_is_named(tmp_path):
     path = tmp_path / "b.sarz"
     _write(path, {"k": "v"}, [b"payload" * 10])
     data = bytearray(path.read_bytes())
-    data[-20] ^= 0xFF  # inside the index (2.x: 6 bytes before the 16-byte footer)
+    data[-8] ^= 0xFF  # inside the index (3.x: 6 bytes before the 5-byte footer)
     (tmp_path / "c.sarz").write_bytes(bytes(data))
     with pytest.raises(SarInputError, match="damaged|checksum"):
         ContainerReader.open(tmp_path / "c.sarz")
@@ -56,21 +56,22 @@ def test_bounded_decompress_refuses_what_does_not_fit():
         bounded_decompress(quiet, 1000)  # size not declared: stopped at the bound
 
 
-def test_v2_index_and_footer_are_small_and_checked(tmp_path):
-    """2.x: LEB128 count and lengths + CRC-32s, 16-byte footer; a count or length the bytes cannot hold, or a
-    partial entry, is refused (CRC repaired as a hostile file would)."""
-    import struct
+def test_v3_index_and_footer_are_small_and_checked(tmp_path):
+    """3.x: LEB128 count and lengths + CRC-32s, a 5-byte footer (one CRC-32 of header and index, the index length
+    backwards); a count or length the bytes cannot hold, a partial entry, an index length pointing into the header,
+    is refused (CRC repaired as a hostile file would)."""
+    from sar_ae_core.coding.container import _leb128, footer_v3
 
-    from sar_ae_core.coding.container import _leb128
-
-    path = tmp_path / "v2.sarz"
+    path = tmp_path / "v3.sarz"
     sizes = _write(path, {"k": "v"}, [b"a" * 300, b"b"])
-    assert sizes["index+footer"] == (1 + 2 + 1 + 8) + 16
+    assert sizes["index+footer"] == (1 + 2 + 1 + 8) + 5
     data = path.read_bytes()
     body_end = len(data) - sizes["index+footer"]
+    head = data[:body_end - 301]
+    assert len(head) == sizes["header"] and head[8:10] == bytes([3, 0])
 
-    def with_index(index):
-        out = data[:body_end] + index + struct.pack("<II8s", len(index), zlib.crc32(index), b"SARZEND\0")
+    def with_index(index, footer=None):
+        out = data[:body_end] + index + (footer or footer_v3(index, zlib.crc32(head)))
         (tmp_path / "x.sarz").write_bytes(out)
         return tmp_path / "x.sarz"
 
@@ -80,6 +81,26 @@ def test_v2_index_and_footer_are_small_and_checked(tmp_path):
                 _leb128([2, 1 << 40, 1]) + crcs, b"\xff" * 12):
         with pytest.raises(SarInputError, match="damaged|truncated|index"):
             ContainerReader.open(with_index(bad))
+    index = _leb128([2, 300, 1]) + crcs
+    import struct
+
+    for footer in (struct.pack("<I", zlib.crc32(index, zlib.crc32(head))) + _leb128([len(data)])[::-1],
+                   struct.pack("<I", zlib.crc32(index, zlib.crc32(head))) + b"\x80" * 6, b"\x01"):
+        with pytest.raises(SarInputError, match="truncated or damaged"):
+            ContainerReader.open(with_index(index, footer))
+    for cut in (5, 9, 11, 12, len(data) - 1):  # truncated anywhere
+        (tmp_path / "t.sarz").write_bytes(data[:cut])
+        with pytest.raises(SarInputError, match="truncated|damaged|magic"):
+            ContainerReader.open(tmp_path / "t.sarz")
+
+
+def test_older_readers_refuse_a_3x_file(tmp_path):
+    """A 1.x/2.x reader reads the version as a u16 major: 3.0's two bytes give 3, refused as newer."""
+    import struct
+
+    _write(tmp_path / "n.sarz", {"k": "v"}, [b"z"])
+    major, = struct.unpack("<H", (tmp_path / "n.sarz").read_bytes()[8:10])
+    assert major == 3
 
 
 def test_derived_tiling_fields_are_left_out_and_restored(tmp_path):

@@ -74,3 +74,32 @@ def test_decoder_budget_limits_the_rate_points(tmp_path, capsys):
         out = tmp_path / "bad.sarz"
         assert main(["compress", str(src), str(out), *extra]) == 2
         assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_escapes_follow_the_rate_unless_given(tmp_path, spain_db, capsys):
+    """--rate without escape options: below 0.5 bpp only the pixels outside the dB range are kept (to ±0.5 dB),
+    from 0.5 bpp the brightest 0.1 % too (to ±0.05 dB); options given win; nothing is clipped at any rate."""
+    import numpy as np
+    import rasterio
+
+    from sar_ae_core.codec import reconstruct_raster
+
+    low = compress_to_rate(spain_db, tmp_path / "l.sarz", 0.25)
+    high = compress_to_rate(spain_db, tmp_path / "h.sarz", 0.6)
+    given = compress_to_rate(spain_db, tmp_path / "g.sarz", 0.25, escape_step_db=0.1, keep_brightest=0.1)
+    assert (low["escape_step_db"], low["keep_brightest"]) == (1.0, 0.0)
+    assert (high["escape_step_db"], high["keep_brightest"]) == (0.1, 0.1)
+    assert (given["escape_step_db"], given["keep_brightest"]) == (0.1, 0.1)
+    assert high["escaped_pixels"] == given["escaped_pixels"] > low["escaped_pixels"] > 0
+    with rasterio.open(spain_db) as ds:
+        src = ds.read().astype(np.float64)
+    top = np.unravel_index(np.nanargmax(src), src.shape)
+    assert src[top] > 20  # +25.6 dB, far above the model's range (8 dB)
+    for name, half_step in (("l", 0.5), ("h", 0.05)):
+        reconstruct_raster(tmp_path / f"{name}.sarz", tmp_path / f"{name}.tif", units="db")
+        with rasterio.open(tmp_path / f"{name}.tif") as ds:
+            rec = ds.read().astype(np.float64)
+        assert abs(rec[top] - src[top]) <= half_step + 1e-3  # not clipped
+    assert main(["compress", str(spain_db), str(tmp_path / "c.sarz"), "--rate", "0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "outside the range, to ±0.5 dB (nothing clipped)" in out and "brightest" not in out

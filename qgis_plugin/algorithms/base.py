@@ -497,8 +497,9 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
         gain = f", quantization gain {codec['gain']:.3f}" if "gain" in codec else ""
         feedback.pushInfo(self.tr(f"Latent coder: {codec['id']}{gain}; model {info['model']}"))
         if res.get("escape_step_db"):
+            bright = f" or among the brightest {res['keep_brightest']:g} %" if res.get("keep_brightest") else ""
             feedback.pushInfo(self.tr(f"Kept exactly (nothing clipped): {res['escaped_pixels']:,} pixel(s) outside "
-                                      f"the dB range or among the brightest 0.1 %, to ±{res['escape_step_db'] / 2:g} dB"))
+                                      f"the dB range{bright}, to ±{res['escape_step_db'] / 2:g} dB"))
 
     def _map_destinations(self, parameters, context) -> dict:
         """{map parameter: (map kind, path)} of the quality maps the user asked for."""

@@ -1,24 +1,30 @@
 """The `.sarz` container: a small binary frame around a JSON header and independently decodable chunks.
 
-Layout (little-endian), format 2.x::
+Layout (little-endian), format 3.x::
 
-    magic      8 bytes  b"\\x89SARZ\\r\\n\\x1a"   (PNG-style: catches text-mode and truncation damage)
-    version    2 × u16  major, minor            (readers refuse a newer major)
-    header     u32 length, u32 CRC-32, then UTF-8 JSON compressed with zstd and the fixed raw-content dictionary
-               HEADER_DICT_V2 (typical headers of this format's products); fields derivable from others — the
-               tile plan's sizes, from the source's width and height and the plan's tile and downsampling — are
-               left out and restored on reading (`compact_header` / `expand_header`)
+    magic      8 bytes  b"\\x89SARZ\\r\\n\\x1a"   (PNG-style: catches text-mode damage)
+    version    2 × u8   major, minor            (readers refuse a newer major; a 1.x/2.x reader reads these two
+                                                 bytes as a u16 major >= 3 and refuses the file too)
+    header     LEB128 length, then UTF-8 JSON compressed with zstd and the fixed raw-content dictionary
+               HEADER_DICT_V2 (typical headers of these formats' products), the zstd frame without its 4-byte magic
+               number; fields derivable from others — the tile plan's sizes, from the source's width and height and
+               the plan's tile and downsampling — are left out and restored on reading (`compact_header` /
+               `expand_header`)
     chunks     concatenated payloads, in the order the header's tile plan defines
     index      LEB128 chunk count, LEB128 length of each chunk, u32 CRC-32 of each chunk
-    footer     u32 index length, u32 index CRC-32, 8 bytes b"SARZEND\\0"
+    footer     u32 CRC-32 of everything before the chunks and of the index, then the index length as LEB128 written
+               backwards (read from the file's last byte towards the front)
 
-Everything but the coded tiles costs ~110 bytes on a georeferenced 100 × 100 chip (~310 in 1.2, where the small
-files of ML datasets spent most of their bytes on it at low rates). Format 1.x files read as before: header
-compressed with HEADER_DICT_V1 (1.1, 1.2) or without a dictionary (1.0), every field present; index one zstd frame
-of (u32 length, u32 CRC-32) per chunk; footer u64 index offset, u32 index length, u32 index CRC-32, end marker.
+Everything but the coded tiles costs ~90 bytes on a georeferenced 100 × 100 chip (~310 in 1.2, ~117 in 2.0: at
+low rates the small files of ML datasets spend a large part of their bytes on it). A truncated or damaged file
+fails the one checksum of header and index (or a chunk's own). Format 2.0 files read as before: version 2 × u16,
+header u32 length and u32 CRC-32 then the whole zstd frame, footer u32 index length, u32 index CRC-32, 8 bytes
+b"SARZEND\\0". Format 1.x: header compressed with HEADER_DICT_V1 (1.1, 1.2) or without a dictionary (1.0), every
+field present; index one zstd frame of (u32 length, u32 CRC-32) per chunk; footer u64 index offset, u32 index
+length, u32 index CRC-32, end marker.
 
 Chunk offsets are the running sum of the lengths, so one window can be decoded by reading only its
-chunks. Every chunk, the header and the index carry a CRC-32; any mismatch is reported with the file name.
+chunks. Every chunk carries a CRC-32, and so do header and index; any mismatch is reported with the file name.
 """
 
 from __future__ import annotations
@@ -40,8 +46,10 @@ from sar_ae_core.coding.frames import MAX_HEADER_BYTES, bounded_decompress
 MAGIC = b"\x89SARZ\r\n\x1a"
 END = b"SARZEND\0"
 # 1.2: adapted tables (codec factorized-range-adaptive), residual layers (mask id); 2.0: compact header (dictionary
-# V2, derived fields left out), LEB128 index, short footer, Rice-coded escapes (`escapes.RICE_TAG`)
-FORMAT_MAJOR, FORMAT_MINOR = 2, 0
+# V2, derived fields left out), LEB128 index, short footer, Rice-coded escapes (`escapes.RICE_TAG`); 3.0: u8
+# version, LEB128 header length, zstd frame without its magic, one CRC-32 of header and index, no end marker
+FORMAT_MAJOR, FORMAT_MINOR = 3, 0
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Part of the format: never edit (a new dictionary needs a new minor version). Typical header text, keys sorted.
 HEADER_DICT_V1 = (
     b'{"codec":{"id":"factorized-range","precision":16},"created_by":"sar_ae_core 0.1.0",'
@@ -150,6 +158,20 @@ def _read_leb128(buf: bytes, pos: int, n: int, limit: int = 1 << 35) -> tuple[li
     return out, pos
 
 
+def pre_v3(body: bytes, major: int = FORMAT_MAJOR, minor: int = FORMAT_MINOR) -> bytes:
+    """Magic, version and header length of a 3.x file whose header is the zstd frame `body` (magic included; the
+    file stores it without)."""
+    if body[:4] != _ZSTD_MAGIC:
+        raise ValueError("the header is not a zstd frame")
+    return MAGIC + bytes([major, minor]) + _leb128([len(body) - len(_ZSTD_MAGIC)])
+
+
+def footer_v3(index: bytes, head_crc: int) -> bytes:
+    """The 3.x footer: CRC-32 of the bytes before the chunks (`head_crc`, their running CRC) and of the index, then
+    the index length as LEB128 backwards."""
+    return struct.pack("<I", zlib.crc32(index, head_crc)) + _leb128([len(index)])[::-1]
+
+
 class ContainerWriter:
     """Streams chunks into an open binary file; call `finish()` once after the last chunk. `version` (major,
     minor) other than the current one writes that older container layout (for compatibility tests)."""
@@ -165,11 +187,18 @@ class ContainerWriter:
                                             write_content_size=True, write_dict_id=False).compress(text)
         else:
             body = zstandard.ZstdCompressor(level=19).compress(text)
-        fh.write(_PRE.pack(MAGIC, self.major, minor, len(body), zlib.crc32(body)))
-        fh.write(body)
+        if self.major >= 3:
+            pre = pre_v3(body, self.major, minor)
+            fh.write(pre + body[len(_ZSTD_MAGIC):])
+            self._crc = zlib.crc32(body[len(_ZSTD_MAGIC):], zlib.crc32(pre))
+            size = len(pre) + len(body) - len(_ZSTD_MAGIC)
+        else:
+            fh.write(_PRE.pack(MAGIC, self.major, minor, len(body), zlib.crc32(body)))
+            fh.write(body)
+            size = _PRE.size + len(body)
         self._start = fh.tell()
         self.entries: list[tuple[int, int]] = []
-        self.sizes = {"header": _PRE.size + len(body)}
+        self.sizes = {"header": size}
 
     def add(self, payload: bytes, kind: str = "data") -> None:
         """Append one chunk."""
@@ -181,7 +210,12 @@ class ContainerWriter:
         """Write index and footer; returns the byte count of each part."""
         offset = self.fh.tell()
         table = np.asarray(self.entries, dtype="<u4").reshape(-1, 2)
-        if self.major >= 2:
+        if self.major >= 3:
+            index = _leb128([len(table), *table[:, 0]]) + table[:, 1].astype("<u4").tobytes()
+            footer = footer_v3(index, self._crc)
+            self.fh.write(index + footer)
+            self.sizes["index+footer"] = len(index) + len(footer)
+        elif self.major >= 2:
             index = _leb128([len(table), *table[:, 0]]) + table[:, 1].astype("<u4").tobytes()
             self.fh.write(index)
             self.fh.write(_FOOTER2.pack(len(index), zlib.crc32(index), END))
@@ -225,19 +259,54 @@ class ContainerReader:
         `fh` from now on: it is closed on error and by `close()`."""
         try:
             pre = fh.read(_PRE.size)
-            if len(pre) < _PRE.size or pre[:8] != MAGIC:
+            if len(pre) < 10 or pre[:8] != MAGIC:
                 raise SarInputError(path, "not a .sarz file (wrong magic bytes)")
-            _, major, minor, hlen, hcrc = _PRE.unpack(pre)
+            major = pre[8]
+            if major >= 3 or pre[9]:  # 3.x: u8 major, u8 minor (an older file: u16 major, always < 256)
+                major, minor = (pre[8], pre[9]) if major >= 3 else (pre[8] | pre[9] << 8, 0)
             if major > FORMAT_MAJOR:
                 raise SarInputError(path, f".sarz format version {major}.{minor} is newer than this software "
                                           f"({FORMAT_MAJOR}.{FORMAT_MINOR}); please upgrade")
             if major < 1:
-                raise SarInputError(path, f"unknown .sarz format version {major}.{minor}")
-            body = fh.read(hlen)
-            if len(body) < hlen:
-                raise SarInputError(path, "file is truncated (header incomplete)")
-            if zlib.crc32(body) != hcrc:
-                raise SarInputError(path, "header checksum mismatch (file is damaged)")
+                raise SarInputError(path, f"unknown .sarz format version {major}")
+            if major >= 3:
+                try:
+                    (hlen,), start = _read_leb128(pre, 10, 1, limit=MAX_HEADER_BYTES)
+                except ValueError:
+                    raise SarInputError(path, "file is truncated or damaged (header length unreadable)") from None
+                fh.seek(start)
+                body = fh.read(hlen)
+                if len(body) < hlen:
+                    raise SarInputError(path, "file is truncated (header incomplete)")
+                head_crc = zlib.crc32(body, zlib.crc32(pre[:start]))
+                body = _ZSTD_MAGIC + body
+                tail_len = min(9, size - start - hlen)
+                fh.seek(size - tail_len)
+                tail = fh.read(tail_len)
+                try:
+                    (ilen,), back = _read_leb128(tail[::-1], 0, 1, limit=size)
+                except ValueError:
+                    back = 0
+                if not back or len(tail) < back + 4:
+                    raise SarInputError(path, "file is truncated or damaged (no index)")
+                icrc = struct.unpack("<I", tail[len(tail) - back - 4:len(tail) - back])[0]
+                ioff = size - back - 4 - ilen
+                if ioff < start + hlen:
+                    raise SarInputError(path, "file is truncated or damaged (index position is inconsistent)")
+                fh.seek(ioff)
+                index = fh.read(ilen)
+                if zlib.crc32(index, head_crc) != icrc:
+                    raise SarInputError(path, "header and index checksum mismatch (file is truncated or damaged)")
+            else:
+                _, _, minor, hlen, hcrc = _PRE.unpack(pre) if len(pre) == _PRE.size else (0, 0, 0, -1, 0)
+                if hlen < 0:
+                    raise SarInputError(path, "file is truncated (header incomplete)")
+                start = _PRE.size
+                body = fh.read(hlen)
+                if len(body) < hlen:
+                    raise SarInputError(path, "file is truncated (header incomplete)")
+                if zlib.crc32(body) != hcrc:
+                    raise SarInputError(path, "header checksum mismatch (file is damaged)")
             try:
                 dctx = zstandard.ZstdDecompressor(dict_data=_header_dict(major)) if (major, minor) >= (1, 1) \
                     else zstandard.ZstdDecompressor()
@@ -248,23 +317,24 @@ class ContainerReader:
                 raise SarInputError(path, "header is not valid JSON (file is damaged)") from None
             if major >= 2 and isinstance(header, dict):
                 header = expand_header(header)
-            footer = _FOOTER2 if major >= 2 else _FOOTER
-            if size < _PRE.size + hlen + footer.size:
-                raise SarInputError(path, "file is truncated (no index)")
-            fh.seek(size - footer.size)
-            if major >= 2:
-                ilen, icrc, end = footer.unpack(fh.read(footer.size))
-                ioff = size - footer.size - ilen
-            else:
-                ioff, ilen, icrc, end = footer.unpack(fh.read(footer.size))
-            if end != END:
-                raise SarInputError(path, "file is truncated or damaged (end marker missing)")
-            if ioff + ilen != size - footer.size or ioff < _PRE.size + hlen:
-                raise SarInputError(path, "index position is inconsistent (file is damaged)")
-            fh.seek(ioff)
-            index = fh.read(ilen)
-            if zlib.crc32(index) != icrc:
-                raise SarInputError(path, "chunk index checksum mismatch (file is damaged)")
+            if major < 3:
+                footer = _FOOTER2 if major >= 2 else _FOOTER
+                if size < _PRE.size + hlen + footer.size:
+                    raise SarInputError(path, "file is truncated (no index)")
+                fh.seek(size - footer.size)
+                if major >= 2:
+                    ilen, icrc, end = footer.unpack(fh.read(footer.size))
+                    ioff = size - footer.size - ilen
+                else:
+                    ioff, ilen, icrc, end = footer.unpack(fh.read(footer.size))
+                if end != END:
+                    raise SarInputError(path, "file is truncated or damaged (end marker missing)")
+                if ioff + ilen != size - footer.size or ioff < _PRE.size + hlen:
+                    raise SarInputError(path, "index position is inconsistent (file is damaged)")
+                fh.seek(ioff)
+                index = fh.read(ilen)
+                if zlib.crc32(index) != icrc:
+                    raise SarInputError(path, "chunk index checksum mismatch (file is damaged)")
             if major >= 2:
                 (n,), pos = _read_leb128(index, 0, 1, limit=len(index) + 1)
                 lens, pos = _read_leb128(index, pos, n, limit=size)
@@ -279,10 +349,10 @@ class ContainerReader:
                     raise SarInputError(path, "chunk index has a partial entry (file is damaged)")
                 table = np.frombuffer(raw, dtype="<u4").reshape(-1, 2)
             lengths = table[:, 0].astype(np.int64)
-            offsets = _PRE.size + hlen + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            offsets = start + hlen + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
             if len(lengths) and offsets[-1] + lengths[-1] != ioff:
                 raise SarInputError(path, "chunk sizes do not add up (file is damaged)")
-            if not len(lengths) and ioff != _PRE.size + hlen:
+            if not len(lengths) and ioff != start + hlen:
                 raise SarInputError(path, "chunk sizes do not add up (file is damaged)")
         except SarInputError:
             fh.close()
