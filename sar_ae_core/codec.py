@@ -206,7 +206,8 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     return {"output": os.fspath(output_path), "bytes": nbytes, "bpp": nbytes * 8 / pixels,
             "compression_ratio": source_bits * pixels / (nbytes * 8), "parts": sizes, "pixels": pixels,
             "bands": info.count, "model": bundle.name, "scaling": scaling_reason, "escaped_pixels": n_escaped,
-            "escape_step_db": step, "keep_brightest": float(keep_brightest) if step else 0.0, "device": dev, "runtime": bundle.runtime,
+            "escape_step_db": step, "keep_brightest": float(keep_brightest) if step else 0.0, "device": dev,
+            "runtime": bundle.runtime,
             "seconds": time.perf_counter() - t_start,
             "timing": timer.as_dict()}
 

@@ -228,6 +228,68 @@ class ContainerWriter:
         return dict(self.sizes)
 
 
+def _frame_v3(fh: BinaryIO, pre: bytes, size: int, path: str) -> tuple[int, int, bytes, int, bytes]:
+    """Header and index of a 3.x file whose first bytes `pre` were read: (offset of the header, its length, its zstd
+    frame with the magic number, offset of the index, the index), the one CRC of header and index checked."""
+    try:
+        (hlen,), start = _read_leb128(pre, 10, 1, limit=MAX_HEADER_BYTES)
+    except ValueError:
+        raise SarInputError(path, "file is truncated or damaged (header length unreadable)") from None
+    fh.seek(start)
+    body = fh.read(hlen)
+    if len(body) < hlen:
+        raise SarInputError(path, "file is truncated (header incomplete)")
+    head_crc = zlib.crc32(body, zlib.crc32(pre[:start]))
+    tail_len = min(9, size - start - hlen)  # CRC-32 + index length (LEB128 backwards, at most 5 bytes)
+    fh.seek(size - tail_len)
+    tail = fh.read(tail_len)
+    try:
+        (ilen,), back = _read_leb128(tail[::-1], 0, 1, limit=size)
+    except ValueError:
+        back = 0
+    if not back or len(tail) < back + 4:
+        raise SarInputError(path, "file is truncated or damaged (no index)")
+    icrc = struct.unpack("<I", tail[len(tail) - back - 4:len(tail) - back])[0]
+    ioff = size - back - 4 - ilen
+    if ioff < start + hlen:
+        raise SarInputError(path, "file is truncated or damaged (index position is inconsistent)")
+    fh.seek(ioff)
+    index = fh.read(ilen)
+    if zlib.crc32(index, head_crc) != icrc:
+        raise SarInputError(path, "header and index checksum mismatch (file is truncated or damaged)")
+    return start, hlen, _ZSTD_MAGIC + body, ioff, index
+
+
+def _frame_v1(fh: BinaryIO, pre: bytes, size: int, path: str) -> tuple[int, int, bytes, int, bytes]:
+    """As `_frame_v3` for a 1.x or 2.x file (header and index CRCs, footer with end marker)."""
+    if len(pre) < _PRE.size:
+        raise SarInputError(path, "file is truncated (header incomplete)")
+    _, major, _, hlen, hcrc = _PRE.unpack(pre)
+    body = fh.read(hlen)
+    if len(body) < hlen:
+        raise SarInputError(path, "file is truncated (header incomplete)")
+    if zlib.crc32(body) != hcrc:
+        raise SarInputError(path, "header checksum mismatch (file is damaged)")
+    footer = _FOOTER2 if major >= 2 else _FOOTER
+    if size < _PRE.size + hlen + footer.size:
+        raise SarInputError(path, "file is truncated (no index)")
+    fh.seek(size - footer.size)
+    if major >= 2:
+        ilen, icrc, end = footer.unpack(fh.read(footer.size))
+        ioff = size - footer.size - ilen
+    else:
+        ioff, ilen, icrc, end = footer.unpack(fh.read(footer.size))
+    if end != END:
+        raise SarInputError(path, "file is truncated or damaged (end marker missing)")
+    if ioff + ilen != size - footer.size or ioff < _PRE.size + hlen:
+        raise SarInputError(path, "index position is inconsistent (file is damaged)")
+    fh.seek(ioff)
+    index = fh.read(ilen)
+    if zlib.crc32(index) != icrc:
+        raise SarInputError(path, "chunk index checksum mismatch (file is damaged)")
+    return _PRE.size, hlen, body, ioff, index
+
+
 @dataclass
 class ContainerReader:
     """Random access to the header and chunks of a `.sarz` file, verifying every checksum it reads."""
@@ -261,52 +323,18 @@ class ContainerReader:
             pre = fh.read(_PRE.size)
             if len(pre) < 10 or pre[:8] != MAGIC:
                 raise SarInputError(path, "not a .sarz file (wrong magic bytes)")
-            major = pre[8]
-            if major >= 3 or pre[9]:  # 3.x: u8 major, u8 minor (an older file: u16 major, always < 256)
-                major, minor = (pre[8], pre[9]) if major >= 3 else (pre[8] | pre[9] << 8, 0)
+            if pre[8] >= 3:  # 3.x: u8 major, u8 minor; 1.x and 2.x: u16 major, u16 minor
+                major, minor = pre[8], pre[9]
+            else:
+                major = pre[8] | pre[9] << 8
+                minor = struct.unpack_from("<H", pre, 10)[0] if len(pre) >= 12 else 0
             if major > FORMAT_MAJOR:
                 raise SarInputError(path, f".sarz format version {major}.{minor} is newer than this software "
                                           f"({FORMAT_MAJOR}.{FORMAT_MINOR}); please upgrade")
             if major < 1:
                 raise SarInputError(path, f"unknown .sarz format version {major}")
-            if major >= 3:
-                try:
-                    (hlen,), start = _read_leb128(pre, 10, 1, limit=MAX_HEADER_BYTES)
-                except ValueError:
-                    raise SarInputError(path, "file is truncated or damaged (header length unreadable)") from None
-                fh.seek(start)
-                body = fh.read(hlen)
-                if len(body) < hlen:
-                    raise SarInputError(path, "file is truncated (header incomplete)")
-                head_crc = zlib.crc32(body, zlib.crc32(pre[:start]))
-                body = _ZSTD_MAGIC + body
-                tail_len = min(9, size - start - hlen)
-                fh.seek(size - tail_len)
-                tail = fh.read(tail_len)
-                try:
-                    (ilen,), back = _read_leb128(tail[::-1], 0, 1, limit=size)
-                except ValueError:
-                    back = 0
-                if not back or len(tail) < back + 4:
-                    raise SarInputError(path, "file is truncated or damaged (no index)")
-                icrc = struct.unpack("<I", tail[len(tail) - back - 4:len(tail) - back])[0]
-                ioff = size - back - 4 - ilen
-                if ioff < start + hlen:
-                    raise SarInputError(path, "file is truncated or damaged (index position is inconsistent)")
-                fh.seek(ioff)
-                index = fh.read(ilen)
-                if zlib.crc32(index, head_crc) != icrc:
-                    raise SarInputError(path, "header and index checksum mismatch (file is truncated or damaged)")
-            else:
-                _, _, minor, hlen, hcrc = _PRE.unpack(pre) if len(pre) == _PRE.size else (0, 0, 0, -1, 0)
-                if hlen < 0:
-                    raise SarInputError(path, "file is truncated (header incomplete)")
-                start = _PRE.size
-                body = fh.read(hlen)
-                if len(body) < hlen:
-                    raise SarInputError(path, "file is truncated (header incomplete)")
-                if zlib.crc32(body) != hcrc:
-                    raise SarInputError(path, "header checksum mismatch (file is damaged)")
+            read = _frame_v3 if major >= 3 else _frame_v1
+            start, hlen, body, ioff, index = read(fh, pre, size, path)
             try:
                 dctx = zstandard.ZstdDecompressor(dict_data=_header_dict(major)) if (major, minor) >= (1, 1) \
                     else zstandard.ZstdDecompressor()
@@ -317,24 +345,6 @@ class ContainerReader:
                 raise SarInputError(path, "header is not valid JSON (file is damaged)") from None
             if major >= 2 and isinstance(header, dict):
                 header = expand_header(header)
-            if major < 3:
-                footer = _FOOTER2 if major >= 2 else _FOOTER
-                if size < _PRE.size + hlen + footer.size:
-                    raise SarInputError(path, "file is truncated (no index)")
-                fh.seek(size - footer.size)
-                if major >= 2:
-                    ilen, icrc, end = footer.unpack(fh.read(footer.size))
-                    ioff = size - footer.size - ilen
-                else:
-                    ioff, ilen, icrc, end = footer.unpack(fh.read(footer.size))
-                if end != END:
-                    raise SarInputError(path, "file is truncated or damaged (end marker missing)")
-                if ioff + ilen != size - footer.size or ioff < _PRE.size + hlen:
-                    raise SarInputError(path, "index position is inconsistent (file is damaged)")
-                fh.seek(ioff)
-                index = fh.read(ilen)
-                if zlib.crc32(index) != icrc:
-                    raise SarInputError(path, "chunk index checksum mismatch (file is damaged)")
             if major >= 2:
                 (n,), pos = _read_leb128(index, 0, 1, limit=len(index) + 1)
                 lens, pos = _read_leb128(index, pos, n, limit=size)
