@@ -49,3 +49,27 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
     proc = subprocess.run(f"{sys.executable} -m sar_ae_core info {sarz} | true; echo ${{PIPESTATUS[0]}}",
                           shell=True, capture_output=True, text=True, executable="/bin/bash", timeout=120)
     assert proc.stdout.strip() == "141" and proc.stderr == "", proc.stderr
+
+
+def test_a_raster_inside_a_zip_archive_is_read_where_it_is(tmp_path, spain_db, capsys):
+    """Products are often delivered zipped: a GDAL /vsizip/ path compresses like the file itself (the same
+    reconstruction), and a member the archive lacks is one line naming it, exit 2, nothing written."""
+    import numpy as np
+    import rasterio
+    import zipfile
+
+    archive = tmp_path / "delivery.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(spain_db, "scene.tif")
+    inside = f"/vsizip/{archive}/scene.tif"
+    assert main(["compress", inside, str(tmp_path / "z.sarz"), "--quality", "1"]) == 0
+    assert main(["compress", str(spain_db), str(tmp_path / "f.sarz"), "--quality", "1"]) == 0
+    for name in ("z", "f"):
+        assert main(["reconstruct", str(tmp_path / f"{name}.sarz"), str(tmp_path / f"{name}.tif")]) == 0
+    with rasterio.open(tmp_path / "z.tif") as a, rasterio.open(tmp_path / "f.tif") as b:
+        assert np.array_equal(a.read(), b.read(), equal_nan=True) and a.crs == b.crs and a.transform == b.transform
+    capsys.readouterr()
+    assert main(["compress", f"/vsizip/{archive}/missing.tif", str(tmp_path / "m.sarz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "missing.tif" in err and "not a readable raster" in err
+    assert not (tmp_path / "m.sarz").exists()

@@ -798,3 +798,37 @@ def test_reconstructions_take_the_look_of_their_loaded_source(qgis_app, tmp_path
         assert (rr.redContrastEnhancement().minimumValue(), rr.redContrastEnhancement().maximumValue()) == (-25, -5)
         assert (rr.greenContrastEnhancement().minimumValue(), rr.greenContrastEnhancement().maximumValue()) == (-18, 0)
         assert rec.name().startswith("my_scene — tiny-cbam, ")
+
+
+def test_compress_default_output_when_the_input_folder_takes_no_files(qgis_app, tmp_path, spain_db, tiny_models):
+    """A layer read from inside a zip archive (QGIS opens them as /vsizip/…): "beside the input" is no folder, so
+    the .sarz goes to QGIS's Processing output folder, the log says where and why, and the archive is unchanged."""
+    import zipfile
+
+    import processing
+    from qgis.core import QgsProcessingFeedback, QgsProject, QgsRasterLayer
+
+    from qgis_plugin.algorithms.base import processing_output_folder
+
+    archive = tmp_path / "delivery.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(spain_db, "zipped_scene.tif")
+    before = _sha256(archive)
+    layer = QgsRasterLayer(f"/vsizip/{archive}/zipped_scene.tif", "zipped scene")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        fb = QgsProcessingFeedback()
+        out = processing.run("sarae:compress", {"INPUT": layer, "MODEL_FILE": tiny_models["cbam"],
+                                                "OUTPUT": "TEMPORARY_OUTPUT"}, feedback=fb)["OUTPUT"]
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+    folder = processing_output_folder()
+    try:
+        assert os.path.dirname(out) == folder and Path(out).name.startswith("zipped_scene") and out.endswith(".sarz")
+        assert Path(out).stat().st_size > 1000
+        assert "in the Processing output folder" in fb.textLog() and "takes no new files" in fb.textLog()
+        assert _sha256(archive) == before and sorted(p.name for p in tmp_path.iterdir()) == ["delivery.zip"]
+    finally:
+        if os.path.exists(out):
+            os.remove(out)

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from qgis.core import (
+    QgsApplication,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
@@ -116,6 +117,39 @@ def is_temporary_output(value, path: str) -> bool:
         return True
     temp = QgsProcessingUtils.tempFolder()
     return bool(temp) and os.path.abspath(path).startswith(os.path.abspath(temp) + os.sep)
+
+
+def takes_new_files(folder: str) -> bool:
+    """Whether new files can be written in `folder`: an existing local folder, writable (a read-only share or
+    mount, or the inside of an archive a layer was read from — `/vsizip/…` — is not)."""
+    return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+
+
+def processing_output_folder() -> str:
+    """QGIS's folder for Processing outputs (Settings ▸ Options ▸ Processing ▸ General ▸ Output folder), created if
+    missing."""
+    folder = None
+    try:
+        from processing.core.ProcessingConfig import ProcessingConfig
+
+        folder = ProcessingConfig.getSetting(ProcessingConfig.OUTPUT_FOLDER)
+    except ImportError:  # the Processing plugin's Python is not loaded (a bare application)
+        pass
+    if not folder:
+        folder = os.path.join(QgsApplication.qgisSettingsDirPath(), "processing", "outputs")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def default_output(source: str, suffix: str) -> tuple[str, str]:
+    """(path, where) of an output the user left to QGIS: beside `source` (`beside`), or, where its folder takes no
+    new files, in the Processing output folder; `where` says which and why, for the log."""
+    folder = os.path.dirname(os.path.abspath(source))
+    if takes_new_files(folder):
+        return beside(source, suffix), "beside the input"
+    out = processing_output_folder()
+    return beside(os.path.join(out, os.path.basename(source)), suffix), \
+        f"in the Processing output folder: the input's folder {folder} takes no new files"
 
 
 def beside(source: str, suffix: str) -> str:
@@ -353,7 +387,10 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(self.tr(f"Layer '{layer.name()}' is not a file raster (provider "
                                                  f"{layer.providerType()}); save it as GeoTIFF first."))
         parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
-        return parts.get("path") or layer.source()
+        path = parts.get("path") or layer.source()
+        if parts.get("vsiPrefix"):  # a raster inside an archive: /vsizip/ARCHIVE/MEMBER, as GDAL reads it
+            path = f"{parts['vsiPrefix']}{path}{parts.get('vsiSuffix') or ''}"
+        return path
 
     # -- running ----------------------------------------------------------------------------------
     def checkParameterValues(self, parameters, context):
@@ -436,9 +473,8 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         if is_temporary_output(parameters.get(self.OUTPUT), output):
             # a temporary .sarz would be deleted when QGIS closes: the compressed file is the user's work
-            output = beside(source, ".sarz")
-            feedback.pushInfo(self.tr(f"Compressed file: {output} (beside the input; choose a file to put it "
-                                      "elsewhere)"))
+            output, where = default_output(source, ".sarz")
+            feedback.pushInfo(self.tr(f"Compressed file: {output} ({where}; choose a file to put it elsewhere)"))
         elif not output.lower().endswith(".sarz"):
             output += ".sarz"
         outputs = {self.tr("Compressed file"): output, **(extra_outputs or {})}

@@ -385,7 +385,8 @@ class SarRaster:
         self.path = os.fspath(path)
         if units not in UNIT_CHOICES:
             raise SarInputError(self.path, f"unknown units '{units}' (choose from {', '.join(UNIT_CHOICES)})")
-        if not os.path.exists(self.path):
+        virtual = self.path.startswith("/vsi")  # a GDAL virtual file (/vsizip/ARCHIVE/MEMBER, …): opening tells
+        if not virtual and not os.path.exists(self.path):
             raise SarInputError(self.path, "file not found")
         if os.path.isdir(self.path):
             raise SarInputError(self.path, "is a folder, not a raster file")
