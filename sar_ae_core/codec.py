@@ -31,7 +31,8 @@ from sar_ae_core.nn.model_io import ModelBundle, load_bundle, ready_bundle
 from sar_ae_core.nn.runtime import threads as runtime_threads
 from sar_ae_core.options import MAX_BATCH, MAX_TILE, choice_option, device_option, int_option
 from sar_ae_core.progress import Progress, ProgressFn
-from sar_ae_core.scaling import ScalingParams, choose_scaling, db_to_raw, output_dtype, output_nodata
+from sar_ae_core.scaling import (ScalingParams, choose_scaling, db_to_raw, output_dtype, output_nodata,
+                                 scaling_kind)
 from sar_ae_core.tiling import TilePlan, blend_weights, read_strip
 
 
@@ -205,7 +206,8 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     source_bits = np.dtype(output_dtype(info.dtype, "db") if info.dtype.startswith("complex") else info.dtype).itemsize * 8
     return {"output": os.fspath(output_path), "bytes": nbytes, "bpp": nbytes * 8 / pixels,
             "compression_ratio": source_bits * pixels / (nbytes * 8), "parts": sizes, "pixels": pixels,
-            "bands": info.count, "model": bundle.name, "scaling": scaling_reason, "escaped_pixels": n_escaped,
+            "bands": info.count, "model": bundle.name, "scaling": scaling_reason,
+            "scaling_kind": scaling_kind(scaling, bundle.scaling), "escaped_pixels": n_escaped,
             "escape_step_db": step, "keep_brightest": float(keep_brightest) if step else 0.0, "device": dev,
             "runtime": bundle.runtime,
             "seconds": time.perf_counter() - t_start,

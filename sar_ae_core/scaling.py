@@ -349,6 +349,15 @@ __all__ = ["ScalingParams", "fit_scaling", "valid_mask", "raw_to_db", "db_to_raw
            "describe_raster", "DbHistogram", "UNITS"]
 
 
+def scaling_kind(chosen: ScalingParams, model_scaling: ScalingParams) -> str:
+    """Which of `choose_scaling`'s ranges `chosen` is: 'model' (the model's own), 'shifted' (its width, moved onto
+    an uncalibrated raster) or 'fitted' (fitted on the raster)."""
+    width = model_scaling.vmax_db - model_scaling.vmin_db
+    if abs(chosen.vmin_db - model_scaling.vmin_db) < 1e-6 and abs(chosen.vmax_db - model_scaling.vmax_db) < 1e-6:
+        return "model"
+    return "shifted" if abs((chosen.vmax_db - chosen.vmin_db) - width) < 1e-3 else "fitted"
+
+
 def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto", hist=None) -> tuple[ScalingParams, str]:
     """The dB range to code a raster with, and why (see compress_raster); `hist`: the raster's dB histogram
     when the caller has it (scaling.raster_histogram), else it is read."""

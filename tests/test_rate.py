@@ -103,3 +103,25 @@ def test_escapes_follow_the_rate_unless_given(tmp_path, spain_db, capsys):
     assert main(["compress", str(spain_db), str(tmp_path / "c.sarz"), "--rate", "0.25"]) == 0
     out = capsys.readouterr().out
     assert "outside the range, to ±0.5 dB (nothing clipped)" in out and "brightest" not in out
+
+
+def test_uncalibrated_rasters_at_high_rates_also_try_the_fitted_range(tmp_path, kerala_dn, spain_db):
+    """From 1 bpp, a raster whose auto range is the model's shifted onto it (uncalibrated DN) is also searched in
+    the range fitted on it, and the file closer to the source is kept: never farther than the shifted search
+    alone, at the same target; a calibrated raster is searched once."""
+    from sar_ae_core.rate import _rmse_db
+
+    both = compress_to_rate(kerala_dn, tmp_path / "b.sarz", 1.0)
+    alone = compress_to_rate(kerala_dn, tmp_path / "a.sarz", 1.0, fitted_window=False)
+    assert alone["scaling_kind"] == "shifted" and both["scaling_kind"] in ("shifted", "fitted")
+    assert len(both["passes"]) > len(alone["passes"]) and both["reached"] and alone["reached"]
+    work = tmp_path / "w"
+    work.mkdir()
+    assert _rmse_db(kerala_dn, str(tmp_path / "b.sarz"), str(work)) <= \
+        _rmse_db(kerala_dn, str(tmp_path / "a.sarz"), str(work))
+    low = compress_to_rate(kerala_dn, tmp_path / "l.sarz", 0.5)
+    assert low["scaling_kind"] == "shifted"  # below 1 bpp the shifted range only
+    cal = compress_to_rate(spain_db, tmp_path / "c.sarz", 1.0)
+    ref = compress_to_rate(spain_db, tmp_path / "r.sarz", 1.0, fitted_window=False)
+    assert cal["scaling_kind"] == "model" and len(cal["passes"]) == len(ref["passes"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sarz", "b.sarz", "c.sarz", "l.sarz", "r.sarz", "w"]
