@@ -1,7 +1,7 @@
 """Every product category, as a user runs the codec: `compress --rate R` on every held-out test scene of
 `training/splits/broad.json` (calibrated GRD dB, uncalibrated GRD DN, RTC γ0 linear, SLC / other sensors), then
-`reconstruct`, against JPEG2000 (GDAL/OpenJPEG) and AVIF 10-bit monochrome (libaom) coded from the same scaled dB
-data at the same file bytes.
+`reconstruct`, against JPEG2000 (GDAL/OpenJPEG) and AVIF 10-bit monochrome (libaom) at the same file bytes, coded
+from the raster's dB data scaled to the range `--scaling auto` gives it (the same whatever the codec's search chose).
 
 Per point: PSNR, SSIM, EPI, ENL ratio, RMSE (dB), the median |error| of the brightest 0.1 % of valid pixels, real
 bits per pixel from the file's bytes (headers included), what the rate search chose (rate point, gain, residual
@@ -99,6 +99,18 @@ def point(scene: Path, tmp: Path, rate: float, residual: bool, max_decoder_kmac=
             "seam_ratio_to_source": None if seam is None or not ref_seam else seam / ref_seam}
 
 
+def twin_scaling(scene: Path):
+    """The dB range the twins are coded in: the one `--scaling auto` gives the raster (the model's, or shifted onto
+    uncalibrated data) — the same for every rate, whatever range the codec's search settled on for its file."""
+    from sar_ae_core.defaults import DEFAULT_MODEL
+    from sar_ae_core.io.raster import open_raster
+    from sar_ae_core.nn.model_io import load_bundle
+    from sar_ae_core.scaling import choose_scaling
+
+    with open_raster(scene) as r:
+        return choose_scaling(r, load_bundle(DEFAULT_MODEL, "cpu").scaling, "auto")[0]
+
+
 def twins(scene: Path, tmp: Path, sarz_like: dict, scaling) -> dict:
     from baselines import avif_twin, interpolate
     from bench_decoder_pilot import _assess
@@ -135,14 +147,16 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     with held_out(args.split_file, args.split, args.category) as (tmp, scenes):
         for scene, category in scenes:
+            scaling = twin_scaling(scene)
             for rate in args.rates:
                 row = {"scene": scene.name, "category": category, "target_bpp": rate}
                 row["codec"] = point(scene, tmp, rate, True, args.max_decoder_kmac)
                 with SarzFile(tmp / "c.sarz") as f:
-                    scaling = f.scaling
+                    row["codec"]["window_db"] = [f.scaling.vmin_db, f.scaling.vmax_db]
                 if args.no_residual:
                     row["codec_no_residual"] = point(scene, tmp, rate, False, args.max_decoder_kmac)
                 row.update(twins(scene, tmp, row["codec"], scaling))
+                row["twin_window_db"] = [scaling.vmin_db, scaling.vmax_db]
                 rows.append(row)
                 c, j, a = row["codec"], row["jpeg2000"], row["avif"]
                 extra = f" | no residual {row['codec_no_residual']['psnr']:.2f}" if args.no_residual else ""
@@ -177,8 +191,9 @@ def main(argv=None) -> int:
               "seconds": time.perf_counter() - t_start,
               "max_decoder_kmac": args.max_decoder_kmac,
               "notes": "bpp from whole-file bytes; JPEG2000 matched within ~1 %, AVIF interpolated in log-bytes "
-                       "between the bracketing qualities; both coded from the .sarz's scaled dB data (pixels only, "
-                       "no georeference); bright = pixels at or above the source's 99.9th dB percentile; BD-rate < 0: "
+                       "between the bracketing qualities; both coded from the raster's dB data scaled to the range "
+                       "--scaling auto gives it (the codec's file may use the range fitted on the raster: uncalibrated "
+                       "rasters from 1 bpp), 16 / 10 bits (pixels only, no georeference); bright = pixels at or above the source's 99.9th dB percentile; BD-rate < 0: "
                        "the codec needs fewer bits for the same PSNR"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
