@@ -387,6 +387,8 @@ def choose_scaling(r, model_scaling: ScalingParams, mode: str = "auto", hist=Non
                          f"model's range [{model_scaling.vmin_db:.1f}, {model_scaling.vmax_db:.1f}] dB)")
     fitted = fit_scaling([r], low=0.1, high=99.9, max_pixels_per_raster=4_000_000,
                          noise_floor=model_scaling.noise_floor, flat_ok=True)
+    # short header numbers, rounded before they are used
+    fitted = dataclasses.replace(fitted, vmin_db=round(fitted.vmin_db, 3), vmax_db=round(fitted.vmax_db, 3))
     why = "fitted on this raster (0.1-99.9 percentiles)"
     if mode == "auto":
         why += (f": its 1st-99th percentiles [{quick.vmin_db:.1f}, {quick.vmax_db:.1f}] dB fall outside the "
