@@ -318,8 +318,7 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
     a rate point that misses the target, its step as large as the target allows (any error is reachable that way);
     the smallest file that meets the target wins. A target no candidate meets is an input error naming the best
     RMSE reached (nothing is written). `max_decoder_kmac`: as for compress_to_rate."""
-    from sar_ae_core.codec import LatentStore, compress_raster, reconstruct_raster
-    from sar_ae_core.quality.assess import assess_rasters
+    from sar_ae_core.codec import LatentStore, compress_raster
 
     if not (isinstance(max_rmse_db, (int, float)) and math.isfinite(max_rmse_db) and max_rmse_db > 0):
         raise SarInputError(None, f"--max-rmse-db must be a positive number of dB (got {max_rmse_db})")
@@ -343,9 +342,7 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
             stores.setdefault(i, LatentStore(work, f"m{i}"))
             res = compress_raster(input_path, path, model=points[i][0], gain=gain, latent_store=stores[i],
                                   overwrite=True, **kwargs)
-            rec = os.path.join(work, "check.tif")
-            reconstruct_raster(path, rec, units="db", overwrite=True)
-            res.update(path=path, model=points[i][0], gain=gain, rmse_db=float(assess_rasters(input_path, rec)["rmse_db"]))
+            res.update(path=path, model=points[i][0], gain=gain, rmse_db=_rmse_db(input_path, path, work))
             passes.append({"model": res["model"], "gain": gain, "bpp": res["bpp"], "rmse_db": res["rmse_db"]})
             if progress is not None:
                 progress(min(0.95, len(passes) / max_passes), f"--max-rmse-db: pass {len(passes)}")
@@ -404,17 +401,13 @@ def _residual_for_rmse(input_path, work, base: dict, max_rmse_db: float, passes:
     """The smallest file of `base` + a residual layer whose reconstruction is within `max_rmse_db` (RMSE in dB over
     the valid pixels, measured by assess): bisection on the log step (the error rises with the step); None if even
     the finest step misses."""
-    from sar_ae_core.codec import reconstruct_raster
     from sar_ae_core.coding import residual as res
-    from sar_ae_core.quality.assess import assess_rasters
     from sar_ae_core.refine import ResidualSource
 
     def measured(path: str) -> float:
-        rec = os.path.join(work, "check.tif")
-        reconstruct_raster(path, rec, units="db", overwrite=True)
         if progress is not None:
             progress(0.95, f"--max-rmse-db: pass {len(passes) + 1}")
-        return float(assess_rasters(input_path, rec)["rmse_db"])
+        return _rmse_db(input_path, path, work)
 
     best = None
     with ResidualSource(base["path"], input_path, work_dir=work) as rs:
