@@ -588,7 +588,8 @@ def run_batch(inputs: Sequence[str], out_dir: str, *, reconstruct: bool = False,
     if not reconstruct:  # escape options not given (None): compress's defaults, or with a rate the target's
         from sar_ae_core.rate import escape_policy
 
-        auto = escape_policy(options["rate"]) if options.get("rate") is not None else _compress_defaults()
+        rate = options.get("rate")
+        auto = escape_policy(rate) if isinstance(rate, (int, float)) else _compress_defaults()  # else: checked below
         options.update({k: auto[k] for k in ("escape_step_db", "keep_brightest") if options.get(k) is None})
     _check_driver_options(workers, threads_per_worker, codec_threads, retries, scheduler)
     if reconstruct:
