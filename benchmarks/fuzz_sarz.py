@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sar_ae_core.coding.container import (  # noqa: E402
-    _FOOTER, _FOOTER2, _PRE, FORMAT_MAJOR, FORMAT_MINOR, _header_dict, _leb128, footer_v3, pre_v3)
+    _FOOTER, _FOOTER2, _PRE, FORMAT_MAJOR, FORMAT_MINOR, _header_dict, _leb128, chunk_index, footer_v3, pre_v3)
 
 HOSTILE_VALUES = [None, True, -1, 0, 1, 3, 10 ** 6, 10 ** 9, 2 ** 63, -1e308, 1e308, 0.5, "", "x", "nan",
                   [], [1], {}, {"a": 1}, "A" * 5000]
@@ -76,8 +76,7 @@ def build(header, chunks: list[bytes], header_text: bytes | None = None, header_
         out += c
     if index_body is None:
         if major >= 2:
-            index_body = _leb128([len(chunks), *map(len, chunks)]) + \
-                np.asarray([zlib.crc32(c) for c in chunks], "<u4").tobytes()
+            index_body = chunk_index([len(c) for c in chunks], [zlib.crc32(c) for c in chunks])
         else:
             raw = np.asarray([(len(c), zlib.crc32(c)) for c in chunks], "<u4").reshape(-1, 2).tobytes()
             index_body = zstandard.ZstdCompressor(level=3).compress(raw)

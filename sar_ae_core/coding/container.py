@@ -166,6 +166,11 @@ def pre_v3(body: bytes, major: int = FORMAT_MAJOR, minor: int = FORMAT_MINOR) ->
     return MAGIC + bytes([major, minor]) + _leb128([len(body) - len(_ZSTD_MAGIC)])
 
 
+def chunk_index(lengths, crcs) -> bytes:
+    """The 2.x/3.x chunk index: LEB128 count and lengths, then the u32 CRC-32 of each chunk."""
+    return _leb128([len(lengths), *lengths]) + np.asarray(crcs, "<u4").tobytes()
+
+
 def footer_v3(index: bytes, head_crc: int) -> bytes:
     """The 3.x footer: CRC-32 of the bytes before the chunks (`head_crc`, their running CRC) and of the index, then
     the index length as LEB128 backwards."""
@@ -196,7 +201,6 @@ class ContainerWriter:
             fh.write(_PRE.pack(MAGIC, self.major, minor, len(body), zlib.crc32(body)))
             fh.write(body)
             size = _PRE.size + len(body)
-        self._start = fh.tell()
         self.entries: list[tuple[int, int]] = []
         self.sizes = {"header": size}
 
@@ -210,21 +214,15 @@ class ContainerWriter:
         """Write index and footer; returns the byte count of each part."""
         offset = self.fh.tell()
         table = np.asarray(self.entries, dtype="<u4").reshape(-1, 2)
-        if self.major >= 3:
-            index = _leb128([len(table), *table[:, 0]]) + table[:, 1].astype("<u4").tobytes()
-            footer = footer_v3(index, self._crc)
-            self.fh.write(index + footer)
-            self.sizes["index+footer"] = len(index) + len(footer)
-        elif self.major >= 2:
-            index = _leb128([len(table), *table[:, 0]]) + table[:, 1].astype("<u4").tobytes()
-            self.fh.write(index)
-            self.fh.write(_FOOTER2.pack(len(index), zlib.crc32(index), END))
-            self.sizes["index+footer"] = len(index) + _FOOTER2.size
+        if self.major >= 2:
+            index = chunk_index(table[:, 0], table[:, 1])
+            footer = footer_v3(index, self._crc) if self.major >= 3 else \
+                _FOOTER2.pack(len(index), zlib.crc32(index), END)
         else:
             index = zstandard.ZstdCompressor(level=19).compress(table.tobytes())
-            self.fh.write(index)
-            self.fh.write(_FOOTER.pack(offset, len(index), zlib.crc32(index), END))
-            self.sizes["index+footer"] = len(index) + _FOOTER.size
+            footer = _FOOTER.pack(offset, len(index), zlib.crc32(index), END)
+        self.fh.write(index + footer)
+        self.sizes["index+footer"] = len(index) + len(footer)
         return dict(self.sizes)
 
 
