@@ -144,17 +144,11 @@ def bundled_macs(name: str, size: int = 256) -> dict:
     latent channels, as trained)."""
     from sar_ae_core.nn.model_io import load_bundle
 
-    bundle = load_bundle(name, "cpu", runtime="torch")
-    model = bundle.model
+    model = load_bundle(name, "cpu", runtime="torch").model
     px = size * size
-    enc, dec = count_macs(model, size, "encoder") / px, count_macs(model, size, "decoder") / px
-    out = {"counted_by": f"benchmarks/bench_models.py count_macs, {size}² input"}
-    if bundle.side is not None:  # the side prior's h_a runs with the encoder, its h_s before the decoder
-        side_enc, side_dec = bundle.side.macs_per_pixel(bundle.downsample_factor)
-        out.update(side_encoder_kmac_px=round(side_enc / 1000, 3), side_decoder_kmac_px=round(side_dec / 1000, 3))
-        enc, dec = enc + side_enc, dec + side_dec
-        out["counted_by"] += " (networks and side prior)"
-    return {"encoder_kmac_px": round(enc / 1000, 2), "decoder_kmac_px": round(dec / 1000, 2), **out}
+    return {"encoder_kmac_px": round(count_macs(model, size, "encoder") / px / 1000, 2),
+            "decoder_kmac_px": round(count_macs(model, size, "decoder") / px / 1000, 2),
+            "counted_by": f"benchmarks/bench_models.py count_macs, {size}² input"}
 
 
 def update_cards(size: int = 256) -> int:

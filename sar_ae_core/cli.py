@@ -468,11 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bits", type=int, default=8,
                    help="latent quantization bits for the uniform-zstd codec, 1-16 (default 8)")
     s.add_argument("--codec", default="auto", choices=("auto",) + CODEC_IDS,
-                   help="latent coder: the model's learned entropy model when it has one (auto: hyper-range where "
-                        "the model has a side prior — a density per symbol predicted from side information, the "
-                        "factorized tables for a tile where those are smaller — else factorized-range-adaptive, "
-                        "which leaves out the latent channels the model never uses and fits the tables to the "
-                        "raster where that pays), or uniform quantization + zstd")
+                   help="latent coder: the model's learned entropy model when it has one (auto: "
+                        "factorized-range-adaptive, which leaves out the latent channels the model never uses and "
+                        "fits the tables to the raster where that pays), or uniform quantization + zstd")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     s.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     s.add_argument("--tile", type=int, default=TILE, help=f"tile size in pixels (default {TILE})")

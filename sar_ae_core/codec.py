@@ -95,7 +95,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     if gain != 1.0:
         from sar_ae_core.coding.latent_coding import MAX_GAIN, MIN_GAIN
 
-        if type(codec).__name__ not in ("FactorizedRangeCodec", "HyperRangeCodec"):  # the factorized symbols
+        if type(codec).__name__ != "FactorizedRangeCodec":  # either factorized-range id
             raise SarInputError(None, "a quantization gain needs a model with a factorized entropy model")
         if not MIN_GAIN <= float(gain) <= MAX_GAIN:
             raise SarInputError(None, f"quantization gain must be in [{MIN_GAIN}, {MAX_GAIN}] (got {gain})")
@@ -308,20 +308,10 @@ def _choose_codec(name: str, bundle: ModelBundle, bits: int):
         "hyperprior-range" if getattr(bundle.tables, "kind", "") == "hyperprior" else "factorized-range")
     if name == "auto":
         name = coded or UniformZstdCodec.id
-        if name == "factorized-range" and getattr(bundle, "side", None) is not None:
-            name = "hyper-range"
-        elif name == "factorized-range" and bundle.tables.inactive().any():
+        if name == "factorized-range" and bundle.tables.inactive().any():
             name = "factorized-range-adaptive"
     if name == UniformZstdCodec.id:
         return UniformZstdCodec(bits=bits)
-    if name == "hyper-range":
-        if coded != "factorized-range" or getattr(bundle, "side", None) is None:
-            raise SarInputError(bundle.path, f"model '{bundle.name}' has no side prior for --codec hyper-range")
-        from sar_ae_core.coding.side import HyperRangeCodec
-
-        codec = HyperRangeCodec(bundle.tables, bundle.side)
-        codec.wants_adaptation = True  # the fallback tables fitted to the file where that pays
-        return codec
     if name == "factorized-range-adaptive":  # the active codec, its tables fitted to the file where that pays
         codec = _choose_codec("factorized-range-active", bundle, bits)
         codec.wants_adaptation = True

@@ -10,7 +10,7 @@ UNIT_CHOICES = ("auto",) + UNITS
 SCALING_CHOICES = ("auto", "model", "source")
 #: latent codec ids stored in `.sarz` headers (latent_coding.codec_from_params reads them)
 CODEC_IDS = ("uniform-zstd", "factorized-range", "factorized-range-active", "factorized-range-adaptive",
-             "hyperprior-range", "hyper-range")
+             "hyperprior-range")
 #: output units of reconstruct
 OUTPUT_UNITS = ("source", "db")
 #: GeoTIFF compression of reconstruct's output; the first is the default: zstd level 1 (GDAL compresses the blocks

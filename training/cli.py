@@ -260,20 +260,7 @@ def cmd_experiments(argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_side_prior(argv: Sequence[str]) -> int:
-    from .side_prior import cmd_side_prior as run
-
-    return run(argv)
-
-
-def cmd_side_export(argv: Sequence[str]) -> int:
-    from .side_prior import cmd_side_export as run
-
-    return run(argv)
-
-
-COMMANDS = {"train": cmd_train, "export": cmd_export, "experiments": cmd_experiments, "side-prior": cmd_side_prior,
-            "side-export": cmd_side_export}
+COMMANDS = {"train": cmd_train, "export": cmd_export, "experiments": cmd_experiments}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -94,42 +94,10 @@ class UniformZstdCodec:
         return self.dequantize(q, bounds[0], bounds[1])
 
 
-def codec_from_params(p: dict, tables=None, side=None) -> LatentCodec:
-    """The codec named in a header (KeyError for unknown ids; ValueError when its tables are missing). `side`: the
-    model's side prior (coding.side.SidePrior), for 'hyper-range'."""
+def codec_from_params(p: dict, tables=None) -> LatentCodec:
+    """The codec named in a header (KeyError for unknown ids; ValueError when its tables are missing)."""
     if p.get("id") == UniformZstdCodec.id:
         return UniformZstdCodec.from_params(p)
-    if p.get("id") == "hyper-range":
-        from sar_ae_core.coding.side import HyperRangeCodec
-
-        if tables is None or getattr(tables, "kind", "factorized") != "factorized":
-            raise ValueError("the model has no factorized entropy model")
-        if side is None:
-            raise ValueError("the model has no side prior (NAME.side.npz beside its bundle)")
-        if not side.sha256.startswith(str(p.get("side", "-"))) or len(str(p.get("side", ""))) < 8:
-            raise ValueError(f"the file was coded with side prior {str(p.get('side'))[:16]}, the model's is "
-                             f"{side.sha256[:16]}")
-        if int(p.get("precision", tables.precision)) != tables.precision:
-            raise ValueError("table precision differs from the file's")
-        codec = HyperRangeCodec(tables, side)
-        if "adapt" in p:  # fallback tables fitted to the file
-            import base64
-            import binascii
-
-            from sar_ae_core.coding.tables import parse_adaptation
-
-            try:
-                blob = base64.b85decode(str(p["adapt"]))
-                adapted = parse_adaptation(tables, blob)
-            except (ValueError, binascii.Error) as exc:
-                raise ValueError(f"the file's adapted tables are damaged ({exc})") from None
-            codec = HyperRangeCodec(adapted, side, modes=tables.modes(), skip=tables.inactive())
-            codec.adaptation = blob
-        gain = float(p.get("gain", 1.0))
-        if not MIN_GAIN <= gain <= MAX_GAIN:
-            raise ValueError(f"quantization gain {gain} is outside [{MIN_GAIN}, {MAX_GAIN}]")
-        codec.gain = gain
-        return codec
     if p.get("id") in ("factorized-range", "factorized-range-active", "factorized-range-adaptive", "hyperprior-range"):
         from sar_ae_core.coding.tables import FactorizedRangeCodec
 

@@ -90,7 +90,7 @@ class SarzFile:
             raise SarInputError(self.path, f"header says the latents are 1/{self.plan.downsample} of the raster, model "
                                            f"'{bundle.name}' makes 1/{bundle.downsample_factor} (file is damaged)")
         try:
-            self.codec = codec_from_params(self.header["codec"], bundle.tables, getattr(bundle, "side", None))
+            self.codec = codec_from_params(self.header["codec"], bundle.tables)
         except KeyError:
             raise SarInputError(self.path, f"made with latent codec '{self.header['codec'].get('id')}' which this "
                                            "version cannot decode; please upgrade") from None

@@ -162,10 +162,8 @@ def validate_header(h, path: str) -> None:
             from sar_ae_core.coding.latent_coding import MAX_GAIN, MIN_GAIN
 
             c.num(k, "gain", "codec", MIN_GAIN, MAX_GAIN)
-        if cid == "factorized-range-adaptive" or (cid == "hyper-range" and "adapt" in k):
+        if cid == "factorized-range-adaptive":
             c.str_(k, "adapt", "codec", max_len=1 << 20)
-        if cid == "hyper-range":
-            c.str_(k, "side", "codec", max_len=64)
     # georef
     g = h["georef"]
     if "transform" in g and g["transform"] is not None:

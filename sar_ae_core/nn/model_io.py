@@ -61,7 +61,6 @@ class ModelBundle:
     info: dict[str, Any] = field(default_factory=dict)
     tables: Optional[EntropyTables] = None     # frozen integer coding tables of the entropy model
     nets: Any = None                           # encode/decode on numpy arrays (runtime.OnnxNets / TorchNets)
-    side: Any = None                           # side prior of its factorized latents (coding.side.SidePrior)
 
     @property
     def runtime(self) -> str:
@@ -218,16 +217,7 @@ def load_bundle(name_or_path: Optional[str] = None, device: "str | torch.device"
     model.to(device).eval()
     return ModelBundle(name=payload.get("name", path.stem), model=model, config=config, scaling=scaling,
                        sha256=digest, path=str(path), info=payload.get("info", {}), tables=tables,
-                       nets=TorchNets(model, device), side=_side(path, tables, digest))
-
-
-def _side(path: Path, tables, sha: str):
-    """The side prior stored beside a factorized model's bundle (NAME.side.npz), or None."""
-    if tables is None or getattr(tables, "kind", "factorized") != "factorized":
-        return None
-    from sar_ae_core.coding.side import load_side_prior
-
-    return load_side_prior(path, tables, sha)
+                       nets=TorchNets(model, device))
 
 
 def _load_runtime_bundle(path: Path) -> ModelBundle:
@@ -251,7 +241,7 @@ def _load_runtime_bundle(path: Path) -> ModelBundle:
                     encoder_active=extra.get("encoder_active.onnx"), decoder_active=extra.get("decoder_active.onnx"),
                     core_halo=meta.get("core_halo_cells"))
     return ModelBundle(name=name, model=None, config=config, scaling=scaling, sha256=sha, path=str(path),
-                       info=meta.get("info") or {}, tables=tables, nets=nets, side=_side(path, tables, sha))
+                       info=meta.get("info") or {}, tables=tables, nets=nets)
 
 
 def ready_bundle(model: Optional[str], device: str = "auto", bundle: Optional[ModelBundle] = None,

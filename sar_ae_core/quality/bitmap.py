@@ -35,9 +35,6 @@ def cell_bits(f, band: int) -> np.ndarray:
         for tc in range(p.tile_cols):
             r0, r1, c0, c1 = p.tile_cells(tr, tc)
             y = f.latent_tile(tr, tc, band)
-            if hasattr(codec, "cell_bits"):  # hyper-range: the side prior's tables (or the tile's factorized ones)
-                out[r0:r1, c0:c1] = codec.cell_bits(y)
-                continue
             q = codec.quantize(y)  # the symbols (dequantization is inverted exactly)
             out[r0:r1, c0:c1] = sum(codec.tables.symbol_bits(c, q[c]) for c in coded)
     return out
