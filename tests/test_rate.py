@@ -125,3 +125,24 @@ def test_uncalibrated_rasters_at_high_rates_also_try_the_fitted_range(tmp_path, 
     ref = compress_to_rate(spain_db, tmp_path / "r.sarz", 1.0, fitted_window=False)
     assert cal["scaling_kind"] == "model" and len(cal["passes"]) == len(ref["passes"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sarz", "b.sarz", "c.sarz", "l.sarz", "r.sarz", "w"]
+
+
+def test_the_neighbouring_rate_point_is_measured_too(tmp_path, sar_data):
+    """A coarser gain on the higher rate point or a finer one on the lower: both are searched to the target and
+    the file closer to the source is kept (on this RTC scene at 0.25 bpp the higher point at gain ~0.44 is 0.13 dB
+    closer than the lower one at ~1.6, which the rule alone picks)."""
+    from sar_ae_core.rate import _rmse_db
+
+    src = sar_data / "fullres" / "s1_whu_t113_20171021_vh_hill_lin.tif"
+    both = compress_to_rate(src, tmp_path / "b.sarz", 0.25)
+    alone = compress_to_rate(src, tmp_path / "a.sarz", 0.25, neighbour=False)
+    assert both["reached"] and alone["reached"]
+    assert {p["model"] for p in both["passes"]} >= {"sarae-q1", "sarae-q2"}
+    assert len(both["passes"]) > len(alone["passes"])
+    work = tmp_path / "w"
+    work.mkdir()
+    e_both, e_alone = _rmse_db(src, str(tmp_path / "b.sarz"), str(work)), _rmse_db(src, str(tmp_path / "a.sarz"),
+                                                                                     str(work))
+    assert e_both <= e_alone
+    assert both["model"] != alone["model"] and e_both < e_alone - 0.01
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sarz", "b.sarz", "w"]
