@@ -196,7 +196,7 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
         #     gain on the higher point and a finer gain on the lower one is closer to the source depends on the
         #     raster (held-out validation scenes at 0.25 and 0.5 bpp: from −1.5 to +1.6 dB), so both are measured
         if neighbour and close(best) and best["gain"] != 1.0:
-            best = _neighbour(input_path, work, points, plain, stores, at_unit_gain, search, best, close)
+            best = _neighbour(input_path, work, points, plain, at_unit_gain, search, best, close)
         # 3. a residual layer (coding/residual.py) on a lower rate point: where the network stops gaining (speckle,
         #    high rates) the same bytes buy a smaller error; whichever of the two files is closer to the source wins
         if residual and float(kwargs.get("escape_step_db", 1.0) or 0) > 0:
@@ -257,7 +257,7 @@ def _layer_pass(rs, base: dict, work: str, step: float, passes: list, rmse_db=No
     return r
 
 
-def _neighbour(input_path, work, points, plain, stores, at_unit_gain, search, best, close) -> dict:
+def _neighbour(input_path, work, points, plain, at_unit_gain, search, best, close) -> dict:
     """`best` (a rate point at a gain other than 1, at the target) or the neighbouring point on the other side of gain
     1 searched to the target — a finer gain on the point below, or a coarser one (down to LOWEST_USEFUL_GAIN) on the
     point above — whichever has the smaller RMSE in dB; `best` gets its `rmse_db`."""

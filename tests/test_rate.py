@@ -143,6 +143,5 @@ def test_the_neighbouring_rate_point_is_measured_too(tmp_path, sar_data):
     work.mkdir()
     e_both, e_alone = _rmse_db(src, str(tmp_path / "b.sarz"), str(work)), _rmse_db(src, str(tmp_path / "a.sarz"),
                                                                                      str(work))
-    assert e_both <= e_alone
     assert both["model"] != alone["model"] and e_both < e_alone - 0.01
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sarz", "b.sarz", "w"]
