@@ -132,13 +132,13 @@ def cmd_compress(args) -> int:
             from sar_ae_core.rate import compress_to_rate, search_summary
 
             r = compress_to_rate(args.input, args.output, args.rate, residual=not args.no_residual,
-                                 max_decoder_kmac=args.max_decoder_kmac, **options)
+                                 max_decoder_kmac=args.max_decoder_kmac, progress=bar, **options)
             print(search_summary(r))
         elif args.max_rmse_db is not None:
             from sar_ae_core.rate import compress_to_rmse
 
             r = compress_to_rmse(args.input, args.output, args.max_rmse_db, residual=not args.no_residual,
-                                 max_decoder_kmac=args.max_decoder_kmac, **options)
+                                 max_decoder_kmac=args.max_decoder_kmac, progress=bar, **options)
             gain = f" at quantization gain {r['gain']:.3f}" if r["gain"] != 1.0 else ""
             if r.get("residual_step_db"):
                 gain += f" + residual layer (step {r['residual_step_db']:.3g} dB)"

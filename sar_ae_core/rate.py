@@ -27,6 +27,7 @@ import tempfile
 from sar_ae_core.errors import SarInputError
 from sar_ae_core.coding.latent_coding import MAX_GAIN
 from sar_ae_core.io.output import AtomicOutput, check_output_path
+from sar_ae_core.progress import Progress
 
 COARSEST_USEFUL_GAIN = 0.7
 #: the lowest rate point is not taken below this gain: past it a few more percent of bytes saved cost dB (Spain at
@@ -115,6 +116,7 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
     t_start = time.perf_counter()
     inputs = [input_path]
     check_output_path(output_path, overwrite, inputs)
+    prog = Progress(progress)
     points = _rate_points(max_decoder_kmac)
     folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
     passes: list[dict] = []
@@ -122,8 +124,8 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
                                      dir=folder) as work:
         def attempt(model: str, gain: float, store) -> dict:
             path = os.path.join(work, f"pass{len(passes)}.sarz")
-            res = compress_raster(input_path, path, model=model, gain=gain, latent_store=store,
-                                  overwrite=True, **kwargs)
+            res = compress_raster(input_path, path, model=model, gain=gain, latent_store=store, overwrite=True,
+                                  progress=_pass_progress(prog, passes, f"--rate {target_bpp:g}"), **kwargs)
             res.update(path=path, model=model, gain=gain)
             passes.append({"model": model, "gain": gain, "bpp": res["bpp"]})
             return res
@@ -201,15 +203,18 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
         #    high rates) the same bytes buy a smaller error; whichever of the two files is closer to the source wins
         if residual and float(kwargs.get("escape_step_db", 1.0) or 0) > 0:
             best = _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bpp, tolerance, passes,
-                                 max_passes, close, better)
+                                 max_passes, close, better, lambda: _pass_progress(prog, passes, f"--rate {target_bpp:g}"))
         reached = close(best)
         # 4. uncalibrated data at high rates: the same search in the dB range fitted on the raster; the file closer
         #    to the source wins
         if fitted_window and kwargs.get("scaling", "auto") == "auto" and target_bpp >= FITTED_WINDOW_FROM_BPP \
                 and best.get("scaling_kind") == "shifted":
+            done = 0.95 * len(passes) / (len(passes) + 8)
+            fitted = prog.sub(done, done + 0.5 * (0.95 - done))
             alt = compress_to_rate(input_path, os.path.join(work, "fitted.sarz"), target_bpp, tolerance=tolerance,
                                    max_passes=max_passes, residual=residual, max_decoder_kmac=max_decoder_kmac,
-                                   fitted_window=False, neighbour=neighbour, **{**kwargs, "scaling": "source"})
+                                   fitted_window=False, neighbour=neighbour, progress=lambda f, m="": fitted.step(f, m),
+                                   **{**kwargs, "scaling": "source"})
             passes += alt["passes"]
             alt["path"] = alt["output"]
             if alt["reached"] >= reached and _rmse_db(input_path, alt["path"], work) < \
@@ -257,6 +262,16 @@ def _layer_pass(rs, base: dict, work: str, step: float, passes: list, rmse_db=No
     return r
 
 
+def _pass_progress(prog, passes: list, label: str):
+    """The progress callback for the next search pass: the passes fill [0, 0.95) (the n-th from 0.95·n/(n + 8), as
+    their number is not known in advance), each pass's own progress (its tile rows) within its slot; the front end's
+    Cancel raises Cancelled from inside the pass."""
+    n = len(passes)
+    slot = prog.sub(0.95 * n / (n + 8), 0.95 * (n + 1) / (n + 9))
+    slot.step(0.0, f"{label}: pass {n + 1}")
+    return lambda f, m="": slot.step(f, f"{label}: pass {n + 1}" + (f", {m}" if m else ""))
+
+
 def _neighbour(input_path, work, points, plain, at_unit_gain, search, best, close) -> dict:
     """`best` (a rate point at a gain other than 1, at the target) or the neighbouring point on the other side of gain
     1 searched to the target — a finer gain on the point below, or a coarser one (down to LOWEST_USEFUL_GAIN) on the
@@ -283,7 +298,7 @@ def _neighbour(input_path, work, points, plain, at_unit_gain, search, best, clos
 
 
 def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bpp, tolerance, passes, max_passes,
-                  close, better) -> dict:
+                  close, better, tick=lambda: None) -> dict:
     """The better (smaller RMSE in dB over the coded pixels) of `best` and a residual layer sized to the target on
     each rate point whose plain rate leaves room for one."""
     from sar_ae_core.coding import residual as res
@@ -314,6 +329,7 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
             for _ in range(10):
                 if len(passes) >= max_passes + 10:
                     break
+                tick()
                 r = _layer_pass(rs, base, work, check_step(round(math.exp(s), 6)), passes)
                 cand = r if cand is None else better(r, cand)
                 f = math.log(r["bpp"] / target_bpp)
@@ -367,6 +383,7 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
 
     t_start = time.perf_counter()
     check_output_path(output_path, overwrite, [input_path])
+    prog = Progress(progress)
     points = _rate_points(max_decoder_kmac)
     folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
     passes: list[dict] = []
@@ -378,11 +395,9 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
             path = os.path.join(work, f"pass{len(passes)}.sarz")
             stores.setdefault(i, LatentStore(work, f"m{i}"))
             res = compress_raster(input_path, path, model=points[i][0], gain=gain, latent_store=stores[i],
-                                  overwrite=True, **kwargs)
+                                  overwrite=True, progress=_pass_progress(prog, passes, "--max-rmse-db"), **kwargs)
             res.update(path=path, model=points[i][0], gain=gain, rmse_db=_rmse_db(input_path, path, work))
             passes.append({"model": res["model"], "gain": gain, "bpp": res["bpp"], "rmse_db": res["rmse_db"]})
-            if progress is not None:
-                progress(min(0.95, len(passes) / max_passes), f"--max-rmse-db: pass {len(passes)}")
             return res
 
         ok = lambda r: r["rmse_db"] <= max_rmse_db  # noqa: E731
@@ -418,7 +433,8 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
             for i in sorted({0, max(pick - 1, 0)} if pick is not None else {0}):
                 if ok(unit[i]):
                     continue
-                cand = _residual_for_rmse(input_path, work, unit[i], max_rmse_db, passes, progress)
+                cand = _residual_for_rmse(input_path, work, unit[i], max_rmse_db, passes,
+                                          lambda: _pass_progress(prog, passes, "--max-rmse-db"))
                 if cand is not None and (best is None or cand["bytes"] < best["bytes"]):
                     best = cand
         if best is None:
@@ -433,7 +449,7 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
     return best
 
 
-def _residual_for_rmse(input_path, work, base: dict, max_rmse_db: float, passes: list, progress=None,
+def _residual_for_rmse(input_path, work, base: dict, max_rmse_db: float, passes: list, tick=lambda: None,
                        max_tries: int = 10):
     """The smallest file of `base` + a residual layer whose reconstruction is within `max_rmse_db` (RMSE in dB over
     the valid pixels, measured by assess): bisection on the log step (the error rises with the step); None if even
@@ -442,8 +458,7 @@ def _residual_for_rmse(input_path, work, base: dict, max_rmse_db: float, passes:
     from sar_ae_core.refine import ResidualSource
 
     def measured(path: str) -> float:
-        if progress is not None:
-            progress(0.95, f"--max-rmse-db: pass {len(passes) + 1}")
+        tick()
         return _rmse_db(input_path, path, work)
 
     best = None

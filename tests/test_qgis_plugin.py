@@ -702,6 +702,41 @@ def test_compress_to_a_target_rate_logs_every_decision(qgis_app, tmp_path, spain
     assert bits.flags() & QgsProcessingParameterDefinition.FlagAdvanced  # the default model ignores it
 
 
+def test_the_rate_search_reports_progress_and_can_be_cancelled(qgis_app, tmp_path, spain_db):
+    """Target rate: the bar moves pass by pass (not one step at the end) and the label names the pass; Cancel
+    during the search stops it with no output."""
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    class Watch(QgsProcessingFeedback):
+        def __init__(self, cancel_above=None):
+            super().__init__()
+            self.seen, self.texts, self.cancel_above = [], [], cancel_above
+            self.progressChanged.connect(self._on_progress)
+
+        def setProgressText(self, text):
+            self.texts.append(text)
+            super().setProgressText(text)
+
+        def _on_progress(self, percent):
+            self.seen.append(percent)
+            if self.cancel_above is not None and percent > self.cancel_above and not self.isCanceled():
+                self.cancel()
+
+    fb = Watch()
+    processing.run("sarae:compress", {"INPUT": str(spain_db), "TARGET_BPP": 0.5, "OUTPUT": str(tmp_path / "t.sarz")},
+                   feedback=fb)
+    search = [p for p in fb.seen if 5 < p < 95]
+    assert len(set(round(p) for p in search)) >= 5 and search == sorted(search)
+    assert any(t.startswith("--rate 0.5: pass 3") for t in fb.texts)
+    cancel = Watch(cancel_above=30.0)
+    res, layers = run_and_load("sarae:compress", {"INPUT": str(spain_db), "TARGET_BPP": 0.5,
+                                                  "OUTPUT": str(tmp_path / "c.sarz")}, cancel)
+    assert res == {} and layers == {}
+    assert "Cancelled: no output was written." in cancel.textLog()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.sarz"]
+
+
 def test_compress_with_a_residual_layer_step(qgis_app, tmp_path, spain_db, tiny_models):
     """Advanced 'Residual layer step': the .sarz carries the layer (logged), and its reconstruction stays within
     one step of the source everywhere."""

@@ -145,3 +145,35 @@ def test_the_neighbouring_rate_point_is_measured_too(tmp_path, sar_data):
                                                                                      str(work))
     assert both["model"] != alone["model"] and e_both < e_alone - 0.01
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sarz", "b.sarz", "w"]
+
+
+@pytest.mark.parametrize("search", ["rate", "rmse"])
+def test_searches_report_progress_and_stop_on_cancel(tmp_path, spain_db, search):
+    """Every pass reports its number and its own progress, fractions never go back; a cancel inside a pass stops
+    the search there, with no output and no work folder left."""
+    from sar_ae_core.errors import Cancelled
+    from sar_ae_core.rate import compress_to_rmse
+
+    def run(out, progress):
+        if search == "rate":
+            return compress_to_rate(spain_db, out, 0.5, progress=progress)
+        return compress_to_rmse(spain_db, out, 1.3, progress=progress)
+
+    seen = []
+    r = run(tmp_path / "a.sarz", lambda f, m="": seen.append((f, m)) or True)
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] < 1
+    label = "--rate 0.5" if search == "rate" else "--max-rmse-db"
+    numbers = {int(m.split(": pass ")[1].split(",")[0]) for _, m in seen if ": pass " in m}
+    assert all(m.startswith(label) for _, m in seen) and numbers == set(range(1, len(r["passes"]) + 1))
+    assert any("tile row" in m for _, m in seen)  # a pass's own progress inside its slot
+    calls = []
+
+    def cancel_in_third_pass(f, m=""):
+        calls.append(m)
+        return not m.startswith(f"{label}: pass 3")
+
+    with pytest.raises(Cancelled):
+        run(tmp_path / "b.sarz", cancel_in_third_pass)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sarz"]
+    assert not any(m.startswith(f"{label}: pass 4") for m in calls)

@@ -499,7 +499,8 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
             progress(0.05, "searching the rate")
             budget = self.parameterAsDouble(parameters, self.DECODER_BUDGET, context) \
                 if self.parameterDefinition(self.DECODER_BUDGET) is not None else 0.0
-            res = compress_to_rate(source, output, target, overwrite=True, max_decoder_kmac=budget or None, **options)
+            res = compress_to_rate(source, output, target, overwrite=True, max_decoder_kmac=budget or None,
+                                   progress=progress, **options)
             feedback.pushInfo(search_summary(res))
         elif self.parameterDefinition(self.RESIDUAL_STEP) is not None and \
                 self.parameterAsDouble(parameters, self.RESIDUAL_STEP, context) > 0:
