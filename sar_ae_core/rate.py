@@ -209,8 +209,8 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
         #    to the source wins
         if fitted_window and kwargs.get("scaling", "auto") == "auto" and target_bpp >= FITTED_WINDOW_FROM_BPP \
                 and best.get("scaling_kind") == "shifted":
-            done = 0.95 * len(passes) / (len(passes) + 8)
-            fitted = prog.sub(done, done + 0.5 * (0.95 - done))
+            done = _searched(len(passes))
+            fitted = prog.sub(done, (done + SEARCHED) / 2)
             alt = compress_to_rate(input_path, os.path.join(work, "fitted.sarz"), target_bpp, tolerance=tolerance,
                                    max_passes=max_passes, residual=residual, max_decoder_kmac=max_decoder_kmac,
                                    fitted_window=False, neighbour=neighbour, progress=lambda f, m="": fitted.step(f, m),
@@ -262,12 +262,20 @@ def _layer_pass(rs, base: dict, work: str, step: float, passes: list, rmse_db=No
     return r
 
 
+#: the progress a search reports before its last step (writing the chosen file)
+SEARCHED = 0.95
+
+
+def _searched(n: int) -> float:
+    """The fraction of a search reported after n passes: towards SEARCHED, as their number is not known in advance."""
+    return SEARCHED * n / (n + 8)
+
+
 def _pass_progress(prog, passes: list, label: str):
-    """The progress callback for the next search pass: the passes fill [0, 0.95) (the n-th from 0.95·n/(n + 8), as
-    their number is not known in advance), each pass's own progress (its tile rows) within its slot; the front end's
-    Cancel raises Cancelled from inside the pass."""
+    """The progress callback for the next search pass: its slot of `_searched`, the pass's own progress (its tile
+    rows) within it; the front end's Cancel raises Cancelled from inside the pass."""
     n = len(passes)
-    slot = prog.sub(0.95 * n / (n + 8), 0.95 * (n + 1) / (n + 9))
+    slot = prog.sub(_searched(n), _searched(n + 1))
     slot.step(0.0, f"{label}: pass {n + 1}")
     return lambda f, m="": slot.step(f, f"{label}: pass {n + 1}" + (f", {m}" if m else ""))
 
