@@ -120,12 +120,16 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
     points = _rate_points(max_decoder_kmac)
     folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
     passes: list[dict] = []
+
+    def next_pass():
+        return _pass_progress(prog, passes, f"--rate {target_bpp:g}")
+
     with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".rate",
                                      dir=folder) as work:
         def attempt(model: str, gain: float, store) -> dict:
             path = os.path.join(work, f"pass{len(passes)}.sarz")
             res = compress_raster(input_path, path, model=model, gain=gain, latent_store=store, overwrite=True,
-                                  progress=_pass_progress(prog, passes, f"--rate {target_bpp:g}"), **kwargs)
+                                  progress=next_pass(), **kwargs)
             res.update(path=path, model=model, gain=gain)
             passes.append({"model": model, "gain": gain, "bpp": res["bpp"]})
             return res
@@ -203,7 +207,7 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
         #    high rates) the same bytes buy a smaller error; whichever of the two files is closer to the source wins
         if residual and float(kwargs.get("escape_step_db", 1.0) or 0) > 0:
             best = _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bpp, tolerance, passes,
-                                 max_passes, close, better, lambda: _pass_progress(prog, passes, f"--rate {target_bpp:g}"))
+                                 max_passes, close, better, next_pass)
         reached = close(best)
         # 4. uncalibrated data at high rates: the same search in the dB range fitted on the raster; the file closer
         #    to the source wins
@@ -249,13 +253,13 @@ def _rmse_db(input_path, sarz_path: str, work: str) -> float:
 RESIDUAL_FROM = 1.25
 
 
-def _layer_pass(rs, base: dict, work: str, step: float, passes: list, rmse_db=None) -> dict:
+def _layer_pass(rs, base: dict, work: str, step: float, passes: list, rmse_db=None, progress=None) -> dict:
     """One search pass: `base` + a residual layer of `step` written by `rs` into `work`, recorded in `passes`;
     `rmse_db(path)` measures the file (default: the layer's own RMSE over the coded pixels)."""
     from sar_ae_core.refine import with_layer
 
     path = os.path.join(work, f"pass{len(passes)}.sarz")
-    r = with_layer(base, rs.write(path, step, overwrite=True))
+    r = with_layer(base, rs.write(path, step, overwrite=True, progress=progress))
     r.update(path=path, rmse_db=r["residual_rmse_db"] if rmse_db is None else rmse_db(path))
     passes.append({"model": base["model"], "gain": base["gain"], "residual_step_db": step, "bpp": r["bpp"],
                    "rmse_db": r["rmse_db"]})
@@ -306,7 +310,7 @@ def _neighbour(input_path, work, points, plain, at_unit_gain, search, best, clos
 
 
 def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bpp, tolerance, passes, max_passes,
-                  close, better, tick=lambda: None) -> dict:
+                  close, better, next_pass=lambda: None) -> dict:
     """The better (smaller RMSE in dB over the coded pixels) of `best` and a residual layer sized to the target on
     each rate point whose plain rate leaves room for one."""
     from sar_ae_core.coding import residual as res
@@ -337,8 +341,7 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
             for _ in range(10):
                 if len(passes) >= max_passes + 10:
                     break
-                tick()
-                r = _layer_pass(rs, base, work, check_step(round(math.exp(s), 6)), passes)
+                r = _layer_pass(rs, base, work, check_step(round(math.exp(s), 6)), passes, progress=next_pass())
                 cand = r if cand is None else better(r, cand)
                 f = math.log(r["bpp"] / target_bpp)
                 if close(r):
@@ -395,6 +398,9 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
     points = _rate_points(max_decoder_kmac)
     folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
     passes: list[dict] = []
+    def next_pass():
+        return _pass_progress(prog, passes, "--max-rmse-db")
+
     with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".rmse",
                                      dir=folder) as work:
         stores: dict = {}
@@ -403,7 +409,7 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
             path = os.path.join(work, f"pass{len(passes)}.sarz")
             stores.setdefault(i, LatentStore(work, f"m{i}"))
             res = compress_raster(input_path, path, model=points[i][0], gain=gain, latent_store=stores[i],
-                                  overwrite=True, progress=_pass_progress(prog, passes, "--max-rmse-db"), **kwargs)
+                                  overwrite=True, progress=next_pass(), **kwargs)
             res.update(path=path, model=points[i][0], gain=gain, rmse_db=_rmse_db(input_path, path, work))
             passes.append({"model": res["model"], "gain": gain, "bpp": res["bpp"], "rmse_db": res["rmse_db"]})
             return res
@@ -441,8 +447,7 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
             for i in sorted({0, max(pick - 1, 0)} if pick is not None else {0}):
                 if ok(unit[i]):
                     continue
-                cand = _residual_for_rmse(input_path, work, unit[i], max_rmse_db, passes,
-                                          lambda: _pass_progress(prog, passes, "--max-rmse-db"))
+                cand = _residual_for_rmse(input_path, work, unit[i], max_rmse_db, passes, next_pass)
                 if cand is not None and (best is None or cand["bytes"] < best["bytes"]):
                     best = cand
         if best is None:
@@ -457,7 +462,7 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
     return best
 
 
-def _residual_for_rmse(input_path, work, base: dict, max_rmse_db: float, passes: list, tick=lambda: None,
+def _residual_for_rmse(input_path, work, base: dict, max_rmse_db: float, passes: list, next_pass=lambda: None,
                        max_tries: int = 10):
     """The smallest file of `base` + a residual layer whose reconstruction is within `max_rmse_db` (RMSE in dB over
     the valid pixels, measured by assess): bisection on the log step (the error rises with the step); None if even
@@ -466,13 +471,12 @@ def _residual_for_rmse(input_path, work, base: dict, max_rmse_db: float, passes:
     from sar_ae_core.refine import ResidualSource
 
     def measured(path: str) -> float:
-        tick()
         return _rmse_db(input_path, path, work)
 
     best = None
     with ResidualSource(base["path"], input_path, work_dir=work) as rs:
         def attempt(step: float) -> dict:
-            return _layer_pass(rs, base, work, step, passes, measured)
+            return _layer_pass(rs, base, work, step, passes, measured, progress=next_pass())
 
         lo, hi = math.log(res.MIN_STEP_DB), math.log(res.MAX_STEP_DB)  # lo meets the target, hi does not (assumed)
         s = min(max(math.log(max_rmse_db / 0.29), lo), hi)  # uniform quantization: RMSE ~ step / sqrt(12)

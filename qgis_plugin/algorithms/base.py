@@ -496,7 +496,6 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
 
             feedback.pushInfo(self.tr(f"Target rate {target:g} bits per pixel: the rate point and its quantization "
                                       "are searched (Model is not used)"))
-            progress(0.05, "searching the rate")
             budget = self.parameterAsDouble(parameters, self.DECODER_BUDGET, context) \
                 if self.parameterDefinition(self.DECODER_BUDGET) is not None else 0.0
             res = compress_to_rate(source, output, target, overwrite=True, max_decoder_kmac=budget or None,
