@@ -185,14 +185,17 @@ def test_a_worker_killed_mid_batch_costs_no_output(tmp_path, spain_db, cluster):
     killed = {}
 
     def kill_when_busy():
+        # no Dask client calls from this thread (a second client used beside run_batch's own, from another thread,
+        # races on the event loop): the workers are busy once a task's part file appears (2 single-thread workers,
+        # 6 tasks of about a second each)
+        out = tmp_path / "out"
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            busy = [addr for addr, keys in client.processing().items() if keys and addr in pids]
-            if busy:
+            if out.is_dir() and any(".part" in p.name for p in out.iterdir()):
                 time.sleep(0.3)  # inside the task
-                if client.processing().get(busy[0]):
-                    os.kill(pids[busy[0]], signal.SIGKILL)
-                    killed[busy[0]] = pids[busy[0]]
+                addr, pid = next(iter(pids.items()))
+                os.kill(pid, signal.SIGKILL)
+                killed[addr] = pid
             time.sleep(0.02)
 
     t = threading.Thread(target=kill_when_busy, daemon=True)
