@@ -457,7 +457,7 @@ def _sweep_part_files(outputs: Sequence[str]) -> int:
         pat = re.compile(r"^\.(%s)\.[0-9a-f]{8}\.part(\.sarz|\.tif)?(\.aux\.xml|\.ovr|\.msk)?$"
                          % "|".join(re.escape(b) for b in bases))
         # work folders of the codec (kept latents, rate and residual searches): tempfile's 8-character names
-        work = re.compile(r"^\.(%s)\.[a-z0-9_]{8}\.(latents|rate|rmse|residual)$" % "|".join(re.escape(b) for b in bases))
+        work = re.compile(r"^\.(%s)\.[a-z0-9_]{8}\.(latents|rate|rmse|residual|postfilter)$" % "|".join(re.escape(b) for b in bases))
         try:
             names = os.listdir(folder)
         except OSError:

@@ -117,7 +117,8 @@ def cmd_compress(args) -> int:
     model = QUALITY_MODELS[args.quality] if args.quality is not None else args.model
     options = dict(bands=args.bands, units=args.units, bits=args.bits, device=args.device, tile=args.tile,
                    runtime=args.runtime,
-                   batch_size=args.batch_size, scaling=args.scaling, codec=args.codec, overwrite=args.overwrite)
+                   batch_size=args.batch_size, scaling=args.scaling, codec=args.codec, overwrite=args.overwrite,
+                   post_filter=args.post_filter)
     # escape options left out: compress_raster's defaults, or with --rate the target's (rate.escape_policy)
     options.update({k: v for k, v in (("escape_step_db", args.escape_step), ("keep_brightest", args.keep_brightest))
                     if v is not None})
@@ -212,6 +213,10 @@ def cmd_info(args) -> int:
           f"{info['tiling']['halo_cells']} cells, {info['tiling']['tile_rows']}x{info['tiling']['tile_cols']} tiles")
     sc = info["scaling"]
     print(f"  scaling   : [{sc['vmin_db']:.2f}, {sc['vmax_db']:.2f}] dB ({sc['clip_method']})")
+    if info.get("post_filter"):
+        n = sum(t is not None for t in info["post_filter"])
+        print(f"  post-filter: 5x5 point-symmetric, fitted on the file's reconstruction, on {n} of {info['bands']} "
+              f"band(s)")
     if info["residual_step_db"]:
         print(f"  residual  : layer of step {info['residual_step_db']:g} dB (in the masks' bytes; every pixel within "
               f"one step of the source)")
@@ -459,6 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-residual", action="store_true",
                    help="with --rate or --max-rmse-db: never use a residual layer (only rate points and quantization "
                         "gains)")
+    s.add_argument("--post-filter", choices=("auto", "enl", "mse", "off"), default="auto",
+                   help="a 5x5 filter fitted on the file's own reconstruction and stored in it (about 80 bytes a "
+                        "band; not on rasters where that is more than 2 %% of the file): 'mse' least squares against "
+                        "the source, 'enl' the same keeping the speckle of homogeneous areas (ENL ratio <= 1.12), "
+                        "'auto' (default) 'enl' from 0.5 bits per pixel and 'mse' below; not with --max-rmse-db")
     s.add_argument("--max-decoder-kmac", type=float, default=None, metavar="KMAC",
                    help="with --rate or --max-rmse-db: only rate points whose decoder costs at most KMAC thousand "
                         "multiply-accumulates per pixel (e.g. 2.5: the light decoders, a quarter of the operations "

@@ -11,6 +11,8 @@ bytes written and the pixels decoded do not depend on the number of threads.
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import os
 import time
 from dataclasses import dataclass
@@ -59,7 +61,8 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                     codec: str = "auto", overwrite: bool = False, progress: Optional[ProgressFn] = None,
                     bundle: Optional[ModelBundle] = None, escape_step_db: Optional[float] = esc.DEFAULT_STEP_DB,
                     keep_brightest: float = esc.DEFAULT_BRIGHTEST_PERCENT, gain: float = 1.0,
-                    latent_store: Optional["LatentStore"] = None, runtime: str = "auto") -> dict:
+                    latent_store: Optional["LatentStore"] = None, runtime: str = "auto",
+                    post_filter: str = "auto") -> dict:
     """Encode a raster into a `.sarz` file; returns the measured rate (bits per pixel from file bytes).
 
     `scaling`: 'model' uses the dB range the model was trained with; 'source' fits a 0.1–99.9 percentile
@@ -71,8 +74,14 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     stored beside the latents with this quantization step (|error| <= step/2) so nothing is clipped;
     0 or None clips them to the range as the network sees it. `keep_brightest` (percent): the brightest pixels
     of the raster (above its 100 − keep_brightest percentile, when that is below the range's top) are stored
-    the same way — the point targets a detector looks for come back within step/2 whatever the network does."""
+    the same way — the point targets a detector looks for come back within step/2 whatever the network does.
+
+    `post_filter` ('auto', 'enl', 'mse', 'off'; coding/postfilter.py): a 5 × 5 filter fitted on the file's own
+    reconstruction and stored in it, where its bytes are at most postfilter.MAX_SHARE of the file's (`pays`)."""
+    from sar_ae_core.coding import postfilter as pf
+
     t_start = time.perf_counter()
+    pf.check_mode(post_filter)
     if escape_step_db is not None and not 0 <= float(escape_step_db) <= esc.MAX_STEP_DB:
         raise SarInputError(None, f"--escape-step must be between 0 (off) and {esc.MAX_STEP_DB:g} dB "
                                   f"(got {escape_step_db})")
@@ -88,6 +97,8 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     bundle = ready_bundle(model, device, bundle, runtime)
     dev = bundle.device
     d = bundle.downsample_factor
+    filtering = post_filter != "off" and decoder_halo_cells(bundle.config) is not None
+    main = prog.sub(0.0, 0.9) if filtering else prog
     tile = int_option("--tile", tile, 2 * d, MAX_TILE, multiple_of=d)
     batch_size = int_option("--batch-size", batch_size, 1, MAX_BATCH)
     bits = int_option("--bits", bits, 1, 16)
@@ -165,43 +176,30 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                      else {"id": esc.MASK_ID}),
         }
         n_valid = n_escaped = 0
-        with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out, open(out.tmp, "wb") as fh, \
-                _Runner(bundle) as runner:
-            writer = ContainerWriter(fh, header)
-            from collections import deque
+        # with a post-filter the file is written into a work folder first: the output appears once, filtered
+        work = tempfile.mkdtemp(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".postfilter",
+                                dir=os.path.dirname(os.path.abspath(os.fspath(output_path)))) if filtering else None
+        written = os.path.join(work, "plain.sarz") if filtering else output_path
+        try:
+            sizes = _write_sarz(written, overwrite or filtering, inputs, header, r, plan, scaling, step, codec,
+                                bundle, dev, batch_size, timer, latent_store, sampled, exact, main)
+            n_valid, n_escaped = sizes.pop("_counts")
+            nbytes = os.path.getsize(written)
+            filtered = None
+            if filtering and pf.usable(plan.width, plan.height) and \
+                    pf.pays(post_filter, nbytes * 8 / (plan.width * plan.height * r.count), nbytes, r.count, header):
+                from sar_ae_core.refine import add_postfilter
 
-            # tile rows whose networks run (on the pool) while the next strips are read and the oldest is coded:
-            # LOOKAHEAD rows ahead, so the pool never waits for the reading of the next strip
-            pending: deque = deque()
-            for tr in range(plan.tile_rows):
-                t0 = time.perf_counter()
-                strip, valid, y0, db = read_strip(r, plan, scaling, tr, want_db=bool(step))
-                timer.io += time.perf_counter() - t0
-                cached = latent_store.get(tr) if latent_store is not None else None
-                fresh = cached is None
-                if cached is None:
-                    cached = sampled.pop(tr, None)
-                if cached is None:
-                    waits = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner, exact,
-                                           skip=getattr(codec, "skip", None)) for b in range(r.count)]
-                    finish = (lambda waits=waits: [w() for w in waits])
-                else:
-                    finish = (lambda cached=cached: cached)
-                pending.append((tr, valid, y0, db, finish, fresh))
-                del strip
-                while len(pending) > (LOOKAHEAD if tr < plan.tile_rows - 1 else 0):
-                    job = pending.popleft()
-                    n_v, n_e = _code_tile_row(job, writer, codec, plan, scaling, header, step, r.count,
-                                              latent_store, timer)
-                    n_valid, n_escaped = n_valid + n_v, n_escaped + n_e
-                    prog.step((job[0] + 1) / plan.tile_rows, f"compressing tile row {job[0] + 1}/{plan.tile_rows}")
-            timer.network += runner.network_seconds
-            if latent_store is not None:
-                latent_store.mark_complete()
-            if n_valid == 0:
-                raise SarInputError(r.path, "no valid pixels to compress (all nodata, NaN, infinite or <= 0)")
-            sizes = writer.finish()
-    nbytes = os.path.getsize(output_path)
+                filtered = add_postfilter(written, input_path, output_path, post_filter, bundle=bundle, work_dir=work,
+                                          progress=prog.sub(0.9, 1.0).step)
+            if filtered is not None:
+                nbytes, sizes = filtered["bytes"], filtered["parts"]
+            elif filtering:
+                with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out:
+                    os.replace(written, out.tmp)
+        finally:
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
     pixels = plan.width * plan.height * info.count
     source_bits = np.dtype(output_dtype(info.dtype, "db") if info.dtype.startswith("complex") else info.dtype).itemsize * 8
     return {"output": os.fspath(output_path), "bytes": nbytes, "bpp": nbytes * 8 / pixels,
@@ -209,9 +207,52 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
             "bands": info.count, "model": bundle.name, "scaling": scaling_reason,
             "scaling_kind": scaling_kind(scaling, bundle.scaling), "escaped_pixels": n_escaped,
             "escape_step_db": step, "keep_brightest": float(keep_brightest) if step else 0.0, "device": dev,
-            "runtime": bundle.runtime,
+            "runtime": bundle.runtime, "post_filter": filtered["post_filter"] if filtered else None,
             "seconds": time.perf_counter() - t_start,
             "timing": timer.as_dict()}
+
+
+def _write_sarz(path, overwrite, inputs, header, r, plan, scaling, step, codec, bundle, dev, batch_size, timer,
+                latent_store, sampled, exact, main) -> dict:
+    """The container of a compress (every tile row coded); returns its part sizes and `_counts` (valid, escaped)."""
+    n_valid = n_escaped = 0
+    with AtomicOutput(path, overwrite, suffix=".sarz", inputs=inputs) as out, open(out.tmp, "wb") as fh, \
+            _Runner(bundle) as runner:
+        writer = ContainerWriter(fh, header)
+        from collections import deque
+
+        # tile rows whose networks run (on the pool) while the next strips are read and the oldest is coded:
+        # LOOKAHEAD rows ahead, so the pool never waits for the reading of the next strip
+        pending: deque = deque()
+        for tr in range(plan.tile_rows):
+            t0 = time.perf_counter()
+            strip, valid, y0, db = read_strip(r, plan, scaling, tr, want_db=bool(step))
+            timer.io += time.perf_counter() - t0
+            cached = latent_store.get(tr) if latent_store is not None else None
+            fresh = cached is None
+            if cached is None:
+                cached = sampled.pop(tr, None)
+            if cached is None:
+                waits = [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer, runner, exact,
+                                       skip=getattr(codec, "skip", None)) for b in range(r.count)]
+                finish = (lambda waits=waits: [w() for w in waits])
+            else:
+                finish = (lambda cached=cached: cached)
+            pending.append((tr, valid, y0, db, finish, fresh))
+            del strip
+            while len(pending) > (LOOKAHEAD if tr < plan.tile_rows - 1 else 0):
+                job = pending.popleft()
+                n_v, n_e = _code_tile_row(job, writer, codec, plan, scaling, header, step, r.count,
+                                          latent_store, timer)
+                n_valid, n_escaped = n_valid + n_v, n_escaped + n_e
+                main.step((job[0] + 1) / plan.tile_rows, f"compressing tile row {job[0] + 1}/{plan.tile_rows}")
+        timer.network += runner.network_seconds
+        if latent_store is not None:
+            latent_store.mark_complete()
+        if n_valid == 0:
+            raise SarInputError(r.path, "no valid pixels to compress (all nodata, NaN, infinite or <= 0)")
+        sizes = writer.finish()
+    return {**sizes, "_counts": (n_valid, n_escaped)}
 
 
 #: tile rows read and given to the network ahead of the one being entropy-coded
@@ -517,7 +558,8 @@ def sarz_info(path: str | os.PathLike) -> dict:
                 "source_name": src["name"], "source_units": src["units"], "source_dtype": src["dtype"],
                 "georef": f.georef.kind, "residual_step_db": f.residual_step,
                 "model": f.model_name, "model_sha256": f.model_sha, "codec": f.header["codec"],
-                "tiling": f.header["tiling"], "scaling": f.header["scaling"], "created_by": f.header.get("created_by")}
+                "tiling": f.header["tiling"], "scaling": f.header["scaling"], "created_by": f.header.get("created_by"),
+                "post_filter": f.postfilter}
 
 
 def _bundle_for(f: SarzFile, model: Optional[str], device: str = "cpu", runtime: str = "auto") -> ModelBundle:
@@ -538,9 +580,11 @@ def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.Path
                        window: Optional[Sequence[int]] = None, model: Optional[str] = None, device: str = "cpu",
                        overwrite: bool = False, progress: Optional[ProgressFn] = None,
                        bundle: Optional[ModelBundle] = None, runtime: str = "auto",
-                       output_compress: str = OUTPUT_COMPRESS[0]) -> dict:
+                       output_compress: str = OUTPUT_COMPRESS[0], prefilter: bool = False) -> dict:
     """Decode a `.sarz` file (or a window COL ROW WIDTH HEIGHT of it) into a georeferenced GeoTIFF in the
-    source units and dtype (`units='source'`) or in dB (`units='db'`), compressed with `output_compress`."""
+    source units and dtype (`units='source'`) or in dB (`units='db'`), compressed with `output_compress`.
+    `prefilter` (encoder side, with units 'db'): the reconstruction as the post-filter gets it — no post-filter,
+    every pixel's value, invalid ones too."""
     t_start = time.perf_counter()
     if units not in ("source", "db"):
         raise SarInputError(None, f"--units must be 'source' or 'db' (got '{units}')")
@@ -582,11 +626,14 @@ def reconstruct_raster(input_path: str | os.PathLike, output_path: str | os.Path
             with _Runner(bundle) as runner:
                 for b in range(f.bands):
                     if halo is None:  # global attention: overlapping windows, blended
+                        if f.postfilter is not None and not prefilter:
+                            raise SarInputError(f.path, "has a post-filter, which files of a model with global "
+                                                        "attention cannot have (file is damaged)")
                         _decode_band(f, bundle, b, (col0, row0, width, height), tile_rows, tile_cols, weights,
                                      w, out_units, dtype, nodata, timer, prog, steps, runner)
                     else:
                         _decode_band_strips(f, bundle, b, (col0, row0, width, height), halo,
-                                            w, out_units, dtype, nodata, timer, prog, runner)
+                                            w, out_units, dtype, nodata, timer, prog, runner, prefilter)
                 timer.network = runner.network_seconds
     return {"output": os.fspath(output_path), "width": width, "height": height, "bands": f.bands,
             "units": out_units, "dtype": dtype, "device": dev, "runtime": bundle.runtime,
@@ -680,7 +727,7 @@ UNIT_PIXELS = 256
 
 def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, halo: int,
                         writer: GeoTiffWriter, out_units: str, dtype: str, nodata, timer: _Timer, prog: Progress,
-                        runner: _Runner) -> None:
+                        runner: _Runner, prefilter: bool = False) -> None:
     """Decode one band of the region without redundant work: the decoder's receptive field is `halo` latent cells,
     so each work unit (one tile row × UNIT_PIXELS columns of the latent grid) is decoded with just `halo` cells
     around it (edge-replicated beyond the grid, as the encoder saw mirrored pixels there) and its centre is final:
@@ -690,11 +737,45 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
     Memory does not grow with the raster: a few units are in flight (the network runs on the next ones while the
     main thread range-decodes latents and converts and writes finished units), each unit is written as soon as
     it is done, and of the latent tiles only the current and next tile rows are kept (the row above as its
-    bottom `halo` cell rows)."""
+    bottom `halo` cell rows).
+
+    With a post-filter (coding/postfilter.py) the units' dB values pass through its `RowStage`: the region is
+    decoded RADIUS pixels wider where the raster goes on, and each run of rows is written once the rows below it
+    are decoded."""
+    from sar_ae_core.coding import postfilter as pf
+
     p = f.plan
-    col0, row0, width, height = region
+    taps = None if prefilter or f.postfilter is None else f.postfilter[band]
+    stage = None
+    if taps is not None:
+        out_col0, out_row0 = region[0], region[1]
+
+        def emit(db, valid, escaped, col, row):
+            values = _db_to_output(db, valid, out_units, dtype, nodata)
+            t0 = time.perf_counter()
+            writer.write(values, Window(col - out_col0, row - out_row0, db.shape[1], db.shape[0]), band=band + 1)
+            timer.io += time.perf_counter() - t0
+
+        stage = pf.RowStage(taps, region, p.width, p.height, emit, clip=(np.float32(f.scaling.vmin_db),
+                                                                          np.float32(f.scaling.vmax_db)))
     fct, cells = p.downsample, p.cells
     unit_cells = max(1, UNIT_PIXELS // p.tile) * cells
+    allowed = None
+    if stage is not None:
+        # the filter's context (RADIUS pixels around the region) comes from units of the neighbouring tiles, whose
+        # pixels there depend only on latents within the decoder's halo of them: the latent tiles the region needs
+        # anyway plus those within that reach. The rest of those units' halos is left at zero (it changes none of
+        # the pixels kept), so a window reads no more latent chunks than without the filter.
+        c0o, r0o, wo, ho = region
+        reach = pf.RADIUS + (halo + 1) * fct
+        uo0, uo1 = (c0o // fct) // unit_cells, ((c0o + wo - 1) // fct) // unit_cells
+        allowed = (max(0, min(r0o // p.tile - 1, (r0o - reach) // p.tile)),
+                   min(p.tile_rows - 1, max((r0o + ho - 1) // p.tile + 1, (r0o + ho - 1 + reach) // p.tile)),
+                   max(0, min((uo0 * unit_cells - halo) // cells, (c0o - reach) // p.tile)),
+                   min(p.tile_cols - 1, max(((uo1 + 1) * unit_cells - 1 + halo) // cells,
+                                            (c0o + wo - 1 + reach) // p.tile)))
+        region = stage.decoded_region()
+    col0, row0, width, height = region
     u_first, u_last = (col0 // fct) // unit_cells, ((col0 + width - 1) // fct) // unit_cells
     tile_rows = range(row0 // p.tile, (row0 + height - 1) // p.tile + 1)
     steps = len(tile_rows) * f.bands
@@ -710,9 +791,11 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
 
     def latents(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Latent cells rows [r0, r1) x cols [c0, c1) of the grid, from the (cached) stored tiles."""
-        out = np.empty((channels, r1 - r0, c1 - c0), np.float32)
+        out = (np.empty if allowed is None else np.zeros)((channels, r1 - r0, c1 - c0), np.float32)
         for t_r in range(r0 // cells, (r1 - 1) // cells + 1):
             for t_c in range(c0 // cells, (c1 - 1) // cells + 1):
+                if allowed is not None and not (allowed[0] <= t_r <= allowed[1] and allowed[2] <= t_c <= allowed[3]):
+                    continue
                 key = (t_r, t_c)
                 if key not in cache:
                     cache[key] = (0, f.latent_tile(t_r, t_c, band, coded_only=active))
@@ -752,11 +835,21 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
         t0 = time.perf_counter()
         oy, ox = (hr0 + halo) * fct, c0 * fct
         unit = x[y0 - oy:y1 - oy, a - ox:b - ox]
-        values = _to_output(f, unit, valid, escaped, out_units, dtype, nodata, residual)
-        timer.blending += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        writer.write(values, Window(a - col0, y0 - row0, b - a, y1 - y0), band=band + 1)
-        timer.io += time.perf_counter() - t0
+        if stage is not None or prefilter:
+            db = _unit_db(f, unit, residual, escaped)
+            timer.blending += time.perf_counter() - t0
+            if stage is not None:
+                stage.put(y0, y1, a, b, db, valid, escaped)
+                if u == u_last:
+                    stage.row_done()
+            else:
+                writer.write(db, Window(a - col0, y0 - row0, b - a, y1 - y0), band=band + 1)
+        else:
+            values = _to_output(f, unit, valid, escaped, out_units, dtype, nodata, residual)
+            timer.blending += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            writer.write(values, Window(a - col0, y0 - row0, b - a, y1 - y0), band=band + 1)
+            timer.io += time.perf_counter() - t0
         if u == u_last:
             k = tr - tile_rows[0]
             prog.step((band * len(tile_rows) + k + 1) / steps, f"reconstructing band {band + 1}, tile row {k + 1}")
@@ -772,7 +865,8 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
         # the chunks this tile row reads (latents of its rows and the halo rows, its masks), in one request per span
         # from a remote file; a local file ignores the hint
         need = [_chunk_id(p, f.bands, t_r, t_c, band, 0) for t_r in range(max(0, tr - 1), min(p.tile_rows, tr + 2))
-                for t_c in range(t_c0, t_c1 + 1) if (t_r, t_c) not in cache]
+                for t_c in range(t_c0, t_c1 + 1) if (t_r, t_c) not in cache and (
+                    allowed is None or (allowed[0] <= t_r <= allowed[1] and allowed[2] <= t_c <= allowed[3]))]
         need += [_chunk_id(p, f.bands, tr, t_c, band, 1) for t_c in range(m_c0, m_c1 + 1)]
         f.reader.prefetch(need)
         for key in list(cache):  # the row above is needed only as the halo (its last `halo` cell rows)
@@ -818,6 +912,31 @@ def _mask_rows(f: SarzFile, band: int, y0: int, y1: int, col0: int, width: int):
                     residual = np.zeros((y1 - y0, width), np.float32)
                 residual[a0 - y0:a1 - y0, b0 - col0:b1 - col0] = r[a0 - ty0:a1 - ty0, b0 - tx0:b1 - tx0]
     return out, escaped, residual
+
+
+def _unit_db(f: SarzFile, unit: np.ndarray, residual, escaped) -> np.ndarray:
+    """A decoded unit in dB (float32) as the post-filter gets it: the network's values, the residual layer added,
+    the escaped pixels' own values in place."""
+    sc = f.scaling
+    out = np.clip(unit, 0.0, 1.0, dtype=np.float32)
+    out *= np.float32(sc.span_db)
+    out += np.float32(sc.vmin_db)
+    if residual is not None:
+        out += residual
+    if escaped is not None:
+        hit = ~np.isnan(escaped)
+        out[hit] = escaped[hit]
+    return out
+
+
+def _db_to_output(db: np.ndarray, valid: np.ndarray, out_units: str, dtype: str, nodata) -> np.ndarray:
+    """Final dB values (float32) in the output units and dtype, nodata where not valid."""
+    if out_units == "db" and np.dtype(dtype) == np.float32:
+        out = db
+    else:
+        out = db_to_raw(db.astype(np.float64), out_units, dtype)
+    out[~valid] = output_nodata(out.dtype.name, nodata)
+    return out
 
 
 def _to_output(f: SarzFile, unit: np.ndarray, valid: np.ndarray, escaped, out_units: str, dtype: str, nodata,

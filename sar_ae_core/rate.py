@@ -87,9 +87,55 @@ def _rate_points(max_decoder_kmac: "float | None" = None) -> list[tuple[str, flo
 
 
 def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: float = 0.02,
-                     overwrite: bool = False, progress=None, max_passes: int = 24, residual: bool = True,
-                     max_decoder_kmac: "float | None" = None, fitted_window: bool = True, neighbour: bool = True,
-                     **kwargs) -> dict:
+                     overwrite: bool = False, progress=None, post_filter: str = "auto", **kwargs) -> dict:
+    """The search below (`_search_rate`), then a post-filter (coding/postfilter.py, step 5) fitted on the chosen
+    file: the search aims at the target less the filter's bytes, so the filtered file meets the target. `post_filter`
+    'auto' keeps the speckle of homogeneous areas ('enl') from postfilter.ENL_FROM_BPP, least squares ('mse') below;
+    'off' for none. Where the filter's bytes would be more than postfilter.MAX_SHARE of the target, none is fitted
+    (`postfilter.pays`)."""
+    from sar_ae_core.coding import postfilter as pf
+    from sar_ae_core.io.raster import open_raster
+    from sar_ae_core.refine import add_postfilter
+
+    if not (isinstance(target_bpp, (int, float)) and math.isfinite(target_bpp) and 0 < target_bpp <= 32):
+        raise SarInputError(None, f"--rate must be a number of bits per pixel in (0, 32] (got {target_bpp})")
+    pf.check_mode(post_filter)
+    search = dict(tolerance=tolerance, overwrite=overwrite, **kwargs)
+    if post_filter == "off":
+        return _search_rate(input_path, output_path, target_bpp, progress=progress, post_filter="off", **search)
+    check_output_path(output_path, overwrite, [input_path])
+    with open_raster(input_path, bands=kwargs.get("bands", "all"), units=kwargs.get("units", "auto")) as r:
+        width, height, bands = r.width, r.height, r.count
+    pixels = width * height * bands
+    reserve = pf.header_bytes(pf.TYPICAL_HEADER, bands)
+    if not pf.usable(width, height) or not pf.pays(post_filter, target_bpp, target_bpp * pixels / 8, bands):
+        return _search_rate(input_path, output_path, target_bpp, progress=progress, post_filter="off", **search)
+    prog = Progress(progress)
+    folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
+    with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".rate",
+                                     dir=folder) as work:
+        plain = os.path.join(work, "searched.sarz")
+        res = _search_rate(input_path, plain, target_bpp - reserve * 8 / pixels, progress=prog.sub(0.0, 0.9).step,
+                           post_filter="off", nominal_bpp=target_bpp, **{**search, "overwrite": True})
+        slot = prog.sub(0.9, SEARCHED)
+        filtered = add_postfilter(plain, input_path, output_path, post_filter, target_bpp=target_bpp, work_dir=work,
+                                  progress=lambda f, m="": slot.step(f, f"--rate {target_bpp:g}: post-filter"
+                                                                        + (f", {m}" if m else "")))
+        if filtered is None:
+            with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=[input_path]) as out:
+                shutil.copyfile(plain, out.tmp)
+        else:
+            res.update(bytes=filtered["bytes"], bpp=filtered["bpp"], parts=filtered["parts"],
+                       post_filter=filtered["post_filter"])
+    res.update(output=os.fspath(output_path), target_bpp=float(target_bpp),
+               reached=abs(res["bpp"] / target_bpp - 1) <= tolerance or res["reached"])
+    return res
+
+
+def _search_rate(input_path, output_path, target_bpp: float, *, tolerance: float = 0.02,
+                 overwrite: bool = False, progress=None, max_passes: int = 24, residual: bool = True,
+                 max_decoder_kmac: "float | None" = None, fitted_window: bool = True, neighbour: bool = True,
+                 nominal_bpp: "float | None" = None, **kwargs) -> dict:
     """compress_raster at `target_bpp` (within `tolerance`, relative); returns its result plus the search.
     `residual`: also try a residual layer on a lower rate point (step 3) and keep the file closer to the source.
     `max_decoder_kmac`: only rate points whose decoder costs at most this many kMAC per pixel (faster decoding).
@@ -108,7 +154,9 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
         if kwargs.get(key) is not None:
             raise SarInputError(None, f"--rate chooses the model and quantization itself: drop '{key}'")
         kwargs.pop(key, None)
-    for key, value in escape_policy(target_bpp).items():
+    # the rate-dependent choices follow the user's target (`nominal_bpp`) when the search aims a little below it
+    nominal = target_bpp if nominal_bpp is None else float(nominal_bpp)
+    for key, value in escape_policy(nominal).items():
         if kwargs.get(key) is None:
             kwargs[key] = value
     import time
@@ -122,7 +170,7 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
     passes: list[dict] = []
 
     def next_pass():
-        return _pass_progress(prog, passes, f"--rate {target_bpp:g}")
+        return _pass_progress(prog, passes, f"--rate {nominal:g}")
 
     with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".rate",
                                      dir=folder) as work:
@@ -211,13 +259,14 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
         reached = close(best)
         # 4. uncalibrated data at high rates: the same search in the dB range fitted on the raster; the file closer
         #    to the source wins
-        if fitted_window and kwargs.get("scaling", "auto") == "auto" and target_bpp >= FITTED_WINDOW_FROM_BPP \
+        if fitted_window and kwargs.get("scaling", "auto") == "auto" and nominal >= FITTED_WINDOW_FROM_BPP \
                 and best.get("scaling_kind") == "shifted":
             done = _searched(len(passes))
             fitted = prog.sub(done, (done + SEARCHED) / 2)
-            alt = compress_to_rate(input_path, os.path.join(work, "fitted.sarz"), target_bpp, tolerance=tolerance,
+            alt = _search_rate(input_path, os.path.join(work, "fitted.sarz"), target_bpp, tolerance=tolerance,
                                    max_passes=max_passes, residual=residual, max_decoder_kmac=max_decoder_kmac,
-                                   fitted_window=False, neighbour=neighbour, progress=lambda f, m="": fitted.step(f, m),
+                                   fitted_window=False, neighbour=neighbour, nominal_bpp=nominal,
+                                   progress=lambda f, m="": fitted.step(f, m),
                                    **{**kwargs, "scaling": "source"})
             passes += alt["passes"]
             alt["path"] = alt["output"]
@@ -367,6 +416,8 @@ def search_summary(res: dict) -> str:
     how = f"rate point {res['model']}" + (f" at quantization gain {res['gain']:.3f}" if res["gain"] != 1.0 else "")
     if res.get("residual_step_db"):
         how += f" + residual layer (step {res['residual_step_db']:.3g} dB)"
+    if res.get("post_filter"):
+        how += f" + post-filter ({res['post_filter']})"
     note = "" if res["reached"] else " (outside what the bundled rate points reach: the closest was written)"
     return (f"--rate {res['target_bpp']:g}: {res['bpp']:.4f} bits per pixel "
             f"({100 * (res['bpp'] / res['target_bpp'] - 1):+.1f} %) with {how}, {len(res['passes'])} pass(es){note}")
@@ -390,6 +441,10 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
         if kwargs.get(key) is not None:
             raise SarInputError(None, f"--max-rmse-db chooses the model and quantization itself: drop '{key}'")
         kwargs.pop(key, None)
+    # every pass is measured as written: a post-filter would need a decode and a fit per pass (not done)
+    if kwargs.get("post_filter", "off") not in ("off", "auto"):
+        raise SarInputError(None, "--max-rmse-db writes no post-filter: drop --post-filter")
+    kwargs["post_filter"] = "off"
     import time
 
     t_start = time.perf_counter()

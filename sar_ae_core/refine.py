@@ -50,6 +50,9 @@ class ResidualSource:
             os.path.abspath(self.base_path)))
         try:
             with SarzFile(self.base_path) as f:
+                if f.postfilter is not None:
+                    raise SarInputError(self.base_path, "has a post-filter: a residual layer goes on the file without "
+                                                        "one (compress it with --post-filter off)")
                 if f.mask_id != esc.ESCAPE_MASK_ID:
                     raise SarInputError(self.base_path, "a residual layer needs a file with escapes "
                                                         "(compress with --escape-step > 0)")
@@ -197,9 +200,82 @@ def compress_with_residual(input_path, output_path, step_db: float, *, overwrite
         device_option(kwargs.get("device", "auto"))
         bundle = ready_bundle(kwargs.pop("model", None), kwargs.get("device", "auto"), kwargs.pop("bundle", None),
                               kwargs.get("runtime", "auto"))
-        r = compress_raster(input_path, base_path, overwrite=True, bundle=bundle,
-                            progress=lambda f, m="": prog.step(0.7 * f, m), **kwargs)
+        from sar_ae_core.coding import postfilter as pf
+
+        post_filter = pf.check_mode(kwargs.pop("post_filter", "auto"))
+        r = compress_raster(input_path, base_path, overwrite=True, bundle=bundle, post_filter="off",
+                            progress=lambda f, m="": prog.step(0.6 * f, m), **kwargs)
+        layered = os.path.join(work, "layered.sarz")
         with ResidualSource(base_path, input_path, bundle=bundle, work_dir=work) as rs:
-            layer = rs.write(output_path, step, overwrite=overwrite, inputs=[input_path],
-                             progress=lambda f, m="": prog.step(0.7 + 0.3 * f, m))
-    return {**with_layer(r, layer), "seconds": time.perf_counter() - t_start}
+            layer = rs.write(layered, step, overwrite=True, inputs=[input_path],
+                             progress=lambda f, m="": prog.step(0.6 + 0.25 * f, m))
+        # the post-filter on the final reconstruction (network + residual), where it pays for its bytes
+        filtered = None
+        if pf.pays(post_filter, layer["bpp"], layer["bytes"], r["bands"]):
+            filtered = add_postfilter(layered, input_path, output_path, post_filter, bundle=bundle, work_dir=work,
+                                      progress=lambda f, m="": prog.step(0.85 + 0.15 * f, m))
+        if filtered is None:
+            with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=[input_path]) as out:
+                shutil.copyfile(layered, out.tmp)
+        else:
+            layer.update(bytes=filtered["bytes"], bpp=filtered["bpp"], parts=filtered["parts"])
+    out = {**with_layer(r, layer), "seconds": time.perf_counter() - t_start}
+    out["post_filter"] = filtered["post_filter"] if filtered else None
+    return out
+
+
+def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, target_bpp: Optional[float] = None,
+                   bundle=None, work_dir: Optional[str] = None, progress=None) -> Optional[dict]:
+    """`sarz_path` with a post-filter (coding/postfilter.py) fitted against `input_path`, written as `output_path`
+    (which may be `sarz_path` itself: the new file is moved into place whole). `mode` 'auto' fits 'enl' from
+    postfilter.ENL_FROM_BPP bits per pixel (`target_bpp`, else the file's own rate), 'mse' below. Returns the new
+    file's facts (bytes, bpp, the mode), or None where no band can be filtered (nothing is written then)."""
+    from sar_ae_core.codec import reconstruct_raster
+    from sar_ae_core.coding import postfilter as pf
+    from sar_ae_core.progress import Progress
+
+    mode = pf.check_mode(mode)
+    if mode == "off":
+        return None
+    prog = Progress(progress)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".postfilter",
+                           dir=work_dir or os.path.dirname(os.path.abspath(os.fspath(output_path))))
+    try:
+        from sar_ae_core.codec import _bundle_for
+        from sar_ae_core.nn.model_config import decoder_halo_cells
+
+        with SarzFile(sarz_path) as f:
+            header = {k: v for k, v in f.header.items() if k != "postfilter"}
+            p, bands = f.plan, f.bands
+            n_chunks = f.reader.chunk_count
+            if bundle is None or not bundle.decodes(f.model_sha):
+                bundle = _bundle_for(f, None)
+        if decoder_halo_cells(bundle.config) is None:  # global attention decodes by blended windows: no filter
+            return None
+        pixels = p.width * p.height * bands
+        mode = pf.resolve(mode, target_bpp if target_bpp is not None else os.path.getsize(sarz_path) * 8 / pixels)
+        pre = os.path.join(tmp, "prefilter.tif")
+        reconstruct_raster(sarz_path, pre, units="db", bundle=bundle, output_compress="none", prefilter=True,
+                           progress=prog.sub(0.0, 0.4).step)
+        taps = pf.fit(input_path, pre, header["source"], mode, progress=prog.sub(0.4, 0.9).step)
+        if all(t is None for t in taps):
+            return None
+        header["postfilter"] = pf.to_header(taps)
+        out_tmp = os.path.join(tmp, "filtered.sarz")
+        with open(out_tmp, "wb") as fh, SarzFile(sarz_path) as f:
+            writer = ContainerWriter(fh, header)
+            for i in range(n_chunks):
+                chunk = f.reader.chunk(i)
+                writer.add(chunk, "latents" if i % 2 == 0 else "masks")
+            sizes = writer.finish()
+        if os.path.abspath(os.fspath(output_path)) == os.path.abspath(os.fspath(sarz_path)):
+            os.replace(out_tmp, output_path)
+        else:
+            with AtomicOutput(output_path, True, suffix=".sarz", inputs=(input_path,)) as out:
+                shutil.copyfile(out_tmp, out.tmp)
+        prog.step(0.95, "post-filter fitted")
+        nbytes = os.path.getsize(output_path)
+        return {"bytes": nbytes, "bpp": nbytes * 8 / pixels, "parts": sizes, "post_filter": mode,
+                "post_filter_taps": taps}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -187,11 +187,11 @@ def test_a_worker_killed_mid_batch_costs_no_output(tmp_path, spain_db, cluster):
     def kill_when_busy():
         # no Dask client calls from this thread (a second client used beside run_batch's own, from another thread,
         # races on the event loop): the workers are busy once a task's part file appears (2 single-thread workers,
-        # 6 tasks of about a second each)
+        # 6 tasks of about a second each; a compress writes into a '.postfilter' work folder first)
         out = tmp_path / "out"
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            if out.is_dir() and any(".part" in p.name for p in out.iterdir()):
+            if out.is_dir() and any(".part" in p.name or p.name.endswith(".postfilter") for p in out.iterdir()):
                 time.sleep(0.3)  # inside the task
                 addr, pid = next(iter(pids.items()))
                 os.kill(pid, signal.SIGKILL)

@@ -6,7 +6,7 @@ import zlib
 import pytest
 import zstandard
 
-from sar_ae_core.coding.container import ContainerReader, ContainerWriter
+from sar_ae_core.coding.container import FORMAT_MINOR, ContainerReader, ContainerWriter
 from sar_ae_core.coding.frames import bounded_decompress
 from sar_ae_core.errors import SarInputError
 
@@ -68,7 +68,7 @@ def test_v3_index_and_footer_are_small_and_checked(tmp_path):
     data = path.read_bytes()
     body_end = len(data) - sizes["index+footer"]
     head = data[:body_end - 301]
-    assert len(head) == sizes["header"] and head[8:10] == bytes([3, 0])
+    assert len(head) == sizes["header"] and head[8:10] == bytes([3, FORMAT_MINOR])
 
     def with_index(index, footer=None):
         out = data[:body_end] + index + (footer or footer_v3(index, zlib.crc32(head)))
@@ -95,12 +95,12 @@ def test_v3_index_and_footer_are_small_and_checked(tmp_path):
 
 
 def test_older_readers_refuse_a_3x_file(tmp_path):
-    """A 1.x/2.x reader reads the version as a u16 major: 3.0's two bytes give 3, refused as newer."""
+    """A 1.x/2.x reader reads the version as a u16 major: 3.x's two bytes give 3 + 256·x, refused as newer."""
     import struct
 
     _write(tmp_path / "n.sarz", {"k": "v"}, [b"z"])
     major, = struct.unpack("<H", (tmp_path / "n.sarz").read_bytes()[8:10])
-    assert major == 3
+    assert major == 3 + 256 * FORMAT_MINOR and major > 2
 
 
 def test_derived_tiling_fields_are_left_out_and_restored(tmp_path):

@@ -167,6 +167,7 @@ def test_searches_report_progress_and_stop_on_cancel(tmp_path, spain_db, search)
     numbers = {int(m.split(": pass ")[1].split(",")[0]) for _, m in seen if ": pass " in m}
     assert all(m.startswith(label) for _, m in seen) and numbers == set(range(1, len(r["passes"]) + 1))
     assert any("tile row" in m for _, m in seen)  # a pass's own progress inside its slot
+    assert (search == "rate") == any(": post-filter" in m for _, m in seen)  # the rate search's last step
     calls = []
 
     def cancel_in_third_pass(f, m=""):

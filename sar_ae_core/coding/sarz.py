@@ -70,6 +70,14 @@ class SarzFile:
         except (KeyError, TypeError, ValueError) as exc:
             self.close()
             raise SarInputError(self.path, f"header is incomplete ({exc})") from None
+        try:
+            from sar_ae_core.coding import postfilter as pf
+
+            #: the post-filter's taps per band (None: an unfiltered band), None without one (coding/postfilter.py)
+            self.postfilter = pf.from_header(h.get("postfilter"), self.bands, self.path)
+        except BaseException:
+            self.close()
+            raise
         self.codec = None
         expected = self.plan.tile_rows * self.plan.tile_cols * self.bands * 2
         if self.reader.chunk_count != expected:

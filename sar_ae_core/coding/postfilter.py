@@ -1,0 +1,437 @@
+"""The post-filter: a small linear filter the encoder fits on each band of a file's own reconstruction and stores in
+the header (`postfilter`), which the decoder applies to the reconstruction in dB (the network's output plus the
+residual layer, escapes in place) before it writes it — an adaptive loop filter in the sense of video coding.
+
+The filter is 5 × 5 and point-symmetric (w(dy, dx) = w(−dy, −dx): a centre tap, 12 pair taps) plus an offset, all
+integers in units of 1/SCALE (dB for the offset), so the decoder needs no float parameters: 13 multiplies and 25
+additions per pixel (0.03 kMAC). At the raster's edges the reconstruction is mirrored (numpy's 'reflect'), the same
+for a window decode as for the whole raster; escaped pixels (kept exactly) keep their values, invalid ones stay
+nodata.
+
+Two fits (`fit`):
+
+- `mse`: least squares against the source's dB values over its valid pixels (the Wiener filter of the
+  reconstruction): what the networks, trained on other data, leave on this raster's spectrum;
+- `enl`: the same, subject to the reconstruction keeping the source's speckle in its homogeneous areas — the ENL
+  ratio of `assess` (linear intensity, pixels whose 15 × 15 coefficient of variation is below 1.5 × its 10th
+  percentile) at most ENL_MAX. Minimising ‖y − Xw‖² − μ·var_H(Xw) for μ ≥ 0 (a Lagrange multiplier on the filtered
+  variance in the homogeneous areas) gives the family of filters from the Wiener filter (μ = 0) towards ones that
+  put the speckle contrast back; μ is searched (bisection) for the smallest that meets ENL_MAX.
+
+Both accumulate their normal equations window by window (memory does not grow with the raster; the homogeneous
+pixels for the ENL are a fixed-stride sample of at most HOM_SAMPLE).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import numpy as np
+
+from sar_ae_core.errors import SarInputError
+
+ID = "sym5"
+RADIUS = 2
+#: the pair taps' offsets (the other half of each pair is the negated offset)
+OFFSETS = tuple((dy, dx) for dy in range(-RADIUS, RADIUS + 1) for dx in range(-RADIUS, RADIUS + 1) if (dy, dx) > (0, 0))
+N_TAPS = 1 + len(OFFSETS) + 1  # centre, pairs, offset
+SCALE = 4096
+MAX_TAP = 1 << 20          # |tap| / SCALE up to 256
+MAX_OFFSET = 400 * SCALE   # dB
+#: the fit `enl` keeps the ENL ratio of the homogeneous areas at most this (the quality target is 0.85–1.15)
+ENL_MAX = 1.12
+#: `auto` fits `enl` from this many bits per pixel, `mse` below (where no codec keeps speckle)
+ENL_FROM_BPP = 0.5
+MODES = ("auto", "enl", "mse", "off")
+#: the filter is stored only where its header bytes are at most this share of the file's: a least-squares fit must
+#: pay for itself in error (small rasters at low rates spend the bytes better on the latents); a fit that keeps the
+#: speckle is worth a little more
+MAX_SHARE = {"mse": 0.02, "enl": 0.04}
+
+
+def resolve(mode: str, bpp: float) -> str:
+    """'auto' → 'enl' from ENL_FROM_BPP bits per pixel, 'mse' below; other modes as they are."""
+    return ("enl" if bpp >= ENL_FROM_BPP else "mse") if mode == "auto" else mode
+
+
+def pays(mode: str, bpp: float, file_bytes: float, bands: int, header=None) -> bool:
+    """Whether a filter of `mode` (resolved at `bpp`) is worth its header bytes in a file of `file_bytes`."""
+    m = resolve(mode, bpp)
+    return m != "off" and header_bytes(header or TYPICAL_HEADER, bands) <= MAX_SHARE[m] * file_bytes
+#: a band is filtered only with at least this many valid pixels
+MIN_PIXELS = 1024
+HOM_SAMPLE = 400_000
+CV_WINDOW = 15
+
+
+def check_mode(mode) -> str:
+    from sar_ae_core.options import choice_option
+
+    return choice_option("--post-filter", mode, MODES)
+
+
+def _features(padded: np.ndarray, h: int, w: int) -> list[np.ndarray]:
+    """The filter's inputs for the h × w centre of a block padded by RADIUS: the centre and the pair sums."""
+    r = RADIUS
+    out = [padded[r:r + h, r:r + w]]
+    for dy, dx in OFFSETS:
+        out.append(padded[r + dy:r + dy + h, r + dx:r + dx + w] + padded[r - dy:r - dy + h, r - dx:r - dx + w])
+    return out
+
+
+def apply(padded: np.ndarray, taps) -> np.ndarray:
+    """The filtered h × w centre of a float32 block padded by RADIUS on every side (mirrored at the raster's edges,
+    the neighbouring pixels elsewhere)."""
+    h, w = padded.shape[0] - 2 * RADIUS, padded.shape[1] - 2 * RADIUS
+    t = np.asarray(taps, np.float64) / SCALE
+    feats = _features(padded.astype(np.float32, copy=False), h, w)
+    out = feats[0] * np.float32(t[0])
+    for k in range(1, len(feats)):
+        out += feats[k] * np.float32(t[k])
+    out += np.float32(t[-1])
+    return out
+
+
+def pad_block(block: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """`block` padded by the given widths, mirrored ('reflect'): only at the raster's own edges."""
+    if top or bottom or left or right:
+        return np.pad(block, ((top, bottom), (left, right)), mode="reflect")
+    return block
+
+
+def usable(width: int, height: int) -> bool:
+    return width > 2 * RADIUS and height > 2 * RADIUS
+
+
+# ---------------------------------------------------------------------------------------------- header field
+
+def _pack(taps) -> str:
+    """One band's taps as text: zigzag LEB128 of (centre − SCALE, the pair taps, the offset), base85."""
+    import base64
+
+    out = bytearray()
+    for i, v in enumerate(taps):
+        v = int(v) - (SCALE if i == 0 else 0)
+        z = (v << 1) if v >= 0 else ((-v) << 1) - 1
+        while True:
+            out.append((z & 0x7F) | (0x80 if z > 0x7F else 0))
+            z >>= 7
+            if not z:
+                break
+    return base64.b85encode(bytes(out)).decode("ascii")
+
+
+def _unpack(text: str) -> list[int]:
+    import base64
+
+    raw = base64.b85decode(text.encode("ascii"))
+    vals, z, shift = [], 0, 0
+    for byte in raw:
+        z |= (byte & 0x7F) << shift
+        shift += 7
+        if shift > 35:
+            raise ValueError("a tap is too long")
+        if not byte & 0x80:
+            vals.append((z >> 1) if not z & 1 else -((z + 1) >> 1))
+            z, shift = 0, 0
+    if shift or len(vals) != N_TAPS:
+        raise ValueError(f"{len(vals)} taps, not {N_TAPS}")
+    vals[0] += SCALE
+    return vals
+
+
+def to_header(taps_per_band: list) -> list:
+    """The header's `postfilter`: per band the packed taps (`_pack`, ~30 characters) or null."""
+    return [None if t is None else _pack(t) for t in taps_per_band]
+
+
+def from_header(h, bands: int, path: str) -> Optional[list]:
+    """The taps per band (None for an unfiltered band) of a header's `postfilter`, or None without one; a malformed
+    field is the file's input error."""
+    if h is None:
+        return None
+
+    def bad(problem):
+        raise SarInputError(path, f"header field 'postfilter' {problem} (file is damaged or not from this codec)")
+
+    if not isinstance(h, list) or len(h) != bands:
+        bad(f"must list one filter (or null) per band ({bands})")
+    out = []
+    for t in h:
+        if t is None:
+            out.append(None)
+            continue
+        if not isinstance(t, str) or len(t) > 200:
+            bad("must hold a packed filter text per filtered band")
+        try:
+            taps = _unpack(t)
+        except ValueError as exc:
+            bad(f"cannot be unpacked ({exc})")
+        if any(abs(v) > MAX_TAP for v in taps[:-1]) or abs(taps[-1]) > MAX_OFFSET:
+            bad("has a tap out of range")
+        out.append(taps)
+    return out if any(t is not None for t in out) else None
+
+
+#: a header of the size and kind the codec writes (the filter's cost is measured against it before a file exists)
+TYPICAL_HEADER = {
+    "codec": {"gain": 0.8133, "id": "factorized-range-adaptive", "precision": 16},
+    "created_by": "sar_ae_core 0.1.0", "georef": {"crs": "EPSG:32631", "transform": [10.0, 0.0, 600000.0, 0.0, -10.0,
+                                                                                     4800000.0]},
+    "mask": {"above_db": 8.0, "id": "packbits-zstd-escapes", "step_db": 0.05},
+    "model": {"config": {"latent_channels": 96}, "name": "sarae-q2", "sha256": "b5e52e781b64c21f"},
+    "scaling": {"clip_method": "fixed", "noise_floor": 1e-10, "vmax_db": 8.0, "vmin_db": -45.0},
+    "source": {"band_names": ["VV"], "bands": [1], "dtype": "float32", "height": 512, "name": "scene_vv_db.tif",
+               "nodata": None, "tags": {"AREA_OR_POINT": "Area"}, "units": "db", "width": 512},
+    "tiling": {"downsample": 8, "halo_cells": 2, "tile": 256},
+}
+
+
+def header_bytes(header: dict, bands: int) -> int:
+    """The extra bytes a post-filter adds to this header (measured with typical taps, compressed as the container
+    compresses headers)."""
+    from sar_ae_core.coding.container import FORMAT_MAJOR, compact_header, _header_dict
+    import json
+    import zstandard
+
+    def size(h):
+        text = json.dumps(compact_header(h), sort_keys=True, separators=(",", ":")).encode()
+        return len(zstandard.ZstdCompressor(level=19, dict_data=_header_dict(FORMAT_MAJOR), write_checksum=False,
+                                            write_content_size=True, write_dict_id=False).compress(text))
+
+    rng = np.random.default_rng(0)
+    typical = [[int(v) for v in np.r_[3300 + rng.integers(0, 400), rng.integers(-300, 300, len(OFFSETS)),
+                                      rng.integers(-4000, 4000)]] for _ in range(bands)]
+    return size({**header, "postfilter": to_header(typical)}) - size(header)
+
+
+# ---------------------------------------------------------------------------------------------------- the fit
+
+class _Band:
+    def __init__(self):
+        self.A = np.zeros((N_TAPS, N_TAPS))
+        self.b = np.zeros(N_TAPS)
+        self.n = 0
+        self.nh = 0
+        self.hx: list[np.ndarray] = []
+        self.hy: list[np.ndarray] = []
+
+
+def fit(source_path, prefilter_path, source: dict, mode: str, *, block: int = 512,
+        progress: Optional[Callable] = None) -> list:
+    """Taps per band (None where a band is too small or has too few valid pixels) fitted on the reconstruction
+    `prefilter_path` (dB GeoTIFF of every pixel, as the decoder has it before the filter) against the source."""
+    import rasterio
+
+    from sar_ae_core.io.raster import Window, open_raster
+    from sar_ae_core.quality import metrics as M
+    from sar_ae_core.scaling import raw_to_db, valid_mask
+
+    with open_raster(source_path, bands=source["bands"], units=source["units"]) as src, \
+            rasterio.open(prefilter_path) as rec:
+        H, W, nb = src.height, src.width, src.count
+        if not usable(W, H):
+            return [None] * nb
+        halo = max(RADIUS, CV_WINDOW // 2) if mode == "enl" else RADIUS
+        wins = list(M.iter_map_windows(H, W, block, halo))
+        thr = None
+        if mode == "enl":  # pass 1: the homogeneity threshold (assess's rule), from the source alone
+            cvs = [[] for _ in range(nb)]
+            for win in wins:
+                rows, cols = win.read
+                w = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+                raw = src.read(w)
+                ok = valid_mask(raw, src.units, src.nodata)
+                for b in range(nb):
+                    cv, cand = M.local_cv_window(np.power(10.0, raw_to_db(np.where(ok[b], raw[b], 1), src.units)
+                                                          / 10.0), ok[b], CV_WINDOW)
+                    c = cv[win.core][cand[win.core]]
+                    cvs[b].append(c[:: max(1, c.size // 20000)])
+            thr = []
+            for b in range(nb):
+                c = np.concatenate(cvs[b]) if cvs[b] else np.zeros(0)
+                thr.append(M.HOMOGENEOUS_CV_FACTOR * float(np.quantile(c, M.HOMOGENEOUS_QUANTILE)) if c.size else 0.0)
+        acc = [_Band() for _ in range(nb)]
+        n_hom_est = max(1, int(0.2 * H * W))
+        stride = max(1, n_hom_est // HOM_SAMPLE)
+        for i, win in enumerate(wins):
+            rows, cols = win.read
+            w = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+            raw = src.read(w)
+            ok = valid_mask(raw, src.units, src.nodata)
+            r_db = raw_to_db(np.where(ok, raw, 1), src.units)
+            x = rec.read(window=w.to_rasterio()).astype(np.float64)
+            (cr, cc) = win.core
+            h, wd = cr.stop - cr.start, cc.stop - cc.start
+            # the core padded by RADIUS: the read window's pixels, mirrored where it is the raster's edge
+            top, left = cr.start - RADIUS, cc.start - RADIUS
+            for b in range(nb):
+                xb = pad_block(x[b], max(0, -top), max(0, (cr.stop + RADIUS) - x.shape[1]),
+                               max(0, -left), max(0, (cc.stop + RADIUS) - x.shape[2]))
+                xb = xb[max(0, top):max(0, top) + h + 2 * RADIUS, max(0, left):max(0, left) + wd + 2 * RADIUS]
+                feats = _features(xb, h, wd) + [np.ones((h, wd))]
+                v = ok[b][win.core]
+                if not v.any():
+                    continue
+                X = np.stack([f[v] for f in feats], 1)
+                y = r_db[b][win.core][v]
+                a = acc[b]
+                a.A += X.T @ X
+                a.b += X.T @ y
+                a.n += len(y)
+                if thr is not None and thr[b] > 0:
+                    cv, cand = M.local_cv_window(np.power(10.0, r_db[b] / 10.0), ok[b], CV_WINDOW)
+                    hom = (cand & (cv < thr[b]))[win.core]
+                    if hom.any():
+                        a.nh += int(hom.sum())
+                        sel = np.flatnonzero(hom.ravel())[::stride]
+                        a.hx.append(np.stack([f.ravel()[sel] for f in feats], 1).astype(np.float32))
+                        a.hy.append(r_db[b][win.core].ravel()[sel].astype(np.float32))
+            if progress is not None:
+                progress((i + 1) / len(wins), "fitting the post-filter")
+    return [_solve(a, mode) for a in acc]
+
+
+def _quantized(w: np.ndarray) -> list[int]:
+    q = np.rint(w * SCALE)
+    q[:-1] = np.clip(q[:-1], -MAX_TAP, MAX_TAP)
+    q[-1] = np.clip(q[-1], -MAX_OFFSET, MAX_OFFSET)
+    return [int(v) for v in q]
+
+
+def _enl(lin: np.ndarray) -> float:
+    var = float(lin.var())
+    return float(lin.mean()) ** 2 / var if var > 0 else math.inf
+
+
+def _solve(a: _Band, mode: str):
+    if a.n < MIN_PIXELS:
+        return None
+    A, b = a.A / a.n, a.b / a.n
+    ridge = 1e-9 * np.trace(A) * np.eye(N_TAPS)
+    try:
+        w0 = np.linalg.solve(A + ridge, b)
+    except np.linalg.LinAlgError:
+        return None
+    if not np.all(np.isfinite(w0)):
+        return None
+    if mode != "enl" or not a.hx:
+        return _quantized(w0)
+    X, y = np.concatenate(a.hx).astype(np.float64), np.concatenate(a.hy).astype(np.float64)
+    if len(y) < 64:
+        return _quantized(w0)
+    e_ref = _enl(np.power(10.0, y / 10.0))
+    if not math.isfinite(e_ref) or e_ref <= 0:
+        return _quantized(w0)
+    Xc = X - X.mean(0)
+    C = Xc.T @ Xc / len(y) * (a.nh / a.n)  # the variance over the homogeneous areas, on the scale of the MSE
+
+    def ratio(w):
+        return _enl(np.power(10.0, np.clip(X @ w, -400, 400) / 10.0)) / e_ref
+
+    def solve(mu):
+        try:
+            M_ = A - mu * C
+            np.linalg.cholesky(M_ + ridge)
+            return np.linalg.solve(M_ + ridge, b)
+        except np.linalg.LinAlgError:
+            return None
+
+    if ratio(w0) <= ENL_MAX:
+        return _quantized(w0)
+    lo, hi, w_hi = 0.0, None, None
+    mu = 0.05
+    while mu < 64:  # bracket: the smallest tried μ that meets the target
+        w = solve(mu)
+        if w is None:
+            break
+        if ratio(w) <= ENL_MAX:
+            hi, w_hi = mu, w
+            break
+        lo, mu = mu, mu * 2
+    if hi is None:  # the target is out of reach: as far towards it as the family goes
+        w = solve(lo) if lo > 0 else None
+        return _quantized(w if w is not None and np.all(np.isfinite(w)) else w0)
+    for _ in range(14):
+        m = 0.5 * (lo + hi)
+        w = solve(m)
+        if w is not None and ratio(w) <= ENL_MAX:
+            hi, w_hi = m, w
+        else:
+            lo = m
+    return _quantized(w_hi if np.all(np.isfinite(w_hi)) else w0)
+
+
+# ------------------------------------------------------------------------------------------------ the decoder
+
+class RowStage:
+    """Between the decoder's units and the writer: collects a band's decoded dB rows (over `decoded_region()`, the
+    requested region widened by RADIUS where the raster goes on), filters each run of rows as soon as the rows below
+    it are there, and hands the final rows of the requested region to `emit(db, valid, escaped, col, row)` (region
+    coordinates of the raster), the filtered values clipped to `clip` (the file's dB range: the source's pixels
+outside it are escapes, kept as they are). Memory: one tile row of the decoded width, plus 3·RADIUS rows."""
+
+    def __init__(self, taps, region, raster_width: int, raster_height: int, emit, clip=None):
+        self.taps = taps
+        self.clip = clip
+        self.col0, self.row0, self.width, self.height = region
+        self.W, self.H = raster_width, raster_height
+        self.x0, self.x1 = max(self.col0 - RADIUS, 0), min(self.col0 + self.width + RADIUS, self.W)
+        self.y0, self.y1 = max(self.row0 - RADIUS, 0), min(self.row0 + self.height + RADIUS, self.H)
+        self.emit = emit
+        self.buf_start = self.y0
+        self.db = np.zeros((0, self.x1 - self.x0), np.float32)
+        self.valid = np.zeros((0, self.x1 - self.x0), bool)
+        self.escaped = np.zeros((0, self.x1 - self.x0), np.float32)
+        self.cur = None
+        self.next_row = self.row0
+
+    def decoded_region(self):
+        return self.x0, self.y0, self.x1 - self.x0, self.y1 - self.y0
+
+    def put(self, y0: int, y1: int, a: int, b: int, db, valid, escaped) -> None:
+        """One decoded block (raster rows [y0, y1), columns [a, b)) of the current tile row."""
+        if self.cur is None or self.cur[0] != y0:
+            n = y1 - y0
+            wd = self.x1 - self.x0
+            self.cur = (y0, np.zeros((n, wd), np.float32), np.zeros((n, wd), bool), np.full((n, wd), np.nan, np.float32))
+        _, d, v, e = self.cur
+        d[:, a - self.x0:b - self.x0] = db
+        v[:, a - self.x0:b - self.x0] = valid
+        if escaped is not None:
+            e[:, a - self.x0:b - self.x0] = escaped
+
+    def row_done(self) -> None:
+        """The current tile row is complete: filter and emit what has its context now."""
+        _, d, v, e = self.cur
+        self.db = np.concatenate([self.db, d])
+        self.valid = np.concatenate([self.valid, v])
+        self.escaped = np.concatenate([self.escaped, e])
+        self.cur = None
+        end_buf = self.buf_start + self.db.shape[0]
+        last = end_buf >= self.y1
+        end = min(self.row0 + self.height, end_buf if last else end_buf - RADIUS)
+        s = self.next_row
+        if end <= s:
+            return
+        lo, hi = s - RADIUS, end + RADIUS
+        a0, a1 = max(lo, 0), min(hi, self.H)
+        block = self.db[a0 - self.buf_start:a1 - self.buf_start]
+        c_lo, c_hi = self.col0 - RADIUS, self.col0 + self.width + RADIUS
+        block = block[:, max(c_lo, 0) - self.x0:min(c_hi, self.W) - self.x0]
+        block = pad_block(block, max(0, -lo), max(0, hi - self.H), max(0, -c_lo), max(0, c_hi - self.W))
+        out = apply(block, self.taps)
+        if self.clip is not None:  # non-escaped pixels lie in the file's dB range (the others are escapes)
+            np.clip(out, self.clip[0], self.clip[1], out=out)
+        rs = slice(s - self.buf_start, end - self.buf_start)
+        cs = slice(self.col0 - self.x0, self.col0 + self.width - self.x0)
+        esc = self.escaped[rs, cs]
+        hit = ~np.isnan(esc)
+        if hit.any():
+            out[hit] = esc[hit]
+        self.emit(out, self.valid[rs, cs], esc if hit.any() else None, self.col0, s)
+        self.next_row = end
+        keep = max(end - RADIUS, self.buf_start) - self.buf_start
+        self.db, self.valid, self.escaped = self.db[keep:], self.valid[keep:], self.escaped[keep:]
+        self.buf_start += keep
