@@ -121,9 +121,9 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
         filtered = add_postfilter(plain, input_path, output_path, post_filter, target_bpp=target_bpp, work_dir=work,
                                   progress=lambda f, m="": slot.step(f, f"--rate {target_bpp:g}: post-filter"
                                                                         + (f", {m}" if m else "")))
-        if filtered is None:
-            with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=[input_path]) as out:
-                shutil.copyfile(plain, out.tmp)
+        if filtered is None:  # no filter after all: the search again at the whole target
+            res = _search_rate(input_path, output_path, target_bpp, progress=prog.sub(SEARCHED, SEARCHED).step,
+                               post_filter="off", **search)
         else:
             res.update(bytes=filtered["bytes"], bpp=filtered["bpp"], parts=filtered["parts"],
                        post_filter=filtered["post_filter"])

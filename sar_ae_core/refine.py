@@ -229,7 +229,9 @@ def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, ta
     """`sarz_path` with a post-filter (coding/postfilter.py) fitted against `input_path`, written as `output_path`
     (which may be `sarz_path` itself: the new file is moved into place whole). `mode` 'auto' fits 'enl' from
     postfilter.ENL_FROM_BPP bits per pixel (`target_bpp`, else the file's own rate), 'mse' below. Returns the new
-    file's facts (bytes, bpp, the mode), or None where no band can be filtered (nothing is written then)."""
+    file's facts (bytes, bpp, the mode), or None where no band can be filtered, or an 'enl' fit where the unfiltered
+    reconstruction already keeps the ENL bound does not pay for its bytes as a least-squares one (`postfilter.pays`): nothing is written
+    then."""
     from sar_ae_core.codec import reconstruct_raster
     from sar_ae_core.coding import postfilter as pf
     from sar_ae_core.progress import Progress
@@ -257,8 +259,12 @@ def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, ta
         pre = os.path.join(tmp, "prefilter.tif")
         reconstruct_raster(sarz_path, pre, units="db", bundle=bundle, output_compress="none", prefilter=True,
                            progress=prog.sub(0.0, 0.4).step)
-        taps = pf.fit(input_path, pre, header["source"], mode, progress=prog.sub(0.4, 0.9).step)
+        taps, constrained = pf.fit(input_path, pre, header["source"], mode, progress=prog.sub(0.4, 0.9).step)
         if all(t is None for t in taps):
+            return None
+        # where the reconstruction keeps the speckle without a filter, the filter is for the error alone: it must pay
+        # for its bytes as a least-squares one
+        if mode == "enl" and not any(constrained) and not pf.pays("mse", 0.0, os.path.getsize(sarz_path), bands):
             return None
         header["postfilter"] = pf.to_header(taps)
         out_tmp = os.path.join(tmp, "filtered.sarz")
@@ -276,6 +282,6 @@ def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, ta
         prog.step(0.95, "post-filter fitted")
         nbytes = os.path.getsize(output_path)
         return {"bytes": nbytes, "bpp": nbytes * 8 / pixels, "parts": sizes, "post_filter": mode,
-                "post_filter_taps": taps}
+                "post_filter_taps": taps, "enl_bound_active": any(constrained)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

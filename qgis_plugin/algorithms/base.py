@@ -44,6 +44,7 @@ from sar_ae_core.defaults import (ATTENTION_MODEL, CODEC_IDS, DEFAULT_MODEL, SCA
                                   UNIT_CHOICES)
 
 CODEC_CHOICES = ("auto",) + CODEC_IDS
+POST_FILTER_CHOICES = ("auto", "enl", "mse", "off")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 NO_BUNDLED_MODEL = "(no bundled model: choose a model file below)"
 MAP_PARAMS = (("ERROR_MAP", "abs_error_db"), ("ENL_MAP", "enl_ratio"), ("EPI_MAP", "epi"))
@@ -212,6 +213,7 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
     TARGET_BPP = "TARGET_BPP"
     RESIDUAL_STEP = "RESIDUAL_STEP"
     DECODER_BUDGET = "DECODER_BUDGET"
+    POST_FILTER = "POST_FILTER"
     SCALING = "SCALING"
     CODEC = "CODEC"
     DEVICE = "DEVICE"
@@ -336,6 +338,9 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
             "Decoder budget with a target rate (thousand multiply-accumulates per pixel; 0 = any rate point; 2.5 = "
             "the light decoders only, a quarter of sarae-q4's operations)"), QgsProcessingParameterNumber.Double,
             0.0, minValue=0.0, maxValue=100.0))
+        self._advanced(self._choice(self.POST_FILTER, "Post-filter (a 5x5 filter fitted on the file's own "
+                                    "reconstruction: auto = keep the speckle of homogeneous areas from 0.5 bits per "
+                                    "pixel, least squares below)", POST_FILTER_CHOICES, "auto"))
         # only the uniform-zstd coder reads it: the entropy-coded default models ignore it, so it is advanced
         self._advanced(QgsProcessingParameterNumber(self.BITS, self.tr(
             "Quantization bits per latent value (uniform-zstd coder only)"), QgsProcessingParameterNumber.Integer,
@@ -489,6 +494,8 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
             device=self._enum(parameters, self.DEVICE, context),
             tile=self.parameterAsInt(parameters, self.TILE, context),
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context))
+        if self.parameterDefinition(self.POST_FILTER) is not None:
+            options["post_filter"] = self._enum(parameters, self.POST_FILTER, context)
         target = self.parameterAsDouble(parameters, self.TARGET_BPP, context) \
             if self.parameterDefinition(self.TARGET_BPP) is not None else 0.0
         if target > 0:
@@ -532,6 +539,9 @@ class SarAeAlgorithm(QgsProcessingAlgorithm):
         codec = info["codec"]
         gain = f", quantization gain {codec['gain']:.3f}" if "gain" in codec else ""
         feedback.pushInfo(self.tr(f"Latent coder: {codec['id']}{gain}; model {info['model']}"))
+        if res.get("post_filter"):
+            feedback.pushInfo(self.tr(f"Post-filter: {res['post_filter']} (5x5, fitted on the file's own "
+                                      "reconstruction, stored in its header)"))
         if res.get("escape_step_db"):
             bright = f" or among the brightest {res['keep_brightest']:g} %" if res.get("keep_brightest") else ""
             feedback.pushInfo(self.tr(f"Kept exactly (nothing clipped): {res['escaped_pixels']:,} pixel(s) outside "

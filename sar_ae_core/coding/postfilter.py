@@ -219,9 +219,10 @@ class _Band:
 
 
 def fit(source_path, prefilter_path, source: dict, mode: str, *, block: int = 512,
-        progress: Optional[Callable] = None) -> list:
+        progress: Optional[Callable] = None) -> tuple[list, list]:
     """Taps per band (None where a band is too small or has too few valid pixels) fitted on the reconstruction
-    `prefilter_path` (dB GeoTIFF of every pixel, as the decoder has it before the filter) against the source."""
+    `prefilter_path` (dB GeoTIFF of every pixel, as the decoder has it before the filter) against the source, and per
+    band whether the ENL bound moved them off the least-squares fit."""
     import rasterio
 
     from sar_ae_core.io.raster import Window, open_raster
@@ -232,7 +233,7 @@ def fit(source_path, prefilter_path, source: dict, mode: str, *, block: int = 51
             rasterio.open(prefilter_path) as rec:
         H, W, nb = src.height, src.width, src.count
         if not usable(W, H):
-            return [None] * nb
+            return [None] * nb, [False] * nb
         halo = max(RADIUS, CV_WINDOW // 2) if mode == "enl" else RADIUS
         wins = list(M.iter_map_windows(H, W, block, halo))
         thr = None
@@ -290,7 +291,8 @@ def fit(source_path, prefilter_path, source: dict, mode: str, *, block: int = 51
                         a.hy.append(r_db[b][win.core].ravel()[sel].astype(np.float32))
             if progress is not None:
                 progress((i + 1) / len(wins), "fitting the post-filter")
-    return [_solve(a, mode) for a in acc]
+    solved = [_solve(a, mode) for a in acc]
+    return [t for t, _ in solved], [c for _, c in solved]
 
 
 def _quantized(w: np.ndarray) -> list[int]:
@@ -306,24 +308,31 @@ def _enl(lin: np.ndarray) -> float:
 
 
 def _solve(a: _Band, mode: str):
+    """(taps or None, whether the reconstruction without a filter is above the ENL bound: the filter is there to
+    put speckle back, not only to lower the error)."""
+    w, constrained = _solve_float(a, mode)
+    return (None if w is None else _quantized(w)), constrained
+
+
+def _solve_float(a: _Band, mode: str):
     if a.n < MIN_PIXELS:
-        return None
+        return None, False
     A, b = a.A / a.n, a.b / a.n
     ridge = 1e-9 * np.trace(A) * np.eye(N_TAPS)
     try:
         w0 = np.linalg.solve(A + ridge, b)
     except np.linalg.LinAlgError:
-        return None
+        return None, False
     if not np.all(np.isfinite(w0)):
-        return None
+        return None, False
     if mode != "enl" or not a.hx:
-        return _quantized(w0)
+        return w0, False
     X, y = np.concatenate(a.hx).astype(np.float64), np.concatenate(a.hy).astype(np.float64)
     if len(y) < 64:
-        return _quantized(w0)
+        return w0, False
     e_ref = _enl(np.power(10.0, y / 10.0))
     if not math.isfinite(e_ref) or e_ref <= 0:
-        return _quantized(w0)
+        return w0, False
     Xc = X - X.mean(0)
     C = Xc.T @ Xc / len(y) * (a.nh / a.n)  # the variance over the homogeneous areas, on the scale of the MSE
 
@@ -336,10 +345,13 @@ def _solve(a: _Band, mode: str):
             np.linalg.cholesky(M_ + ridge)
             return np.linalg.solve(M_ + ridge, b)
         except np.linalg.LinAlgError:
-            return None
+            return None, False
 
+    identity = np.zeros(N_TAPS)
+    identity[0] = 1.0
+    needed = ratio(identity) > ENL_MAX  # the reconstruction itself smooths the homogeneous areas
     if ratio(w0) <= ENL_MAX:
-        return _quantized(w0)
+        return w0, needed
     lo, hi, w_hi = 0.0, None, None
     mu = 0.05
     while mu < 64:  # bracket: the smallest tried μ that meets the target
@@ -352,7 +364,7 @@ def _solve(a: _Band, mode: str):
         lo, mu = mu, mu * 2
     if hi is None:  # the target is out of reach: as far towards it as the family goes
         w = solve(lo) if lo > 0 else None
-        return _quantized(w if w is not None and np.all(np.isfinite(w)) else w0)
+        return (w if w is not None and np.all(np.isfinite(w)) else w0), needed
     for _ in range(14):
         m = 0.5 * (lo + hi)
         w = solve(m)
@@ -360,7 +372,7 @@ def _solve(a: _Band, mode: str):
             hi, w_hi = m, w
         else:
             lo = m
-    return _quantized(w_hi if np.all(np.isfinite(w_hi)) else w0)
+    return (w_hi if np.all(np.isfinite(w_hi)) else w0), needed
 
 
 # ------------------------------------------------------------------------------------------------ the decoder
