@@ -256,10 +256,15 @@ def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, ta
             return None
         pixels = p.width * p.height * bands
         mode = pf.resolve(mode, target_bpp if target_bpp is not None else os.path.getsize(sarz_path) * 8 / pixels)
-        pre = os.path.join(tmp, "prefilter.tif")
-        reconstruct_raster(sarz_path, pre, units="db", bundle=bundle, output_compress="none", prefilter=True,
-                           progress=prog.sub(0.0, 0.4).step)
-        taps, constrained = pf.fit(input_path, pre, header["source"], mode, progress=prog.sub(0.4, 0.9).step)
+        # the reconstruction the filter will get: of the whole raster, or of a few windows of a large one
+        windows = pf.fit_windows(p.width, p.height, p.tile) or [None]
+        pieces = []
+        for k, win in enumerate(windows):
+            pre = os.path.join(tmp, f"prefilter{k}.tif")
+            reconstruct_raster(sarz_path, pre, units="db", bundle=bundle, output_compress="none", prefilter=True,
+                               window=win, progress=prog.sub(0.4 * k / len(windows), 0.4 * (k + 1) / len(windows)).step)
+            pieces.append((pre, 0, 0) if win is None else (pre, win[0], win[1]))
+        taps, constrained = pf.fit(input_path, pieces, header["source"], mode, progress=prog.sub(0.4, 0.9).step)
         if all(t is None for t in taps):
             return None
         # where the reconstruction keeps the speckle without a filter, the filter is for the error alone: it must pay
@@ -282,6 +287,7 @@ def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, ta
         prog.step(0.95, "post-filter fitted")
         nbytes = os.path.getsize(output_path)
         return {"bytes": nbytes, "bpp": nbytes * 8 / pixels, "parts": sizes, "post_filter": mode,
-                "post_filter_taps": taps, "enl_bound_active": any(constrained)}
+                "post_filter_taps": taps, "enl_bound_active": any(constrained),
+                "post_filter_fit_windows": None if windows == [None] else windows}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

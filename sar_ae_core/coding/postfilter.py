@@ -80,16 +80,24 @@ def _features(padded: np.ndarray, h: int, w: int) -> list[np.ndarray]:
     return out
 
 
-def apply(padded: np.ndarray, taps) -> np.ndarray:
+def apply(padded: np.ndarray, taps, rows: int = 8) -> np.ndarray:
     """The filtered h × w centre of a float32 block padded by RADIUS on every side (mirrored at the raster's edges,
-    the neighbouring pixels elsewhere)."""
-    h, w = padded.shape[0] - 2 * RADIUS, padded.shape[1] - 2 * RADIUS
-    t = np.asarray(taps, np.float64) / SCALE
-    feats = _features(padded.astype(np.float32, copy=False), h, w)
-    out = feats[0] * np.float32(t[0])
-    for k in range(1, len(feats)):
-        out += feats[k] * np.float32(t[k])
-    out += np.float32(t[-1])
+    the neighbouring pixels elsewhere), `rows` rows at a time (the temporaries stay in the CPU's cache)."""
+    r = RADIUS
+    h, w = padded.shape[0] - 2 * r, padded.shape[1] - 2 * r
+    t = (np.asarray(taps, np.float64) / SCALE).astype(np.float32)
+    x = padded.astype(np.float32, copy=False)
+    out = np.empty((h, w), np.float32)
+    tmp = np.empty((rows, w), np.float32)
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        o, tm = out[y0:y1], tmp[:y1 - y0]
+        np.multiply(x[r + y0:r + y1, r:r + w], t[0], out=o)
+        for k, (dy, dx) in enumerate(OFFSETS):
+            np.add(x[r + y0 + dy:r + y1 + dy, r + dx:r + dx + w], x[r + y0 - dy:r + y1 - dy, r - dx:r - dx + w], out=tm)
+            tm *= t[k + 1]
+            o += tm
+        o += t[-1]
     return out
 
 
@@ -218,79 +226,134 @@ class _Band:
         self.hy: list[np.ndarray] = []
 
 
-def fit(source_path, prefilter_path, source: dict, mode: str, *, block: int = 512,
+#: rasters of more pixels than this are fitted on FIT_WINDOWS tile-aligned windows spread over them (a fixed cost
+#: instead of a decode of the whole raster: 14 numbers need far fewer pixels)
+FIT_PIXELS = 2 << 20
+FIT_WINDOWS = 8
+FIT_WINDOW = 512
+
+
+def fit_windows(width: int, height: int, tile: int) -> Optional[list]:
+    """The windows (col, row, width, height) a large raster's filter is fitted on, or None to fit on all of it."""
+    if width * height <= FIT_PIXELS:
+        return None
+    side = max(tile, FIT_WINDOW // tile * tile)
+    w, h = min(side, width), min(side, height)
+    n = int(math.ceil(math.sqrt(FIT_WINDOWS)))
+    out = []
+    for i in range(n):
+        for j in range(n):
+            if len(out) == FIT_WINDOWS:
+                break
+            c = int(round((width - w) * (j + 0.5) / n / tile)) * tile
+            r = int(round((height - h) * (i + 0.5) / n / tile)) * tile
+            out.append((min(c, width - w), min(r, height - h), w, h))
+    return sorted(set(out))
+
+
+def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
         progress: Optional[Callable] = None) -> tuple[list, list]:
-    """Taps per band (None where a band is too small or has too few valid pixels) fitted on the reconstruction
-    `prefilter_path` (dB GeoTIFF of every pixel, as the decoder has it before the filter) against the source, and per
-    band whether the ENL bound moved them off the least-squares fit."""
+    """Taps per band (None where a band is too small or has too few valid pixels) fitted against the source on the
+    reconstruction as the decoder has it before the filter (dB of every pixel), given as `pieces`: (GeoTIFF path,
+    col, row) of windows of it (the whole raster: one piece at 0, 0); and per band whether the reconstruction without
+    a filter is above the ENL bound. A piece's edge inside the raster has no context beyond it: the pixels within
+    the filter's (and the homogeneity window's) reach of it are left out of the fit."""
     import rasterio
 
     from sar_ae_core.io.raster import Window, open_raster
     from sar_ae_core.quality import metrics as M
     from sar_ae_core.scaling import raw_to_db, valid_mask
 
-    with open_raster(source_path, bands=source["bands"], units=source["units"]) as src, \
-            rasterio.open(prefilter_path) as rec:
+    with open_raster(source_path, bands=source["bands"], units=source["units"]) as src:
         H, W, nb = src.height, src.width, src.count
         if not usable(W, H):
             return [None] * nb, [False] * nb
         halo = max(RADIUS, CV_WINDOW // 2) if mode == "enl" else RADIUS
-        wins = list(M.iter_map_windows(H, W, block, halo))
+        plan = []
+        for path, c0, r0 in pieces:
+            with rasterio.open(path) as ds:
+                pw, ph = ds.width, ds.height
+            plan.append((path, c0, r0, pw, ph, list(M.iter_map_windows(ph, pw, block, halo))))
+        steps = sum(len(x[-1]) for x in plan) * (2 if mode == "enl" else 1)
+        done = 0
+
+        def tick():
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done / steps, "fitting the post-filter")
+
+        def inside(c0, r0, pw, ph, win, reach):
+            """Core pixels with `reach` pixels of true context (the raster's mirrored edge counts as context)."""
+            (cr, cc), (rr, rc) = win.core, win.read
+            ys = np.arange(cr.start, cr.stop) + rr.start
+            xs = np.arange(cc.start, cc.stop) + rc.start
+            oky = ((ys >= reach) | (r0 == 0)) & ((ys < ph - reach) | (r0 + ph == H))
+            okx = ((xs >= reach) | (c0 == 0)) & ((xs < pw - reach) | (c0 + pw == W))
+            return oky[:, None] & okx[None, :]
+
+        def source_block(c0, r0, win):
+            rows, cols = win.read
+            w = Window(c0 + cols.start, r0 + rows.start, cols.stop - cols.start, rows.stop - rows.start)
+            raw = src.read(w)
+            return raw, valid_mask(raw, src.units, src.nodata)
+
         thr = None
         if mode == "enl":  # pass 1: the homogeneity threshold (assess's rule), from the source alone
             cvs = [[] for _ in range(nb)]
-            for win in wins:
-                rows, cols = win.read
-                w = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-                raw = src.read(w)
-                ok = valid_mask(raw, src.units, src.nodata)
-                for b in range(nb):
-                    cv, cand = M.local_cv_window(np.power(10.0, raw_to_db(np.where(ok[b], raw[b], 1), src.units)
-                                                          / 10.0), ok[b], CV_WINDOW)
-                    c = cv[win.core][cand[win.core]]
-                    cvs[b].append(c[:: max(1, c.size // 20000)])
+            for path, c0, r0, pw, ph, wins in plan:
+                for win in wins:
+                    raw, ok = source_block(c0, r0, win)
+                    keep = inside(c0, r0, pw, ph, win, CV_WINDOW // 2)
+                    for b in range(nb):
+                        cv, cand = M.local_cv_window(np.power(10.0, raw_to_db(np.where(ok[b], raw[b], 1), src.units)
+                                                              / 10.0), ok[b], CV_WINDOW)
+                        c = cv[win.core][cand[win.core] & keep]
+                        cvs[b].append(c[:: max(1, c.size // 20000)])
+                    tick()
             thr = []
             for b in range(nb):
                 c = np.concatenate(cvs[b]) if cvs[b] else np.zeros(0)
                 thr.append(M.HOMOGENEOUS_CV_FACTOR * float(np.quantile(c, M.HOMOGENEOUS_QUANTILE)) if c.size else 0.0)
         acc = [_Band() for _ in range(nb)]
-        n_hom_est = max(1, int(0.2 * H * W))
-        stride = max(1, n_hom_est // HOM_SAMPLE)
-        for i, win in enumerate(wins):
-            rows, cols = win.read
-            w = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-            raw = src.read(w)
-            ok = valid_mask(raw, src.units, src.nodata)
-            r_db = raw_to_db(np.where(ok, raw, 1), src.units)
-            x = rec.read(window=w.to_rasterio()).astype(np.float64)
-            (cr, cc) = win.core
-            h, wd = cr.stop - cr.start, cc.stop - cc.start
-            # the core padded by RADIUS: the read window's pixels, mirrored where it is the raster's edge
-            top, left = cr.start - RADIUS, cc.start - RADIUS
-            for b in range(nb):
-                xb = pad_block(x[b], max(0, -top), max(0, (cr.stop + RADIUS) - x.shape[1]),
-                               max(0, -left), max(0, (cc.stop + RADIUS) - x.shape[2]))
-                xb = xb[max(0, top):max(0, top) + h + 2 * RADIUS, max(0, left):max(0, left) + wd + 2 * RADIUS]
-                feats = _features(xb, h, wd) + [np.ones((h, wd))]
-                v = ok[b][win.core]
-                if not v.any():
-                    continue
-                X = np.stack([f[v] for f in feats], 1)
-                y = r_db[b][win.core][v]
-                a = acc[b]
-                a.A += X.T @ X
-                a.b += X.T @ y
-                a.n += len(y)
-                if thr is not None and thr[b] > 0:
-                    cv, cand = M.local_cv_window(np.power(10.0, r_db[b] / 10.0), ok[b], CV_WINDOW)
-                    hom = (cand & (cv < thr[b]))[win.core]
-                    if hom.any():
-                        a.nh += int(hom.sum())
-                        sel = np.flatnonzero(hom.ravel())[::stride]
-                        a.hx.append(np.stack([f.ravel()[sel] for f in feats], 1).astype(np.float32))
-                        a.hy.append(r_db[b][win.core].ravel()[sel].astype(np.float32))
-            if progress is not None:
-                progress((i + 1) / len(wins), "fitting the post-filter")
+        n_px = sum(pw * ph for _, _, _, pw, ph, _ in plan)
+        stride = max(1, int(0.2 * n_px) // HOM_SAMPLE)
+        for path, c0, r0, pw, ph, wins in plan:
+            with rasterio.open(path) as rec:
+                for win in wins:
+                    raw, ok = source_block(c0, r0, win)
+                    r_db = raw_to_db(np.where(ok, raw, 1), src.units)
+                    rows, cols = win.read
+                    x = rec.read(window=((rows.start, rows.stop), (cols.start, cols.stop))).astype(np.float64)
+                    (cr, cc) = win.core
+                    h, wd = cr.stop - cr.start, cc.stop - cc.start
+                    # the core padded by RADIUS: the read window's pixels, mirrored where it is the piece's edge
+                    top, left = cr.start - RADIUS, cc.start - RADIUS
+                    keep = inside(c0, r0, pw, ph, win, RADIUS)
+                    keep_h = inside(c0, r0, pw, ph, win, CV_WINDOW // 2) if thr is not None else None
+                    for b in range(nb):
+                        xb = pad_block(x[b], max(0, -top), max(0, (cr.stop + RADIUS) - x.shape[1]),
+                                       max(0, -left), max(0, (cc.stop + RADIUS) - x.shape[2]))
+                        xb = xb[max(0, top):max(0, top) + h + 2 * RADIUS, max(0, left):max(0, left) + wd + 2 * RADIUS]
+                        v = ok[b][win.core] & keep
+                        if not v.any():
+                            continue
+                        feats = _features(xb, h, wd) + [np.ones((h, wd))]
+                        X = np.stack([f[v] for f in feats], 1)
+                        y = r_db[b][win.core][v]
+                        a = acc[b]
+                        a.A += X.T @ X
+                        a.b += X.T @ y
+                        a.n += len(y)
+                        if thr is not None and thr[b] > 0:
+                            cv, cand = M.local_cv_window(np.power(10.0, r_db[b] / 10.0), ok[b], CV_WINDOW)
+                            hom = (cand & (cv < thr[b]))[win.core] & keep_h
+                            if hom.any():
+                                a.nh += int(hom.sum())
+                                sel = np.flatnonzero(hom.ravel())[::stride]
+                                a.hx.append(np.stack([f.ravel()[sel] for f in feats], 1).astype(np.float32))
+                                a.hy.append(r_db[b][win.core].ravel()[sel].astype(np.float32))
+                    tick()
     solved = [_solve(a, mode) for a in acc]
     return [t for t, _ in solved], [c for _, c in solved]
 
@@ -393,9 +456,10 @@ outside it are escapes, kept as they are). Memory: one tile row of the decoded w
         self.y0, self.y1 = max(self.row0 - RADIUS, 0), min(self.row0 + self.height + RADIUS, self.H)
         self.emit = emit
         self.buf_start = self.y0
-        self.db = np.zeros((0, self.x1 - self.x0), np.float32)
-        self.valid = np.zeros((0, self.x1 - self.x0), bool)
-        self.escaped = np.zeros((0, self.x1 - self.x0), np.float32)
+        wd = self.x1 - self.x0
+        self.db = np.zeros((0, wd), np.float32)
+        self.valid = np.zeros((0, wd), bool)
+        self.escaped = None  # float32 (NaN where none) once a row has escapes
         self.cur = None
         self.next_row = self.row0
 
@@ -404,22 +468,26 @@ outside it are escapes, kept as they are). Memory: one tile row of the decoded w
 
     def put(self, y0: int, y1: int, a: int, b: int, db, valid, escaped) -> None:
         """One decoded block (raster rows [y0, y1), columns [a, b)) of the current tile row."""
+        wd = self.x1 - self.x0
         if self.cur is None or self.cur[0] != y0:
             n = y1 - y0
-            wd = self.x1 - self.x0
-            self.cur = (y0, np.zeros((n, wd), np.float32), np.zeros((n, wd), bool), np.full((n, wd), np.nan, np.float32))
-        _, d, v, e = self.cur
+            self.cur = [y0, np.zeros((n, wd), np.float32), np.zeros((n, wd), bool), None]
+        d, v = self.cur[1], self.cur[2]
         d[:, a - self.x0:b - self.x0] = db
         v[:, a - self.x0:b - self.x0] = valid
         if escaped is not None:
-            e[:, a - self.x0:b - self.x0] = escaped
+            if self.cur[3] is None:
+                self.cur[3] = np.full(d.shape, np.nan, np.float32)
+            self.cur[3][:, a - self.x0:b - self.x0] = escaped
 
     def row_done(self) -> None:
         """The current tile row is complete: filter and emit what has its context now."""
         _, d, v, e = self.cur
+        if e is not None or self.escaped is not None:
+            old = self.escaped if self.escaped is not None else np.full(self.db.shape, np.nan, np.float32)
+            self.escaped = np.concatenate([old, e if e is not None else np.full(d.shape, np.nan, np.float32)])
         self.db = np.concatenate([self.db, d])
         self.valid = np.concatenate([self.valid, v])
-        self.escaped = np.concatenate([self.escaped, e])
         self.cur = None
         end_buf = self.buf_start + self.db.shape[0]
         last = end_buf >= self.y1
@@ -438,12 +506,17 @@ outside it are escapes, kept as they are). Memory: one tile row of the decoded w
             np.clip(out, self.clip[0], self.clip[1], out=out)
         rs = slice(s - self.buf_start, end - self.buf_start)
         cs = slice(self.col0 - self.x0, self.col0 + self.width - self.x0)
-        esc = self.escaped[rs, cs]
-        hit = ~np.isnan(esc)
-        if hit.any():
-            out[hit] = esc[hit]
-        self.emit(out, self.valid[rs, cs], esc if hit.any() else None, self.col0, s)
+        esc = None if self.escaped is None else self.escaped[rs, cs]
+        if esc is not None:
+            hit = ~np.isnan(esc)
+            if hit.any():
+                out[hit] = esc[hit]
+            else:
+                esc = None
+        self.emit(out, self.valid[rs, cs], esc, self.col0, s)
         self.next_row = end
         keep = max(end - RADIUS, self.buf_start) - self.buf_start
-        self.db, self.valid, self.escaped = self.db[keep:], self.valid[keep:], self.escaped[keep:]
+        self.db, self.valid = self.db[keep:], self.valid[keep:]
+        if self.escaped is not None:
+            self.escaped = self.escaped[keep:]
         self.buf_start += keep
