@@ -756,8 +756,8 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
             writer.write(values, Window(col - out_col0, row - out_row0, db.shape[1], db.shape[0]), band=band + 1)
             timer.io += time.perf_counter() - t0
 
-        stage = pf.RowStage(taps, region, p.width, p.height, emit, clip=(np.float32(f.scaling.vmin_db),
-                                                                          np.float32(f.scaling.vmax_db)))
+        stage = pf.RowStage(taps, region, p.width, p.height, emit, tile=p.tile,
+                            clip=(np.float32(f.scaling.vmin_db), np.float32(f.scaling.vmax_db)))
     fct, cells = p.downsample, p.cells
     unit_cells = max(1, UNIT_PIXELS // p.tile) * cells
     allowed = None
@@ -856,31 +856,39 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
 
     from collections import deque
 
-    in_flight: deque = deque()
-    depth = 2 * max(1, runner.threads)
-    t_c0 = max(0, u_first * unit_cells - halo) // cells
-    t_c1 = min(p.latent_width - 1, (u_last + 1) * unit_cells - 1 + halo) // cells
-    m_c0, m_c1 = col0 // p.tile, (col0 + width - 1) // p.tile
-    for tr in tile_rows:
-        # the chunks this tile row reads (latents of its rows and the halo rows, its masks), in one request per span
-        # from a remote file; a local file ignores the hint
-        need = [_chunk_id(p, f.bands, t_r, t_c, band, 0) for t_r in range(max(0, tr - 1), min(p.tile_rows, tr + 2))
-                for t_c in range(t_c0, t_c1 + 1) if (t_r, t_c) not in cache and (
-                    allowed is None or (allowed[0] <= t_r <= allowed[1] and allowed[2] <= t_c <= allowed[3]))]
-        need += [_chunk_id(p, f.bands, tr, t_c, band, 1) for t_c in range(m_c0, m_c1 + 1)]
-        f.reader.prefetch(need)
-        for key in list(cache):  # the row above is needed only as the halo (its last `halo` cell rows)
-            if key[0] < tr - 1:
-                del cache[key]
-            elif key[0] == tr - 1 and cache[key][0] == 0 and cache[key][1].shape[1] > halo:
-                tile = cache[key][1]
-                cache[key] = (tile.shape[1] - halo, np.ascontiguousarray(tile[:, -halo:]))
-        for u in range(u_first, u_last + 1):
-            in_flight.append(launch(tr, u))
-            if len(in_flight) >= depth:
-                finish(in_flight.popleft())
-    while in_flight:
-        finish(in_flight.popleft())
+    try:
+        in_flight: deque = deque()
+        depth = 2 * max(1, runner.threads)
+        t_c0 = max(0, u_first * unit_cells - halo) // cells
+        t_c1 = min(p.latent_width - 1, (u_last + 1) * unit_cells - 1 + halo) // cells
+        m_c0, m_c1 = col0 // p.tile, (col0 + width - 1) // p.tile
+        for tr in tile_rows:
+            # the chunks this tile row reads (latents of its rows and the halo rows, its masks), in one request per
+            # span from a remote file; a local file ignores the hint
+            need = [_chunk_id(p, f.bands, t_r, t_c, band, 0)
+                    for t_r in range(max(0, tr - 1), min(p.tile_rows, tr + 2))
+                    for t_c in range(t_c0, t_c1 + 1) if (t_r, t_c) not in cache and (
+                        allowed is None or (allowed[0] <= t_r <= allowed[1] and allowed[2] <= t_c <= allowed[3]))]
+            need += [_chunk_id(p, f.bands, tr, t_c, band, 1) for t_c in range(m_c0, m_c1 + 1)]
+            f.reader.prefetch(need)
+            for key in list(cache):  # the row above is needed only as the halo (its last `halo` cell rows)
+                if key[0] < tr - 1:
+                    del cache[key]
+                elif key[0] == tr - 1 and cache[key][0] == 0 and cache[key][1].shape[1] > halo:
+                    tile = cache[key][1]
+                    cache[key] = (tile.shape[1] - halo, np.ascontiguousarray(tile[:, -halo:]))
+            for u in range(u_first, u_last + 1):
+                in_flight.append(launch(tr, u))
+                if len(in_flight) >= depth:
+                    finish(in_flight.popleft())
+        while in_flight:
+            finish(in_flight.popleft())
+    except BaseException:
+        if stage is not None:
+            stage.close(raise_errors=False)  # the first error (or the cancel) is the one to report
+        raise
+    if stage is not None:
+        stage.close()
 
 
 def _mask_rows(f: SarzFile, band: int, y0: int, y1: int, col0: int, width: int):

@@ -148,3 +148,41 @@ def test_the_command_line_option(tmp_path, kerala_crop):
     p = subprocess.run([sys.executable, "-m", "sar_ae_core", "compress", str(kerala_crop), str(tmp_path / "y.sarz"),
                         "--max-rmse-db", "2", "--post-filter", "mse"], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 2 and "--post-filter" in p.stderr and not (tmp_path / "y.sarz").exists()
+
+
+def test_a_large_raster_is_fitted_on_windows_of_it(tmp_path, kerala_dn):
+    """Above FIT_PIXELS the filter is fitted on FIT_WINDOWS tile-aligned windows (a fixed cost), and lowers the
+    error of the whole raster all the same."""
+    from sar_ae_core.refine import add_postfilter
+
+    with rasterio.open(kerala_dn) as src:
+        a, prof = src.read(1), src.profile
+    big = np.tile(a, (2, 2))[:1500, :1500]  # 2.25 MPx: Kerala's sea and land, twice over
+    assert big.size > pf.FIT_PIXELS
+    prof.update(width=1500, height=1500, crs=None, transform=rasterio.Affine(10, 0, 0, 0, -10, 0))
+    src_path = tmp_path / "big.tif"
+    with rasterio.open(src_path, "w", **prof) as dst:
+        dst.write(big, 1)
+    compress_raster(src_path, tmp_path / "off.sarz", model="sarae-q2", post_filter="off")
+    r = add_postfilter(tmp_path / "off.sarz", src_path, tmp_path / "on.sarz", "mse")
+    wins = r["post_filter_fit_windows"]
+    assert len(wins) == pf.FIT_WINDOWS and all(c % 256 == 0 and rr % 256 == 0 and c + w <= 1500 and rr + h <= 1500
+                                                for c, rr, w, h in wins)
+    off = _rmse(src_path, tmp_path / "off.sarz", tmp_path / "off.tif")["rmse_db"]
+    on = _rmse(src_path, tmp_path / "on.sarz", tmp_path / "on.tif")["rmse_db"]
+    assert on < off * 0.995, (on, off)
+
+
+def test_the_enl_fit_where_the_speckle_bound_is_out_of_the_family_s_reach():
+    """A reconstruction far smoother than its source (here: a constant): the bound cannot be met by any filter of the
+    family, the fit stops where the family ends (a positive-definite system) instead of failing."""
+    rng = np.random.default_rng(0)
+    a = pf._Band()
+    n = 20000
+    truth = 10 * np.log10(rng.gamma(1.0, 1.0, n))  # single-look speckle in dB
+    feats = np.stack([np.full(n, truth.mean())] + [np.full(n, 2 * truth.mean())] * len(pf.OFFSETS)
+                     + [np.ones(n)], 1) + rng.normal(0, 1e-3, (n, pf.N_TAPS))
+    a.A, a.b, a.n = feats.T @ feats, feats.T @ truth, n
+    a.hx, a.hy, a.nh = [feats.astype(np.float32)], [truth.astype(np.float32)], n
+    taps, needed = pf._solve(a, "enl")
+    assert needed and taps is not None and len(taps) == pf.N_TAPS

@@ -408,7 +408,7 @@ def _solve_float(a: _Band, mode: str):
             np.linalg.cholesky(M_ + ridge)
             return np.linalg.solve(M_ + ridge, b)
         except np.linalg.LinAlgError:
-            return None, False
+            return None
 
     identity = np.zeros(N_TAPS)
     identity[0] = 1.0
@@ -442,25 +442,35 @@ def _solve_float(a: _Band, mode: str):
 
 class RowStage:
     """Between the decoder's units and the writer: collects a band's decoded dB rows (over `decoded_region()`, the
-    requested region widened by RADIUS where the raster goes on), filters each run of rows as soon as the rows below
-    it are there, and hands the final rows of the requested region to `emit(db, valid, escaped, col, row)` (region
-    coordinates of the raster), the filtered values clipped to `clip` (the file's dB range: the source's pixels
-outside it are escapes, kept as they are). Memory: one tile row of the decoded width, plus 3·RADIUS rows."""
+    requested region widened by RADIUS where the raster goes on) in a buffer of one tile row plus the 2·RADIUS rows of
+    context above it, filters each run of rows as soon as the rows below it are there, and hands the final rows of
+    the requested region to `emit(db, valid, escaped, col, row)` (raster coordinates; in column chunks of CHUNK), the
+    filtered values clipped to `clip` (the file's dB range: the source's pixels outside it are escapes, kept as they
+    are). With `threaded`, the filter and the writes of a run go on the stage's own thread (on a copy of the run)
+    while the decoder fills the buffer with the next tile row; `close()` waits for them. Memory: about 2 × 5 bytes
+    per pixel of one tile row of the decoded width, whatever the raster's height."""
 
-    def __init__(self, taps, region, raster_width: int, raster_height: int, emit, clip=None):
+    CHUNK = 2048
+
+    def __init__(self, taps, region, raster_width: int, raster_height: int, emit, clip=None, threaded: bool = True,
+                 tile: int = 256):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.taps = taps
         self.clip = clip
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="postfilter") if threaded else None
+        self.pending: list = []
         self.col0, self.row0, self.width, self.height = region
         self.W, self.H = raster_width, raster_height
         self.x0, self.x1 = max(self.col0 - RADIUS, 0), min(self.col0 + self.width + RADIUS, self.W)
         self.y0, self.y1 = max(self.row0 - RADIUS, 0), min(self.row0 + self.height + RADIUS, self.H)
         self.emit = emit
-        self.buf_start = self.y0
         wd = self.x1 - self.x0
-        self.db = np.zeros((0, wd), np.float32)
-        self.valid = np.zeros((0, wd), bool)
+        rows = tile + 2 * RADIUS
+        self.db = np.zeros((rows, wd), np.float32)
+        self.valid = np.zeros((rows, wd), bool)
         self.escaped = None  # float32 (NaN where none) once a row has escapes
-        self.cur = None
+        self.buf_start, self.buf_end = self.y0, self.y0  # raster rows held: [buf_start, buf_end)
         self.next_row = self.row0
 
     def decoded_region(self):
@@ -468,55 +478,86 @@ outside it are escapes, kept as they are). Memory: one tile row of the decoded w
 
     def put(self, y0: int, y1: int, a: int, b: int, db, valid, escaped) -> None:
         """One decoded block (raster rows [y0, y1), columns [a, b)) of the current tile row."""
-        wd = self.x1 - self.x0
-        if self.cur is None or self.cur[0] != y0:
-            n = y1 - y0
-            self.cur = [y0, np.zeros((n, wd), np.float32), np.zeros((n, wd), bool), None]
-        d, v = self.cur[1], self.cur[2]
-        d[:, a - self.x0:b - self.x0] = db
-        v[:, a - self.x0:b - self.x0] = valid
-        if escaped is not None:
-            if self.cur[3] is None:
-                self.cur[3] = np.full(d.shape, np.nan, np.float32)
-            self.cur[3][:, a - self.x0:b - self.x0] = escaped
+        r0, r1 = y0 - self.buf_start, y1 - self.buf_start
+        c0, c1 = a - self.x0, b - self.x0
+        self.db[r0:r1, c0:c1] = db
+        self.valid[r0:r1, c0:c1] = valid
+        if escaped is not None and self.escaped is None:
+            self.escaped = np.full(self.db.shape, np.nan, np.float32)
+        if self.escaped is not None:
+            self.escaped[r0:r1, c0:c1] = np.nan if escaped is None else escaped
+        self.buf_end = max(self.buf_end, y1)
 
     def row_done(self) -> None:
         """The current tile row is complete: filter and emit what has its context now."""
-        _, d, v, e = self.cur
-        if e is not None or self.escaped is not None:
-            old = self.escaped if self.escaped is not None else np.full(self.db.shape, np.nan, np.float32)
-            self.escaped = np.concatenate([old, e if e is not None else np.full(d.shape, np.nan, np.float32)])
-        self.db = np.concatenate([self.db, d])
-        self.valid = np.concatenate([self.valid, v])
-        self.cur = None
-        end_buf = self.buf_start + self.db.shape[0]
-        last = end_buf >= self.y1
-        end = min(self.row0 + self.height, end_buf if last else end_buf - RADIUS)
+        last = self.buf_end >= self.y1
+        end = min(self.row0 + self.height, self.buf_end if last else self.buf_end - RADIUS)
         s = self.next_row
-        if end <= s:
-            return
-        lo, hi = s - RADIUS, end + RADIUS
-        a0, a1 = max(lo, 0), min(hi, self.H)
-        block = self.db[a0 - self.buf_start:a1 - self.buf_start]
-        c_lo, c_hi = self.col0 - RADIUS, self.col0 + self.width + RADIUS
-        block = block[:, max(c_lo, 0) - self.x0:min(c_hi, self.W) - self.x0]
-        block = pad_block(block, max(0, -lo), max(0, hi - self.H), max(0, -c_lo), max(0, c_hi - self.W))
-        out = apply(block, self.taps)
-        if self.clip is not None:  # non-escaped pixels lie in the file's dB range (the others are escapes)
-            np.clip(out, self.clip[0], self.clip[1], out=out)
-        rs = slice(s - self.buf_start, end - self.buf_start)
-        cs = slice(self.col0 - self.x0, self.col0 + self.width - self.x0)
-        esc = None if self.escaped is None else self.escaped[rs, cs]
-        if esc is not None:
-            hit = ~np.isnan(esc)
-            if hit.any():
-                out[hit] = esc[hit]
-            else:
-                esc = None
-        self.emit(out, self.valid[rs, cs], esc, self.col0, s)
-        self.next_row = end
-        keep = max(end - RADIUS, self.buf_start) - self.buf_start
-        self.db, self.valid = self.db[keep:], self.valid[keep:]
-        if self.escaped is not None:
-            self.escaped = self.escaped[keep:]
-        self.buf_start += keep
+        if end > s:
+            lo, hi = s - RADIUS, end + RADIUS
+            a0, a1 = max(lo, 0), min(hi, self.H)
+            c_lo, c_hi = self.col0 - RADIUS, self.col0 + self.width + RADIUS
+            cols = slice(max(c_lo, 0) - self.x0, min(c_hi, self.W) - self.x0)
+            rows = slice(a0 - self.buf_start, a1 - self.buf_start)
+            pads = (max(0, -lo), max(0, hi - self.H), max(0, -c_lo), max(0, c_hi - self.W))
+            block = self.db[rows, cols]
+            rs = slice(s - self.buf_start, end - self.buf_start)  # the run, the requested columns
+            cs = slice(self.col0 - self.x0, self.col0 + self.width - self.x0)
+            valid = self.valid[rs, cs]
+            esc = None if self.escaped is None else self.escaped[rs, cs]
+            if self.pool is None:
+                self._process(block, pads, esc, valid, s)
+            else:  # the buffer is refilled meanwhile: the job gets its own copy
+                self._wait(0)
+                self.pending.append(self.pool.submit(self._process, block.copy(), pads, None if esc is None else
+                                                     esc.copy(), valid.copy(), s))
+            self.next_row = end
+        # keep the 2·RADIUS rows above the next tile row (its filter's context), at the buffer's top
+        keep_from = max(self.next_row - RADIUS, self.buf_start)
+        n = self.buf_end - keep_from
+        k = keep_from - self.buf_start
+        if n > 0 and k > 0:
+            self.db[:n] = self.db[k:k + n].copy()
+            self.valid[:n] = self.valid[k:k + n].copy()
+            if self.escaped is not None:
+                self.escaped[:n] = self.escaped[k:k + n].copy()
+        self.buf_start, self.buf_end = keep_from, keep_from + max(n, 0)
+
+    def _process(self, block, pads, esc, valid, row) -> None:
+        """Filter a run (`block`: its rows with RADIUS rows of context, its columns with RADIUS columns) and emit it."""
+        top, bottom, left, right = pads
+        width = valid.shape[1]
+        for c in range(0, width, self.CHUNK):
+            c1 = min(width, c + self.CHUNK)
+            # the chunk's columns with their context, from the block (which lacks the mirrored `left` columns)
+            b0, b1 = c - left, c1 + 2 * RADIUS - left
+            sub = block[:, max(b0, 0):min(b1, block.shape[1])]
+            sub = pad_block(sub, top, bottom, max(0, -b0), max(0, b1 - block.shape[1]))
+            out = apply(sub, self.taps)
+            if self.clip is not None:  # non-escaped pixels lie in the file's dB range (the others are escapes)
+                np.clip(out, self.clip[0], self.clip[1], out=out)
+            e = None if esc is None else esc[:, c:c1]
+            if e is not None:
+                hit = ~np.isnan(e)
+                if hit.any():
+                    out[hit] = e[hit]
+                else:
+                    e = None
+            self.emit(out, valid[:, c:c1], e, self.col0 + c, row)
+
+    def _wait(self, keep: int = 0) -> None:
+        """Until at most `keep` jobs are pending (their errors raised here)."""
+        while len(self.pending) > keep:
+            self.pending.pop(0).result()
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Wait for the last writes (and raise their errors); the stage's thread ends."""
+        try:
+            if raise_errors:
+                self._wait(0)
+        finally:
+            if self.pool is not None:
+                for fut in self.pending:
+                    fut.cancel()
+                self.pool.shutdown(wait=True)
+                self.pool = None
