@@ -119,8 +119,7 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
                            post_filter="off", nominal_bpp=target_bpp, **{**search, "overwrite": True})
         slot = prog.sub(0.9, SEARCHED)
         filtered = add_postfilter(plain, input_path, output_path, post_filter, target_bpp=target_bpp, work_dir=work,
-                                  progress=lambda f, m="": slot.step(f, f"--rate {target_bpp:g}: post-filter"
-                                                                        + (f", {m}" if m else "")))
+                                  progress=lambda f, m="": slot.step(f, f"--rate {target_bpp:g}: {m}"))
         if filtered is None:  # no filter after all: the search again at the whole target
             res = _search_rate(input_path, output_path, target_bpp, progress=prog.sub(SEARCHED, SEARCHED).step,
                                post_filter="off", **search)

@@ -239,7 +239,8 @@ def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, ta
     mode = pf.check_mode(mode)
     if mode == "off":
         return None
-    prog = Progress(progress)
+    outer = Progress(progress)
+    prog = Progress(lambda f, m="": outer.step(f, "post-filter" + (f": {m}" if m else "")))
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".postfilter",
                            dir=work_dir or os.path.dirname(os.path.abspath(os.fspath(output_path))))
     try:
@@ -284,7 +285,7 @@ def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, ta
         else:
             with AtomicOutput(output_path, True, suffix=".sarz", inputs=(input_path,)) as out:
                 shutil.copyfile(out_tmp, out.tmp)
-        prog.step(0.95, "post-filter fitted")
+        prog.step(0.95, "fitted")
         nbytes = os.path.getsize(output_path)
         return {"bytes": nbytes, "bpp": nbytes * 8 / pixels, "parts": sizes, "post_filter": mode,
                 "post_filter_taps": taps, "enl_bound_active": any(constrained),

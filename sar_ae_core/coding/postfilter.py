@@ -281,7 +281,7 @@ def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
             nonlocal done
             done += 1
             if progress is not None:
-                progress(done / steps, "fitting the post-filter")
+                progress(done / steps, "fitting")
 
         def inside(c0, r0, pw, ph, win, reach):
             """Core pixels with `reach` pixels of true context (the raster's mirrored edge counts as context)."""
