@@ -953,15 +953,7 @@ def _to_output(f: SarzFile, unit: np.ndarray, valid: np.ndarray, escaped, out_un
     values put back."""
     if out_units == "db" and np.dtype(dtype) == np.float32:
         # dB float32 out: float32 arithmetic in place (within 4e-6 dB of the float64 path), escapes then nodata
-        sc = f.scaling
-        out = np.clip(unit, 0.0, 1.0, dtype=np.float32)
-        out *= np.float32(sc.span_db)
-        out += np.float32(sc.vmin_db)
-        if residual is not None:
-            out += residual
-        if escaped is not None:
-            hit = ~np.isnan(escaped)
-            out[hit] = escaped[hit]
+        out = _unit_db(f, unit, residual, escaped)
         out[~valid] = output_nodata("float32", nodata)
         return out
     if escaped is None and residual is None:
