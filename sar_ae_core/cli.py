@@ -465,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --rate or --max-rmse-db: never use a residual layer (only rate points and quantization "
                         "gains)")
     s.add_argument("--post-filter", choices=("auto", "enl", "mse", "off"), default="auto",
-                   help="a 5x5 filter fitted on the file's own reconstruction and stored in it (about 80 bytes a "
+                   help="a 5x5 filter fitted on the file's own reconstruction and stored in it (about 40 bytes a "
                         "band; not on rasters where that is more than 2 %% of the file): 'mse' least squares against "
                         "the source, 'enl' the same keeping the speckle of homogeneous areas (ENL ratio <= 1.12), "
                         "'auto' (default) 'enl' from 0.5 bits per pixel and 'mse' below; not with --max-rmse-db")
