@@ -61,7 +61,7 @@ def pays(mode: str, bpp: float, file_bytes: float, bands: int, header=None) -> b
     return m != "off" and header_bytes(header or TYPICAL_HEADER, bands) <= MAX_SHARE[m] * file_bytes
 #: a band is filtered only with at least this many valid pixels
 MIN_PIXELS = 1024
-HOM_SAMPLE = 400_000
+HOM_SAMPLE = 100_000
 CV_WINDOW = 15
 
 
@@ -299,17 +299,21 @@ def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
             return raw, valid_mask(raw, src.units, src.nodata)
 
         thr = None
+        cv_cache: dict = {}
         if mode == "enl":  # pass 1: the homogeneity threshold (assess's rule), from the source alone
             cvs = [[] for _ in range(nb)]
-            for path, c0, r0, pw, ph, wins in plan:
-                for win in wins:
+            for k, (path, c0, r0, pw, ph, wins) in enumerate(plan):
+                for i, win in enumerate(wins):
                     raw, ok = source_block(c0, r0, win)
                     keep = inside(c0, r0, pw, ph, win, CV_WINDOW // 2)
                     for b in range(nb):
                         cv, cand = M.local_cv_window(np.power(10.0, raw_to_db(np.where(ok[b], raw[b], 1), src.units)
                                                               / 10.0), ok[b], CV_WINDOW)
-                        c = cv[win.core][cand[win.core] & keep]
+                        usable_cv = cand[win.core] & keep
+                        c = cv[win.core][usable_cv]
                         cvs[b].append(c[:: max(1, c.size // 20000)])
+                        # kept for pass 2 (at most FIT_PIXELS per band): NaN where the pixel cannot be homogeneous
+                        cv_cache[(k, i, b)] = np.where(usable_cv, cv[win.core], np.nan).astype(np.float32)
                     tick()
             thr = []
             for b in range(nb):
@@ -318,9 +322,9 @@ def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
         acc = [_Band() for _ in range(nb)]
         n_px = sum(pw * ph for _, _, _, pw, ph, _ in plan)
         stride = max(1, int(0.2 * n_px) // HOM_SAMPLE)
-        for path, c0, r0, pw, ph, wins in plan:
+        for k, (path, c0, r0, pw, ph, wins) in enumerate(plan):
             with rasterio.open(path) as rec:
-                for win in wins:
+                for i, win in enumerate(wins):
                     raw, ok = source_block(c0, r0, win)
                     r_db = raw_to_db(np.where(ok, raw, 1), src.units)
                     rows, cols = win.read
@@ -330,7 +334,6 @@ def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
                     # the core padded by RADIUS: the read window's pixels, mirrored where it is the piece's edge
                     top, left = cr.start - RADIUS, cc.start - RADIUS
                     keep = inside(c0, r0, pw, ph, win, RADIUS)
-                    keep_h = inside(c0, r0, pw, ph, win, CV_WINDOW // 2) if thr is not None else None
                     for b in range(nb):
                         xb = pad_block(x[b], max(0, -top), max(0, (cr.stop + RADIUS) - x.shape[1]),
                                        max(0, -left), max(0, (cc.stop + RADIUS) - x.shape[2]))
@@ -346,8 +349,8 @@ def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
                         a.b += X.T @ y
                         a.n += len(y)
                         if thr is not None and thr[b] > 0:
-                            cv, cand = M.local_cv_window(np.power(10.0, r_db[b] / 10.0), ok[b], CV_WINDOW)
-                            hom = (cand & (cv < thr[b]))[win.core] & keep_h
+                            with np.errstate(invalid="ignore"):
+                                hom = (cv_cache.pop((k, i, b)) < thr[b]) & v
                             if hom.any():
                                 a.nh += int(hom.sum())
                                 sel = np.flatnonzero(hom.ravel())[::stride]
