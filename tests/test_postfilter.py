@@ -40,44 +40,6 @@ def _rmse(src, sarz, tif):
     return assess_rasters(src, tif)
 
 
-def test_the_fitted_filter_lowers_the_error_and_the_decoder_applies_exactly_it(tmp_path, kerala_crop):
-    off = compress_raster(kerala_crop, tmp_path / "off.sarz", model="sarae-q2", post_filter="off")
-    on = compress_raster(kerala_crop, tmp_path / "on.sarz", model="sarae-q2", post_filter="mse")
-    assert off["post_filter"] is None and on["post_filter"] == "mse"
-    assert 0 < on["bytes"] - off["bytes"] < 150  # 14 integers in the header
-    a_off, a_on = _rmse(kerala_crop, tmp_path / "off.sarz", tmp_path / "off.tif"), \
-        _rmse(kerala_crop, tmp_path / "on.sarz", tmp_path / "on.tif")
-    assert a_on["rmse_db"] < a_off["rmse_db"] * 0.995, (a_on["rmse_db"], a_off["rmse_db"])
-    # the decoder's output = the stored taps applied to the unfiltered reconstruction of the whole raster (mirrored
-    # at its edges), escapes kept, nodata where invalid — computed here independently of the streaming RowStage
-    with SarzFile(tmp_path / "on.sarz") as f:
-        taps, lo, hi = f.postfilter[0], f.scaling.vmin_db, f.scaling.vmax_db
-        p = f.plan
-        esc = np.zeros((p.height, p.width), bool)
-        for tr in range(p.tile_rows):
-            for tc in range(p.tile_cols):
-                _, e = f.mask_and_escapes(tr, tc, 0)
-                if e is not None:
-                    esc[tr * p.tile:tr * p.tile + e.shape[0], tc * p.tile:tc * p.tile + e.shape[1]] = ~np.isnan(e)
-    reconstruct_raster(tmp_path / "on.sarz", tmp_path / "pre.tif", units="db", prefilter=True)
-    with rasterio.open(tmp_path / "pre.tif") as p, rasterio.open(tmp_path / "on.tif") as o, \
-            rasterio.open(tmp_path / "off.tif") as u:
-        pre, out, unf = p.read(1), o.read(1), u.read(1)
-    want = np.clip(pf.apply(np.pad(pre, pf.RADIUS, mode="reflect"), taps), lo, hi)
-    assert esc.any()
-    want[esc] = pre[esc]  # escaped pixels keep their own values
-    valid = ~np.isnan(out)
-    assert np.array_equal(valid, ~np.isnan(unf))  # validity is the file's mask, filter or not
-    assert np.abs(out[valid] - want[valid]).max() < 1e-4
-    assert np.abs(out[valid] - unf[valid]).max() > 0.05  # it did filter
-    # a window decode is that window of the full decode, at the raster's edges and inside
-    for win in ((0, 0, 200, 150), (517, 143, 300, 157), (1000, 40, 280, 7)):
-        reconstruct_raster(tmp_path / "on.sarz", tmp_path / "w.tif", units="db", window=win, overwrite=True)
-        c, r, w, h = win
-        with rasterio.open(tmp_path / "w.tif") as ds:
-            np.testing.assert_array_equal(ds.read(1), out[r:r + h, c:c + w])
-
-
 def _expected(sarz, pre_tif):
     """What the decoder must write for a filtered file: its taps applied to the unfiltered reconstruction of the whole
     raster (mirrored at the edges), clipped to the file's range, escapes kept (computed here without RowStage)."""
@@ -94,7 +56,33 @@ def _expected(sarz, pre_tif):
         pre = ds.read(1)
     want = np.clip(pf.apply(np.pad(pre, pf.RADIUS, mode="reflect"), taps), lo, hi)
     want[esc] = pre[esc]
-    return want
+    return want, esc
+
+
+def test_the_fitted_filter_lowers_the_error_and_the_decoder_applies_exactly_it(tmp_path, kerala_crop):
+    off = compress_raster(kerala_crop, tmp_path / "off.sarz", model="sarae-q2", post_filter="off")
+    on = compress_raster(kerala_crop, tmp_path / "on.sarz", model="sarae-q2", post_filter="mse")
+    assert off["post_filter"] is None and on["post_filter"] == "mse"
+    assert 0 < on["bytes"] - off["bytes"] < 150  # 14 integers in the header
+    a_off, a_on = _rmse(kerala_crop, tmp_path / "off.sarz", tmp_path / "off.tif"), \
+        _rmse(kerala_crop, tmp_path / "on.sarz", tmp_path / "on.tif")
+    assert a_on["rmse_db"] < a_off["rmse_db"] * 0.995, (a_on["rmse_db"], a_off["rmse_db"])
+    # the decoder's output = the stored taps applied to the unfiltered reconstruction of the whole raster (mirrored
+    # at its edges), escapes kept, nodata where invalid — computed here independently of the streaming RowStage
+    want, esc = _expected(tmp_path / "on.sarz", tmp_path / "pre.tif")
+    assert esc.any()  # escaped pixels keep their own values
+    with rasterio.open(tmp_path / "on.tif") as o, rasterio.open(tmp_path / "off.tif") as u:
+        out, unf = o.read(1), u.read(1)
+    valid = ~np.isnan(out)
+    assert np.array_equal(valid, ~np.isnan(unf))  # validity is the file's mask, filter or not
+    assert np.abs(out[valid] - want[valid]).max() < 1e-4
+    assert np.abs(out[valid] - unf[valid]).max() > 0.05  # it did filter
+    # a window decode is that window of the full decode, at the raster's edges and inside
+    for win in ((0, 0, 200, 150), (517, 143, 300, 157), (1000, 40, 280, 7)):
+        reconstruct_raster(tmp_path / "on.sarz", tmp_path / "w.tif", units="db", window=win, overwrite=True)
+        c, r, w, h = win
+        with rasterio.open(tmp_path / "w.tif") as ds:
+            np.testing.assert_array_equal(ds.read(1), out[r:r + h, c:c + w])
 
 
 @pytest.mark.parametrize("height, width", [(16, 300), (300, 17), (261, 258), (517, 40)])
@@ -115,7 +103,7 @@ def test_odd_sizes_and_windows_decode_the_filter_exactly(tmp_path, kerala_crop, 
     if width * height < pf.MIN_PIXELS:
         assert r is None
         return
-    want = _expected(tmp_path / "on.sarz", tmp_path / "pre.tif")
+    want, _ = _expected(tmp_path / "on.sarz", tmp_path / "pre.tif")
     reconstruct_raster(tmp_path / "on.sarz", tmp_path / "on.tif", units="db")
     with rasterio.open(tmp_path / "on.tif") as ds:
         out = ds.read(1)
