@@ -100,6 +100,9 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
     if not (isinstance(target_bpp, (int, float)) and math.isfinite(target_bpp) and 0 < target_bpp <= 32):
         raise SarInputError(None, f"--rate must be a number of bits per pixel in (0, 32] (got {target_bpp})")
     pf.check_mode(post_filter)
+    import time
+
+    t_start = time.perf_counter()
     search = dict(tolerance=tolerance, overwrite=overwrite, **kwargs)
     if post_filter == "off":
         return _search_rate(input_path, output_path, target_bpp, progress=progress, post_filter="off", **search)
@@ -126,7 +129,7 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
         else:
             res.update(bytes=filtered["bytes"], bpp=filtered["bpp"], parts=filtered["parts"],
                        post_filter=filtered["post_filter"])
-    res.update(output=os.fspath(output_path), target_bpp=float(target_bpp),
+    res.update(output=os.fspath(output_path), target_bpp=float(target_bpp), seconds=time.perf_counter() - t_start,
                reached=abs(res["bpp"] / target_bpp - 1) <= tolerance or res["reached"])
     return res
 

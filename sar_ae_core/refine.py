@@ -229,9 +229,9 @@ def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, ta
     """`sarz_path` with a post-filter (coding/postfilter.py) fitted against `input_path`, written as `output_path`
     (which may be `sarz_path` itself: the new file is moved into place whole). `mode` 'auto' fits 'enl' from
     postfilter.ENL_FROM_BPP bits per pixel (`target_bpp`, else the file's own rate), 'mse' below. Returns the new
-    file's facts (bytes, bpp, the mode), or None where no band can be filtered, or an 'enl' fit where the unfiltered
-    reconstruction already keeps the ENL bound does not pay for its bytes as a least-squares one (`postfilter.pays`): nothing is written
-    then."""
+    file's facts (bytes, bpp, the mode), or None — nothing written — where no band can be filtered, or where an 'enl'
+    fit whose unfiltered reconstruction already keeps the ENL bound does not pay for its bytes as a least-squares one
+    (`postfilter.pays`)."""
     from sar_ae_core.codec import reconstruct_raster
     from sar_ae_core.coding import postfilter as pf
     from sar_ae_core.progress import Progress
@@ -288,7 +288,7 @@ def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, ta
         prog.step(0.95, "fitted")
         nbytes = os.path.getsize(output_path)
         return {"bytes": nbytes, "bpp": nbytes * 8 / pixels, "parts": sizes, "post_filter": mode,
-                "post_filter_taps": taps, "enl_bound_active": any(constrained),
+                "post_filter_taps": taps, "enl_bound_needed": any(constrained),
                 "post_filter_fit_windows": None if windows == [None] else windows}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
