@@ -760,7 +760,11 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
                             clip=(np.float32(f.scaling.vmin_db), np.float32(f.scaling.vmax_db)))
     fct, cells = p.downsample, p.cells
     unit_cells = max(1, UNIT_PIXELS // p.tile) * cells
-    allowed = None
+    allowed = None  # (first, last tile row, first, last tile col) whose latents a post-filtered decode reads
+
+    def readable(t_r: int, t_c: int) -> bool:
+        return allowed is None or (allowed[0] <= t_r <= allowed[1] and allowed[2] <= t_c <= allowed[3])
+
     if stage is not None:
         # the filter's context (RADIUS pixels around the region) comes from units of the neighbouring tiles, whose
         # pixels there depend only on latents within the decoder's halo of them: the latent tiles the region needs
@@ -794,7 +798,7 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
         out = (np.empty if allowed is None else np.zeros)((channels, r1 - r0, c1 - c0), np.float32)
         for t_r in range(r0 // cells, (r1 - 1) // cells + 1):
             for t_c in range(c0 // cells, (c1 - 1) // cells + 1):
-                if allowed is not None and not (allowed[0] <= t_r <= allowed[1] and allowed[2] <= t_c <= allowed[3]):
+                if not readable(t_r, t_c):
                     continue
                 key = (t_r, t_c)
                 if key not in cache:
@@ -867,8 +871,7 @@ def _decode_band_strips(f: SarzFile, bundle: ModelBundle, band: int, region, hal
             # span from a remote file; a local file ignores the hint
             need = [_chunk_id(p, f.bands, t_r, t_c, band, 0)
                     for t_r in range(max(0, tr - 1), min(p.tile_rows, tr + 2))
-                    for t_c in range(t_c0, t_c1 + 1) if (t_r, t_c) not in cache and (
-                        allowed is None or (allowed[0] <= t_r <= allowed[1] and allowed[2] <= t_c <= allowed[3]))]
+                    for t_c in range(t_c0, t_c1 + 1) if (t_r, t_c) not in cache and readable(t_r, t_c)]
             need += [_chunk_id(p, f.bands, tr, t_c, band, 1) for t_c in range(m_c0, m_c1 + 1)]
             f.reader.prefetch(need)
             for key in list(cache):  # the row above is needed only as the halo (its last `halo` cell rows)

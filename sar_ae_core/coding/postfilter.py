@@ -31,7 +31,6 @@ import numpy as np
 
 from sar_ae_core.errors import SarInputError
 
-ID = "sym5"
 RADIUS = 2
 #: the pair taps' offsets (the other half of each pair is the negated offset)
 OFFSETS = tuple((dy, dx) for dy in range(-RADIUS, RADIUS + 1) for dx in range(-RADIUS, RADIUS + 1) if (dy, dx) > (0, 0))
