@@ -151,7 +151,10 @@ def test_damaged_residual_chunk_names_the_file(tmp_path, spain_db, tiny_bundle, 
     with ContainerReader.open(sarz) as r:
         header, chunks = r.header, [r.chunk(k) for k in range(r.chunk_count)]
     mask_part, frame, rframe = res.split_chunk(chunks[i])
-    chunks[i] = res.encode_chunk(mask_part, frame, rframe[:4] + bytes([rframe[4] ^ 0x11]) + rframe[5:])
+    # the first table's first count (after the mode's own bytes, the table's offset and alphabet size)
+    first = {res.MODE_PLAIN: 1, res.MODE_CHECKERBOARD: 2}.get(rframe[0], 3 + rframe[2] + 1 if len(rframe) > 2 else 0)
+    pos = first + 2
+    chunks[i] = res.encode_chunk(mask_part, frame, rframe[:pos] + bytes([rframe[pos] ^ 0x11]) + rframe[pos + 1:])
     with open(sarz, "wb") as fh:  # the same file with this chunk, every checksum valid
         w = ContainerWriter(fh, header)
         for c in chunks:
@@ -164,24 +167,93 @@ def test_damaged_residual_chunk_names_the_file(tmp_path, spain_db, tiny_bundle, 
     assert not out.exists()
 
 
-def test_checkerboard_mode_where_neighbours_predict():
-    """Correlated residuals (oversampled GRD speckle after the network) take the checkerboard mode — half the pixels
-    predicted from their four decoded neighbours — for fewer bytes at the same error; white speckle keeps the plain
-    mode; both decode within one step, also with holes and at tile edges."""
+def test_predictive_modes_where_neighbours_predict():
+    """Correlated residuals (oversampled GRD speckle after the network) take a predictive mode — the checkerboard
+    (half the pixels predicted from their four decoded neighbours) or the three-phase context mode — for fewer
+    bytes at the same error; white speckle keeps the plain mode; all decode within one step, also with holes and
+    at tile edges."""
     from scipy.ndimage import uniform_filter
 
     rng = np.random.default_rng(5)
     white = 10 * np.log10(rng.exponential(1.0, (256, 256))) + 2.5
     smooth = uniform_filter(rng.normal(0, 3, (256, 256)), 3) * 3
     coded = rng.random(white.shape) > 0.05
-    for r, mode in ((white, res.MODE_PLAIN), (smooth, res.MODE_CHECKERBOARD)):
+    for r, modes in ((white, {res.MODE_PLAIN}), (smooth, {res.MODE_CHECKERBOARD, res.MODE_CONTEXT})):
         frame = res.encode_residual(r, coded, 0.5)
-        assert frame[0] == mode
+        assert frame[0] in modes
         back = res.decode_residual(frame, coded, 0.5)
         assert np.abs(back - r)[coded].max() <= 0.5 + 1e-4
-    plain_only = res.encode_residual(smooth, coded & res._checkerboard(coded.shape), 0.5)  # no second half
-    assert plain_only[0] == res.MODE_PLAIN
+    black = res.encode_residual(smooth, coded & res._checkerboard(coded.shape), 0.5)  # no checkerboard second half
+    assert black[0] != res.MODE_CHECKERBOARD  # (the context mode predicts the odd rows' black pixels diagonally)
     assert len(res.encode_residual(smooth, coded, 0.5)) < 0.9 * _plain_bytes(smooth, coded, 0.5)
+
+
+def _without_context_mode(monkeypatch, fn):
+    with monkeypatch.context() as m:
+        m.setattr(res, "CONTEXT_VARIANTS", ())
+        return fn()
+
+
+def _network_residual(tmp_path, raster, model="sarae-q1"):
+    """(dB residual, coded) of band 1 of a real raster after a real bundled rate point (no residual layer)."""
+    from sar_ae_core.codec import compress_raster, reconstruct_raster
+
+    compress_raster(raster, tmp_path / "n.sarz", model=model, bands=[1], post_filter="off")
+    reconstruct_raster(tmp_path / "n.sarz", tmp_path / "n.tif", units="db")
+    db, ok = _db_of(raster)
+    rec = _read(tmp_path / "n.tif")[0]
+    coded = ok[0] & np.isfinite(rec)
+    return np.where(coded, db[0] - rec, 0.0), coded
+
+
+@pytest.mark.parametrize("raster, step, saving", [("kerala_dn", 2.5, 0.02), ("spain_db", 2.2, 0.01)])
+def test_context_mode_codes_real_residuals_in_fewer_bytes(tmp_path, request, monkeypatch, raster, step, saving):
+    """On what a bundled rate point leaves of real GRD scenes (uncalibrated DN; calibrated dB), the three-phase
+    mode — each phase predicted from the decoded ones by per-axis weights and coded with tables chosen by its
+    neighbours' magnitudes — makes the layer smaller at the same step, in 256-px tiles as the codec codes it; the
+    decoder gives exactly the values the encoder reports, within one step of the residual."""
+    r, coded = _network_residual(tmp_path, request.getfixturevalue(raster))
+    tiles = [(slice(y, y + 256), slice(x, x + 256)) for y in range(0, r.shape[0], 256) for x in range(0, r.shape[1], 256)]
+    new = old = 0
+    used = set()
+    for t in tiles:
+        frame, values = res.encode_residual(r[t], coded[t], step, with_values=True)
+        if frame:
+            used.add(frame[0])
+            back = res.decode_residual(frame, coded[t], step)
+            np.testing.assert_array_equal(back[coded[t]], values.astype(np.float32))
+            assert np.abs(back - r[t])[coded[t]].max() <= step + 1e-3
+        new += len(frame)
+        old += len(_without_context_mode(monkeypatch, lambda t=t: res.encode_residual(r[t], coded[t], step)))
+    assert res.MODE_CONTEXT in used
+    assert new < (1 - saving) * old, (new, old)
+
+
+@pytest.mark.parametrize("damage", ["layout", "thresholds", "flags", "truncated", "weights"])
+def test_damaged_context_frames_are_refused(damage):
+    """A context frame that names an unknown layout, decreasing thresholds, class flags the decoded symbols do not
+    give, or that is cut short, is refused with ValueError (the codec turns it into exit 2 naming the tile)."""
+    from scipy.ndimage import uniform_filter
+
+    rng = np.random.default_rng(11)
+    r = uniform_filter(rng.normal(0, 3, (64, 64)), 3) * 3
+    coded = rng.random(r.shape) > 0.05
+    frame, _ = res._encode_context(r / 0.5, coded, (4, 12), 0.0)
+    assert np.array_equal(res.decode_residual(frame, coded, 0.5)[coded],
+                          res.decode_residual(frame, coded, 0.5)[coded])
+    b = bytearray(frame)
+    if damage == "layout":
+        b[1] = 9
+    elif damage == "thresholds":
+        b[3], b[4] = 12, 4
+    elif damage == "flags":
+        b[3 + 2] = 0  # the first phase claims no pixels
+    elif damage == "weights":
+        b = b[:3 + 2 + 1 + 3]
+    else:
+        b = b[:len(b) // 2]
+    with pytest.raises(ValueError):
+        res.decode_residual(bytes(b), coded, 0.5)
 
 
 def _plain_bytes(r, coded, step):
@@ -220,7 +292,7 @@ def test_max_rmse_reaches_any_error_with_a_residual_layer(tmp_path, tsx_complex,
 
 
 def test_encoder_knows_what_the_decoder_reconstructs():
-    """encode_residual(with_values=True) returns exactly the values decode_residual gives (both modes): the
+    """encode_residual(with_values=True) returns exactly the values decode_residual gives (every mode): the
     encoder measures its error without decoding."""
     from scipy.ndimage import uniform_filter
 
