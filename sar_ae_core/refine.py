@@ -109,8 +109,9 @@ class ResidualSource:
         return float(np.sqrt(sq / max(n, 1)))
 
     def write(self, output_path, step_db: float, *, overwrite: bool = False, inputs=(), progress=None,
-              deadzone: float = res.DEADZONE) -> dict:
-        """The base file with a residual layer of step `step_db` as `output_path`; returns rate facts."""
+              deadzone: float = res.DEADZONE, context: bool = True) -> dict:
+        """The base file with a residual layer of step `step_db` as `output_path`; returns rate facts. `context`:
+        the residual frames may use the context mode (`residual.encode_residual`; off: faster, a few % larger)."""
         from sar_ae_core.progress import Progress
 
         step = round(check_step(step_db), 4)  # the header's (short) value is the one coded with
@@ -133,7 +134,8 @@ class ResidualSource:
                             f.reader.chunk(_chunk_id(p, self.bands, tr, tc, b, 1)))
                         coded, resid = row[k]
                         k += 1
-                        rframe, back = res.encode_residual(resid, coded, step, deadzone, with_values=True)
+                        rframe, back = res.encode_residual(resid, coded, step, deadzone, with_values=True,
+                                                                 context=context)
                         residual_bytes += len(rframe)
                         n_coded += int(coded.sum())
                         if rframe:  # the decoder's float32 values (the encoder computes them in float64)

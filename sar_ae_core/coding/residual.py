@@ -51,8 +51,12 @@ MODE_PLAIN, MODE_CHECKERBOARD, MODE_CONTEXT = 0, 1, 2
 #: mode 2's variants (layout, class thresholds on the mean |symbol| of a pixel's decoded neighbours, in quarter
 #: steps), each tried and the shortest frame kept (measured on validation residuals: 5 classes instead of 3 saved
 #: no more, the tables cost what the classes gain)
-CONTEXT_VARIANTS = ((0, ()), (0, (4, 12)))
+CONTEXT_VARIANTS = ((0, (4, 12)), (0, ()))
 MAX_CLASSES = 8
+#: the variant without classes (one table per phase) is tried only where the shortest frame so far spends fewer bits
+#: per coded pixel than this: where the layer is thin the classes' tables cost what they save (validation residuals;
+#: elsewhere it never won)
+FEW_CLASSES_BELOW_BPP = 0.5
 DEADZONE = 0.0               # encoder only: |u| is rounded down after subtracting this (measured: any dead zone
                              # costs PSNR at equal bytes once the bins have centroid offsets, so none)
 
@@ -84,11 +88,14 @@ class _Group:
         self.idx = np.where(outside, n - 1, idx).astype(np.int32)
         hist = np.bincount(self.idx, minlength=n).astype(np.float64)
         self.counts = _integer_counts(hist / hist.sum(), PRECISION)
-        self.offsets = np.zeros(2 * OFFSET_SYMBOLS + 1, np.int8)
-        for k, v in enumerate(range(-OFFSET_SYMBOLS, OFFSET_SYMBOLS + 1)):
-            sel = q == v
-            if sel.any():
-                self.offsets[k] = np.int8(np.clip(np.rint(256 * float(np.mean(u[sel] - v))), -127, 127))
+        # the centroid of each bin −3 … +3 (one pass: the counts and sums of u − q per symbol)
+        near = np.abs(q) <= OFFSET_SYMBOLS
+        k = q[near] + OFFSET_SYMBOLS
+        m = 2 * OFFSET_SYMBOLS + 1
+        cnt = np.bincount(k, minlength=m)
+        tot = np.bincount(k, weights=(u[near] - q[near]), minlength=m)
+        mean = np.divide(tot, cnt, out=np.zeros(m), where=cnt > 0)
+        self.offsets = np.clip(np.rint(256 * mean), -127, 127).astype(np.int8)
         self.head = _varints(np.array([_zigzag(lo), n] + self.counts.tolist(), np.int64)) + self.offsets.tobytes()
         self.q = q
 
@@ -123,9 +130,10 @@ def _checkerboard(shape) -> np.ndarray:
 
 
 def encode_residual(residual: np.ndarray, coded: np.ndarray, step: float, deadzone: float = DEADZONE,
-                    with_values: bool = False):
-    """The residual frame of one tile: residual dB values (tile shape) of the pixels where `coded` is true. Both
-    modes are coded and the shorter frame is kept (the error is the same: one step, bin centroids).
+                    with_values: bool = False, context: bool = True):
+    """The residual frame of one tile: residual dB values (tile shape) of the pixels where `coded` is true. Every
+    mode is coded and the shortest frame is kept (the error is the same: one step, bin centroids; `context=False`
+    leaves mode 2 out — ~3× faster, a few per cent more bytes: what a rate search's first passes need).
     `with_values`: (frame, the float64 residuals the decoder will reconstruct at the coded pixels)."""
     import constriction
 
@@ -153,8 +161,14 @@ def encode_residual(residual: np.ndarray, coded: np.ndarray, step: float, deadzo
         rec[b_sel] = alpha / 128.0 * nb + gb.values()  # as decode_residual computes it
         frames.append((bytes([MODE_CHECKERBOARD]) + np.int8(alpha).tobytes() + ga.head + gb.head +
                        join_payload(enc, [ga.escapes, gb.escapes]), rec[coded]))
-    for layout, thresholds in CONTEXT_VARIANTS:  # mode 2: phases predicted and coded by their neighbours
-        frames.append(_encode_context(u, coded, thresholds, deadzone, layout))
+    grids: dict = {}
+    n_coded = int(coded.sum())
+    for layout, thresholds in (CONTEXT_VARIANTS if context else ()):  # mode 2: phases predicted by their neighbours
+        if not thresholds and min(len(f[0]) for f in frames) * 8 > FEW_CLASSES_BELOW_BPP * n_coded:
+            continue
+        if layout not in grids:
+            grids[layout] = _grids(coded, layout)
+        frames.append(_encode_context(u, coded, thresholds, deadzone, layout, grids[layout]))
     frame, values = min(frames, key=lambda f: len(f[0]))
     return (frame, values * step) if with_values else frame
 
@@ -212,7 +226,8 @@ _REACH = 3  # the farthest offset of any layout
 
 class _Grid:
     """A tile padded by _REACH (zeros outside), read at the pixels of one phase shifted by offsets (sums in a fixed
-    order: the encoder and the decoder compute the same floats)."""
+    order: the encoder and the decoder compute the same floats). How many of a pixel's offsets fall inside the tile
+    depends on the geometry only: computed once per set of offsets."""
 
     def __init__(self, shape, sel: np.ndarray):
         h, w = shape
@@ -220,6 +235,8 @@ class _Grid:
         ys, xs = np.nonzero(sel)
         self.flat = (ys + _REACH) * self.stride + xs + _REACH
         self._inside = _inside(tuple(shape))
+        self._counts: dict = {}
+        self._edge = None
         self.shape = shape
 
     def padded(self, a: np.ndarray) -> np.ndarray:
@@ -228,15 +245,44 @@ class _Grid:
         pad[_REACH:_REACH + h, _REACH:_REACH + w] = a
         return pad.ravel()
 
+    def counts(self, offsets) -> np.ndarray:
+        c = self._counts.get(offsets)
+        if c is None:  # all of them but within _REACH of the tile's edge
+            c = np.full(self.flat.size, len(offsets), np.int64)
+            if self._edge is None:
+                h, w = self.shape
+                y, x = np.divmod(self.flat, self.stride)
+                y, x = y - _REACH, x - _REACH
+                self._edge = np.flatnonzero((y < _REACH) | (y >= h - _REACH) | (x < _REACH) | (x >= w - _REACH))
+            e = self.flat[self._edge]
+            ce = np.zeros(e.size, np.int64)
+            for dy, dx in offsets:
+                ce += self._inside[e + (dy * self.stride + dx)]
+            c[self._edge] = ce
+            self._counts[offsets] = c
+        return c
+
     def sums(self, pad: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
         """(sum over `offsets` of the padded values, how many of them are inside the tile) at the phase's pixels."""
         s = np.zeros(self.flat.size, pad.dtype)
-        c = np.zeros(self.flat.size, np.int64)
         for dy, dx in offsets:
-            idx = self.flat + (dy * self.stride + dx)
-            s += pad[idx]
-            c += self._inside[idx]
-        return s, c
+            s += pad[self.flat + (dy * self.stride + dx)]
+        return s, self.counts(offsets)
+
+
+def _grids(coded: np.ndarray, layout: int) -> list:
+    """The _Grid of every predicted phase of `layout` (None for the first) for a tile's coded pixels."""
+    return [None if offsets is None else _Grid(coded.shape, coded & _phase_mask(name, coded.shape))
+            for name, offsets, _ in _LAYOUTS[layout]]
+
+
+def _weights(F: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares predictor weights (normal equations with a tiny ridge; zeros where they are singular)."""
+    A = F.T @ F
+    try:
+        return np.linalg.solve(A + 1e-9 * (np.trace(A) + 1e-12) * np.eye(len(A)), F.T @ y)
+    except np.linalg.LinAlgError:
+        return np.zeros(F.shape[1])
 
 
 def _context(grid: _Grid, mag_pad: np.ndarray, offsets, thresholds) -> np.ndarray:
@@ -256,7 +302,8 @@ def _features(grid: _Grid, rec_pad: np.ndarray, groups) -> list:
     return out
 
 
-def _encode_context(u: np.ndarray, coded: np.ndarray, thresholds, deadzone: float, layout: int = 0):
+def _encode_context(u: np.ndarray, coded: np.ndarray, thresholds, deadzone: float, layout: int = 0,
+                    grids=None):
     """Mode 2 frame of one tile and its reconstructed values (in steps) at the coded pixels: the phases of
     `layout` (_LAYOUTS) in order, the first with one table, each later one predicted from the pixels before it
     (least-squares weights of its neighbour groups, in 1/128, per tile) and coded with one table per class of its
@@ -268,18 +315,18 @@ def _encode_context(u: np.ndarray, coded: np.ndarray, thresholds, deadzone: floa
     q_tile = np.zeros(coded.shape, np.int64)
     rec = np.zeros(coded.shape, np.float64)
     groups, head = [], bytearray([MODE_CONTEXT, layout, len(thresholds)]) + bytes(thresholds)
-    for name, offsets, pgroups in _LAYOUTS[layout]:
+    grids = _grids(coded, layout) if grids is None else grids
+    for (name, offsets, pgroups), grid in zip(_LAYOUTS[layout], grids):
         sel = coded & _phase_mask(name, coded.shape)
         pred = np.zeros(int(sel.sum()))
         if offsets is None:
             parts = [np.ones(pred.size, bool)] if sel.any() else []
             head += bytes([len(parts)])
         else:
-            grid = _Grid(coded.shape, sel)
             feats = _features(grid, grid.padded(rec), pgroups)
             weights = np.zeros(len(feats))
             if sel.any():
-                weights = np.linalg.lstsq(np.stack(feats, 1), u[sel], rcond=None)[0]
+                weights = _weights(np.stack(feats, 1), u[sel])
             w8 = np.clip(np.rint(128 * np.nan_to_num(weights)), -127, 127).astype(np.int8)
             for wk, f in zip(w8, feats):
                 pred += float(wk) / 128.0 * f
