@@ -441,6 +441,42 @@ def run_speed(args) -> dict:
                     "wall time pair by pair (>1: ours faster)", "results": rows}
 
 
+def run_residual(args) -> dict:
+    """Reconstruct with a residual layer: the same raster and step coded with every residual mode (format 3.2) and
+    without the context mode (the frames of 3.1 and before), whole `reconstruct` processes alternated round by
+    round; ratio = context / older modes, pair by pair."""
+    import statistics
+
+    from sar_ae_core.coding import residual as res
+    from sar_ae_core.refine import compress_with_residual
+
+    src = Path(args.source) if os.path.exists(args.source) else DATA / args.source
+    env = dict(os.environ)
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        files = {}
+        for name, variants in (("context", res.CONTEXT_VARIANTS), ("older_modes", ())):
+            saved = res.CONTEXT_VARIANTS
+            res.CONTEXT_VARIANTS = variants
+            try:
+                r = compress_with_residual(src, tmp / f"{name}.sarz", args.step, overwrite=True)
+            finally:
+                res.CONTEXT_VARIANTS = saved
+            files[name] = {"bytes": r["bytes"], "bpp": r["bpp"], "residual_bytes": r.get("residual_bytes")}
+        times = {k: [] for k in files}
+        for _ in range(args.rounds):
+            for name in files:
+                cmd = [py, "-m", "sar_ae_core", "reconstruct", str(tmp / f"{name}.sarz"), str(tmp / f"{name}.tif"),
+                       "--overwrite"]
+                times[name].append(_timed(cmd, env)["wall_s"])
+        ratios = [a / b for a, b in zip(times["context"], times["older_modes"])]
+    return {"benchmark": "residual_decode", "source": src.name, "step_db": args.step, "rounds": args.rounds,
+            "files": files, "reconstruct_wall_s": times,
+            "median_ratio_context_over_older": statistics.median(ratios),
+            "notes": "whole processes (start-up included), alternated; the context file is smaller at the same step"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -455,9 +491,14 @@ def main() -> None:
     sp.add_argument("--model", default=None)
     sp.add_argument("--rounds", type=int, default=3, help="alternated rounds per size (half at > 4096²)")
     sp.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "codec_speed.json"))
+    rs = sub.add_parser("residual", help="reconstruct time with the residual layer's context mode and without")
+    rs.add_argument("--source", default="s1_iw_grdh_kerala_20180716_vv_dn.tiff")
+    rs.add_argument("--step", type=float, default=1.5)
+    rs.add_argument("--rounds", type=int, default=7)
+    rs.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "residual_decode.json"))
     args = p.parse_args()
     t0 = time.perf_counter()
-    report = run_rd(args) if args.what == "rd" else run_speed(args)
+    report = {"rd": run_rd, "speed": run_speed, "residual": run_residual}[args.what](args)
     report.update(machine=platform.platform(), python=platform.python_version(),
                   seconds=time.perf_counter() - t0)
     out = Path(args.out)

@@ -233,17 +233,13 @@ class _Grid:
         h, w = shape
         self.stride = w + 2 * _REACH
         ys, xs = np.nonzero(sel)
+        self.ys, self.xs = ys, xs
+        self.n = ys.size
         self.flat = (ys + _REACH) * self.stride + xs + _REACH
         self._inside = _inside(tuple(shape))
         self._counts: dict = {}
         self._edge = None
         self.shape = shape
-
-    def padded(self, a: np.ndarray) -> np.ndarray:
-        h, w = self.shape
-        pad = np.zeros((h + 2 * _REACH, self.stride), a.dtype)
-        pad[_REACH:_REACH + h, _REACH:_REACH + w] = a
-        return pad.ravel()
 
     def counts(self, offsets) -> np.ndarray:
         c = self._counts.get(offsets)
@@ -264,16 +260,30 @@ class _Grid:
 
     def sums(self, pad: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
         """(sum over `offsets` of the padded values, how many of them are inside the tile) at the phase's pixels."""
-        s = np.zeros(self.flat.size, pad.dtype)
-        for dy, dx in offsets:
-            s += pad[self.flat + (dy * self.stride + dx)]
+        s = pad[self.flat + (offsets[0][0] * self.stride + offsets[0][1])]
+        for dy, dx in offsets[1:]:
+            s = s + pad[self.flat + (dy * self.stride + dx)]
         return s, self.counts(offsets)
 
 
 def _grids(coded: np.ndarray, layout: int) -> list:
-    """The _Grid of every predicted phase of `layout` (None for the first) for a tile's coded pixels."""
-    return [None if offsets is None else _Grid(coded.shape, coded & _phase_mask(name, coded.shape))
-            for name, offsets, _ in _LAYOUTS[layout]]
+    """The _Grid of every phase of `layout` for a tile's coded pixels."""
+    return [_Grid(coded.shape, coded & _phase_mask(name, coded.shape)) for name, _, _ in _LAYOUTS[layout]]
+
+
+def _unpadded_index(grid: "_Grid"):
+    """Index of the phase's pixels into the (unpadded) tile, in the phase's order."""
+    return grid.ys, grid.xs
+
+
+def _padded_zeros(shape, dtype) -> np.ndarray:
+    h, w = shape
+    return np.zeros((h + 2 * _REACH) * (w + 2 * _REACH), dtype)
+
+
+def _unpadded(pad: np.ndarray, shape) -> np.ndarray:
+    h, w = shape
+    return pad.reshape(h + 2 * _REACH, w + 2 * _REACH)[_REACH:_REACH + h, _REACH:_REACH + w]
 
 
 def _weights(F: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -312,40 +322,38 @@ def _encode_context(u: np.ndarray, coded: np.ndarray, thresholds, deadzone: floa
     (the first phase: 1 or 0), its tables; then the range-coded symbols of every group in that order."""
     import constriction
 
-    q_tile = np.zeros(coded.shape, np.int64)
-    rec = np.zeros(coded.shape, np.float64)
+    # the decoded values and symbol magnitudes so far, in the padded layout the neighbour sums read
+    rec_pad, mag_pad = _padded_zeros(coded.shape, np.float64), _padded_zeros(coded.shape, np.int64)
     groups, head = [], bytearray([MODE_CONTEXT, layout, len(thresholds)]) + bytes(thresholds)
     grids = _grids(coded, layout) if grids is None else grids
     for (name, offsets, pgroups), grid in zip(_LAYOUTS[layout], grids):
-        sel = coded & _phase_mask(name, coded.shape)
-        pred = np.zeros(int(sel.sum()))
+        pred = np.zeros(grid.n)
+        us = u[_unpadded_index(grid)]
         if offsets is None:
-            parts = [np.ones(pred.size, bool)] if sel.any() else []
+            parts = [np.ones(grid.n, bool)] if grid.n else []
             head += bytes([len(parts)])
         else:
-            feats = _features(grid, grid.padded(rec), pgroups)
-            weights = np.zeros(len(feats))
-            if sel.any():
-                weights = _weights(np.stack(feats, 1), u[sel])
+            feats = _features(grid, rec_pad, pgroups)
+            weights = _weights(np.stack(feats, 1), us) if grid.n else np.zeros(len(feats))
             w8 = np.clip(np.rint(128 * np.nan_to_num(weights)), -127, 127).astype(np.int8)
             for wk, f in zip(w8, feats):
                 pred += float(wk) / 128.0 * f
-            cls = _context(grid, grid.padded(np.minimum(np.abs(q_tile), 1 << 20)), offsets, thresholds)
+            cls = _context(grid, mag_pad, offsets, thresholds)
             present = [k for k in range(len(thresholds) + 1) if (cls == k).any()]
             head += w8.tobytes() + bytes([sum(1 << k for k in present)])
             parts = [cls == k for k in present]
-        us, qs, vs = u[sel], np.zeros(pred.size, np.int64), np.zeros(pred.size)
+        qs, vs = np.zeros(grid.n, np.int64), np.zeros(grid.n)
         for part in parts:
             g = _Group(us[part] - pred[part], deadzone)
             groups.append(g)
             head += g.head
             qs[part] = g.q
             vs[part] = pred[part] + g.values()
-        q_tile[sel], rec[sel] = qs, vs
+        rec_pad[grid.flat], mag_pad[grid.flat] = vs, np.minimum(np.abs(qs), 1 << 20)
     enc = constriction.stream.queue.RangeEncoder()
     for g in groups:
         enc.encode(g.idx, _model(g.counts))
-    return bytes(head) + join_payload(enc, [g.escapes for g in groups]), rec[coded]
+    return bytes(head) + join_payload(enc, [g.escapes for g in groups]), _unpadded(rec_pad, coded.shape)[coded]
 
 
 def _decode_context(buf: np.ndarray, coded: np.ndarray) -> np.ndarray:
@@ -381,32 +389,29 @@ def _decode_context(buf: np.ndarray, coded: np.ndarray) -> np.ndarray:
         phases.append((name, offsets, pgroups, weights, flags, tables))
     n_coded = int(np.count_nonzero(coded))
     dec, esc = split_payload(constriction, bytes(buf[used:]), n_coded)
-    q_tile = np.zeros(coded.shape, np.int64)
-    rec = np.zeros(coded.shape, np.float64)
+    rec_pad, mag_pad = _padded_zeros(coded.shape, np.float64), _padded_zeros(coded.shape, np.int64)
     e = 0
-    for name, offsets, pgroups, weights, flags, tables in phases:
-        sel = coded & _phase_mask(name, coded.shape)
-        n_sel = int(sel.sum())
-        pred = np.zeros(n_sel)
+    for (name, offsets, pgroups, weights, flags, tables), grid in zip(phases, _grids(coded, layout)):
+        pred = np.zeros(grid.n)
         if offsets is None:
-            parts = [np.ones(n_sel, bool)] if n_sel else []
+            parts = [np.ones(grid.n, bool)] if grid.n else []
             found = len(parts)
         else:
-            grid = _Grid(coded.shape, sel)
-            for wk, f in zip(weights, _features(grid, grid.padded(rec), pgroups)):
+            for wk, f in zip(weights, _features(grid, rec_pad, pgroups)):
                 pred += float(wk) * f
-            cls = _context(grid, grid.padded(np.minimum(np.abs(q_tile), 1 << 20)), offsets, thresholds)
+            cls = _context(grid, mag_pad, offsets, thresholds)
             present = [c for c in range(k + 1) if (cls == c).any()]
             found = sum(1 << c for c in present)
             parts = [cls == c for c in present]
         if found != flags:
             raise ValueError("residual context flags do not match the tile")
-        qs, vs = np.zeros(n_sel, np.int64), np.zeros(n_sel)
+        qs, vs = np.zeros(grid.n, np.int64), np.zeros(grid.n)
         for part, (lo, n, counts, offsets_) in zip(parts, tables):
             q, e = _decode_group(dec, lo, n, counts, int(part.sum()), esc, e)
             qs[part] = q
             vs[part] = pred[part] + _values(q, offsets_)
-        q_tile[sel], rec[sel] = qs, vs
+        rec_pad[grid.flat], mag_pad[grid.flat] = vs, np.minimum(np.abs(qs), 1 << 20)
+    rec = _unpadded(rec_pad, coded.shape)
     return rec
 
 
