@@ -325,14 +325,15 @@ def _layer_pass(rs, base: dict, work: str, step: float, passes: list, rmse_db=No
 
 
 def _step_search(rs, base: dict, work: str, target_bpp: float, s: float, passes: list, max_passes: int, close,
-                 better, next_pass, context: bool, cand=None):
+                 better, next_pass, context: bool):
     """Regula falsi on log step from log step `s` until a pass is `close` to the target (at most 10 passes);
-    returns (the best pass for the target, log step of the last pass)."""
+    returns the pass nearest the target (None when the pass budget was spent)."""
     from sar_ae_core.coding import residual as res
     from sar_ae_core.refine import check_step
 
     lo_s, hi_s = math.log(res.MIN_STEP_DB), math.log(res.MAX_STEP_DB)
     f_lo = f_hi = None  # f at the small-step (high-rate) and large-step ends
+    cand = None
     for _ in range(10):
         if len(passes) >= max_passes + 10:
             break
@@ -353,7 +354,7 @@ def _step_search(rs, base: dict, work: str, target_bpp: float, s: float, passes:
             s = min(max(s + f * r["bpp"] * math.log(2), lo_s), hi_s)
         if hi_s - lo_s < 1e-3:
             break
-    return cand, s
+    return cand
 
 
 #: the progress a search reports before its last step (writing the chosen file)
@@ -404,7 +405,7 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
     """The better (smaller RMSE in dB over the coded pixels) of `best` and a residual layer sized to the target on
     each rate point whose plain rate leaves room for one."""
     from sar_ae_core.coding import residual as res
-    from sar_ae_core.refine import ResidualSource, check_step
+    from sar_ae_core.refine import ResidualSource
 
     low = at_unit_gain(0)
     if target_bpp < RESIDUAL_FROM * low["bpp"]:
@@ -428,14 +429,14 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
             extra = max(target_bpp - base["bpp"], 0.05)
             lo_s, hi_s = math.log(res.MIN_STEP_DB), math.log(res.MAX_STEP_DB)
             s = min(max(math.log(max(rmse0, 0.05) * 3.4 / 2 ** extra), lo_s), hi_s)
-            fast, s = _step_search(rs, base, work, target_bpp, s, passes, max_passes,
+            fast = _step_search(rs, base, work, target_bpp, s, passes, max_passes,
                                    lambda r: abs(math.log(r["bpp"] / target_bpp)) < ROUGH, better, next_pass,
                                    context=False)
             cand = None
             if fast is not None:  # the context mode's frames are smaller at the same step: a finer one fills the target
                 f = math.log(fast["bpp"] / target_bpp)
                 s = min(max(math.log(fast["residual_step_db"]) + f * fast["bpp"] * math.log(2), lo_s), hi_s)
-                cand, _ = _step_search(rs, base, work, target_bpp, s, passes, max_passes,
+                cand = _step_search(rs, base, work, target_bpp, s, passes, max_passes,
                                        lambda r: abs(math.log(r["bpp"] / target_bpp)) < FINE, better, next_pass,
                                        context=True)
         if cand is not None and close(cand) and (not close(best) or cand["rmse_db"] < best["rmse_db"]):

@@ -135,7 +135,7 @@ class ResidualSource:
                         coded, resid = row[k]
                         k += 1
                         rframe, back = res.encode_residual(resid, coded, step, deadzone, with_values=True,
-                                                                 context=context)
+                                                           context=context)
                         residual_bytes += len(rframe)
                         n_coded += int(coded.sum())
                         if rframe:  # the decoder's float32 values (the encoder computes them in float64)

@@ -271,11 +271,6 @@ def _grids(coded: np.ndarray, layout: int) -> list:
     return [_Grid(coded.shape, coded & _phase_mask(name, coded.shape)) for name, _, _ in _LAYOUTS[layout]]
 
 
-def _unpadded_index(grid: "_Grid"):
-    """Index of the phase's pixels into the (unpadded) tile, in the phase's order."""
-    return grid.ys, grid.xs
-
-
 def _padded_zeros(shape, dtype) -> np.ndarray:
     h, w = shape
     return np.zeros((h + 2 * _REACH) * (w + 2 * _REACH), dtype)
@@ -328,7 +323,7 @@ def _encode_context(u: np.ndarray, coded: np.ndarray, thresholds, deadzone: floa
     grids = _grids(coded, layout) if grids is None else grids
     for (name, offsets, pgroups), grid in zip(_LAYOUTS[layout], grids):
         pred = np.zeros(grid.n)
-        us = u[_unpadded_index(grid)]
+        us = u[grid.ys, grid.xs]
         if offsets is None:
             parts = [np.ones(grid.n, bool)] if grid.n else []
             head += bytes([len(parts)])
