@@ -310,14 +310,16 @@ FINE = 0.0075
 
 
 def _layer_pass(rs, base: dict, work: str, step: float, passes: list, rmse_db=None, progress=None,
-                context: bool = True) -> dict:
+                context: bool = True, reuse_modes: bool = False) -> dict:
     """One search pass: `base` + a residual layer of `step` written by `rs` into `work`, recorded in `passes`;
     `rmse_db(path)` measures the file (default: the layer's own RMSE over the coded pixels). `context=False`: the
-    layer without its context mode (a search's first passes: faster to code, never the file kept)."""
+    layer without its context mode (a search's first passes: faster to code, never the file kept); `reuse_modes`:
+    each tile codes only the mode that won for it in the previous pass with the context mode (`ResidualSource.write`)."""
     from sar_ae_core.refine import with_layer
 
     path = os.path.join(work, f"pass{len(passes)}.sarz")
-    r = with_layer(base, rs.write(path, step, overwrite=True, progress=progress, context=context))
+    r = with_layer(base, rs.write(path, step, overwrite=True, progress=progress, context=context,
+                                  reuse_modes=reuse_modes))
     r.update(path=path, rmse_db=r["residual_rmse_db"] if rmse_db is None else rmse_db(path))
     passes.append({"model": base["model"], "gain": base["gain"], "residual_step_db": step, "bpp": r["bpp"],
                    "rmse_db": r["rmse_db"], "context": context})
@@ -334,11 +336,11 @@ def _step_search(rs, base: dict, work: str, target_bpp: float, s: float, passes:
     lo_s, hi_s = math.log(res.MIN_STEP_DB), math.log(res.MAX_STEP_DB)
     f_lo = f_hi = None  # f at the small-step (high-rate) and large-step ends
     cand = None
-    for _ in range(10):
+    for i in range(10):
         if len(passes) >= max_passes + 10:
             break
         r = _layer_pass(rs, base, work, check_step(round(math.exp(s), 6)), passes, progress=next_pass(),
-                        context=context)
+                        context=context, reuse_modes=context and i > 0)
         cand = r if cand is None else better(r, cand)
         f = math.log(r["bpp"] / target_bpp)
         if close(r):

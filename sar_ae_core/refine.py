@@ -63,6 +63,7 @@ class ResidualSource:
             reconstruct_raster(self.base_path, self.recon, units="db", bundle=bundle, output_compress="none")
             p = self.plan
             self._cache = {} if p.width * p.height * self.bands <= CACHE_PIXELS else None
+            self._kinds: dict = {}  # what each tile's layer was coded with in the last write with the context mode
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
@@ -109,9 +110,11 @@ class ResidualSource:
         return float(np.sqrt(sq / max(n, 1)))
 
     def write(self, output_path, step_db: float, *, overwrite: bool = False, inputs=(), progress=None,
-              deadzone: float = res.DEADZONE, context: bool = True) -> dict:
+              deadzone: float = res.DEADZONE, context: bool = True, reuse_modes: bool = False) -> dict:
         """The base file with a residual layer of step `step_db` as `output_path`; returns rate facts. `context`:
-        the residual frames may use the context mode (`residual.encode_residual`; off: faster, a few % larger)."""
+        the residual frames may use the context mode (`residual.encode_residual`; off: faster, a few % larger).
+        `reuse_modes`: each tile tries only the mode that won for it in this source's last write with the context
+        mode (and the plain mode) — about half the coding time, for a search's passes at nearby steps."""
         from sar_ae_core.progress import Progress
 
         step = round(check_step(step_db), 4)  # the header's (short) value is the one coded with
@@ -119,6 +122,7 @@ class ResidualSource:
         header = dict(self.header)
         header["mask"] = {**self.header["mask"], "id": res.RESIDUAL_MASK_ID, "residual_db": step}
         p = self.plan
+        kinds: dict = {}  # (tile row, chunk of the row) -> the frame kind each tile's layer was coded with
         n_coded = 0
         residual_bytes = 0
         sq_err = 0.0
@@ -134,8 +138,11 @@ class ResidualSource:
                             f.reader.chunk(_chunk_id(p, self.bands, tr, tc, b, 1)))
                         coded, resid = row[k]
                         k += 1
+                        hint = self._kinds.get((tr, k - 1)) if reuse_modes and context else None
                         rframe, back = res.encode_residual(resid, coded, step, deadzone, with_values=True,
-                                                           context=context)
+                                                           context=context, hint=hint)
+                        if context:
+                            kinds[(tr, k - 1)] = res.frame_kind(rframe)
                         residual_bytes += len(rframe)
                         n_coded += int(coded.sum())
                         if rframe:  # the decoder's float32 values (the encoder computes them in float64)
@@ -144,6 +151,8 @@ class ResidualSource:
                         writer.add(res.encode_chunk(mask_part, frame, rframe), "masks")
                 prog.step((tr + 1) / p.tile_rows, f"coding the residual layer, tile row {tr + 1}/{p.tile_rows}")
             sizes = writer.finish()
+        if context:
+            self._kinds = kinds
         nbytes = os.path.getsize(output_path)
         pixels = p.width * p.height * self.bands
         return {"output": os.fspath(output_path), "bytes": nbytes, "bpp": nbytes * 8 / pixels, "pixels": pixels,

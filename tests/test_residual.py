@@ -302,3 +302,25 @@ def test_encoder_knows_what_the_decoder_reconstructs():
         frame, values = res.encode_residual(r, coded, 0.7, with_values=True)
         back = res.decode_residual(frame, coded, 0.7)
         np.testing.assert_array_equal(back[coded], values.astype(np.float32))
+
+
+def test_a_hint_codes_only_the_mode_that_won():
+    """`hint` (the frame kind that won for the tile at a nearby step, what a rate search's later passes give): the
+    frame is the one the full search of modes gives when the hint is its winner, and mode 0 or the hinted mode
+    otherwise — never a mode that was not asked for; every frame decodes within one step."""
+    from scipy.ndimage import uniform_filter
+
+    rng = np.random.default_rng(13)
+    coded = rng.random((256, 256)) > 0.05
+    smooth = uniform_filter(rng.normal(0, 3, coded.shape), 3) * 3
+    white = 10 * np.log10(rng.exponential(1.0, coded.shape))
+    for r in (smooth, white):
+        full = res.encode_residual(r, coded, 0.5)
+        assert res.encode_residual(r, coded, 0.5, hint=res.frame_kind(full)) == full
+        for hint in ((res.MODE_PLAIN, None), (res.MODE_CHECKERBOARD, None), (res.MODE_CONTEXT, 0)):
+            frame = res.encode_residual(r, coded, 0.55, hint=hint)
+            assert frame[0] in {res.MODE_PLAIN, hint[0]}
+            if frame[0] == res.MODE_CONTEXT:
+                assert res.frame_kind(frame) == hint
+            assert np.abs(res.decode_residual(frame, coded, 0.55) - r)[coded].max() <= 0.55 + 1e-4
+    assert res.frame_kind(b"") is None

@@ -129,12 +129,20 @@ def _checkerboard(shape) -> np.ndarray:
     return (yy + xx) % 2 == 0
 
 
+def frame_kind(frame: bytes):
+    """What a frame was coded with: (mode, number of context thresholds or None); None for an empty frame."""
+    if not frame:
+        return None
+    return (frame[0], frame[2] if frame[0] == MODE_CONTEXT and len(frame) > 2 else None)
+
+
 def encode_residual(residual: np.ndarray, coded: np.ndarray, step: float, deadzone: float = DEADZONE,
-                    with_values: bool = False, context: bool = True):
+                    with_values: bool = False, context: bool = True, hint=None):
     """The residual frame of one tile: residual dB values (tile shape) of the pixels where `coded` is true. Every
     mode is coded and the shortest frame is kept (the error is the same: one step, bin centroids; `context=False`
-    leaves mode 2 out — ~3× faster, a few per cent more bytes: what a rate search's first passes need).
-    `with_values`: (frame, the float64 residuals the decoder will reconstruct at the coded pixels)."""
+    leaves mode 2 out — ~3× faster, a few per cent more bytes: what a rate search's first passes need). `hint`: the
+    `frame_kind` that won for this tile at a nearby step — only mode 0 and that one are coded (a search's later
+    passes). `with_values`: (frame, the float64 residuals the decoder will reconstruct at the coded pixels)."""
     import constriction
 
     if not coded.any():
@@ -147,7 +155,9 @@ def encode_residual(residual: np.ndarray, coded: np.ndarray, step: float, deadzo
     frames.append((bytes([MODE_PLAIN]) + g.head + join_payload(enc, [g.escapes]), g.values()))
     black = _checkerboard(coded.shape)
     a_sel, b_sel = coded & black, coded & ~black
-    if a_sel.any() and b_sel.any():  # mode 1: checkerboard, the second half predicted from the first
+    if hint is not None:
+        context = context and hint[0] == MODE_CONTEXT
+    if a_sel.any() and b_sel.any() and (hint is None or hint[0] == MODE_CHECKERBOARD):  # mode 1: checkerboard
         ga = _Group(u[a_sel], deadzone)
         rec = np.zeros(coded.shape, np.float64)
         rec[a_sel] = ga.values()
@@ -164,7 +174,9 @@ def encode_residual(residual: np.ndarray, coded: np.ndarray, step: float, deadzo
     grids: dict = {}
     n_coded = int(coded.sum())
     for layout, thresholds in (CONTEXT_VARIANTS if context else ()):  # mode 2: phases predicted by their neighbours
-        if not thresholds and min(len(f[0]) for f in frames) * 8 > FEW_CLASSES_BELOW_BPP * n_coded:
+        if hint is not None and len(thresholds) != hint[1]:
+            continue
+        if hint is None and not thresholds and min(len(f[0]) for f in frames) * 8 > FEW_CLASSES_BELOW_BPP * n_coded:
             continue
         if layout not in grids:
             grids[layout] = _grids(coded, layout)
