@@ -210,6 +210,9 @@ _LAYOUTS = {
 }
 
 
+_REACH = 3  # the farthest offset of any layout
+
+
 @functools.lru_cache(maxsize=16)
 def _phase_masks(shape) -> dict:
     yy, xx = np.indices(shape)
@@ -231,9 +234,6 @@ def _inside(shape) -> np.ndarray:
     inside = inside.ravel()
     inside.setflags(write=False)
     return inside
-
-
-_REACH = 3  # the farthest offset of any layout
 
 
 class _Grid:
