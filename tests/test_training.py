@@ -425,3 +425,51 @@ def test_train_only_encoder_keeps_the_decoder_and_prior_and_its_files_decode_wit
             px.append(r.read(1))
     assert np.abs(px[0] - px[1]).max() < 1e-4  # the same decoder
     assert np.isfinite(px[2]).mean() > 0.9
+
+
+def test_decoder_gains_quantize_the_training_latents_as_the_codec_does_at_a_drawn_gain(tmp_path, capsys):
+    """--decoder-gains (with --train-only decoder): in training mode the decoder is given the latents quantized
+    exactly as the codec's rate control does at a gain drawn per patch from the range (symbols rint(m + g(y − m))
+    around each channel's mode, dequantized m + (q − m)/g); in eval mode plain rounding (gain 1)."""
+    from sar_ae_core.coding.tables import FactorizedRangeCodec
+    from sar_ae_core.nn.model_config import ModelConfig
+    from training.quant import QuantAwareAutoencoder
+
+    torch.manual_seed(0)
+    ae = build_model(ModelConfig(variant="gdn", base_channels=8, latent_channels=8, stages=2,
+                                 entropy_model="factorized", decoder="light"))
+    with torch.no_grad():  # latents of a few units, so that the gain changes the symbols
+        ae.encoder(torch.zeros(1, 1, 16, 16))
+        for p in ae.encoder.parameters():
+            p.mul_(4.0)
+    net = QuantAwareAutoencoder(ae, decoder_only=True, decoder_gains=(0.4, 1.6))
+    seen = []
+    hook = ae.decoder.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
+    x = torch.rand(3, 1, 32, 32)
+    net.train()
+    torch.manual_seed(7)
+    net(x)
+    torch.manual_seed(7)
+    gains = torch.exp(torch.empty(3, 1, 1, 1).uniform_(math.log(0.4), math.log(1.6))).flatten().tolist()
+    net.eval()
+    net(x)
+    hook.remove()
+    with torch.no_grad():
+        y = ae.encode(x).numpy().astype(np.float32)
+    codec = FactorizedRangeCodec(ae.entropy.build_tables())
+    assert len({round(g, 3) for g in gains}) == 3 and all(0.4 <= g <= 1.6 for g in gains)
+    changed = 0
+    for i, g in enumerate(gains):
+        codec.gain = g
+        want = codec.dequantize(codec.quantize(y[i]))
+        assert np.allclose(seen[0][i].numpy(), want, atol=1e-5)  # the codec's symbols at that gain
+        changed += int(not np.allclose(want, np.rint(y[i])))
+    assert changed >= 2  # the gains did change the latents
+    assert torch.equal(seen[1], torch.round(torch.from_numpy(y)))  # eval: gain 1
+    # the option is checked: only with --train-only decoder, two gains in order
+    out = tmp_path / "run"
+    assert main(["--data", "x.tif", "--steps", "2", "--decoder-gains", "0.5", "1.5", "--out-dir", str(out)]) == 2
+    assert "run.decoder_gains" in capsys.readouterr().err and not out.exists()
+    assert main(["--data", "x.tif", "--steps", "2", "--init-from", "sarae-q2", "--train-only", "decoder",
+                 "--decoder-gains", "1.5", "0.5", "--out-dir", str(out)]) == 2
+    assert "LO <= HI" in capsys.readouterr().err and not out.exists()

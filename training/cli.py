@@ -103,6 +103,9 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
      "and entropy model are copied and kept; the decoder may differ, e.g. --decoder light); 'encoder': train "
      "only the encoder against its frozen decoder and entropy model (the encoder may be narrower, "
      "--base-channels, for a light decoder: warm-started from its first channels)"),
+    ("--decoder-gains", "run", "decoder_gains", {"type": float, "nargs": 2, "metavar": ("LO", "HI")},
+     "with --train-only decoder: quantize the training latents at a quantization gain drawn per patch "
+     "log-uniformly from LO..HI, as the codec's rate control does (validation stays at gain 1)"),
     ("--val-interval", "run", "val_interval", {"type": int}, "validate every N steps (default: every epoch)"),
     ("--val-max-patches", "run", "val_max_patches", {"type": int}, "cap on validation patches (0 = all)"),
     ("--val-batch-size", "run", "val_batch_size", {"type": int}, "patches per validation batch"),

@@ -105,6 +105,8 @@ class RunConfig:
                                      # decoder and entropy model (its files and this model's decode alike; the
                                      # encoder may be narrower: --base-channels, warm-started from its first
                                      # channels)
+    decoder_gains: Optional[list] = None  # train_only decoder: [lo, hi] quantization gains drawn per patch
+                                     # (log-uniform) for the training latents, as rate control uses them
     val_interval: Optional[int] = None  # validate every N steps (default: once per epoch) and at the end
     val_max_patches: int = 0         # cap on validation patches (0 = all)
     val_batch_size: int = 32         # patches per validation forward pass
@@ -292,6 +294,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         bad("run.train_only", "'decoder' needs --init-from (the model whose encoder and entropy model are kept)")
     if r.train_only == "encoder" and r.init_from is None:
         bad("run.train_only", "'encoder' needs --init-from (the model whose decoder and entropy model are kept)")
+    if r.decoder_gains is not None:
+        g = r.decoder_gains
+        if r.train_only != "decoder":
+            bad("run.decoder_gains", "needs --train-only decoder")
+        if not (isinstance(g, (list, tuple)) and len(g) == 2 and all(isinstance(v, (int, float)) for v in g)
+                and 0.05 <= g[0] <= g[1] <= 16):
+            bad("run.decoder_gains", f"must be two gains LO <= HI within [0.05, 16], got {g}")
     if r.latent_bits > 16:
         bad("run.latent_bits", f"must be <= 16, got {r.latent_bits}")
     check_int("run.seed", r.seed, 0)

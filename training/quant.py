@@ -16,6 +16,8 @@ changing the range through the gradient of the step itself.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .config import LATENT_NOISE
@@ -60,9 +62,23 @@ class QuantAwareAutoencoder(torch.nn.Module):
     """
 
     def __init__(self, autoencoder: torch.nn.Module, noise: str = "uniform", bits: int = 8,
-                 decoder_only: bool = False, encoder_only: bool = False):
+                 decoder_only: bool = False, encoder_only: bool = False,
+                 decoder_gains: "tuple[float, float] | None" = None):
         super().__init__()
         self.ae = autoencoder
+        # decoder_only: while training, the latents are quantized as the codec does at a quantization gain g drawn
+        # per patch log-uniformly from this range (symbols rint(m + g·(y − m)) around each channel's mode m,
+        # dequantized m + (q − m)/g): the decoder learns the coarser and finer latents rate control gives it
+        self.decoder_gains = decoder_gains
+        if decoder_gains is not None:
+            prior = getattr(autoencoder, "entropy", None)
+            if prior is None or not hasattr(prior, "build_tables"):
+                raise ValueError("decoder gains need a factorized entropy model")
+            import copy
+
+            modes = copy.deepcopy(prior).cpu().build_tables().modes()  # (build_tables works on the CPU)
+            self.register_buffer("_modes", torch.as_tensor(modes, dtype=torch.float32).view(1, -1, 1, 1),
+                                 persistent=False)
         self.noise = noise
         self.bits = bits
         self.decoder_only = decoder_only
@@ -76,7 +92,14 @@ class QuantAwareAutoencoder(torch.nn.Module):
             with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
                 self.ae.encoder.eval()
                 prior.eval()
-                y_hat, likelihoods = prior(self.ae.encode(x).float())
+                y = self.ae.encode(x).float()
+                y_hat, likelihoods = prior(y)
+                if self.decoder_gains is not None and self.training:
+                    lo, hi = self.decoder_gains
+                    g = torch.exp(torch.empty(y.shape[0], 1, 1, 1, device=y.device).uniform_(
+                        math.log(lo), math.log(hi)))
+                    m = self._modes.to(y.device)
+                    y_hat = m + (torch.round(m + g * (y - m)) - m) / g
             return self.ae.decode(y_hat.to(x.dtype)), likelihoods.detach()
         y = self.ae.encode(x)
         if self.encoder_only and prior is not None:

@@ -319,7 +319,9 @@ class Trainer:
         frozen = cfg.run.train_only == "decoder"
         net: torch.nn.Module = QuantAwareAutoencoder(ae, cfg.run.latent_noise, cfg.run.latent_bits,
                                                      decoder_only=frozen,
-                                                     encoder_only=cfg.run.train_only == "encoder")
+                                                     encoder_only=cfg.run.train_only == "encoder",
+                                                     decoder_gains=None if cfg.run.decoder_gains is None
+                                                     else tuple(float(v) for v in cfg.run.decoder_gains))
         if d.enabled:
             if cuda:
                 net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
