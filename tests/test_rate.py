@@ -181,3 +181,35 @@ def test_searches_report_progress_and_stop_on_cancel(tmp_path, spain_db, search)
         run(tmp_path / "b.sarz", cancel_in_third_pass)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sarz"]
     assert not any(m.startswith(f"{label}: pass 4") for m in calls)
+
+
+def test_max_rmse_db_residual_search_codes_the_context_mode_once(tmp_path):
+    """--max-rmse-db's residual step search: its passes code the layer without the context mode (the error depends
+    on the step), bracketing the largest step that meets the target by regula falsi; the step found is coded once
+    with every mode; the file kept meets the target as assess measures it, and is no larger than the search's own."""
+    from conftest import SAR_DATA
+
+    from sar_ae_core.codec import reconstruct_raster
+    from sar_ae_core.quality.assess import assess_rasters
+    from sar_ae_core.rate import compress_to_rmse
+
+    src = SAR_DATA / "tsx_slc_merlin_test_256_reim.npy"
+    out = tmp_path / "t.sarz"
+    res = compress_to_rmse(src, out, 1.0)
+    layered = [p for p in res["passes"] if p.get("residual_step_db")]
+    assert res["residual_step_db"] and len(layered) >= 3
+    bases = {}
+    for p in layered:
+        bases.setdefault((p["model"], p["gain"]), []).append(p)
+    for group in bases.values():
+        met = [p for p in group if not p["context"] and p["rmse_db"] <= 1.0]
+        assert [p["context"] for p in group] == [False] * (len(group) - bool(met)) + [True] * bool(met)
+        assert len(group) <= 8  # regula falsi: the old bisection needed 10 passes here
+        if met:
+            final = group[-1]
+            assert final["residual_step_db"] == pytest.approx(max(p["residual_step_db"] for p in met), rel=1e-4)
+    reconstruct_raster(out, tmp_path / "t.tif", units="db")
+    assert assess_rasters(src, tmp_path / "t.tif")["rmse_db"] <= 1.0
+    chosen = [p for p in layered if abs(p["residual_step_db"] / res["residual_step_db"] - 1) < 1e-4
+              and p["model"] == res["model"]]
+    assert res["bytes"] * 8 / (256 * 256) <= min(p["bpp"] for p in chosen) + 1e-9
