@@ -213,3 +213,33 @@ def test_max_rmse_db_residual_search_codes_the_context_mode_once(tmp_path):
     chosen = [p for p in layered if abs(p["residual_step_db"] / res["residual_step_db"] - 1) < 1e-4
               and p["model"] == res["model"]]
     assert res["bytes"] * 8 / (256 * 256) <= min(p["bpp"] for p in chosen) + 1e-9
+
+
+def test_rate_on_a_large_raster_searches_on_a_sample_of_its_tiles(tmp_path, monkeypatch, kerala_dn):
+    """--rate on a raster above SAMPLE_FROM_PIXELS: the search runs on a mosaic of SAMPLE_TILES of its tiles (read
+    in the source's units: uncalibrated DN here), then the choice is coded on the whole raster and its last parameter
+    moved to the target — the file on disk meets the rate as any other, after few passes over the whole raster, and
+    its error is that of the search over the whole raster within a few per cent."""
+    from sar_ae_core import rate
+    from sar_ae_core.codec import sarz_info
+
+    assert rate._sample_tiles(3, 5, 4) == [(0, 0), (1, 3), (1, 1), (2, 4)]
+    assert len(set(rate._sample_tiles(16, 16, 48))) == 48 and rate._sample_tiles(2, 2, 9) == \
+        [(0, 0), (0, 1), (1, 0), (1, 1)]
+    work = tmp_path / "w"
+    work.mkdir()
+    whole = rate.compress_to_rate(kerala_dn, tmp_path / "whole.sarz", 1.0, post_filter="off")
+    monkeypatch.setattr(rate, "SAMPLE_FROM_PIXELS", 200_000)
+    monkeypatch.setattr(rate, "SAMPLE_TILES", 6)
+    res = rate.compress_to_rate(kerala_dn, tmp_path / "s.sarz", 1.0, post_filter="off")
+    assert res["sampled"] == {"tiles": 6, "tile": 256}
+    bpp = (tmp_path / "s.sarz").stat().st_size * 8 / (1280 * 837)
+    assert res["reached"] and abs(bpp - 1.0) <= 0.02 and bpp == pytest.approx(res["bpp"])
+    full = [p for p in res["passes"] if not p.get("sample")]
+    assert 1 <= len(full) <= 6 < len(res["passes"])
+    info = sarz_info(tmp_path / "s.sarz")
+    assert info["source_units"] == "amplitude" and info["width"] == 1280
+    e_s = rate._rmse_db(kerala_dn, str(tmp_path / "s.sarz"), str(work))
+    e_w = rate._rmse_db(kerala_dn, str(tmp_path / "whole.sarz"), str(work))
+    assert e_s <= 1.03 * e_w, (e_s, e_w)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sarz", "w", "whole.sarz"]  # no work folder left
