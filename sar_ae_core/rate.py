@@ -412,7 +412,9 @@ def _sampled_search(input_path, output_path, target_bpp: float, *, tolerance: fl
         def better(a, b) -> dict:
             return a if abs(math.log(a["bpp"] / target_bpp)) < abs(math.log(b["bpp"] / target_bpp)) else b
 
-        store = LatentStore(work, "full")
+        step = found.get("residual_step_db")
+        # the latents are kept for a gain search only (a layer's step search re-codes the residual, not the latents)
+        store = None if step else LatentStore(work, "full")
 
         def attempt(gain: float) -> dict:
             path = os.path.join(work, f"full{len(passes)}.sarz")
@@ -422,7 +424,6 @@ def _sampled_search(input_path, output_path, target_bpp: float, *, tolerance: fl
             passes.append({"model": found["model"], "gain": gain, "bpp": r["bpp"]})
             return r
 
-        step = found.get("residual_step_db")
         best = attempt(found["gain"])
         if step:  # the layer's step to the target on the whole raster, from the sample's
             with ResidualSource(best["path"], input_path, work_dir=work) as rs:
