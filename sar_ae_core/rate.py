@@ -638,8 +638,12 @@ def search_summary(res: dict) -> str:
     if res.get("post_filter"):
         how += f" + post-filter ({res['post_filter']})"
     note = "" if res["reached"] else " (outside what the bundled rate points reach: the closest was written)"
+    passes = f"{len(res['passes'])} pass(es)"
+    if res.get("sampled"):
+        whole = len([p for p in res["passes"] if not p.get("sample")])
+        passes += f" ({len(res['passes']) - whole} on a sample of {res['sampled']['tiles']} tiles, {whole} on the whole raster)"
     return (f"--rate {res['target_bpp']:g}: {res['bpp']:.4f} bits per pixel "
-            f"({100 * (res['bpp'] / res['target_bpp'] - 1):+.1f} %) with {how}, {len(res['passes'])} pass(es){note}")
+            f"({100 * (res['bpp'] / res['target_bpp'] - 1):+.1f} %) with {how}, {passes}{note}")
 
 
 def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: bool = False, progress=None,

@@ -243,3 +243,4 @@ def test_rate_on_a_large_raster_searches_on_a_sample_of_its_tiles(tmp_path, monk
     e_w = rate._rmse_db(kerala_dn, str(tmp_path / "whole.sarz"), str(work))
     assert e_s <= 1.03 * e_w, (e_s, e_w)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sarz", "w", "whole.sarz"]  # no work folder left
+    assert f"on a sample of 6 tiles, {len(full)} on the whole raster" in rate.search_summary(res)
