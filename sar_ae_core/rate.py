@@ -362,6 +362,20 @@ def _write_sample(input_path, bands, units: str, folder: str, tile: int) -> "tup
         return out, len(picks)
 
 
+def _sample_in(input_path, kwargs: dict, work: str, tile: int) -> "tuple[str, int, str] | None":
+    """(sample raster in `work`, its tiles, the source's units) of a large raster (`_write_sample`; the units are
+    decided on the source, so that the sample reads alike), or None where it gets no sample."""
+    from sar_ae_core.io.raster import open_raster
+
+    with open_raster(input_path, bands=kwargs.get("bands", "all"), units=kwargs.get("units", "auto")) as r:
+        units = r.units
+    try:
+        made = _write_sample(input_path, kwargs.get("bands", "all"), units, work, tile)
+    except Exception:  # noqa: BLE001 - a dtype or layout GDAL cannot write back (e.g. CInt16): no sample
+        return None
+    return None if made is None else (*made, units)
+
+
 def _sampled_search(input_path, output_path, target_bpp: float, *, tolerance: float, overwrite: bool, prog,
                     max_passes: int, residual: bool, max_decoder_kmac, fitted_window: bool, neighbour: bool,
                     nominal_bpp: float, t_start: float, **kwargs) -> "dict | None":
@@ -372,7 +386,6 @@ def _sampled_search(input_path, output_path, target_bpp: float, *, tolerance: fl
     import time
 
     from sar_ae_core.codec import LatentStore, compress_raster
-    from sar_ae_core.coding import residual as res
     from sar_ae_core.defaults import TILE
     from sar_ae_core.refine import ResidualSource
 
@@ -380,17 +393,10 @@ def _sampled_search(input_path, output_path, target_bpp: float, *, tolerance: fl
     folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
     with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".rate",
                                      dir=folder) as work:
-        from sar_ae_core.io.raster import open_raster
-
-        with open_raster(input_path, bands=kwargs.get("bands", "all"), units=kwargs.get("units", "auto")) as r:
-            units = r.units
-        try:
-            made = _write_sample(input_path, kwargs.get("bands", "all"), units, work, tile)
-        except Exception:  # noqa: BLE001 - a dtype or layout GDAL cannot write back (e.g. CInt16): no sample
-            made = None
+        made = _sample_in(input_path, kwargs, work, tile)
         if made is None:
             return None
-        sample_path, n_tiles = made
+        sample_path, n_tiles, units = made
         found = _search_rate(sample_path, os.path.join(work, "sample.sarz"), target_bpp, tolerance=tolerance,
                              overwrite=True, progress=prog.sub(0.0, 0.6).step, max_passes=max_passes,
                              residual=residual, max_decoder_kmac=max_decoder_kmac, fitted_window=fitted_window,
@@ -648,7 +654,7 @@ def search_summary(res: dict) -> str:
 
 def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: bool = False, progress=None,
                      max_passes: int = 12, residual: bool = True, max_decoder_kmac: "float | None" = None,
-                     **kwargs) -> dict:
+                     sample: bool = True, **kwargs) -> dict:
     """compress_raster with the fewest bytes whose reconstruction stays within `max_rmse_db` of the source (RMSE in
     dB over the valid pixels, as `assess` reports it): each candidate is compressed, decoded and measured. The rate
     points are tried from the lowest rate up; on the first that meets the target the quantization gain is lowered
@@ -674,6 +680,12 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
     check_output_path(output_path, overwrite, [input_path])
     prog = Progress(progress)
     points = _rate_points(max_decoder_kmac)
+    if sample:  # a large raster: the search on a sample of its tiles, then the choice checked on the whole raster
+        sampled = _sampled_rmse(input_path, output_path, max_rmse_db, overwrite=overwrite, prog=prog,
+                                max_passes=max_passes, residual=residual, max_decoder_kmac=max_decoder_kmac,
+                                t_start=t_start, **kwargs)
+        if sampled is not None:
+            return sampled
     folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
     passes: list[dict] = []
     def next_pass():
@@ -741,7 +753,7 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
 
 
 def _residual_for_rmse(input_path, work, base: dict, max_rmse_db: float, passes: list, next_pass=lambda: None,
-                       max_tries: int = 10):
+                       max_tries: int = 10, start_step: "float | None" = None, slope: float = 1.0):
     """The smallest file of `base` + a residual layer whose reconstruction is within `max_rmse_db` (RMSE in dB over
     the valid pixels, measured by assess): the largest step that meets it, by regula falsi on log step against log
     RMSE (the error rises with the step), bracketed; None if even the finest step misses.
@@ -762,10 +774,15 @@ def _residual_for_rmse(input_path, work, base: dict, max_rmse_db: float, passes:
 
         lo, hi = math.log(res.MIN_STEP_DB), math.log(res.MAX_STEP_DB)  # lo meets the target, hi does not (assumed)
         f_lo = f_hi = None  # log(RMSE / target) at lo and hi once measured
-        s = min(max(math.log(max_rmse_db / 0.29), lo), hi)  # uniform quantization: RMSE ~ step / sqrt(12)
+        # uniform quantization: RMSE ~ step / sqrt(12) (or where a search on a sample of the raster ended)
+        s = min(max(math.log(start_step or max_rmse_db / 0.29), lo), hi)
+        seen: list = []  # (log step, f) of the passes so far
         for _ in range(max_tries):
             r = attempt(round(math.exp(s), 6), context=False)
             f = math.log(max(r["rmse_db"], 1e-9) / max_rmse_db)
+            if seen and abs(s - seen[-1][0]) > 1e-3:  # the slope the raster shows, once two steps were measured
+                slope = min(max((f - seen[-1][1]) / (s - seen[-1][0]), 0.05), 2.0)
+            seen.append((s, f))
             if f <= 0:
                 if best is None or r["bytes"] < best["bytes"]:
                     best = r
@@ -779,12 +796,107 @@ def _residual_for_rmse(input_path, work, base: dict, max_rmse_db: float, passes:
             if f_lo is not None and f_hi is not None:  # bracketed: the secant, kept inside the bracket
                 t = min(max(f_lo / (f_lo - f_hi), 0.1), 0.9)
                 s = lo + t * (hi - lo)
-            elif f_lo is not None:  # only below the target yet: the error grows about as fast as the step
-                s = min(lo - f_lo, hi - 0.01)
+            elif f_lo is not None:  # only below the target yet: log error grows `slope` × as fast as log step
+                s = min(lo - f_lo / slope, hi - 0.01)
             else:  # only above it
-                s = max(hi - f_hi - 0.05, lo + 0.01)
+                s = max(hi - f_hi / slope - 0.05, lo + 0.01)
         if best is not None:
             full = attempt(best["residual_step_db"], context=True)
             if full["rmse_db"] <= max_rmse_db and full["bytes"] < best["bytes"]:
                 best = full
+    return best
+
+
+def _sampled_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: bool, prog, max_passes: int,
+                  residual: bool, max_decoder_kmac, t_start: float, **kwargs) -> "dict | None":
+    """`--max-rmse-db` on a large raster (as `_sampled_search`): the search on a sample of its tiles; then the choice
+    coded on the whole raster and measured there, and its last parameter moved until the whole raster meets the
+    target — the residual layer's step from the sample's (`_residual_for_rmse`), or else a finer quantization gain
+    where the whole raster misses it and a coarser one while it keeps it. Where the gain cannot be made to meet it
+    in a few passes, the search over the whole raster (never a file that misses the target). None where the raster
+    is not sampled."""
+    import time
+
+    from sar_ae_core.codec import LatentStore, compress_raster
+    from sar_ae_core.defaults import TILE
+
+    tile = int(kwargs.get("tile") or TILE)
+    folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
+    with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".rmse",
+                                     dir=folder) as work:
+        made = _sample_in(input_path, kwargs, work, tile)
+        if made is None:
+            return None
+        sample_path, n_tiles, units = made
+        try:
+            found = compress_to_rmse(sample_path, os.path.join(work, "sample.sarz"), max_rmse_db, overwrite=True,
+                                     progress=prog.sub(0.0, 0.6).step, max_passes=max_passes, residual=residual,
+                                     max_decoder_kmac=max_decoder_kmac, sample=False,
+                                     **{**kwargs, "bands": "all", "units": units})
+        except SarInputError:
+            return None  # the sample cannot meet it: the search over the whole raster says so, or finds a way
+        sampled = [{**p, "sample": True} for p in found["passes"]]
+        passes: list[dict] = []
+        rest = prog.sub(0.6, SEARCHED)
+
+        def next_pass():
+            return _pass_progress(rest, passes, "--max-rmse-db")
+
+        step = found.get("residual_step_db")
+        store = None if step else LatentStore(work, "full")
+
+        def attempt(gain: float) -> dict:
+            path = os.path.join(work, f"full{len(passes)}.sarz")
+            r = compress_raster(input_path, path, model=found["model"], gain=gain, latent_store=store,
+                                overwrite=True, progress=next_pass(), **kwargs)
+            # a layer's base is measured by the layer's search (`ResidualSource.base_rmse`), not decoded here
+            r.update(path=path, model=found["model"], gain=gain,
+                     rmse_db=None if step else _rmse_db(input_path, path, work))
+            passes.append({"model": found["model"], "gain": gain, "bpp": r["bpp"], "rmse_db": r["rmse_db"]})
+            return r
+
+        first = attempt(found["gain"])
+        best = None
+        if step:  # from the sample's step, with the slope of log RMSE against log step its last passes measured
+            pts = sorted({(math.log(p["residual_step_db"]), math.log(p["rmse_db"])) for p in found["passes"]
+                          if p.get("residual_step_db") and not p.get("context") and p["model"] == found["model"]
+                          and p["gain"] == found["gain"] and p.get("rmse_db")},
+                         key=lambda q: abs(q[0] - math.log(step)))[:2]
+            slope = (pts[0][1] - pts[1][1]) / (pts[0][0] - pts[1][0]) \
+                if len(pts) == 2 and abs(pts[0][0] - pts[1][0]) > 0.01 else 1.0
+            best = _residual_for_rmse(input_path, work, first, max_rmse_db, passes, next_pass, start_step=step,
+                                      slope=min(max(slope, 0.05), 2.0))
+        else:  # regula falsi on log gain against log RMSE (the error falls as the gain rises), at most 5 passes
+            g, r = found["gain"], first
+            lowest = _rate_points(max_decoder_kmac)[0][0] == found["model"]
+            floor = LOWEST_USEFUL_GAIN if lowest else min(COARSEST_USEFUL_GAIN, found["gain"])
+            met = miss = None  # (log gain, log RMSE / target)
+            for k in range(6):
+                f = math.log(max(r["rmse_db"], 1e-9) / max_rmse_db)
+                if f <= 0:
+                    if best is None or r["bytes"] < best["bytes"]:
+                        best = r
+                    met = (math.log(g), f)
+                    if f > -RMSE_CLOSE:
+                        break
+                else:
+                    miss = (math.log(g), f)
+                if met and miss:
+                    if abs(met[0] - miss[0]) < math.log(1.01):
+                        break
+                    t = min(max(miss[1] / (miss[1] - met[1]), 0.1), 0.9)
+                    lg = miss[0] + t * (met[0] - miss[0])
+                else:  # the error falls about as fast as the gain rises
+                    lg = math.log(g) + f
+                if k == 5:
+                    break
+                g = min(max(math.exp(lg), floor), MAX_GAIN)
+                r = attempt(round(g, 4))
+        if best is None:  # the whole raster missed where its sample met the target
+            return None
+        with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=[input_path]) as out:
+            shutil.copyfile(best["path"], out.tmp)
+    best.update(output=os.fspath(output_path), max_rmse_db=float(max_rmse_db), passes=sampled + passes,
+                seconds=time.perf_counter() - t_start, sampled={"tiles": n_tiles, "tile": tile})
+    best.pop("path", None)
     return best
