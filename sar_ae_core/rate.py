@@ -431,11 +431,16 @@ def _sampled_search(input_path, output_path, target_bpp: float, *, tolerance: fl
             return r
 
         best = attempt(found["gain"])
-        if step:  # the layer's step to the target on the whole raster, from the sample's
+        if step:  # the layer's step to the target on the whole raster, from the sample's, by the slope it measured
+            pts = sorted({(math.log(p["residual_step_db"]), math.log(p["bpp"])) for p in found["passes"]
+                          if p.get("residual_step_db") and p["model"] == found["model"]
+                          and p["gain"] == found["gain"]}, key=lambda q: abs(q[0] - math.log(step)))[:2]
+            slope = (pts[0][1] - pts[1][1]) / (pts[0][0] - pts[1][0]) \
+                if len(pts) == 2 and abs(pts[0][0] - pts[1][0]) > 0.005 else -1.0
             with ResidualSource(best["path"], input_path, work_dir=work) as rs:
                 cand = _step_search(rs, best, work, target_bpp, math.log(step), passes, max_passes,
                                     lambda r: abs(math.log(r["bpp"] / target_bpp)) < FINE, better, next_pass,
-                                    context=True)
+                                    context=True, slope=min(max(slope, -8.0), -0.05))
             best = cand if cand is not None else best
         else:  # the gain: regula falsi on log rate vs log gain, bracketed once both sides are seen
             from sar_ae_core.coding.latent_coding import MIN_GAIN
@@ -513,9 +518,11 @@ def _layer_pass(rs, base: dict, work: str, step: float, passes: list, rmse_db=No
 
 
 def _step_search(rs, base: dict, work: str, target_bpp: float, s: float, passes: list, max_passes: int, close,
-                 better, next_pass, context: bool):
+                 better, next_pass, context: bool, slope: "float | None" = None):
     """Regula falsi on log step from log step `s` until a pass is `close` to the target (at most 10 passes);
-    returns the pass nearest the target (None when the pass budget was spent)."""
+    returns the pass nearest the target (None when the pass budget was spent). `slope` (d log rate / d log step,
+    negative): where the target is not bracketed yet, the next step by it — then by the slope of the last two passes
+    — instead of one bit per pixel per halving of the step."""
     from sar_ae_core.coding import residual as res
     from sar_ae_core.refine import check_step
 
@@ -531,6 +538,9 @@ def _step_search(rs, base: dict, work: str, target_bpp: float, s: float, passes:
         f = math.log(r["bpp"] / target_bpp)
         if close(r):
             break
+        if slope is not None and i > 0 and abs(s - prev[0]) > 1e-3:
+            slope = min(max((f - prev[1]) / (s - prev[0]), -8.0), -0.05)
+        prev = (s, f)
         if f > 0:
             lo_s, f_lo = s, f
         else:
@@ -538,6 +548,8 @@ def _step_search(rs, base: dict, work: str, target_bpp: float, s: float, passes:
         if f_lo is not None and f_hi is not None:
             t = min(max(f_lo / (f_lo - f_hi), 0.1), 0.9)
             s = lo_s + t * (hi_s - lo_s)
+        elif slope is not None:  # not bracketed yet: by the rate's slope against the step
+            s = min(max(s - f / slope, lo_s), hi_s)
         else:  # not bracketed yet: one bit per pixel per halving
             s = min(max(s + f * r["bpp"] * math.log(2), lo_s), hi_s)
         if hi_s - lo_s < 1e-3:
