@@ -19,6 +19,7 @@ Where even the extreme gains cannot reach the target the closest file is written
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -318,10 +319,10 @@ def _sample_tiles(tile_rows: int, tile_cols: int, n: int) -> list[tuple[int, int
     return out
 
 
-def _write_sample(input_path, bands, units: str, folder: str, tile: int) -> "tuple[str, int] | None":
-    """The sample raster of a large GDAL raster (SAMPLE_TILES of its whole tiles in a mosaic, its dtype, nodata,
-    tags and band names, named as the source so that its units read alike), or None where there is none to take."""
-    import numpy as np
+def _write_sample(input_path, bands, units: str, folder: str, tile: int) -> "tuple[str, int, str] | None":
+    """(path, tiles, the source's units) of the sample raster of a large GDAL raster (SAMPLE_TILES of its whole tiles
+    in a mosaic, its dtype, nodata, tags and band names, named as the source), or None where there is none to take.
+    The units are decided on the source (`units` 'auto' as given), so that the sample is read alike."""
     import rasterio
 
     from sar_ae_core.io.raster import open_raster
@@ -359,21 +360,27 @@ def _write_sample(input_path, bands, units: str, folder: str, tile: int) -> "tup
                 row, col = picks[k % len(picks)]
                 block = ds.read(idx, window=rasterio.windows.Window(col * tile, row * tile, tile, tile))
                 w.write(block, window=rasterio.windows.Window((k % gw) * tile, (k // gw) * tile, tile, tile))
-        return out, len(picks)
+        return out, len(picks), r.units
 
 
-def _sample_in(input_path, kwargs: dict, work: str, tile: int) -> "tuple[str, int, str] | None":
-    """(sample raster in `work`, its tiles, the source's units) of a large raster (`_write_sample`; the units are
-    decided on the source, so that the sample reads alike), or None where it gets no sample."""
-    from sar_ae_core.io.raster import open_raster
+@contextlib.contextmanager
+def _sample_work(input_path, output_path, kwargs: dict, suffix: str):
+    """The hidden work folder beside `output_path` (removed after) and, for a large raster, its sample there:
+    yields (work, sample path, its tiles, the source's units, tile) — or None where the raster gets no sample
+    (small, not read through GDAL, or a dtype GDAL cannot write back, e.g. CInt16)."""
+    from sar_ae_core.defaults import TILE
 
-    with open_raster(input_path, bands=kwargs.get("bands", "all"), units=kwargs.get("units", "auto")) as r:
-        units = r.units
-    try:
-        made = _write_sample(input_path, kwargs.get("bands", "all"), units, work, tile)
-    except Exception:  # noqa: BLE001 - a dtype or layout GDAL cannot write back (e.g. CInt16): no sample
-        return None
-    return None if made is None else (*made, units)
+    tile = int(kwargs.get("tile") or TILE)
+    folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
+    with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=suffix,
+                                     dir=folder) as work:
+        try:
+            made = _write_sample(input_path, kwargs.get("bands", "all"), kwargs.get("units", "auto"), work, tile)
+        except SarInputError:
+            raise
+        except Exception:  # noqa: BLE001 - a dtype or layout GDAL cannot write back: no sample
+            made = None
+        yield None if made is None else (work, *made, tile)
 
 
 def _sampled_search(input_path, output_path, target_bpp: float, *, tolerance: float, overwrite: bool, prog,
@@ -386,17 +393,12 @@ def _sampled_search(input_path, output_path, target_bpp: float, *, tolerance: fl
     import time
 
     from sar_ae_core.codec import LatentStore, compress_raster
-    from sar_ae_core.defaults import TILE
     from sar_ae_core.refine import ResidualSource
 
-    tile = int(kwargs.get("tile") or TILE)
-    folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
-    with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".rate",
-                                     dir=folder) as work:
-        made = _sample_in(input_path, kwargs, work, tile)
+    with _sample_work(input_path, output_path, kwargs, ".rate") as made:
         if made is None:
             return None
-        sample_path, n_tiles, units = made
+        work, sample_path, n_tiles, units, tile = made
         found = _search_rate(sample_path, os.path.join(work, "sample.sarz"), target_bpp, tolerance=tolerance,
                              overwrite=True, progress=prog.sub(0.0, 0.6).step, max_passes=max_passes,
                              residual=residual, max_decoder_kmac=max_decoder_kmac, fitted_window=fitted_window,
@@ -830,16 +832,11 @@ def _sampled_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: boo
     import time
 
     from sar_ae_core.codec import LatentStore, compress_raster
-    from sar_ae_core.defaults import TILE
 
-    tile = int(kwargs.get("tile") or TILE)
-    folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
-    with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(os.fspath(output_path))}.", suffix=".rmse",
-                                     dir=folder) as work:
-        made = _sample_in(input_path, kwargs, work, tile)
+    with _sample_work(input_path, output_path, kwargs, ".rmse") as made:
         if made is None:
             return None
-        sample_path, n_tiles, units = made
+        work, sample_path, n_tiles, units, tile = made
         try:
             found = compress_to_rmse(sample_path, os.path.join(work, "sample.sarz"), max_rmse_db, overwrite=True,
                                      progress=prog.sub(0.0, 0.6).step, max_passes=max_passes, residual=residual,
