@@ -119,6 +119,18 @@ def choose_window(db: np.ndarray, valid: np.ndarray, model: ScalingParams, cfg: 
 # ------------------------------------------------------------------------------------------------
 # Dataset
 # ------------------------------------------------------------------------------------------------
+def _window_histogram(r, window, noise_floor: float):
+    """dB histogram of the pixels of `window` (col, row, width, height) of an open raster."""
+    from sar_ae_core.io.raster import Window
+    from sar_ae_core.scaling import DbHistogram
+
+    raw = r.read(Window(*(int(v) for v in window)))
+    ok = valid_mask(raw, r.units, r.nodata)
+    hist = DbHistogram()
+    hist.add(raw_to_db(raw[ok], r.units, noise_floor))
+    return hist
+
+
 class AutoScaledPatchDataset(SarPatchDataset):
     """Untouched patches, each raster scaled to [0, 1] with the dB window the codec's `--scaling auto` chooses
     for it (sar_ae_core.scaling.choose_scaling: the model's range, shifted onto uncalibrated rasters, or fitted on
@@ -133,7 +145,10 @@ class AutoScaledPatchDataset(SarPatchDataset):
         self.source_scaling = []
         for src in sources:
             with open_raster(src.path, bands=src.bands, units=src.units) as r:
-                self.source_scaling.append(choose_scaling(r, scaling, scaling_mode)[0])
+                # a source that is part of a raster (the Kerala halves) gets the window its own pixels give it, as
+                # the codec gives that part as a file: the other part (another split) never moves it
+                hist = None if src.window is None else _window_histogram(r, src.window, scaling.noise_floor)
+                self.source_scaling.append(choose_scaling(r, scaling, scaling_mode, hist=hist)[0])
         super().__init__(sources, scaling, size=size, stride=stride, quality=quality, augment=augment)
 
     def _read(self, ref: PatchRef) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -54,6 +54,10 @@ RESUMABLE_OVERRIDES = {("run", "device"), ("data", "workers"), ("run", "stop_at_
 # --------------------------------------------------------------------------------------------
 # Learning-rate schedule
 # --------------------------------------------------------------------------------------------
+#: with DataLoader workers, one loader (one start of the workers) covers whole epochs of at least this many steps
+LOADER_STEPS = 2000
+
+
 class WarmupCosine:
     """LR factor for step k (0-based): linear warm-up to 1 over `warmup` steps, then cosine to `min_ratio`.
 
@@ -272,6 +276,8 @@ class Trainer:
         if cfg.run.init_from and not ckpt:
             self.init = init = load_init(cfg.run.init_from)
             ignore = {"decoder": {"decoder"}, "encoder": {"base_channels"}}.get(cfg.run.train_only, set())
+            if cfg.run.train_only == "all":  # another entropy model: the transforms are copied, the prior starts fresh
+                ignore = ignore | {"entropy_model"}
             if cfg.run.train_only == "encoder" and cfg.model.decoder != "light" and \
                     cfg.model.base_channels != init["model_config"].get("base_channels"):
                 raise SarInputError(init["path"], "--train-only encoder with other --base-channels needs "
@@ -371,6 +377,9 @@ class Trainer:
             # a different decoder starts fresh; everything else is copied
             state = {**{k: v for k, v in self.ae.state_dict().items() if k.startswith("decoder.")},
                      **{k: v for k, v in state.items() if not k.startswith("decoder.")}}
+        if init["model_config"].get("entropy_model", "none") != cfg.model.entropy_model:
+            state = {**{k: v for k, v in self.ae.state_dict().items() if k.startswith("entropy.")},
+                     **{k: v for k, v in state.items() if not k.startswith("entropy.")}}
         if cfg.run.train_only == "encoder":  # a narrower encoder starts from the first channels of the given one
             own = self.ae.state_dict()
             state = {k: (v[tuple(slice(0, n) for n in own[k].shape)].clone()
@@ -471,7 +480,13 @@ class Trainer:
         try:
             while self.step < stop_at and stopped_reason is None:
                 epoch, offset = self.step // spe, self.step % spe
-                batches = epoch_batches(data.train, d, cfg.optim.batch_size, spe, cfg.run.seed, epoch)[offset:]
+                # with worker processes one loader spans several epochs: on a small corpus at a large batch an epoch
+                # is a few dozen steps, and starting the workers for each would cost more than the steps (without
+                # workers, one epoch per loader as always)
+                span = max(1, math.ceil(LOADER_STEPS / spe)) if cfg.data.workers else 1
+                epochs = range(epoch, max(epoch + 1, min(epoch + span, math.ceil(stop_at / spe))))
+                batches = [b for e in epochs
+                           for b in epoch_batches(data.train, d, cfg.optim.batch_size, spe, cfg.run.seed, e)][offset:]
                 loader = DataLoader(data.train, batch_sampler=batches, num_workers=cfg.data.workers,
                                     pin_memory=cuda,
                                     generator=torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch))
