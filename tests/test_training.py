@@ -500,3 +500,54 @@ def test_init_from_a_model_with_another_entropy_model_copies_the_transforms(sar_
                  "0", "--init-from", "sarae-q2", "--entropy-model", "hyperprior", "--variant", "gdn",
                  "--base-channels", "16", "--latent-channels", "96", "--stages", "3", "--decoder", "light",
                  "--lmbda", "1000", "--steps", "1", "--out-dir", str(tmp_path / "bad")]) == 2
+
+
+@pytest.mark.parametrize("entropy_model", ["factorized", "hyperprior"])
+def test_rounded_decoder_latents_are_the_codecs_while_the_rate_stays_the_noisy_estimate(entropy_model, sar_data,
+                                                                                        tmp_path):
+    """--decoder-latents rounded ("mixed" quantization): in training the decoder is given the latents rounded as
+    the codec rounds them (the factorized prior: round(y); the hyperprior: μ + round(y − μ) with μ from the rounded
+    side information), straight-through, while the likelihoods are those of the noisy latents."""
+    from sar_ae_core.nn.models import ModelConfig
+    from training.quant import QuantAwareAutoencoder
+
+    torch.manual_seed(0)
+    ae = build_model(ModelConfig(variant="gdn", base_channels=8, latent_channels=16, stages=3,
+                                 entropy_model=entropy_model, decoder="light"))
+    x = torch.rand(2, 1, 64, 64)
+    prior = ae.entropy
+    prior.train()
+    y = ae.encode(x) * 6.0   # latents many steps wide, as trained models have
+    torch.manual_seed(1)
+    noisy_hat, lik_noisy = prior(y)
+    torch.manual_seed(1)
+    rounded_hat, lik_rounded = prior(y, rounded_output=True)
+    prior.eval()
+    with torch.no_grad():
+        codec_hat, lik_codec = prior(y)                  # what the codec decodes (eval: rounding)
+    if entropy_model == "factorized":
+        assert torch.equal(lik_noisy, lik_rounded)      # the rate term is the noisy estimate, unchanged
+    else:  # the side information's rate is unchanged; the latents' uses the scales of the rounded side information
+        nz = lik_noisy.numel() - y.numel()
+        assert torch.equal(lik_noisy[-nz:], lik_rounded[-nz:])
+    assert not torch.allclose(lik_rounded, lik_codec)     # ... not the rounded latents' likelihoods
+    assert torch.allclose(rounded_hat, codec_hat, atol=1e-5)
+    assert not torch.allclose(noisy_hat, codec_hat, atol=1e-3)
+    # straight-through: the gradient reaches the encoder's latents unchanged
+    prior.train()
+    y2 = y.detach().requires_grad_(True)
+    out, _ = prior(y2, rounded_output=True)
+    out.sum().backward()
+    assert torch.allclose(y2.grad, torch.ones_like(y2))
+    # through the training wrapper and the command line
+    net = QuantAwareAutoencoder(ae, rounded_decoder=True).train()
+    rec, lik = net(x)
+    assert rec.shape == x.shape and lik is not None
+    f = _files(sar_data)
+    assert main(["--data", f["ghana_a"], f["ghana_b"], f["india"], "--val-fraction", "0.34", "--test-fraction",
+                 "0", *TINY, "--entropy-model", entropy_model, "--lmbda", "100", "--decoder-latents", "rounded",
+                 "--steps", "3", "--out-dir", str(tmp_path / "run")]) == 0
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["run"]["decoder_latents"] == "rounded"
+    with pytest.raises(SystemExit) as bad:
+        main(["--data", "x.tif", "--decoder-latents", "floor", "--out-dir", str(tmp_path / "bad")])
+    assert bad.value.code == 2

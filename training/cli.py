@@ -11,7 +11,7 @@ from sar_ae_core.nn.models import VARIANTS
 from sar_ae_core.io.raster import UNIT_CHOICES
 from sar_ae_core.scaling import CLIP_METHODS
 
-from .config import LATENT_NOISE, TrainConfig, apply_overrides, load_config_file
+from .config import DECODER_LATENTS, LATENT_NOISE, TrainConfig, apply_overrides, load_config_file
 
 DEFAULTS = TrainConfig()
 
@@ -83,6 +83,9 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
     ("--latent-noise", "run", "latent_noise", {"choices": LATENT_NOISE},
      "quantisation-aware training: uniform noise of one quantisation step, straight-through rounding, or none"),
     ("--latent-bits", "run", "latent_bits", {"type": int}, "bits per latent value in the codec"),
+    ("--decoder-latents", "run", "decoder_latents", {"choices": DECODER_LATENTS},
+     "entropy models: the decoder trains on the noisy latents of the rate estimate, or on the latents rounded as "
+     "the codec rounds them (straight-through; the rate still from the noise)"),
     ("--rate-weight", "run", "rate_weight", {"type": float},
      "rate-distortion trade-off for entropy models: loss + X * bits per pixel"),
     ("--lmbda", "run", "lmbda", {"type": float},

@@ -31,6 +31,7 @@ from sar_ae_core.io.raster import UNIT_CHOICES
 from sar_ae_core.scaling import CLIP_METHODS
 
 LATENT_NOISE = ("none", "uniform", "ste")
+DECODER_LATENTS = ("noisy", "rounded")
 CONFIG_VERSION = 1
 
 
@@ -87,6 +88,9 @@ class RunConfig:
     seed: int = 0                    # seed of model initialisation, data order, augmentation and noise
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     latent_noise: str = "uniform"    # none | uniform | ste: quantisation-aware training of the latent
+    decoder_latents: str = "noisy"   # entropy models, joint training: the decoder is given the noisy latents the rate
+                                     # is estimated on, or ('rounded') the latents rounded as the codec rounds them
+                                     # (straight-through gradient; the rate term still from the noisy proxy)
     latent_bits: int = 8             # bits per latent value of the codec (step = (max-min)/(2**bits-1))
     rate_weight: float = 0.01        # models with an entropy model (model.entropy_model = factorized) only:
                                      # loss = distortion + rate_weight * estimated bits per pixel
@@ -266,6 +270,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     check_num("optim.grad_clip", o.grad_clip, 0.0)
     check_num("optim.prior_lr_mult", o.prior_lr_mult, 0.0, lo_open=True)
 
+    if r.decoder_latents not in DECODER_LATENTS:
+        bad("run.decoder_latents", f"'{r.decoder_latents}' unknown (choose from {', '.join(DECODER_LATENTS)})")
     if r.latent_noise not in LATENT_NOISE:
         bad("run.latent_noise", f"'{r.latent_noise}' unknown (choose from {', '.join(LATENT_NOISE)})")
     check_int("run.latent_bits", r.latent_bits, 1)

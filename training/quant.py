@@ -63,7 +63,7 @@ class QuantAwareAutoencoder(torch.nn.Module):
 
     def __init__(self, autoencoder: torch.nn.Module, noise: str = "uniform", bits: int = 8,
                  decoder_only: bool = False, encoder_only: bool = False,
-                 decoder_gains: "tuple[float, float] | None" = None):
+                 decoder_gains: "tuple[float, float] | None" = None, rounded_decoder: bool = False):
         super().__init__()
         self.ae = autoencoder
         # decoder_only: while training, the latents are quantized as the codec does at a quantization gain g drawn
@@ -81,6 +81,9 @@ class QuantAwareAutoencoder(torch.nn.Module):
                                  persistent=False)
         self.noise = noise
         self.bits = bits
+        # joint training with a prior: the decoder gets the latents rounded as the codec rounds them (the prior's
+        # `rounded_output`), straight-through, while the rate is estimated on the noisy ones ("mixed" quantization)
+        self.rounded_decoder = rounded_decoder
         self.decoder_only = decoder_only
         self.encoder_only = encoder_only
 
@@ -111,7 +114,10 @@ class QuantAwareAutoencoder(torch.nn.Module):
             return self.ae.decode(y_q), likelihoods
         if prior is not None:
             with torch.autocast(x.device.type, enabled=False):
-                y_hat, likelihoods = prior(y.float())
+                if self.rounded_decoder:
+                    y_hat, likelihoods = prior(y.float(), rounded_output=True)
+                else:
+                    y_hat, likelihoods = prior(y.float())
             return self.ae.decode(y_hat.to(y.dtype)), likelihoods
         if self.training:
             y = apply_latent_noise(y, self.noise, self.bits)

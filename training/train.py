@@ -327,7 +327,8 @@ class Trainer:
                                                      decoder_only=frozen,
                                                      encoder_only=cfg.run.train_only == "encoder",
                                                      decoder_gains=None if cfg.run.decoder_gains is None
-                                                     else tuple(float(v) for v in cfg.run.decoder_gains))
+                                                     else tuple(float(v) for v in cfg.run.decoder_gains),
+                                                     rounded_decoder=cfg.run.decoder_latents == "rounded")
         if d.enabled:
             if cuda:
                 net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -648,7 +649,9 @@ def _log_plan(log, cfg: TrainConfig, data: PreparedData, d: Dist, device, spe: i
     if getattr(m, "entropy_model", "none") != "none":
         trade = (f"loss = {cfg.run.lmbda:g} x distortion + bpp" if cfg.run.lmbda is not None
                  else f"rate weight {cfg.run.rate_weight:g}")
-        latent = f"{m.entropy_model} entropy model (noise U(-1/2, 1/2), rounding at validation), {trade}"
+        latent = (f"{m.entropy_model} entropy model (noise U(-1/2, 1/2)"
+                  + (", the decoder on rounded latents" if cfg.run.decoder_latents == "rounded" else "")
+                  + f", rounding at validation), {trade}")
         if cfg.run.init_from:
             latent += f"; weights from {cfg.run.init_from}"
     else:

@@ -59,10 +59,14 @@ class FactorizedPrior(nn.Module):
         p = p.clamp_min(LIKELIHOOD_BOUND)
         return p.reshape(c, b, h, w).permute(1, 0, 2, 3)
 
-    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(noisy or rounded latents, their likelihoods): noise while training, rounding in eval mode."""
+    def forward(self, y: torch.Tensor, rounded_output: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noisy or rounded latents, their likelihoods): noise while training, rounding in eval mode.
+        `rounded_output` (training): the likelihoods of the noisy latents, but the latents returned rounded
+        (straight-through gradient), as the codec's decoder will get them."""
         if self.training:
             y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+            if rounded_output:
+                return y + (torch.round(y) - y).detach(), self.likelihood(y_hat)
         else:
             y_hat = torch.round(y)
         return y_hat, self.likelihood(y_hat)

@@ -78,16 +78,21 @@ class MeanScaleHyperprior(nn.Module):
         mean, s = p.chunk(2, dim=1)
         return mean, F.softplus(s).clamp(SCALE_MIN, SCALE_MAX)
 
-    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(noisy or quantized latents, flat likelihoods of y and z): noise in training, rounding in eval."""
+    def forward(self, y: torch.Tensor, rounded_output: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noisy or quantized latents, flat likelihoods of y and z): noise in training, rounding in eval.
+        `rounded_output` (training): the likelihoods of the noisy latents, the latents returned rounded around the
+        predicted mean as the codec rounds them (straight-through gradient)."""
         z = self.h_a(self.pad(y))
-        z_hat, z_lik = self.z_prior(z)
+        # rounded_output: h_s sees ẑ rounded too (straight-through), as the codec gives it
+        z_hat, z_lik = self.z_prior(z, rounded_output=rounded_output and self.training)
         mean, scale = self.mean_scale(z_hat, tuple(y.shape[-2:]))
         if self.training:
             y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         else:
             y_hat = torch.round(y - mean) + mean
         y_lik = _gaussian_mass(y_hat - mean, scale).clamp_min(LIKELIHOOD_BOUND)
+        if self.training and rounded_output:
+            y_hat = y + (torch.round(y - mean) + mean - y).detach()
         return y_hat, torch.cat([y_lik.reshape(-1), z_lik.reshape(-1)])
 
     @torch.no_grad()
