@@ -8,7 +8,8 @@
 # --split-file (the bundle's), --device, --workers (the CPU cores shared out), --time-limit MINUTES and its
 # --out-dir. Set --steps to what the GPU does in MINUTES so that the learning-rate schedule ends with the run.
 # Back here: .venv/bin/python -m training export OUT_DIR/NAME.best.pt sarae-NAME.pt --name sarae-NAME
-# SARAE_GPU_PYTHON: the interpreter that has PyTorch (default python3); SARAE_DEVICE: cuda (default) or cpu.
+# SARAE_GPU_PYTHON: the interpreter that has PyTorch (default python3); SARAE_DEVICE: cuda (default) or cpu;
+# SARAE_GPU_EXTRA: arguments appended to every run's (later ones win), e.g. "--steps 2" for a dry run on a CPU.
 set -euo pipefail
 [ $# -eq 4 ] || { echo "usage: gpu_train.sh BUNDLE_DIR OUT_DIR MINUTES RECIPE" >&2; exit 2; }
 BUNDLE="$(cd "$1" && pwd)"; OUT="$2"; MINUTES="$3"; RECIPE="$4"
@@ -34,7 +35,8 @@ for line in "${RUNS[@]}"; do
   name="${line%% *}"; args="${line#"$name"}"
   # shellcheck disable=SC2086 # the recipe's arguments split on spaces
   "$PY" -m training --split-file "$SARAE_DATA/split.json" --device "$DEVICE" --workers "$WORKERS" \
-    --time-limit "$MINUTES" --no-tensorboard --out-dir "$WORK/runs/$name" $args > "$OUT/$name.log" 2>&1 &
+    --time-limit "$MINUTES" --no-tensorboard --out-dir "$WORK/runs/$name" $args ${SARAE_GPU_EXTRA:-} \
+    > "$OUT/$name.log" 2>&1 &
   pids+=($!); names+=("$name")
 done
 rc=0
