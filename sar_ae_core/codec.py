@@ -106,8 +106,8 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
     if gain != 1.0:
         from sar_ae_core.coding.latent_coding import MAX_GAIN, MIN_GAIN
 
-        if type(codec).__name__ != "FactorizedRangeCodec":  # either factorized-range id
-            raise SarInputError(None, "a quantization gain needs a model with a factorized entropy model")
+        if type(codec).__name__ not in ("FactorizedRangeCodec", "HyperpriorRangeCodec"):
+            raise SarInputError(None, "a quantization gain needs a model with a learned entropy model")
         if not MIN_GAIN <= float(gain) <= MAX_GAIN:
             raise SarInputError(None, f"quantization gain must be in [{MIN_GAIN}, {MAX_GAIN}] (got {gain})")
         codec.gain = round(float(gain), 4)  # the header's value (a short number) is the one used

@@ -111,7 +111,9 @@ def codec_from_params(p: dict, tables=None) -> LatentCodec:
         if kind == "hyperprior":
             from sar_ae_core.nn.hyperprior import HyperpriorRangeCodec
 
-            return HyperpriorRangeCodec(tables)
+            codec = HyperpriorRangeCodec(tables)
+            codec.gain = _gain(p)
+            return codec
         active = p["id"] in ("factorized-range-active", "factorized-range-adaptive")
         codec = FactorizedRangeCodec(tables, tables.inactive() if active else None)
         if active and codec.skip is None:
@@ -132,12 +134,20 @@ def codec_from_params(p: dict, tables=None) -> LatentCodec:
                 raise ValueError(f"the file's adapted tables are damaged ({exc})") from None
             codec = FactorizedRangeCodec(adapted, codec.skip, modes=tables.modes())
             codec.adaptation = blob
-        gain = float(p.get("gain", 1.0))
-        if not MIN_GAIN <= gain <= MAX_GAIN:
-            raise ValueError(f"quantization gain {gain} is outside [{MIN_GAIN}, {MAX_GAIN}]")
-        codec.gain = gain
+        codec.gain = _gain(p)
         return codec
     raise KeyError(p.get("id"))
+
+
+def _gain(p: dict) -> float:
+    """The quantization gain of a header's codec parameters (ValueError outside [MIN_GAIN, MAX_GAIN])."""
+    try:
+        gain = float(p.get("gain", 1.0))
+    except (TypeError, ValueError):
+        raise ValueError(f"quantization gain {p.get('gain')!r} is not a number") from None
+    if not MIN_GAIN <= gain <= MAX_GAIN:
+        raise ValueError(f"quantization gain {gain} is outside [{MIN_GAIN}, {MAX_GAIN}]")
+    return gain
 
 
 MIN_GAIN, MAX_GAIN = 0.05, 16.0  # quantization gain of the factorized codec (rate control)

@@ -139,9 +139,14 @@ class HyperTables:
 
 
 class HyperpriorRangeCodec:
-    """Latent codec 'hyperprior-range': z then y in one range-coded stream, escapes in a zstd tail."""
+    """Latent codec 'hyperprior-range': z then y in one range-coded stream, escapes in a zstd tail.
+
+    `gain` (continuous rate control, stored in the header when not 1, as the factorized codec's): the latents are
+    coded as rint(g·(y − μ)) under the tabulated Gaussian of scale g·σ and decoded as μ + symbol/g — a finer
+    (g > 1) or coarser (g < 1) step around the same predicted means; the side information is not scaled."""
 
     id = "hyperprior-range"
+    gain: float = 1.0
 
     def __init__(self, tables: HyperTables):
         import constriction
@@ -158,14 +163,20 @@ class HyperpriorRangeCodec:
         self._gm = [cat(tables.gauss.probabilities(c), perfect=False) for c in range(len(tables.gauss.counts))]
 
     def params(self) -> dict:
-        return {"id": self.id, "precision": self.tables.precision}
+        p = {"id": self.id, "precision": self.tables.precision}
+        if self.gain != 1.0:
+            p["gain"] = self.gain
+        return p
 
     @torch.no_grad()
     def _mean_index(self, z_hat: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """μ (float64), σ (float64) and the table index of every latent element, from the integer ẑ."""
+        """μ (float64), σ (float64, of the symbols: × gain) and the table index of every latent element, from the
+        integer ẑ."""
         p = self.h_s(torch.from_numpy(z_hat.astype(np.float64))[None])[0, :, :shape[0], :shape[1]]
         mean, s = p.chunk(2, dim=0)
         scale = F.softplus(s).clamp(SCALE_MIN, SCALE_MAX).numpy()
+        if self.gain != 1.0:
+            scale = scale * self.gain
         idx = np.searchsorted(self.tables.scales, scale, side="left")
         return mean.numpy(), scale, np.minimum(idx, len(self.tables.scales) - 1)
 
@@ -179,7 +190,8 @@ class HyperpriorRangeCodec:
         c_n, h, w = latent.shape
         z = self._z(latent)
         mean, _, idx = self._mean_index(z, (h, w))
-        sym = np.rint(latent.astype(np.float64) - mean).astype(np.int64)
+        u = latent.astype(np.float64) - mean
+        sym = np.rint(u if self.gain == 1.0 else self.gain * u).astype(np.int64)
         enc = self._cs.stream.queue.RangeEncoder()
         escapes = encode_grouped(enc, self._zm, self.tables.z, _channel_of(z.shape), z.ravel())
         escapes += encode_grouped(enc, self._gm, self.tables.gauss, idx.ravel(), sym.ravel())
@@ -197,9 +209,9 @@ class HyperpriorRangeCodec:
         return z, sym.reshape(c_n, h, w), mean, scale
 
     def decode(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
-        """Inverse of encode: ŷ = symbol + μ (float32)."""
+        """Inverse of encode: ŷ = μ + symbol / gain (float32)."""
         _, sym, mean, _ = self._decode_symbols(payload, shape)
-        return (sym + mean).astype(np.float32)
+        return (mean + (sym if self.gain == 1.0 else sym / self.gain)).astype(np.float32)
 
     @torch.no_grad()
     def model_bits(self, payload: bytes, shape: tuple[int, int, int]) -> float:
