@@ -31,8 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 RATES = (0.25, 0.5, 1.0, 2.0)
-TILE = 256
-PHASE = 8
+PHASE = 8  # px per latent cell of the bundled networks (3 stages)
 
 
 def _db(path: Path):
@@ -48,6 +47,8 @@ def _db(path: Path):
 def error_seam(rec: np.ndarray, src: np.ndarray, ok: np.ndarray) -> float:
     """Mean |step| of the error image across the tile borders over its mean |step| across the other multiples of
     PHASE pixels, both axes pooled; 1 = no tile-aligned steps beyond the error's texture."""
+    from sar_ae_core.defaults import TILE
+
     err = rec - src
     border, phase = [], []
     for axis in (0, 1):
