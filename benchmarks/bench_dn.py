@@ -35,13 +35,11 @@ PHASE = 8  # px per latent cell of the bundled networks (3 stages)
 
 
 def _db(path: Path):
-    from sar_ae_core.io.raster import open_raster
-    from sar_ae_core.scaling import raw_to_db, valid_mask
+    """(dB, validity) of band 1, as the training pack reads rasters (training.pack.read_db)."""
+    from training.pack import read_db
 
-    with open_raster(path) as r:
-        raw = r.read()
-        ok = valid_mask(raw, r.units, r.nodata)
-        return raw_to_db(np.where(ok, raw, 1), r.units)[0], ok[0]
+    db = read_db(str(path), None)[0]
+    return db, np.isfinite(db)
 
 
 def error_seam(rec: np.ndarray, src: np.ndarray, ok: np.ndarray) -> float:
