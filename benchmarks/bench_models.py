@@ -39,7 +39,8 @@ DEFAULT_LATENTS = (4, 8, 16, 32, 64)
 
 def count_macs(model: SarAutoencoder, size: int, part: str = "all", gdn: bool = False) -> int:
     """Multiply-accumulates of one forward pass on a (1, C, size, size) input (`part`: 'all', 'encoder' or
-    'decoder'; the entropy model's density is not run at inference and not counted); `gdn`: GDN's channel sums
+    'decoder'; the factorized density is not run at inference and not counted; a hyperprior's h_s is counted in
+    both parts, its h_a in the encoder's); `gdn`: GDN's channel sums
     (C² per position) too."""
     from sar_ae_core.nn.models import GDN
 
@@ -70,8 +71,14 @@ def count_macs(model: SarAutoencoder, size: int, part: str = "all", gdn: bool = 
         total += b * (n * n * mod.query.out_channels + n * n * c)
 
     handles = []
-    root = model if part == "all" else getattr(model, part)
-    for m in root.modules():
+    roots = [model if part == "all" else getattr(model, part)]
+    hyper = getattr(model.config, "entropy_model", "none") == "hyperprior"
+    if hyper and part != "all":
+        # a hyperprior's side networks are inference too: the decoder runs h_s (μ, σ of every latent element) before
+        # it can decode y, the encoder runs h_a and h_s (it codes y under the μ, σ the decoder will compute)
+        roots += [model.entropy.h_s] + ([model.entropy.h_a] if part == "encoder" else [])
+    modules = [m for r in roots for m in r.modules()]
+    for m in modules:
         if isinstance(m, nn.ConvTranspose2d):
             handles.append(m.register_forward_hook(tconv_hook))
         elif isinstance(m, nn.Conv2d):
@@ -84,7 +91,17 @@ def count_macs(model: SarAutoencoder, size: int, part: str = "all", gdn: bool = 
             handles.append(m.register_forward_hook(gdn_hook))
     try:
         with torch.no_grad():
-            model(torch.rand(1, model.config.in_channels, size, size))
+            x = torch.rand(1, model.config.in_channels, size, size)
+            if hyper:
+                entropy = model.entropy
+                was = entropy.training
+                entropy.eval()
+                try:
+                    model.decode(entropy(model.encode(x))[0])
+                finally:
+                    entropy.train(was)
+            else:
+                model(x)
     finally:
         for h in handles:
             h.remove()

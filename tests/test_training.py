@@ -476,20 +476,20 @@ def test_decoder_gains_quantize_the_training_latents_as_the_codec_does_at_a_draw
 
 
 def test_init_from_a_model_with_another_entropy_model_copies_the_transforms(sar_data, tmp_path):
-    """`--init-from sarae-q2 --entropy-model hyperprior`: the encoder and decoder start as q2's, the hyperprior
+    """`--init-from sarae-q2 --entropy-model hyperprior --hyper light`: the encoder and decoder start as q2's, the hyperprior
     fresh (q2 has none); after one step at a negligible learning rate the transforms are still q2's."""
     from training.checkpoint import load_init
 
     f = _files(sar_data)
     run = tmp_path / "hyp"
     rc = main(["--data", f["ghana_a"], f["ghana_b"], f["india"], "--val-fraction", "0.34", "--test-fraction", "0",
-               "--init-from", "sarae-q2", "--entropy-model", "hyperprior", "--lmbda", "1000", "--variant", "gdn",
-               "--base-channels", "32", "--latent-channels", "96", "--stages", "3", "--decoder", "light",
+               "--init-from", "sarae-q2", "--entropy-model", "hyperprior", "--hyper", "light", "--lmbda", "1000",
+               "--variant", "gdn", "--base-channels", "32", "--latent-channels", "96", "--stages", "3", "--decoder", "light",
                "--patch-size", "64", "--batch-size", "2", "--steps", "1", "--lr", "1e-12", "--warmup-steps", "0",
                "--val-max-patches", "2", "--no-tensorboard", "--out-dir", str(run)])
     assert rc == 0
     q2, got = load_init("sarae-q2")["state_dict"], load_checkpoint(run / "last.pt")
-    assert got["model_config"]["entropy_model"] == "hyperprior"
+    assert got["model_config"]["entropy_model"] == "hyperprior" and got["model_config"]["hyper"] == "light"
     mine = got["state_dict"]
     transforms = [k for k in q2 if not k.startswith("entropy.")]
     assert transforms and all(torch.allclose(mine[k].float(), q2[k].float(), atol=1e-5) for k in transforms)

@@ -277,7 +277,7 @@ class Trainer:
             self.init = init = load_init(cfg.run.init_from)
             ignore = {"decoder": {"decoder"}, "encoder": {"base_channels"}}.get(cfg.run.train_only, set())
             if cfg.run.train_only == "all":  # another entropy model: the transforms are copied, the prior starts fresh
-                ignore = ignore | {"entropy_model"}
+                ignore = ignore | {"entropy_model", "hyper"}
             if cfg.run.train_only == "encoder" and cfg.model.decoder != "light" and \
                     cfg.model.base_channels != init["model_config"].get("base_channels"):
                 raise SarInputError(init["path"], "--train-only encoder with other --base-channels needs "
@@ -378,7 +378,8 @@ class Trainer:
             # a different decoder starts fresh; everything else is copied
             state = {**{k: v for k, v in self.ae.state_dict().items() if k.startswith("decoder.")},
                      **{k: v for k, v in state.items() if not k.startswith("decoder.")}}
-        if init["model_config"].get("entropy_model", "none") != cfg.model.entropy_model:
+        if (init["model_config"].get("entropy_model", "none"), init["model_config"].get("hyper", "full")) != \
+                (cfg.model.entropy_model, cfg.model.hyper):
             state = {**{k: v for k, v in self.ae.state_dict().items() if k.startswith("entropy.")},
                      **{k: v for k, v in state.items() if not k.startswith("entropy.")}}
         if cfg.run.train_only == "encoder":  # a narrower encoder starts from the first channels of the given one
