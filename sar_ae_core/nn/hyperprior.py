@@ -50,7 +50,8 @@ class MeanScaleHyperprior(nn.Module):
     """Hyper-analysis h_a, hyper-synthesis h_s (→ mean and scale per latent element) and a factorized prior
     over the side information z."""
 
-    def __init__(self, latent_channels: int, hyper_channels: int = 64, z_channels: int = 32, light: bool = False):
+    def __init__(self, latent_channels: int, hyper_channels: int = 64, z_channels: int = 32,
+                 light: bool = False):
         super().__init__()
         # light: 32 hyper channels and a 1x1 head (4x4 transposed convolutions; h_s ~0.18 kMAC per image pixel with latents at 1/8, instead of
         # ~2.2 for the 3x3 head at 64 channels, whose last layer alone costs 64·192·9/64 MAC per pixel)
