@@ -10,10 +10,10 @@ import torch
 from sar_ae_core.nn.hyperprior import HyperpriorRangeCodec, MeanScaleHyperprior, scale_table
 
 
-@pytest.mark.parametrize("light", [False, True])
-def test_round_trip_is_exact_and_costs_about_what_the_model_estimates(light):
+@pytest.mark.parametrize("size", ["full", "light", "context"])
+def test_round_trip_is_exact_and_costs_about_what_the_model_estimates(size):
     torch.manual_seed(0)
-    prior = MeanScaleHyperprior(latent_channels=8, hyper_channels=16, z_channels=4, light=light).eval()
+    prior = MeanScaleHyperprior(latent_channels=8, hyper_channels=16, z_channels=4, size=size).eval()
     tables = prior.build_tables()
     tables.prior = prior  # what load_bundle attaches
     codec = HyperpriorRangeCodec(tables)
@@ -46,16 +46,19 @@ def test_the_light_hyper_synthesis_keeps_the_light_decoder_within_2_5_kmac_per_p
     enc_l, dec_l = macs(entropy_model="hyperprior", hyper="light")
     enc_h, dec_h = macs(entropy_model="hyperprior", hyper="full")
     assert dec_l - dec_f == 176 and dec_l <= 2500
+    enc_c, dec_c = macs(entropy_model="hyperprior", hyper="context")  # + a depthwise 3x3 on 32 channels at 1/64
+    assert dec_c - dec_f == 176 + 32 * 9 / 64 and dec_c <= 2500 and enc_c > enc_l
     assert dec_h - dec_f > 2000                            # the full h_s: 64·192·9/64 = 1728 MAC/px in its head alone
     assert enc_f < enc_l < 10000 and enc_l - enc_f > dec_l - dec_f  # the encoder runs h_a and h_s
     with pytest.raises(ValueError, match="hyper"):
         ModelConfig(entropy_model="hyperprior", hyper="tiny")
 
 
+@pytest.mark.parametrize("kind", ["light", "context"])
 @pytest.mark.parametrize("size", [(5, 5), (9, 7), (32, 32)])
-def test_the_light_hyper_synthesis_predicts_every_latent_element(size):
+def test_the_light_hyper_synthesis_predicts_every_latent_element(size, kind):
     """μ and σ cover the latent whatever its size (h_a pads to a multiple of 4, h_s doubles exactly twice)."""
-    prior = MeanScaleHyperprior(latent_channels=8, light=True).eval()
+    prior = MeanScaleHyperprior(latent_channels=8, size=kind).eval()
     y = torch.randn(1, 8, *size)
     with torch.no_grad():
         y_hat, lik = prior(y)

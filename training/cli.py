@@ -60,9 +60,9 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
      "learned entropy model of the latent: 'factorized' trains a factorized prior with a rate term "
      "(see --lmbda) for the codec's factorized-range coder; 'hyperprior' a mean-scale hyperprior "
      "(side information, codec hyperprior-range)"),
-    ("--hyper", "model", "hyper", {"choices": ("full", "light")},
-     "hyperprior's hyper-synthesis: 'full' (64 channels, 3x3 head, ~2.2 kMAC/px more in the decoder) or 'light' "
-     "(32 channels, 1x1 head, ~0.2 kMAC/px)"),
+    ("--hyper", "model", "hyper", {"choices": ("full", "light", "context")},
+     "hyperprior's size: 'full' (64 channels, 3x3 head, ~2.2 kMAC/px more in the decoder), 'light' (32 channels, "
+     "1x1 head, 0.18 kMAC/px) or 'context' (light h_s + a depthwise 3x3 before its head, h_a as full)"),
     # loss
     ("--mse-weight", "loss", "mse_weight", {"type": float}, "weight of MSE"),
     ("--ssim-weight", "loss", "ssim_weight", {"type": float}, "weight of the structural term (1 - SSIM)"),

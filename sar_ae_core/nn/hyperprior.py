@@ -50,24 +50,32 @@ class MeanScaleHyperprior(nn.Module):
     """Hyper-analysis h_a, hyper-synthesis h_s (→ mean and scale per latent element) and a factorized prior
     over the side information z."""
 
-    def __init__(self, latent_channels: int, hyper_channels: int = 64, z_channels: int = 32,
-                 light: bool = False):
+    def __init__(self, latent_channels: int, hyper_channels: int = 64, z_channels: int = 32, size: str = "full"):
         super().__init__()
-        # light: 32 hyper channels and a 1x1 head (4x4 transposed convolutions; h_s ~0.18 kMAC per image pixel with latents at 1/8, instead of
-        # ~2.2 for the 3x3 head at 64 channels, whose last layer alone costs 64·192·9/64 MAC per pixel)
-        m, n = int(latent_channels), (32 if light else int(hyper_channels))
+        # size (ModelConfig.hyper) — the decoder runs h_s, so its MACs per image pixel count (latents at 1/8):
+        #   full:    64 channels, 5x5 up-convolutions, 3x3 head: ~2.2 kMAC/px (the head alone 64·192·9/64)
+        #   light:   32 channels in h_a and h_s, 4x4 up-convolutions, 1x1 head: 176 MAC/px
+        #   context: h_a as full; h_s as light plus a depthwise 3x3 at the latent's resolution before the 1x1 head
+        #            (spatial context where the head is applied): 180.5 MAC/px
+        if size not in ("full", "light", "context"):
+            raise ValueError(f"hyperprior size must be 'full', 'light' or 'context', got {size!r}")
+        m, n = int(latent_channels), int(hyper_channels)
+        s = n if size == "full" else 32
+        na = 32 if size == "light" else n
         self.latent_channels, self.z_channels = m, int(z_channels)
         self.h_a = nn.Sequential(
-            nn.Conv2d(m, n, 3, padding=1), nn.LeakyReLU(0.2),
-            nn.Conv2d(n, n, 5, stride=2, padding=2), nn.LeakyReLU(0.2),
-            nn.Conv2d(n, self.z_channels, 5, stride=2, padding=2))
-        # each transposed convolution exactly doubles the resolution (5x5 with output padding, or 4x4 when light)
-        up = dict(kernel_size=4, stride=2, padding=1) if light else dict(kernel_size=5, stride=2, padding=2,
-                                                                         output_padding=1)
+            nn.Conv2d(m, na, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(na, na, 5, stride=2, padding=2), nn.LeakyReLU(0.2),
+            nn.Conv2d(na, self.z_channels, 5, stride=2, padding=2))
+        # each transposed convolution exactly doubles the resolution (5x5 with output padding, or 4x4)
+        up = dict(kernel_size=5, stride=2, padding=2, output_padding=1) if size == "full" else \
+            dict(kernel_size=4, stride=2, padding=1)
+        head = [nn.Conv2d(s, 2 * m, 3, padding=1)] if size == "full" else [nn.Conv2d(s, 2 * m, 1)]
+        if size == "context":
+            head = [nn.Conv2d(s, s, 3, padding=1, groups=s), nn.LeakyReLU(0.2)] + head
         self.h_s = nn.Sequential(
-            nn.ConvTranspose2d(self.z_channels, n, **up), nn.LeakyReLU(0.2),
-            nn.ConvTranspose2d(n, n, **up), nn.LeakyReLU(0.2),
-            nn.Conv2d(n, 2 * m, 1) if light else nn.Conv2d(n, 2 * m, 3, padding=1))
+            nn.ConvTranspose2d(self.z_channels, s, **up), nn.LeakyReLU(0.2),
+            nn.ConvTranspose2d(s, s, **up), nn.LeakyReLU(0.2), *head)
         self.z_prior = FactorizedPrior(self.z_channels)
 
     @staticmethod

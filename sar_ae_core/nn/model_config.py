@@ -10,10 +10,10 @@ from typing import Any, Literal, Mapping
 VARIANTS: tuple[str, ...] = ("plain", "residual", "res_cbam", "full_attention", "gdn")
 ENTROPY_MODELS: tuple[str, ...] = ("none", "factorized", "hyperprior")
 DECODERS: tuple[str, ...] = ("mirror", "light")
-#: hyper-synthesis sizes of the mean-scale hyperprior: "full" (64 channels, 3x3 head, ~2.2 kMAC/px) or "light"
-#: (32 channels, 4x4 up-convolutions, 1x1 head, ~0.18 kMAC/px: with the light decoder the whole decoder stays
-#: within 2.5 kMAC/px)
-HYPERS: tuple[str, ...] = ("full", "light")
+#: sizes of the mean-scale hyperprior: "full" (64 channels, 3x3 head, ~2.2 kMAC/px in the decoder), "light" (32
+#: channels, 4x4 up-convolutions, 1x1 head, 0.18 kMAC/px: with the light decoder the whole decoder stays within 2.5
+#: kMAC/px) or "context" (h_a as full, h_s as light plus a depthwise 3x3 before the head, 0.18 kMAC/px)
+HYPERS: tuple[str, ...] = ("full", "light", "context")
 #: variants with global pooling (CBAM) or self-attention: every output pixel depends on the whole window
 GLOBAL_VARIANTS = frozenset({"res_cbam", "full_attention"})
 
@@ -38,7 +38,7 @@ class ModelConfig:
     stages: int = 4
     entropy_model: Literal["none", "factorized", "hyperprior"] = "none"
     decoder: Literal["mirror", "light"] = "mirror"
-    hyper: Literal["full", "light"] = "full"
+    hyper: Literal["full", "light", "context"] = "full"
 
     def __post_init__(self) -> None:
         self.validate()

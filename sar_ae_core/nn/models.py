@@ -382,7 +382,7 @@ class SarAutoencoder(nn.Module):
         elif config.entropy_model == "hyperprior":
             from sar_ae_core.nn.hyperprior import MeanScaleHyperprior
 
-            self.entropy = MeanScaleHyperprior(config.latent_channels, light=config.hyper == "light")
+            self.entropy = MeanScaleHyperprior(config.latent_channels, size=config.hyper)
 
     @property
     def downsample_factor(self) -> int:
