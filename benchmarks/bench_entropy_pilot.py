@@ -80,7 +80,8 @@ def model_costs(model: str) -> dict:
     n = 256 * 256
     return {"encoder_kmac_px": round(count_macs(m, 256, "encoder") / n / 1000, 3),
             "decoder_kmac_px": round(count_macs(m, 256, "decoder") / n / 1000, 3),
-            "entropy_model": m.config.entropy_model, "hyper": m.config.hyper}
+            "entropy_model": m.config.entropy_model,
+            "hyper": m.config.hyper if m.config.entropy_model == "hyperprior" else None}
 
 
 def main(argv: list[str] | None = None) -> int:
