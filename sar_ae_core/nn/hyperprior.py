@@ -70,12 +70,12 @@ class MeanScaleHyperprior(nn.Module):
         # each transposed convolution exactly doubles the resolution (5x5 with output padding, or 4x4)
         up = dict(kernel_size=5, stride=2, padding=2, output_padding=1) if size == "full" else \
             dict(kernel_size=4, stride=2, padding=1)
-        head = [nn.Conv2d(s, 2 * m, 3, padding=1)] if size == "full" else [nn.Conv2d(s, 2 * m, 1)]
+        layers = [nn.ConvTranspose2d(self.z_channels, s, **up), nn.LeakyReLU(0.2),
+                  nn.ConvTranspose2d(s, s, **up), nn.LeakyReLU(0.2)]  # (created in this order: the seeded init)
         if size == "context":
-            head = [nn.Conv2d(s, s, 3, padding=1, groups=s), nn.LeakyReLU(0.2)] + head
-        self.h_s = nn.Sequential(
-            nn.ConvTranspose2d(self.z_channels, s, **up), nn.LeakyReLU(0.2),
-            nn.ConvTranspose2d(s, s, **up), nn.LeakyReLU(0.2), *head)
+            layers += [nn.Conv2d(s, s, 3, padding=1, groups=s), nn.LeakyReLU(0.2)]
+        layers.append(nn.Conv2d(s, 2 * m, 3, padding=1) if size == "full" else nn.Conv2d(s, 2 * m, 1))
+        self.h_s = nn.Sequential(*layers)
         self.z_prior = FactorizedPrior(self.z_channels)
 
     @staticmethod
