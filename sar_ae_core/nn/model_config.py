@@ -82,8 +82,12 @@ class ModelConfig:
         return [min(self.base_channels * 2**i, self.base_channels * 8) for i in range(self.stages - 1)]
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict of the fields."""
-        return dataclasses.asdict(self)
+        """Return a JSON-serialisable dict of the fields. `hyper` at its default is left out: the configs of every
+        model without a smaller hyperprior stay as they were (and readable by releases before the field)."""
+        d = dataclasses.asdict(self)
+        if d["hyper"] == "full":
+            del d["hyper"]
+        return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
