@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         d = [r["d_psnr"] for r in rows if r["candidate"] == name and r["d_psnr"] is not None]
         if d:
             summary[f"{name} all"] = {"mean_d_psnr": statistics.fmean(d), "worst_d_psnr": min(d), "points": len(d)}
-    report = {"benchmark": "entropy_model_pilot", "split_file": args.split_file, "split": args.split,
+    split_file = Path(args.split_file).resolve()
+    shown = split_file.relative_to(ROOT) if split_file.is_relative_to(ROOT) else split_file
+    report = {"benchmark": "entropy_model_pilot", "split_file": str(shown), "split": args.split,
               "family": args.family, "family_gains": args.family_gains, "candidate_gains": args.gains,
               "costs": {m: model_costs(m) for m in list(args.family) + list(args.candidates)},
               "results": rows, "summary": summary, "machine": platform.platform(),
