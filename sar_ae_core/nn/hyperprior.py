@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sar_ae_core.nn.model_config import HYPERS
 from sar_ae_core.nn.entropy import (LIKELIHOOD_BOUND, TABLE_PRECISION, EntropyTables, FactorizedPrior, _channel_of, _integer_counts,
                       decode_grouped, encode_grouped, join_payload, split_payload)
 
@@ -57,8 +58,8 @@ class MeanScaleHyperprior(nn.Module):
         #   light:   32 channels in h_a and h_s, 4x4 up-convolutions, 1x1 head: 176 MAC/px
         #   context: h_a as full; h_s as light plus a depthwise 3x3 at the latent's resolution before the 1x1 head
         #            (spatial context where the head is applied): 180.5 MAC/px
-        if size not in ("full", "light", "context"):
-            raise ValueError(f"hyperprior size must be 'full', 'light' or 'context', got {size!r}")
+        if size not in HYPERS:
+            raise ValueError(f"hyperprior size must be one of {', '.join(map(repr, HYPERS))}, got {size!r}")
         m, n = int(latent_channels), int(hyper_channels)
         s = n if size == "full" else 32
         na = 32 if size == "light" else n
