@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sar_ae_core.nn.model_config import HYPERS
 from sar_ae_core.nn.entropy import (LIKELIHOOD_BOUND, TABLE_PRECISION, EntropyTables, FactorizedPrior, _channel_of, _integer_counts,
                       decode_grouped, encode_grouped, join_payload, split_payload)
+from sar_ae_core.nn.model_config import HYPERS
 
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 64.0, 64
 TAIL_SIGMAS = 7.0
