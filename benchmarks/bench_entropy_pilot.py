@@ -72,16 +72,13 @@ def envelope_at(points: list[dict], bpp: float) -> float | None:
 
 
 def model_costs(model: str) -> dict:
-    from bench_models import count_macs
+    from bench_models import bundled_macs
 
     from sar_ae_core.nn.model_io import load_bundle
 
-    m = load_bundle(model, "cpu", runtime="torch").model
-    n = 256 * 256
-    return {"encoder_kmac_px": round(count_macs(m, 256, "encoder") / n / 1000, 3),
-            "decoder_kmac_px": round(count_macs(m, 256, "decoder") / n / 1000, 3),
-            "entropy_model": m.config.entropy_model,
-            "hyper": m.config.hyper if m.config.entropy_model == "hyperprior" else None}
+    c = load_bundle(model, "cpu", runtime="torch").config
+    return {**bundled_macs(model), "entropy_model": c.entropy_model,
+            "hyper": c.hyper if c.entropy_model == "hyperprior" else None}
 
 
 def main(argv: list[str] | None = None) -> int:
