@@ -54,8 +54,9 @@ FLAGS: list[tuple[str, str, str, dict, str]] = [
     ("--stages", "model", "stages", {"type": int}, "stride-2 levels (downsampling 2**stages)"),
     ("--self-attention", "model", "self_attention", {"action": argparse.BooleanOptionalAction},
      "self-attention at the bottleneck"),
-    ("--decoder", "model", "decoder", {"choices": ("mirror", "light")},
-     "synthesis transform: the encoder's mirror, or the light 3x3-conv + PixelShuffle decoder (~2.3 kMAC/px)"),
+    ("--decoder", "model", "decoder", {"choices": ("mirror", "light", "separable")},
+     "synthesis transform: the encoder's mirror, the light 3x3-conv + PixelShuffle decoder (~2.3 kMAC/px), or the "
+     "separable one (the light decoder's first level, then depthwise-separable residual blocks; ~2.5 kMAC/px)"),
     ("--entropy-model", "model", "entropy_model", {"choices": ("none", "factorized", "hyperprior")},
      "learned entropy model of the latent: 'factorized' trains a factorized prior with a rate term "
      "(see --lmbda) for the codec's factorized-range coder; 'hyperprior' a mean-scale hyperprior "

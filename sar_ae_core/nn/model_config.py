@@ -9,7 +9,7 @@ from typing import Any, Literal, Mapping
 
 VARIANTS: tuple[str, ...] = ("plain", "residual", "res_cbam", "full_attention", "gdn")
 ENTROPY_MODELS: tuple[str, ...] = ("none", "factorized", "hyperprior")
-DECODERS: tuple[str, ...] = ("mirror", "light")
+DECODERS: tuple[str, ...] = ("mirror", "light", "separable")
 #: sizes of the mean-scale hyperprior: "full" (64 channels, 3x3 head, ~2.2 kMAC/px in the decoder), "light" (32
 #: channels, 4x4 up-convolutions, 1x1 head, 0.18 kMAC/px: with the light decoder the whole decoder stays within 2.5
 #: kMAC/px) or "context" (h_a as full, h_s as light plus a depthwise 3x3 before the head, 0.18 kMAC/px)
@@ -37,7 +37,7 @@ class ModelConfig:
     latent_channels: int = 16
     stages: int = 4
     entropy_model: Literal["none", "factorized", "hyperprior"] = "none"
-    decoder: Literal["mirror", "light"] = "mirror"
+    decoder: Literal["mirror", "light", "separable"] = "mirror"
     hyper: Literal["full", "light", "context"] = "full"
 
     def __post_init__(self) -> None:
@@ -64,6 +64,8 @@ class ModelConfig:
         if self.decoder not in DECODERS:
             raise ValueError(f"ModelConfig.decoder must be one of {', '.join(map(repr, DECODERS))}, "
                              f"got {self.decoder!r}")
+        if self.decoder == "separable" and self.stages < 2:
+            raise ValueError("ModelConfig.decoder 'separable' needs stages >= 2")
         if self.hyper not in HYPERS:
             raise ValueError(f"ModelConfig.hyper must be one of {', '.join(map(repr, HYPERS))}, got {self.hyper!r}")
         return self
@@ -73,6 +75,17 @@ class ModelConfig:
         the last is the image): a quarter of the latent channels, then 16, then ``in_channels``."""
         widths = [max(8, self.latent_channels // 4)] + [16] * (self.stages - 2)
         return (widths + [self.in_channels])[-self.stages:] if self.stages > 1 else [self.in_channels]
+
+    def separable_widths(self) -> list[int]:
+        """Feature channels at each resolution of the separable decoder before the image (low to high): a quarter
+        of the latent channels after the first PixelShuffle, then 32 at every further level."""
+        if self.stages < 2:
+            return []
+        return [max(8, self.latent_channels // 4)] + [32] * (self.stages - 2)
+
+    def separable_blocks(self) -> list[int]:
+        """Residual blocks at each of `separable_widths`' resolutions: one at the first, two at the others."""
+        return [1] + [2] * (self.stages - 2) if self.stages >= 2 else []
 
     def channels(self) -> list[int]:
         """Feature channels of the encoder levels before the latent: base*2**i capped at base*8
@@ -107,6 +120,12 @@ def decoder_halo_cells(config: ModelConfig) -> int | None:
     or None when an output pixel depends on the whole window (CBAM's global pooling, self-attention)."""
     if config.variant in GLOBAL_VARIANTS or config.self_attention:
         return None
+    if config.decoder == "separable":
+        # a 3x3 convolution at the latent's resolution (one cell), then at each further level one 3x3 per residual
+        # block and one for the up-step (3 stages: 8 + 4·2 + 2·3 = 22 px, under 3 cells of 8)
+        f = 2 ** config.stages
+        reach = f + sum((f >> (i + 1)) * (n + 1) for i, n in enumerate(config.separable_blocks()))
+        return -(-reach // f)
     if config.decoder == "light" or config.variant in ("gdn", "plain"):
         # one 3x3 or 5x5 (transposed) convolution per level: radius 1 + 1/2 + 1/4 + ... < 2 cells
         return 2
