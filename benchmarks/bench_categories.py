@@ -6,7 +6,8 @@ from the raster's dB data scaled to the range `--scaling auto` gives it (the sam
 Per point: PSNR, SSIM, EPI, ENL ratio, RMSE (dB), the median |error| of the brightest 0.1 % of valid pixels, real
 bits per pixel from the file's bytes (headers included), what the rate search chose (rate point, gain, residual
 step). Per category and rate: means, the worst scene's ΔPSNR, and per scene the BD-rate against JPEG2000 and AVIF
-over the rates. `--no-residual` also runs the search without the residual layer (what it buys).
+over the rates. `--no-residual` also runs the search without the residual layer (what it buys). A rate point whose
+model card lists a scene among its training files is left out of that scene's search (`excluded_models`).
 
     .venv/bin/python benchmarks/bench_categories.py                     # → benchmarks/results/categories.{json,md}
     .venv/bin/python benchmarks/bench_categories.py --rates 0.5 2 --category rtc --no-residual
@@ -77,7 +78,7 @@ def model_kmacs(name: str) -> dict:
     return _MACS[name]
 
 
-def point(scene: Path, tmp: Path, rate: float, residual: bool, max_decoder_kmac=None) -> dict:
+def point(scene: Path, tmp: Path, rate: float, residual: bool, max_decoder_kmac=None, exclude=()) -> dict:
     from bench_decoder_pilot import _assess
 
     from sar_ae_core.codec import reconstruct_raster
@@ -85,7 +86,8 @@ def point(scene: Path, tmp: Path, rate: float, residual: bool, max_decoder_kmac=
 
     sarz, rec = tmp / "c.sarz", tmp / "c.tif"
     t0 = time.perf_counter()
-    r = compress_to_rate(scene, sarz, rate, overwrite=True, residual=residual, max_decoder_kmac=max_decoder_kmac)
+    r = compress_to_rate(scene, sarz, rate, overwrite=True, residual=residual, max_decoder_kmac=max_decoder_kmac,
+                         exclude_models=exclude)
     t1 = time.perf_counter()
     reconstruct_raster(sarz, rec, units="db", overwrite=True)
     t2 = time.perf_counter()
@@ -128,7 +130,7 @@ def twins(scene: Path, tmp: Path, sarz_like: dict, scaling) -> dict:
 
 def main(argv=None) -> int:
     from baselines import bd_rate
-    from bench_rd import held_out
+    from bench_rd import held_out, models_trained_on
 
     from sar_ae_core.coding.sarz import SarzFile
 
@@ -145,16 +147,17 @@ def main(argv=None) -> int:
     variants = ["codec"] + (["codec_no_residual"] if args.no_residual else [])
     rows = []
     t_start = time.perf_counter()
+    trained_on = models_trained_on(args.split_file, args.split, args.category)
     with held_out(args.split_file, args.split, args.category) as (tmp, scenes):
-        for scene, category in scenes:
+        for (scene, category), exclude in zip(scenes, trained_on):
             scaling = twin_scaling(scene)
             for rate in args.rates:
-                row = {"scene": scene.name, "category": category, "target_bpp": rate}
-                row["codec"] = point(scene, tmp, rate, True, args.max_decoder_kmac)
+                row = {"scene": scene.name, "category": category, "target_bpp": rate, "excluded_models": list(exclude)}
+                row["codec"] = point(scene, tmp, rate, True, args.max_decoder_kmac, exclude)
                 with SarzFile(tmp / "c.sarz") as f:
                     row["codec"]["window_db"] = [f.scaling.vmin_db, f.scaling.vmax_db]
                 if args.no_residual:
-                    row["codec_no_residual"] = point(scene, tmp, rate, False, args.max_decoder_kmac)
+                    row["codec_no_residual"] = point(scene, tmp, rate, False, args.max_decoder_kmac, exclude)
                 row.update(twins(scene, tmp, row["codec"], scaling))
                 row["twin_window_db"] = [scaling.vmin_db, scaling.vmax_db]
                 rows.append(row)

@@ -94,6 +94,28 @@ def split_scenes(split_file: str, split: str, categories, folder: Path) -> list[
     return out
 
 
+def models_trained_on(split_file: str, split: str, categories) -> list[tuple[str, ...]]:
+    """Per entry of one split (in `split_scenes`' order), the bundled rate points whose model card lists it among
+    their training files (the whole raster, or the same window of it): an evaluation on held-out scenes leaves them
+    out of that scene's search."""
+    import os
+
+    from sar_ae_core.nn.model_io import QUALITY_MODELS, model_card
+    from training.corpus import load_split
+
+    trained = {}
+    for name in QUALITY_MODELS.values():
+        files = ((model_card(name).get("training") or {}).get("files") or {}).get("train") or []
+        trained[name] = {os.path.basename(f) for f in files}
+    out = []
+    for e in load_split(split_file):
+        if e.split == split and (not categories or e.category in categories):
+            base = os.path.basename(e.path)
+            keys = {base} | ({base + "#" + ",".join(str(int(v)) for v in e.window)} if e.window else set())
+            out.append(tuple(n for n, files in trained.items() if keys & files))  # the whole raster covers any window
+    return out
+
+
 @contextlib.contextmanager
 def held_out(split_file: str, split: str, categories):
     """(a temporary work folder, [(raster path, category)] of one split) — the crops a split names are written in

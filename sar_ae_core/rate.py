@@ -52,10 +52,10 @@ def escape_policy(target_bpp: float) -> dict:
     return {"escape_step_db": esc.DEFAULT_STEP_DB, "keep_brightest": esc.DEFAULT_BRIGHTEST_PERCENT}
 
 
-def _rate_points(max_decoder_kmac: "float | None" = None) -> list[tuple[str, float]]:
+def _rate_points(max_decoder_kmac: "float | None" = None, exclude_models=()) -> list[tuple[str, float]]:
     """(model name, measured mean bpp) of the bundled rate points, lowest rate first; `max_decoder_kmac`: only those
     whose decoder (kMAC per pixel, counted into the model card by `benchmarks/bench_models.py --update-cards`)
-    fits that budget."""
+    fits that budget; `exclude_models`: names left out (an evaluation leaves out the models trained on the scene)."""
     from sar_ae_core.nn.model_io import QUALITY_MODELS, model_card, resolve_model
 
     if max_decoder_kmac is not None and (isinstance(max_decoder_kmac, bool) or not isinstance(
@@ -64,6 +64,8 @@ def _rate_points(max_decoder_kmac: "float | None" = None) -> list[tuple[str, flo
                                   f"(got {max_decoder_kmac})")
     points, costs = [], {}
     for name in QUALITY_MODELS.values():
+        if name in exclude_models:
+            continue
         try:
             resolve_model(name)
         except SarInputError:
@@ -137,8 +139,8 @@ def compress_to_rate(input_path, output_path, target_bpp: float, *, tolerance: f
 
 def _search_rate(input_path, output_path, target_bpp: float, *, tolerance: float = 0.02,
                  overwrite: bool = False, progress=None, max_passes: int = 24, residual: bool = True,
-                 max_decoder_kmac: "float | None" = None, fitted_window: bool = True, neighbour: bool = True,
-                 nominal_bpp: "float | None" = None, sample: bool = True, **kwargs) -> dict:
+                 max_decoder_kmac: "float | None" = None, exclude_models=(), fitted_window: bool = True,
+                 neighbour: bool = True, nominal_bpp: "float | None" = None, sample: bool = True, **kwargs) -> dict:
     """compress_raster at `target_bpp` (within `tolerance`, relative); returns its result plus the search.
     `sample`: on a raster of more than SAMPLE_FROM_PIXELS the search runs on a sample of its tiles
     (`_sampled_search`) and only the final passes on the whole raster.
@@ -170,11 +172,11 @@ def _search_rate(input_path, output_path, target_bpp: float, *, tolerance: float
     inputs = [input_path]
     check_output_path(output_path, overwrite, inputs)
     prog = Progress(progress)
-    points = _rate_points(max_decoder_kmac)
+    points = _rate_points(max_decoder_kmac, exclude_models)
     if sample:
         sampled = _sampled_search(input_path, output_path, target_bpp, tolerance=tolerance, overwrite=overwrite,
                                   prog=prog, max_passes=max_passes, residual=residual,
-                                  max_decoder_kmac=max_decoder_kmac, fitted_window=fitted_window, neighbour=neighbour,
+                                  max_decoder_kmac=max_decoder_kmac, exclude_models=exclude_models, fitted_window=fitted_window, neighbour=neighbour,
                                   nominal_bpp=nominal, t_start=t_start, **kwargs)
         if sampled is not None:
             return sampled
@@ -276,7 +278,7 @@ def _search_rate(input_path, output_path, target_bpp: float, *, tolerance: float
             done = _searched(len(passes))
             fitted = prog.sub(done, (done + SEARCHED) / 2)
             alt = _search_rate(input_path, os.path.join(work, "fitted.sarz"), target_bpp, tolerance=tolerance,
-                                   max_passes=max_passes, residual=residual, max_decoder_kmac=max_decoder_kmac,
+                                   max_passes=max_passes, residual=residual, max_decoder_kmac=max_decoder_kmac, exclude_models=exclude_models,
                                    fitted_window=False, neighbour=neighbour, nominal_bpp=nominal, sample=False,
                                    progress=lambda f, m="": fitted.step(f, m),
                                    **{**kwargs, "scaling": "source"})
@@ -384,8 +386,8 @@ def _sample_work(input_path, output_path, kwargs: dict, suffix: str):
 
 
 def _sampled_search(input_path, output_path, target_bpp: float, *, tolerance: float, overwrite: bool, prog,
-                    max_passes: int, residual: bool, max_decoder_kmac, fitted_window: bool, neighbour: bool,
-                    nominal_bpp: float, t_start: float, **kwargs) -> "dict | None":
+                    max_passes: int, residual: bool, max_decoder_kmac, exclude_models, fitted_window: bool,
+                    neighbour: bool, nominal_bpp: float, t_start: float, **kwargs) -> "dict | None":
     """`--rate` on a large raster: the whole search (rate point, gain, neighbour, residual layer, fitted range) on a
     sample of its tiles (`_write_sample`); then the choice coded on the whole raster and only its last parameter —
     the residual layer's step, or else the quantization gain — moved to the target (regula falsi, real files), so
@@ -401,7 +403,7 @@ def _sampled_search(input_path, output_path, target_bpp: float, *, tolerance: fl
         work, sample_path, n_tiles, units, tile = made
         found = _search_rate(sample_path, os.path.join(work, "sample.sarz"), target_bpp, tolerance=tolerance,
                              overwrite=True, progress=prog.sub(0.0, 0.6).step, max_passes=max_passes,
-                             residual=residual, max_decoder_kmac=max_decoder_kmac, fitted_window=fitted_window,
+                             residual=residual, max_decoder_kmac=max_decoder_kmac, exclude_models=exclude_models, fitted_window=fitted_window,
                              neighbour=neighbour, nominal_bpp=nominal_bpp, sample=False,
                              **{**kwargs, "bands": "all", "units": units})
         sampled = [{**p, "sample": True} for p in found["passes"]]
@@ -668,7 +670,7 @@ def search_summary(res: dict) -> str:
 
 def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: bool = False, progress=None,
                      max_passes: int = 12, residual: bool = True, max_decoder_kmac: "float | None" = None,
-                     sample: bool = True, **kwargs) -> dict:
+                     exclude_models=(), sample: bool = True, **kwargs) -> dict:
     """compress_raster with the fewest bytes whose reconstruction stays within `max_rmse_db` of the source (RMSE in
     dB over the valid pixels, as `assess` reports it): each candidate is compressed, decoded and measured. The rate
     points are tried from the lowest rate up; on the first that meets the target the quantization gain is lowered
@@ -693,10 +695,10 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
     t_start = time.perf_counter()
     check_output_path(output_path, overwrite, [input_path])
     prog = Progress(progress)
-    points = _rate_points(max_decoder_kmac)
+    points = _rate_points(max_decoder_kmac, exclude_models)
     if sample:  # a large raster: the search on a sample of its tiles, then the choice checked on the whole raster
         sampled = _sampled_rmse(input_path, output_path, max_rmse_db, overwrite=overwrite, prog=prog,
-                                max_passes=max_passes, residual=residual, max_decoder_kmac=max_decoder_kmac,
+                                max_passes=max_passes, residual=residual, max_decoder_kmac=max_decoder_kmac, exclude_models=exclude_models,
                                 t_start=t_start, **kwargs)
         if sampled is not None:
             return sampled
@@ -822,7 +824,7 @@ def _residual_for_rmse(input_path, work, base: dict, max_rmse_db: float, passes:
 
 
 def _sampled_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: bool, prog, max_passes: int,
-                  residual: bool, max_decoder_kmac, t_start: float, **kwargs) -> "dict | None":
+                  residual: bool, max_decoder_kmac, exclude_models, t_start: float, **kwargs) -> "dict | None":
     """`--max-rmse-db` on a large raster (as `_sampled_search`): the search on a sample of its tiles; then the choice
     coded on the whole raster and measured there, and its last parameter moved until the whole raster meets the
     target — the residual layer's step from the sample's (`_residual_for_rmse`), or else a finer quantization gain
@@ -840,7 +842,7 @@ def _sampled_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: boo
         try:
             found = compress_to_rmse(sample_path, os.path.join(work, "sample.sarz"), max_rmse_db, overwrite=True,
                                      progress=prog.sub(0.0, 0.6).step, max_passes=max_passes, residual=residual,
-                                     max_decoder_kmac=max_decoder_kmac, sample=False,
+                                     max_decoder_kmac=max_decoder_kmac, exclude_models=exclude_models, sample=False,
                                      **{**kwargs, "bands": "all", "units": units})
         except SarInputError:
             return None  # the sample cannot meet it: the search over the whole raster says so, or finds a way
@@ -877,7 +879,7 @@ def _sampled_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: boo
                                       slope=min(max(slope, 0.05), 2.0))
         else:  # regula falsi on log gain against log RMSE (the error falls as the gain rises), at most 5 passes
             g, r = found["gain"], first
-            lowest = _rate_points(max_decoder_kmac)[0][0] == found["model"]
+            lowest = _rate_points(max_decoder_kmac, exclude_models)[0][0] == found["model"]
             floor = LOWEST_USEFUL_GAIN if lowest else min(COARSEST_USEFUL_GAIN, found["gain"])
             met = miss = None  # (log gain, log RMSE / target)
             for k in range(6):

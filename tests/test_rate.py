@@ -1,5 +1,7 @@
 """Rate control: what cannot be reached is said, and nothing is left but the final file."""
 
+from pathlib import Path
+
 import pytest
 
 from sar_ae_core.errors import SarInputError
@@ -269,3 +271,25 @@ def test_max_rmse_db_on_a_large_raster_searches_on_a_sample_and_meets_the_target
     assert assess_rasters(kerala_dn, tmp_path / "s.tif")["rmse_db"] <= target
     assert (tmp_path / "s.sarz").stat().st_size <= 1.04 * whole["bytes"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sarz", "s.tif", "whole.sarz"]
+
+
+def test_a_search_leaves_out_the_excluded_rate_points(tmp_path, spain_db):
+    """`exclude_models`: the named rate points are no candidates (an evaluation leaves out the models trained on the
+    scene: `benchmarks/bench_rd.models_trained_on` finds them from the model cards)."""
+    import sys
+
+    from sar_ae_core.rate import _rate_points, compress_to_rate
+
+    names = [n for n, _ in _rate_points(exclude_models=("sarae-q2",))]
+    assert "sarae-q2" not in names and {"sarae-q1", "sarae-q3"} <= set(names)
+    r = compress_to_rate(spain_db, tmp_path / "s.sarz", 1.5, exclude_models=("sarae-q1", "sarae-q2", "sarae-q3"),
+                         bands=[1])
+    assert r["model"] == "sarae-q4" and {p["model"] for p in r["passes"]} == {"sarae-q4"}
+    assert abs(r["bpp"] / 1.5 - 1) <= 0.03
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_rd import models_trained_on, split_scenes
+
+    split = str(Path(__file__).resolve().parents[1] / "training" / "splits" / "broad.json")
+    flagged = {Path(p).name: m for (p, _), m in zip(split_scenes(split, "test", None, tmp_path),
+                                                    models_trained_on(split, "test", None)) if m}
+    assert flagged == {"s1_iw_grd_camargue_20170309_desc_vv_db.tif": ("sarae-q4",)}  # its card lists that file
