@@ -94,26 +94,48 @@ def split_scenes(split_file: str, split: str, categories, folder: Path) -> list[
     return out
 
 
-def models_trained_on(split_file: str, split: str, categories) -> list[tuple[str, ...]]:
-    """Per entry of one split (in `split_scenes`' order), the bundled rate points whose model card lists it among
-    their training files (the whole raster, or the same window of it): an evaluation on held-out scenes leaves them
-    out of that scene's search."""
+def seen_files(bundle_or_name) -> set[str]:
+    """Base names of the raster files a model's weights have seen in training: its card's (a bundled model) or its
+    bundle's training files and those of the models it was started from (`lineage_files`)."""
     import os
 
-    from sar_ae_core.nn.model_io import QUALITY_MODELS, model_card
+    from sar_ae_core.nn.model_io import model_card
+
+    infos = []
+    if isinstance(bundle_or_name, str):
+        infos.append(model_card(bundle_or_name))
+    else:
+        infos += [bundle_or_name.info or {}, model_card(bundle_or_name.name)]
+    out = set()
+    for info in infos:
+        t = info.get("training") or {}
+        out |= {os.path.basename(f) for f in list((t.get("files") or {}).get("train") or []) +
+                list(t.get("lineage_files") or [])}
+    return out
+
+
+def entry_keys(split_file: str, split: str, categories) -> list[set[str]]:
+    """Per entry of one split (in `split_scenes`' order), the names a model's training files would give it by: the
+    raster's base name (the whole raster covers any window of it) and, for a window, `name#col,row,width,height`."""
+    import os
+
     from training.corpus import load_split
 
-    trained = {}
-    for name in QUALITY_MODELS.values():
-        files = ((model_card(name).get("training") or {}).get("files") or {}).get("train") or []
-        trained[name] = {os.path.basename(f) for f in files}
     out = []
     for e in load_split(split_file):
         if e.split == split and (not categories or e.category in categories):
             base = os.path.basename(e.path)
-            keys = {base} | ({base + "#" + ",".join(str(int(v)) for v in e.window)} if e.window else set())
-            out.append(tuple(n for n, files in trained.items() if keys & files))  # the whole raster covers any window
+            out.append({base} | ({base + "#" + ",".join(str(int(v)) for v in e.window)} if e.window else set()))
     return out
+
+
+def models_trained_on(split_file: str, split: str, categories) -> list[tuple[str, ...]]:
+    """Per entry of one split (in `split_scenes`' order), the bundled rate points whose weights have seen it in
+    training (`seen_files`): an evaluation on held-out scenes leaves them out of that scene's search."""
+    from sar_ae_core.nn.model_io import QUALITY_MODELS
+
+    seen = {name: seen_files(name) for name in QUALITY_MODELS.values()}
+    return [tuple(n for n, files in seen.items() if keys & files) for keys in entry_keys(split_file, split, categories)]
 
 
 @contextlib.contextmanager
@@ -138,15 +160,19 @@ def run(args) -> dict:
             crops = tmp / "crops"
             crops.mkdir()
             scene_list = split_scenes(args.split_file, args.split, args.category, crops)
+            keys = entry_keys(args.split_file, args.split, args.category)
         else:
             from training.corpus import category_of
 
             scene_list = [(s, category_of(s)) for s in args.scenes]
             if args.category:
                 scene_list = [(s, c) for s, c in scene_list if c in args.category]
+            keys = [{Path(s).name} for s, _ in scene_list]
+        seen = {b.name: seen_files(b) for b in models + ([baseline] if baseline else [])}
+        skipped = []
         args.scenes = [Path(s).name for s, _ in scene_list]
         args.categories = {Path(s).name: c for s, c in scene_list}
-        for scene_name, category in scene_list:
+        for (scene_name, category), scene_keys in zip(scene_list, keys):
             scene = Path(scene_name) if os.path.exists(scene_name) else DATA / scene_name
             multi = len(args.scaling) > 1
             entries = [(b, f"{b.name}[{sc}]" if multi else b.name, 8, "auto", sc) for b in models
@@ -159,6 +185,9 @@ def run(args) -> dict:
                             for bits in args.baseline_bits]
             scaling = None
             for bundle, label, bits, codec, scaling_mode in entries:
+                if scene_keys & seen[bundle.name]:  # not held out for this model: its weights have seen the scene
+                    skipped.append({"scene": scene.name, "model": label})
+                    continue
                 tag = label.replace("@", "_").replace("[", "_").replace("]", "")
                 learned, scaling_used = _learned_point(scene, bundle, tmp, tag, bits, codec, scaling_mode)
                 scaling = scaling or scaling_used
@@ -180,7 +209,7 @@ def run(args) -> dict:
                       f"ENLr {learned['enl_ratio']:.2f} | JPEG2000 {jp2['bpp']:.3f} bpp PSNR {jp2['psnr']:.2f} "
                       f"SSIM {jp2['ssim']:.3f} EPI {jp2['epi']:.3f} ENLr {jp2['enl_ratio']:.2f} | dPSNR "
                       f"{gap['psnr']:+.2f}", flush=True)
-            for bpp in args.jp2_curve:
+            for bpp in args.jp2_curve if scaling is not None else ():  # no model held out for it: no curve
                 p = _jp2_point(scene, bpp, scaling, tmp, f"curve{bpp}")
                 curves.append({"scene": scene.name, **p})
     return {"benchmark": "rate_distortion_rd_models",
@@ -191,6 +220,7 @@ def run(args) -> dict:
             "scenes": [Path(s).name for s in args.scenes], "categories": args.categories,
             "split_file": args.split_file, "split": args.split if args.split_file else None,
             "scaling_modes": list(args.scaling), "results": rows, "jpeg2000_curve": curves,
+            "not_held_out": skipped,
             "notes": "bpp = 8 * whole-file bytes / (width * height * bands); JPEG2000 twin from the same scaled "
                      "dB data at the .sarz's bpp; PSNR/SSIM on each band's 1st-99th percentile dB range; "
                      "gap = learned - JPEG2000 (positive = learned better, except ENL ratio where 1 is ideal)"}

@@ -570,11 +570,17 @@ def test_a_separable_decoder_trained_on_a_models_latents_decodes_its_files(sar_d
     base = tmp_path / "base.pt"
     assert main(["export", str(base_run), str(base), "--name", "base-test"]) == 0
     sep = [a if a != "light" else "separable" for a in light]
-    assert main([*_three_scenes(sar_data), *three, *sep, "--steps", "6", "--val-interval", "6",
+    f = _files(sar_data)  # other scenes: what the base model saw is carried into the new bundle's card
+    other = ["--data", f["ghana_c"], f["india"], f["ghana_a"], "--val-fraction", "0.34", "--test-fraction", "0"]
+    assert main([*other, *three, *sep, "--steps", "6", "--val-interval", "6",
                  "--init-from", str(base), "--train-only", "decoder", "--out-dir", str(sep_run)]) == 0
     out = tmp_path / "sep.pt"
     assert main(["export", str(sep_run), str(out), "--name", "sep-test", "--decodes", str(base)]) == 0
     bundle = load_bundle(out, runtime="torch")
+    own = set(bundle.info["training"]["files"]["train"])
+    before = {Path(p).name for p in load_checkpoint(base_run / "best.pt")["data"]["files"]["train"]}
+    assert before - own and bundle.info["training"]["lineage_files"] == sorted(before - own)
+    assert load_checkpoint(sep_run / "last.pt")["lineage_files"] == sorted(before)
     assert bundle.config.decoder == "separable" and decoder_halo_cells(bundle.config) == 3
     assert bundle.decodes(load_bundle(base).sha256)
     sarz, whole = tmp_path / "s.sarz", tmp_path / "whole.tif"

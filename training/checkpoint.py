@@ -141,5 +141,24 @@ def load_init(spec: str | os.PathLike) -> dict[str, Any]:
             b = load_tagged(p, BUNDLE_FORMAT, BUNDLE_VERSION, "model bundle")
             state = {k: v.float() if v.is_floating_point() else v for k, v in b["state_dict"].items()}
             return {"model_config": b["model_config"], "state_dict": state, "scaling": b["scaling"],
-                    "step": f"bundle {b.get('name', p.stem)}", "path": str(p)}
+                    "step": f"bundle {b.get('name', p.stem)}", "path": str(p), "info": b.get("info") or {}}
     return load_checkpoint(p, prefer=BEST)
+
+
+def lineage_files(init: dict) -> list[str]:
+    """The raster files (base names) the weights of `init` (a `load_init` result) have seen in training: its own
+    training files and those of every model it was started from (`lineage_files`, carried from run to run and into
+    the bundles). A bundled model's card is read too (cards can carry what an earlier release's bundle lacks)."""
+    from sar_ae_core.nn.model_io import BUNDLED_DIR, model_card
+
+    if "info" in init:  # a bundle
+        t = (init["info"] or {}).get("training") or {}
+        files = list((t.get("files") or {}).get("train") or []) + list(t.get("lineage_files") or [])
+        p = Path(init["path"])
+        if p.parent.resolve() == BUNDLED_DIR.resolve():
+            ct = model_card(p.stem).get("training") or {}
+            files += list((ct.get("files") or {}).get("train") or []) + list(ct.get("lineage_files") or [])
+    else:  # a training checkpoint
+        files = list(((init.get("data") or {}).get("files") or {}).get("train") or []) + \
+            list(init.get("lineage_files") or [])
+    return sorted({os.path.basename(os.fspath(f)) for f in files})

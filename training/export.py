@@ -14,7 +14,7 @@ from sar_ae_core.errors import SarInputError
 from sar_ae_core.nn.model_io import load_bundle, save_bundle
 from sar_ae_core.io.raster import check_output_path
 
-from .checkpoint import BEST, checkpoint_model, find_run_file, load_checkpoint
+from .checkpoint import BEST, checkpoint_model, find_run_file, lineage_files, load_checkpoint, load_init
 
 
 def _plain(value):
@@ -60,6 +60,8 @@ def bundle_info(ckpt: dict, attribution: Optional[str] = None) -> dict:
             "rate_weight": cfg["run"].get("rate_weight"), "lmbda": cfg["run"].get("lmbda"),
             "init_from": cfg["run"].get("init_from"), "loss": cfg["loss"], "optim": cfg["optim"],
             "seed": cfg["run"]["seed"], "checkpoint": os.path.basename(ckpt.get("path", "")),
+            # what the models it was started from were trained on (their weights carry it)
+            "lineage_files": sorted(set(ckpt.get("lineage_files") or []) - set(files.get("train") or [])),
         },
         "validation": ckpt.get("val_metrics"),
         "test": test,
@@ -119,6 +121,9 @@ def export_checkpoint(ckpt_path: str, out: str, name: str, overwrite: bool = Fal
     info = bundle_info(ckpt, attribution)
     if decodes:
         info["decodes_sha256"] = _same_latents(model, decodes)
+        # the encoder and tables are that model's: what it saw is in this bundle too
+        seen = set(info["training"]["lineage_files"]) | set(lineage_files(load_init(decodes)))
+        info["training"]["lineage_files"] = sorted(seen - set(info["training"]["files"].get("train") or []))
     digest = save_bundle(out, model, scaling, name, info=info, half=True)
     bundle = load_bundle(out, runtime="torch")
     size = model.downsample_factor * 8

@@ -37,7 +37,8 @@ from sar_ae_core.nn.model_io import select_device, weights_sha256
 from sar_ae_core.nn.models import ModelConfig, build_model
 from sar_ae_core.scaling import ScalingParams
 
-from .checkpoint import BEST, LAST, code_version, load_checkpoint, load_init, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (BEST, LAST, code_version, lineage_files, load_checkpoint, load_init, rng_state,
+                         save_checkpoint, set_rng_state)
 from .config import TrainConfig, apply_overrides, validate
 from .data import PreparedData, prepare_data
 from .evaluate import evaluate, rd_loss
@@ -273,8 +274,11 @@ class Trainer:
         t0 = time.perf_counter()
         scaling = ScalingParams.from_dict(ckpt["scaling"]) if ckpt else None
         self.init = None
+        # the training files of every model this run's weights come from (kept through resumes, into the bundle)
+        self.lineage = list(ckpt.get("lineage_files") or []) if ckpt else []
         if cfg.run.init_from and not ckpt:
             self.init = init = load_init(cfg.run.init_from)
+            self.lineage = lineage_files(init)
             ignore = {"decoder": {"decoder"}, "encoder": {"base_channels"}}.get(cfg.run.train_only, set())
             if cfg.run.train_only == "all":  # another entropy model: the transforms are copied, the prior starts fresh
                 ignore = ignore | {"entropy_model", "hyper"}
@@ -388,6 +392,7 @@ class Trainer:
                          if k.startswith("encoder.") and own[k].shape != v.shape else v) for k, v in state.items()}
         if cfg.run.init_decoder_from:
             other = load_init(cfg.run.init_decoder_from)
+            self.lineage = sorted(set(self.lineage) | set(lineage_files(other)))
             mine = {k: v for k, v in cfg.model.to_dict().items() if k in ("decoder", "latent_channels", "stages",
                                                                           "in_channels", "variant", "base_channels")}
             theirs = {k: v for k, v in {**ModelConfig().to_dict(), **other["model_config"]}.items() if k in mine}
@@ -430,6 +435,7 @@ class Trainer:
             "val_metrics": val, "best_val_loss": self.best_loss, "best_step": self.best_step,
             "data": data.describe(), "code": code_version(), "config": cfg.to_dict(),
             "train_time_s": self.train_time, "device": str(self.device), "world_size": self.d.world,
+            "lineage_files": list(self.lineage),
         }
 
     def gather_rng(self) -> tuple[dict, Optional[list]]:
