@@ -82,3 +82,25 @@ def test_the_onnx_export_of_a_separable_decoder_computes_what_torch_computes():
     got = s.run(None, {"latent": y})[0]
     assert got.shape == want.shape == (1, 1, 48, 72)
     assert np.abs(got - want).max() < 1e-4  # float sums in another order (random weights of 0.3)
+
+
+def test_the_active_channel_decoder_of_a_separable_model_gives_the_full_decoders_core():
+    """The runtime's smaller decoder (the inactive latent channels folded into the first bias) exists for the
+    separable decoder too ('same' convolutions on the unit, its 3-cell halo cut): the same core pixels."""
+    import onnxruntime as ort
+
+    from training.onnx_export import export_active_networks
+
+    m = _randomised(build_model({**SHIPPED, "decoder": "separable"}).eval())
+    active = np.arange(0, 96, 3)
+    modes = np.random.default_rng(2).integers(-2, 3, 96).astype(np.float64)
+    _, dec = export_active_networks(m, active, modes)  # checks its torch twin against the full decoder itself
+    s = ort.InferenceSession(dec, providers=["CPUExecutionProvider"])
+    y = np.random.default_rng(3).integers(-3, 4, (1, 96, 10, 11)).astype(np.float32)
+    inactive = np.setdiff1d(np.arange(96), active)
+    y[:, inactive] = modes[inactive, None, None]
+    with torch.no_grad():
+        full = m.decode(torch.from_numpy(y)).numpy()[..., 24:-24, 24:-24]
+    core = s.run(None, {"latent": y[:, active]})[0]
+    assert core.shape == full.shape == (1, 1, 32, 40)
+    assert np.abs(core - full).max() < 1e-4

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from sar_ae_core.nn.model_io import ModelBundle, load_bundle
-from sar_ae_core.nn.models import GDN, Decoder, LightDecoder, SarAutoencoder
+from sar_ae_core.nn.models import GDN, Decoder, LightDecoder, SarAutoencoder, SeparableDecoder
 from sar_ae_core.io.output import AtomicOutput
 from sar_ae_core.nn.runtime import RUNTIME_FORMAT, RUNTIME_VERSION, runtime_path
 
@@ -262,7 +262,12 @@ def export_active_networks(model: SarAutoencoder, active: np.ndarray, modes: np.
     enc_last = ae.encoder.levels[-1]
     if not (_bare(ae.encoder.bottleneck) and isinstance(enc_last, nn.Conv2d)) or halo is None:
         raise ValueError(f"{c.variant} models have no active-channel networks")
-    leaves, crop = _core_leaves(ae.decoder, halo)
+    if isinstance(ae.decoder, SeparableDecoder):
+        # residual blocks are no chain: 'same' convolutions on the whole unit, its halo's pixels cut at the end
+        # (an output pixel that the zero padding reaches lies within the halo)
+        leaves, crop = list(copy.deepcopy(ae.decoder.levels)), halo * ae.downsample_factor
+    else:
+        leaves, crop = _core_leaves(ae.decoder, halo)
     first = leaves[0]
     if not isinstance(first, nn.Conv2d) or first.in_channels != c.latent_channels:
         raise ValueError("the decoder does not start with a convolution on the latent")
