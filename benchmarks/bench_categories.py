@@ -148,13 +148,13 @@ def main(argv=None) -> int:
     variants = ["codec"] + (["codec_no_residual"] if args.no_residual else [])
     rows = []
     t_start = time.perf_counter()
-    from sar_ae_core.nn.model_io import QUALITY_MODELS
+    from sar_ae_core.defaults import RATE_POINTS
 
     trained_on = models_trained_on(args.split_file, args.split, args.category)
     not_held_out = []
     with held_out(args.split_file, args.split, args.category) as (tmp, scenes):
         for (scene, category), exclude in zip(scenes, trained_on):
-            if set(QUALITY_MODELS.values()) <= set(exclude):  # every rate point's weights have seen it
+            if set(RATE_POINTS) <= set(exclude):  # every rate point's weights have seen it
                 not_held_out.append({"scene": scene.name, "category": category, "seen_by": list(exclude)})
                 print(f"{category:<9} {scene.name[:36]:<36} not held out for any rate point: left out", flush=True)
                 continue

@@ -132,9 +132,9 @@ def entry_keys(split_file: str, split: str, categories) -> list[set[str]]:
 def models_trained_on(split_file: str, split: str, categories) -> list[tuple[str, ...]]:
     """Per entry of one split (in `split_scenes`' order), the bundled rate points whose weights have seen it in
     training (`seen_files`): an evaluation on held-out scenes leaves them out of that scene's search."""
-    from sar_ae_core.nn.model_io import QUALITY_MODELS
+    from sar_ae_core.defaults import RATE_POINTS
 
-    seen = {name: seen_files(name) for name in QUALITY_MODELS.values()}
+    seen = {name: seen_files(name) for name in RATE_POINTS}
     return [tuple(n for n, files in seen.items() if keys & files) for keys in entry_keys(split_file, split, categories)]
 
 

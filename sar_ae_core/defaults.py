@@ -22,6 +22,9 @@ DEFAULT_MODEL = "sarae-q2"         # entropy-coded, ≈0.5 bpp
 ATTENTION_MODEL = "sarae-default"  # res_cbam
 #: rate points for --quality 1..4
 QUALITY_MODELS = {1: "sarae-q1", 2: "sarae-q2", 3: "sarae-q3", 4: "sarae-q4"}
+#: the rate points `--rate` and `--max-rmse-db` search: the presets, and sarae-q4's latents with a light decoder
+#: (2.3 kMAC/px, for `--max-decoder-kmac` budgets; where the mirror decoder fits too, the lighter one is skipped)
+RATE_POINTS = tuple(QUALITY_MODELS.values()) + ("sarae-q4-light",)
 #: stored tile side in pixels, and the least context (pixels) each tile's window gets on every side
 TILE = 256
 HALO_PIXELS = 32

@@ -1,6 +1,6 @@
 """Rate control: compress a raster to a requested file size (bits per pixel from the file's bytes).
 
-The bundled rate points (`QUALITY_MODELS`) span the rates coarsely; between and beyond them a quantization gain
+The bundled rate points (`RATE_POINTS`) span the rates coarsely; between and beyond them a quantization gain
 (stored in the header: symbols rint(m + g·(y − m)) around each channel's most probable symbol m) moves the rate
 continuously: g < 1 coarser, g > 1 finer. The search:
 
@@ -55,15 +55,18 @@ def escape_policy(target_bpp: float) -> dict:
 def _rate_points(max_decoder_kmac: "float | None" = None, exclude_models=()) -> list[tuple[str, float]]:
     """(model name, measured mean bpp) of the bundled rate points, lowest rate first; `max_decoder_kmac`: only those
     whose decoder (kMAC per pixel, counted into the model card by `benchmarks/bench_models.py --update-cards`)
-    fits that budget; `exclude_models`: names left out (an evaluation leaves out the models trained on the scene)."""
-    from sar_ae_core.nn.model_io import QUALITY_MODELS, model_card, resolve_model
+    fits that budget; `exclude_models`: names left out (an evaluation leaves out the models trained on the scene).
+    Of points that share their latents (one decodes the other's files: the same encoder and tables, another decoder)
+    only the one with the costliest decoder within the budget is kept: the same bytes, decoded better."""
+    from sar_ae_core.defaults import RATE_POINTS
+    from sar_ae_core.nn.model_io import model_card, resolve_model
 
     if max_decoder_kmac is not None and (isinstance(max_decoder_kmac, bool) or not isinstance(
             max_decoder_kmac, (int, float)) or not math.isfinite(max_decoder_kmac) or max_decoder_kmac <= 0):
         raise SarInputError(None, f"--max-decoder-kmac must be a positive number of kMAC per pixel "
                                   f"(got {max_decoder_kmac})")
-    points, costs = [], {}
-    for name in QUALITY_MODELS.values():
+    points, costs, shas = [], {}, {}
+    for name in RATE_POINTS:
         if name in exclude_models:
             continue
         try:
@@ -79,6 +82,10 @@ def _rate_points(max_decoder_kmac: "float | None" = None, exclude_models=()) -> 
         if max_decoder_kmac is not None and (cost is None or float(cost) > max_decoder_kmac):
             continue
         points.append((name, float(bpp)))
+        shas[name] = {card.get("sha256")} | set(card.get("decodes_sha256") or [])
+    # twins: the same latents (a decoder trained on another point's frozen latents declares its files)
+    points = [(n, b) for n, b in points if not any(
+        m != n and shas[n] & shas[m] and float(costs[m] or 0) > float(costs[n] or 0) for m, _ in points)]
     if not points:
         if max_decoder_kmac is not None and costs:
             known = {n: c for n, c in costs.items() if c is not None}

@@ -7,7 +7,7 @@ from sar_ae_core import defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ("UNITS", "UNIT_CHOICES", "SCALING_CHOICES", "CODEC_IDS", "OUTPUT_UNITS", "DEFAULT_MODEL",
-          "ATTENTION_MODEL", "QUALITY_MODELS", "TILE", "HALO_PIXELS")
+          "ATTENTION_MODEL", "QUALITY_MODELS", "RATE_POINTS", "TILE", "HALO_PIXELS")
 
 
 def test_each_shared_constant_is_defined_once():

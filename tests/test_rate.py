@@ -55,10 +55,12 @@ def test_decoder_budget_limits_the_rate_points(tmp_path, capsys):
     from conftest import SAR_DATA
 
     from sar_ae_core.codec import sarz_info
-    from sar_ae_core.nn.model_io import QUALITY_MODELS, model_card
+    from sar_ae_core.defaults import RATE_POINTS
+    from sar_ae_core.nn.model_io import model_card
 
-    costs = {n: model_card(n)["macs"]["decoder_kmac_px"] for n in QUALITY_MODELS.values()}
-    assert costs["sarae-q4"] > 2.5 and all(costs[n] <= 2.5 for n in ("sarae-q1", "sarae-q2", "sarae-q3"))
+    costs = {n: model_card(n)["macs"]["decoder_kmac_px"] for n in RATE_POINTS}
+    assert costs["sarae-q4"] > 2.5 and all(costs[n] <= 2.5 for n in ("sarae-q1", "sarae-q2", "sarae-q3",
+                                                                      "sarae-q4-light"))
     src = SAR_DATA / "fullres" / "s1_grd_wslovakia_vv_db.tif"
     free, light = tmp_path / "free.sarz", tmp_path / "light.sarz"
     assert main(["compress", str(src), str(free), "--rate", "1"]) == 0
@@ -293,4 +295,20 @@ def test_a_search_leaves_out_the_excluded_rate_points(tmp_path, spain_db):
     flagged = {Path(p).name: m for (p, _), m in zip(split_scenes(split, "test", None, tmp_path),
                                                     models_trained_on(split, "test", None)) if m}
     # the first rate points were trained on a corpus with this scene; every shipped one descends from them
-    assert flagged == {"s1_iw_grd_camargue_20170309_desc_vv_db.tif": ("sarae-q1", "sarae-q2", "sarae-q3", "sarae-q4")}
+    assert flagged == {"s1_iw_grd_camargue_20170309_desc_vv_db.tif": ("sarae-q1", "sarae-q2", "sarae-q3", "sarae-q4",
+                                                                      "sarae-q4-light")}
+
+
+def test_the_light_decoder_twin_of_the_top_rate_point_serves_a_decoder_budget_only():
+    """sarae-q4-light decodes sarae-q4's files (the same encoder and tables, a 2.3 kMAC/px decoder): within
+    --max-decoder-kmac 2.5 it is the top rate point; without a budget the mirror decoder decodes the same bytes
+    better and the twin is not searched (no passes spent on it)."""
+    from sar_ae_core.nn.model_io import load_bundle, model_card
+    from sar_ae_core.rate import _rate_points
+
+    free, light = [n for n, _ in _rate_points()], [n for n, _ in _rate_points(2.5)]
+    assert free[-1] == "sarae-q4" and "sarae-q4-light" not in free
+    assert light[-1] == "sarae-q4-light" and "sarae-q4" not in light
+    assert model_card("sarae-q4-light")["macs"]["decoder_kmac_px"] <= 2.5
+    assert load_bundle("sarae-q4-light", runtime="torch").decodes(model_card("sarae-q4")["sha256"][:16])
+    assert [n for n, _ in _rate_points(exclude_models=("sarae-q4",))][-1] == "sarae-q4-light"

@@ -594,3 +594,18 @@ def test_a_separable_decoder_trained_on_a_models_latents_decodes_its_files(sar_d
         reconstruct_raster(sarz, part, model=str(out), units="db", window=(col, row, w, h))
         with rasterio.open(part) as r:
             assert np.array_equal(r.read(1), full[row:row + h, col:col + w]), (col, row)
+    # its runtime bundle stores no encoder: the base model's, beside it, is byte for byte the same
+    import json
+    import zipfile
+
+    from sar_ae_core.errors import SarInputError
+
+    with zipfile.ZipFile(tmp_path / "sep.onnx.zip") as z:
+        assert "encoder.onnx" not in z.namelist()
+        assert json.loads(z.read("model.json"))["encoder_from"]["name"] == "base"
+    a = compress_raster(_files(sar_data)["ghana_a"], tmp_path / "a.sarz", model=str(base), bands=[1], runtime="onnx")
+    b = compress_raster(_files(sar_data)["ghana_a"], tmp_path / "b.sarz", model=str(out), bands=[1], runtime="onnx")
+    assert a["parts"]["latents"] == b["parts"]["latents"]  # the same encoder and tables: the same latent bytes
+    (tmp_path / "base.onnx.zip").rename(tmp_path / "elsewhere.zip")
+    with pytest.raises(SarInputError, match="base.onnx.zip is not beside it"):
+        load_bundle(out, runtime="onnx")

@@ -12,6 +12,7 @@ import torch
 
 from sar_ae_core.errors import SarInputError
 from sar_ae_core.nn.model_io import load_bundle, save_bundle
+from sar_ae_core.nn.runtime import runtime_path
 from sar_ae_core.io.raster import check_output_path
 
 from .checkpoint import BEST, checkpoint_model, find_run_file, lineage_files, load_checkpoint, load_init
@@ -149,7 +150,10 @@ def export_checkpoint(ckpt_path: str, out: str, name: str, overwrite: bool = Fal
     if model.config.entropy_model != "hyperprior":  # the hyperprior's side network still needs torch
         from .onnx_export import write_runtime_bundle
 
-        runtime = write_runtime_bundle(load_bundle(out, runtime="torch"))
+        # a decoder on another model's frozen latents: its encoder networks are that model's (stored once)
+        twin = Path(decodes).name.split(".")[0] if decodes else None
+        share = twin if twin and runtime_path(Path(out).parent / f"{twin}.pt").is_file() else None
+        runtime = write_runtime_bundle(load_bundle(out, runtime="torch"), share_encoder_with=share)
         log(f"wrote {runtime}: its ONNX Runtime bundle (compress/reconstruct without torch), "
             f"{runtime.stat().st_size / 1e6:.2f} MB")
     return {"path": os.fspath(out), "sha256": digest, "size_mb": mb, "fp16_max_abs_diff": diff, "info": info,

@@ -331,8 +331,12 @@ def _half_weights(onnx_bytes: bytes) -> bytes:
     return m.SerializeToString()
 
 
-def write_runtime_bundle(bundle: ModelBundle, path: Optional[str | os.PathLike] = None) -> Path:
-    """Write the ONNX runtime bundle of a loaded `.pt` bundle (default: beside it, `<name>.onnx.zip`)."""
+def write_runtime_bundle(bundle: ModelBundle, path: Optional[str | os.PathLike] = None,
+                         share_encoder_with: Optional[str] = None) -> Path:
+    """Write the ONNX runtime bundle of a loaded `.pt` bundle (default: beside it, `<name>.onnx.zip`).
+    `share_encoder_with`: the name of a model whose runtime bundle lies beside it; where its encoder networks are
+    byte for byte this model's (a decoder trained on its frozen latents), they are left out and named
+    (`encoder_from`) instead of stored twice."""
     enc, dec = export_networks(bundle.model)
     extra = {}
     tables = bundle.tables
@@ -355,10 +359,21 @@ def write_runtime_bundle(bundle: ModelBundle, path: Optional[str | os.PathLike] 
     if bundle.tables is not None and not hasattr(bundle.tables, "offsets"):
         raise ValueError(f"model '{bundle.name}': only factorized entropy models run without torch")
     target = Path(path) if path is not None else runtime_path(Path(bundle.path))
+    if share_encoder_with:
+        other = target.parent / f"{share_encoder_with}.onnx.zip"
+        with zipfile.ZipFile(other) as z:
+            theirs = {n: z.read(n) for n in ("encoder.onnx", "encoder_active.onnx") if n in z.namelist()}
+            their_sha = json.loads(z.read("model.json"))["sha256"]
+        mine = {"encoder.onnx": enc, **{n: extra[n] for n in ("encoder_active.onnx",) if n in extra}}
+        if theirs == mine:
+            meta["encoder_from"] = {"name": share_encoder_with, "sha256": their_sha}
+            enc = None
+            extra.pop("encoder_active.onnx", None)
     with AtomicOutput(target, overwrite=True, suffix=".zip") as out:
         with zipfile.ZipFile(out.tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
             z.writestr("model.json", json.dumps(meta, indent=1, sort_keys=True))
-            z.writestr("encoder.onnx", enc)
+            if enc is not None:
+                z.writestr("encoder.onnx", enc)
             z.writestr("decoder.onnx", dec)
             for name, data in extra.items():
                 z.writestr(name, data)

@@ -185,28 +185,66 @@ ACTIVE_MEMBERS = ("encoder_active.onnx", "decoder_active.onnx")
 
 def read_runtime_bundle(path: Path) -> tuple[dict, bytes, bytes, dict]:
     """(metadata, encoder ONNX, decoder ONNX, {optional member: bytes}) of a runtime bundle; errors name the
-    file."""
+    file. A bundle whose model shares its encoder with another (a decoder trained on that model's frozen latents)
+    may leave its encoder networks out and name that model's runtime bundle beside it (`encoder_from`: name and
+    SHA-256), whose encoder networks are then read."""
     try:
         with zipfile.ZipFile(path) as z:
             members = {i.filename: i for i in z.infolist()}
-            for name in ("model.json", "encoder.onnx", "decoder.onnx"):
+            for name in ("model.json", "decoder.onnx"):
                 if name not in members:
                     raise SarInputError(path, f"runtime bundle has no {name}")
             for name in members:
                 if members[name].file_size > MAX_MEMBER_BYTES:
                     raise SarInputError(path, f"runtime bundle member {name} is implausibly large")
             meta = json.loads(z.read("model.json").decode("utf-8"))
-            enc, dec = z.read("encoder.onnx"), z.read("decoder.onnx")
+            if not isinstance(meta, dict):
+                raise ValueError("model.json is not an object")
+            dec = z.read("decoder.onnx")
             extra = {name: z.read(name) for name in ACTIVE_MEMBERS if name in members}
+            if "encoder.onnx" in members:
+                enc = z.read("encoder.onnx")
+            elif isinstance(meta.get("encoder_from"), dict):
+                enc, shared = _shared_encoder(path, meta["encoder_from"])
+                extra.update(shared)
+            else:
+                raise SarInputError(path, "runtime bundle has no encoder.onnx")
     except SarInputError:
         raise
     except (OSError, zipfile.BadZipFile, ValueError, KeyError) as exc:
         raise SarInputError(path, f"not a readable runtime bundle ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != RUNTIME_FORMAT:
+    if meta.get("format") != RUNTIME_FORMAT:
         raise SarInputError(path, "not a runtime bundle of this project (wrong format tag)")
     if int(meta.get("version", 0)) > RUNTIME_VERSION:
         raise SarInputError(path, f"runtime bundle version {meta['version']} is newer than this software")
     return meta, enc, dec, extra
+
+
+def _shared_encoder(path: Path, ref: dict) -> tuple[bytes, dict]:
+    """The encoder networks of the runtime bundle `ref` names beside `path` (checked by its SHA-256)."""
+    name, sha = ref.get("name"), ref.get("sha256")
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\") or not isinstance(sha, str):
+        raise SarInputError(path, "runtime bundle names a bad encoder_from")
+    other = Path(path).parent / f"{name}.onnx.zip"
+    if not other.is_file():
+        raise SarInputError(path, f"shares the encoder of model '{name}', whose runtime bundle {other.name} is "
+                                  "not beside it")
+    try:
+        with zipfile.ZipFile(other) as z:
+            meta = json.loads(z.read("model.json").decode("utf-8"))
+            if not isinstance(meta, dict) or meta.get("sha256") != sha:
+                raise SarInputError(path, f"shares the encoder of model '{name}' (sha256 {sha[:12]}…), but "
+                                          f"{other.name} holds another version of it")
+            names = set(z.namelist())
+            if "encoder.onnx" not in names:
+                raise SarInputError(other, "runtime bundle has no encoder.onnx")
+            enc = z.read("encoder.onnx")
+            extra = {"encoder_active.onnx": z.read("encoder_active.onnx")} if "encoder_active.onnx" in names else {}
+    except SarInputError:
+        raise
+    except (OSError, zipfile.BadZipFile, ValueError, KeyError) as exc:
+        raise SarInputError(other, f"not a readable runtime bundle ({exc})") from None
+    return enc, extra
 
 
 def choose_runtime(runtime: str, pt_path: Optional[Path], zip_path: Optional[Path], device: str) -> str:
