@@ -62,6 +62,18 @@ def _three_scenes(sar_data: Path) -> list[str]:
     return ["--data", f["ghana_a"], f["ghana_b"], f["india"], "--val-fraction", "0.34", "--test-fraction", "0"]
 
 
+LIGHT = ["--variant", "gdn", "--decoder", "light", "--entropy-model", "factorized", "--rate-weight", "0.05"]
+
+
+def _light_base(sar_data: Path, tmp_path: Path, tiny: list[str], steps: int) -> tuple[Path, Path]:
+    """A tiny light-decoder model trained on `_three_scenes` and exported: (its run folder, its bundle)."""
+    run, bundle = tmp_path / "base", tmp_path / "base.pt"
+    assert main([*_three_scenes(sar_data), *tiny, *LIGHT, "--steps", str(steps), "--val-interval", str(steps),
+                 "--out-dir", str(run)]) == 0
+    assert main(["export", str(run), str(bundle), "--name", "base-test"]) == 0
+    return run, bundle
+
+
 # --------------------------------------------------------------------------------------------
 # One short real run shared by several tests
 # --------------------------------------------------------------------------------------------
@@ -388,14 +400,10 @@ def test_train_only_encoder_keeps_the_decoder_and_prior_and_its_files_decode_wit
     exported bundle names the files it decodes (--decodes): the original's decode with it to the same pixels."""
     from sar_ae_core.codec import compress_raster, reconstruct_raster
 
-    light = ["--variant", "gdn", "--decoder", "light", "--entropy-model", "factorized", "--rate-weight", "0.05"]
-    base_run, enc_run = tmp_path / "base", tmp_path / "enc"
-    assert main([*_three_scenes(sar_data), *TINY, *light, "--steps", "6", "--val-interval", "6",
-                 "--out-dir", str(base_run)]) == 0
-    base = tmp_path / "base.pt"
-    assert main(["export", str(base_run), str(base), "--name", "base-test"]) == 0
+    base_run, base = _light_base(sar_data, tmp_path, TINY, 6)
+    enc_run = tmp_path / "enc"
     narrow = [a if a != "8" else "6" for a in TINY]  # --base-channels 6
-    assert main([*_three_scenes(sar_data), *narrow, *light, "--steps", "6", "--val-interval", "6",
+    assert main([*_three_scenes(sar_data), *narrow, *LIGHT, "--steps", "6", "--val-interval", "6",
                  "--init-from", str(base), "--train-only", "encoder", "--out-dir", str(enc_run)]) == 0
     before, after = load_checkpoint(base_run / "best.pt")["state_dict"], load_checkpoint(enc_run / "last.pt")["state_dict"]
     b16 = load_bundle(base, runtime="torch").model.state_dict()  # the bundle's fp16-rounded weights
@@ -563,13 +571,9 @@ def test_a_separable_decoder_trained_on_a_models_latents_decodes_its_files(sar_d
     from sar_ae_core.nn.model_config import decoder_halo_cells
 
     three = [a if a != "4" else "3" for a in TINY]  # --stages 3 (the shipped depth)
-    light = ["--variant", "gdn", "--decoder", "light", "--entropy-model", "factorized", "--rate-weight", "0.05"]
-    base_run, sep_run = tmp_path / "base", tmp_path / "sep"
-    assert main([*_three_scenes(sar_data), *three, *light, "--steps", "4", "--val-interval", "4",
-                 "--out-dir", str(base_run)]) == 0
-    base = tmp_path / "base.pt"
-    assert main(["export", str(base_run), str(base), "--name", "base-test"]) == 0
-    sep = [a if a != "light" else "separable" for a in light]
+    base_run, base = _light_base(sar_data, tmp_path, three, 4)
+    sep_run = tmp_path / "sep"
+    sep = [a if a != "light" else "separable" for a in LIGHT]
     f = _files(sar_data)  # other scenes: what the base model saw is carried into the new bundle's card
     other = ["--data", f["ghana_c"], f["india"], f["ghana_a"], "--val-fraction", "0.34", "--test-fraction", "0"]
     assert main([*other, *three, *sep, "--steps", "6", "--val-interval", "6",
