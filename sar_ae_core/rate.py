@@ -183,8 +183,9 @@ def _search_rate(input_path, output_path, target_bpp: float, *, tolerance: float
     if sample:
         sampled = _sampled_search(input_path, output_path, target_bpp, tolerance=tolerance, overwrite=overwrite,
                                   prog=prog, max_passes=max_passes, residual=residual,
-                                  max_decoder_kmac=max_decoder_kmac, exclude_models=exclude_models, fitted_window=fitted_window, neighbour=neighbour,
-                                  nominal_bpp=nominal, t_start=t_start, **kwargs)
+                                  max_decoder_kmac=max_decoder_kmac, exclude_models=exclude_models,
+                                  fitted_window=fitted_window, neighbour=neighbour, nominal_bpp=nominal,
+                                  t_start=t_start, **kwargs)
         if sampled is not None:
             return sampled
     folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
@@ -285,9 +286,9 @@ def _search_rate(input_path, output_path, target_bpp: float, *, tolerance: float
             done = _searched(len(passes))
             fitted = prog.sub(done, (done + SEARCHED) / 2)
             alt = _search_rate(input_path, os.path.join(work, "fitted.sarz"), target_bpp, tolerance=tolerance,
-                                   max_passes=max_passes, residual=residual, max_decoder_kmac=max_decoder_kmac, exclude_models=exclude_models,
-                                   fitted_window=False, neighbour=neighbour, nominal_bpp=nominal, sample=False,
-                                   progress=lambda f, m="": fitted.step(f, m),
+                                   max_passes=max_passes, residual=residual, max_decoder_kmac=max_decoder_kmac,
+                                   exclude_models=exclude_models, fitted_window=False, neighbour=neighbour,
+                                   nominal_bpp=nominal, sample=False, progress=lambda f, m="": fitted.step(f, m),
                                    **{**kwargs, "scaling": "source"})
             passes += alt["passes"]
             alt["path"] = alt["output"]
@@ -410,8 +411,8 @@ def _sampled_search(input_path, output_path, target_bpp: float, *, tolerance: fl
         work, sample_path, n_tiles, units, tile = made
         found = _search_rate(sample_path, os.path.join(work, "sample.sarz"), target_bpp, tolerance=tolerance,
                              overwrite=True, progress=prog.sub(0.0, 0.6).step, max_passes=max_passes,
-                             residual=residual, max_decoder_kmac=max_decoder_kmac, exclude_models=exclude_models, fitted_window=fitted_window,
-                             neighbour=neighbour, nominal_bpp=nominal_bpp, sample=False,
+                             residual=residual, max_decoder_kmac=max_decoder_kmac, exclude_models=exclude_models,
+                             fitted_window=fitted_window, neighbour=neighbour, nominal_bpp=nominal_bpp, sample=False,
                              **{**kwargs, "bands": "all", "units": units})
         sampled = [{**p, "sample": True} for p in found["passes"]]
         passes: list[dict] = []  # the passes over the whole raster
@@ -705,8 +706,8 @@ def compress_to_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: 
     points = _rate_points(max_decoder_kmac, exclude_models)
     if sample:  # a large raster: the search on a sample of its tiles, then the choice checked on the whole raster
         sampled = _sampled_rmse(input_path, output_path, max_rmse_db, overwrite=overwrite, prog=prog,
-                                max_passes=max_passes, residual=residual, max_decoder_kmac=max_decoder_kmac, exclude_models=exclude_models,
-                                t_start=t_start, **kwargs)
+                                max_passes=max_passes, residual=residual, max_decoder_kmac=max_decoder_kmac,
+                                exclude_models=exclude_models, t_start=t_start, **kwargs)
         if sampled is not None:
             return sampled
     folder = os.path.dirname(os.path.abspath(os.fspath(output_path)))
@@ -849,7 +850,8 @@ def _sampled_rmse(input_path, output_path, max_rmse_db: float, *, overwrite: boo
         try:
             found = compress_to_rmse(sample_path, os.path.join(work, "sample.sarz"), max_rmse_db, overwrite=True,
                                      progress=prog.sub(0.0, 0.6).step, max_passes=max_passes, residual=residual,
-                                     max_decoder_kmac=max_decoder_kmac, exclude_models=exclude_models, sample=False,
+                                     max_decoder_kmac=max_decoder_kmac, exclude_models=exclude_models,
+                                     sample=False,
                                      **{**kwargs, "bands": "all", "units": units})
         except SarInputError:
             return None  # the sample cannot meet it: the search over the whole raster says so, or finds a way
