@@ -95,23 +95,14 @@ def split_scenes(split_file: str, split: str, categories, folder: Path) -> list[
 
 
 def seen_files(bundle_or_name) -> set[str]:
-    """Base names of the raster files a model's weights have seen in training: its card's (a bundled model) or its
-    bundle's training files and those of the models it was started from (`lineage_files`)."""
-    import os
-
+    """Base names of the raster files a model's weights have seen in training (`model_io.seen_files`): from its card
+    (a bundled model's name) or from its bundle's info and card."""
     from sar_ae_core.nn.model_io import model_card
+    from sar_ae_core.nn.model_io import seen_files as seen
 
-    infos = []
     if isinstance(bundle_or_name, str):
-        infos.append(model_card(bundle_or_name))
-    else:
-        infos += [bundle_or_name.info or {}, model_card(bundle_or_name.name)]
-    out = set()
-    for info in infos:
-        t = info.get("training") or {}
-        out |= {os.path.basename(f) for f in list((t.get("files") or {}).get("train") or []) +
-                list(t.get("lineage_files") or [])}
-    return out
+        return seen(model_card(bundle_or_name))
+    return seen(bundle_or_name.info) | seen(model_card(bundle_or_name.name))
 
 
 def entry_keys(split_file: str, split: str, categories) -> list[set[str]]:
@@ -124,8 +115,7 @@ def entry_keys(split_file: str, split: str, categories) -> list[set[str]]:
     out = []
     for e in load_split(split_file):
         if e.split == split and (not categories or e.category in categories):
-            base = os.path.basename(e.path)
-            out.append({base} | ({base + "#" + ",".join(str(int(v)) for v in e.window)} if e.window else set()))
+            out.append({os.path.basename(e.path), os.path.basename(e.key())})
     return out
 
 

@@ -149,16 +149,14 @@ def lineage_files(init: dict) -> list[str]:
     """The raster files (base names) the weights of `init` (a `load_init` result) have seen in training: its own
     training files and those of every model it was started from (`lineage_files`, carried from run to run and into
     the bundles). A bundled model's card is read too (cards can carry what an earlier release's bundle lacks)."""
-    from sar_ae_core.nn.model_io import BUNDLED_DIR, model_card
+    from sar_ae_core.nn.model_io import BUNDLED_DIR, model_card, seen_files
 
     if "info" in init:  # a bundle
-        t = (init["info"] or {}).get("training") or {}
-        files = list((t.get("files") or {}).get("train") or []) + list(t.get("lineage_files") or [])
+        seen = seen_files(init["info"])
         p = Path(init["path"])
         if p.parent.resolve() == BUNDLED_DIR.resolve():
-            ct = model_card(p.stem).get("training") or {}
-            files += list((ct.get("files") or {}).get("train") or []) + list(ct.get("lineage_files") or [])
+            seen |= seen_files(model_card(p.stem))
     else:  # a training checkpoint
-        files = list(((init.get("data") or {}).get("files") or {}).get("train") or []) + \
-            list(init.get("lineage_files") or [])
-    return sorted({os.path.basename(os.fspath(f)) for f in files})
+        seen = seen_files({"training": {"files": (init.get("data") or {}).get("files"),
+                                        "lineage_files": init.get("lineage_files")}})
+    return sorted(seen)

@@ -147,6 +147,14 @@ def model_card(name: str) -> dict:
     return json.loads(card.read_text(encoding="utf-8")) if card.is_file() else {}
 
 
+def seen_files(info: dict) -> set[str]:
+    """Base names of the raster files a model's weights have seen in training, from its info or card: its own
+    training files and those of the models it was started from (`training.lineage_files`)."""
+    t = (info or {}).get("training") or {}
+    files = list((t.get("files") or {}).get("train") or []) + list(t.get("lineage_files") or [])
+    return {os.path.basename(os.fspath(f)) for f in files}
+
+
 def resolve_model(name_or_path: Optional[str]) -> Path:
     """A bundled model name (e.g. 'sarae-q2') or a path to a bundle file (`.pt`, or its `.onnx.zip`)."""
     name_or_path = os.fspath(name_or_path or DEFAULT_MODEL)
