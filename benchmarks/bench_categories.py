@@ -32,10 +32,12 @@ RATES = (0.25, 0.5, 1.0, 2.0)
 METRICS = ("psnr", "ssim", "epi", "enl_ratio", "rmse_db", "bright_abs_err_db")
 
 
-def seam_statistic(path: Path, tile: int = 256, reference: Path | None = None) -> float | None:
+def seam_statistic(path: Path, tile: int = 256, reference: Path | None = None, versus: str = "all") -> float | None:
     """Mean |step| between neighbouring pixels across the codec's tile borders (every `tile` rows and columns)
-    over the mean |step| everywhere, in dB over pixels valid on both sides (of `reference`'s validity when given):
-    1 = borders look like the rest; tile-aligned steps raise it. None for a raster of one tile."""
+    over the mean |step| everywhere (`versus` 'all') or across the lines 1 and 2 pixels either side of each border
+    ('adjacent': the same ground, so the scene's own texture along the few border lines cancels), in dB over
+    pixels valid on both sides (of `reference`'s validity when given): 1 = borders look like the rest; tile-aligned
+    steps raise it. None for a raster of one tile."""
     import numpy as np
 
     from sar_ae_core.io.raster import open_raster
@@ -50,20 +52,25 @@ def seam_statistic(path: Path, tile: int = 256, reference: Path | None = None) -
     db, ok = db_of(path)
     if reference is not None:
         ok = ok & db_of(reference)[1]
-    border, every = [], []
+    border, other = [], []
     for axis in (1, 2):
-        d = np.abs(np.diff(db, axis=axis))
-        m = ok.take(range(1, db.shape[axis]), axis=axis) & ok.take(range(db.shape[axis] - 1), axis=axis)
-        at = np.arange(1, db.shape[axis]) % tile == 0
+        n = db.shape[axis]
+        d = np.abs(np.diff(db, axis=axis))  # d[k]: the step between pixels k and k + 1
+        m = ok.take(range(1, n), axis=axis) & ok.take(range(n - 1), axis=axis)
+        pos = np.arange(1, n)
+        at = pos % tile == 0
         if not at.any():
             continue
-        sel = [slice(None)] * 3
-        sel[axis] = at
-        border.append(d[tuple(sel)][m[tuple(sel)]])
-        every.append(d[m])
+        near = np.zeros(n - 1, bool)
+        for off in (-2, -1, 1, 2):
+            near |= np.isin(pos, pos[at] + off)
+        for sel, out in ((at, border), (np.ones(n - 1, bool) if versus == "all" else near, other)):
+            idx = [slice(None)] * 3
+            idx[axis] = sel
+            out.append(d[tuple(idx)][m[tuple(idx)]])
     if not border:
         return None
-    return float(np.mean(np.concatenate(border)) / np.mean(np.concatenate(every)))
+    return float(np.mean(np.concatenate(border)) / np.mean(np.concatenate(other)))
 
 
 _MACS: dict = {}
@@ -92,14 +99,15 @@ def point(scene: Path, tmp: Path, rate: float, residual: bool, max_decoder_kmac=
     t1 = time.perf_counter()
     reconstruct_raster(sarz, rec, units="db", overwrite=True)
     t2 = time.perf_counter()
-    ref_seam = seam_statistic(scene)
-    seam = seam_statistic(rec, reference=scene)
+    ref_seam, ref_adj = seam_statistic(scene), seam_statistic(scene, versus="adjacent")
+    seam, adj = seam_statistic(rec, reference=scene), seam_statistic(rec, reference=scene, versus="adjacent")
     macs = model_kmacs(r["model"])
     return {"bytes": r["bytes"], "bpp": r["bpp"], "model": r["model"], "gain": r["gain"],
             "encoder_kmac_px": macs["encoder"], "decoder_kmac_px": macs["decoder"],
             "residual_step_db": r.get("residual_step_db"), "passes": len(r["passes"]),
             "compress_s": t1 - t0, "reconstruct_s": t2 - t1, **_assess(scene, rec),
-            "seam_ratio_to_source": None if seam is None or not ref_seam else seam / ref_seam}
+            "seam_ratio_to_source": None if seam is None or not ref_seam else seam / ref_seam,
+            "seam_adjacent_ratio_to_source": None if adj is None or not ref_adj else adj / ref_adj}
 
 
 def twin_scaling(scene: Path):

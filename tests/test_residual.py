@@ -324,3 +324,111 @@ def test_a_hint_codes_only_the_mode_that_won():
                 assert res.frame_kind(frame) == hint
             assert np.abs(res.decode_residual(frame, coded, 0.55) - r)[coded].max() <= 0.55 + 1e-4
     assert res.frame_kind(b"") is None
+
+
+def _legacy_checkerboard_frame(r, coded, step):
+    """A mode-1 frame as format 3.1–3.2 wrote it (the checkerboard alone, edges predicted like any white pixel)."""
+    import constriction
+
+    from sar_ae_core.coding.tables import join_payload
+
+    u = r / step
+    black = res._checkerboard(coded.shape)
+    a_sel, b_sel = coded & black, coded & ~black
+    ga = res._Group(u[a_sel], 0.0)
+    rec = np.zeros(coded.shape)
+    rec[a_sel] = ga.values()
+    nb = res._neighbour_mean(rec, a_sel)[b_sel]
+    alpha = int(np.clip(np.rint(128 * float(np.dot(u[b_sel], nb)) / float(np.dot(nb, nb))), -127, 127))
+    gb = res._Group(u[b_sel] - alpha / 128.0 * nb, 0.0)
+    enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(ga.idx, res._model(ga.counts))
+    enc.encode(gb.idx, res._model(gb.counts))
+    rec[b_sel] = alpha / 128.0 * nb + gb.values()
+    frame = bytes([res.MODE_CHECKERBOARD_32]) + np.int8(alpha).tobytes() + ga.head + gb.head + \
+        join_payload(enc, [ga.escapes, gb.escapes])
+    return frame, rec[coded] * step
+
+
+def test_frames_of_format_3_2_still_decode():
+    """Files written before format 3.3 (checkerboard mode 1, context layout 0: the tile's edge pixels predicted
+    like the others) decode to exactly what their encoder reconstructed; the frames the encoder writes now use
+    mode 3 / layout 1, where no edge pixel is predicted."""
+    from scipy.ndimage import uniform_filter
+
+    rng = np.random.default_rng(17)
+    coded = rng.random((96, 80)) > 0.05
+    r = uniform_filter(rng.normal(0, 3, coded.shape), 3) * 3
+    frame, values = _legacy_checkerboard_frame(r, coded, 0.5)
+    np.testing.assert_array_equal(res.decode_residual(frame, coded, 0.5)[coded], values.astype(np.float32))
+    frame, values = res._encode_context(r / 0.5, coded, (4, 12), 0.0, layout=0)
+    np.testing.assert_array_equal(res.decode_residual(frame, coded, 0.5)[coded], (values * 0.5).astype(np.float32))
+    assert frame[1] == 0 and res.CONTEXT_VARIANTS and all(layout == 1 for layout, _ in res.CONTEXT_VARIANTS)
+    # the edge pixels of a layout-1 frame are in its first, unpredicted phase; a mode-3 frame codes them black
+    edge = res._tile_edge(coded.shape)
+    assert (res._phase_mask("P0", coded.shape, 1) & edge).sum() == edge.sum()
+    assert not (res._phase_mask("P1", coded.shape, 1) | res._phase_mask("P2", coded.shape, 1))[edge].any()
+    assert res._black(coded.shape, res.MODE_CHECKERBOARD)[edge].all()
+    assert not res._black(coded.shape, res.MODE_CHECKERBOARD_32)[edge].all()
+
+
+def test_no_steps_along_the_tile_grid(tmp_path, kerala_dn):
+    """What a bundled rate point leaves of the smooth uncalibrated Kerala scene, coded as a residual layer in 256-px
+    tiles at the step rate control takes there at 1 bpp: the reconstruction's steps across tile borders are within
+    5 % of the source's (relative to the steps everywhere); with the one-sided predictions of format 3.2 (context
+    layout 0, checkerboard mode 1) they are not, at nearly the same bytes."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from sar_ae_core.codec import compress_raster, reconstruct_raster
+
+    crop = tmp_path / "k.tif"
+    with rasterio.open(kerala_dn) as ds:
+        data = ds.read(1, window=Window(0, 0, 1024, 768))
+    with rasterio.open(crop, "w", driver="GTiff", width=1024, height=768, count=1, dtype=data.dtype) as dst:
+        dst.write(data, 1)
+    compress_raster(crop, tmp_path / "n.sarz", model="sarae-q1", post_filter="off")
+    reconstruct_raster(tmp_path / "n.sarz", tmp_path / "n.tif", units="db")
+    db, ok = _db_of(crop)
+    net = _read(tmp_path / "n.tif")[0]
+    keep = slice(16, 752), slice(16, 1008)  # the scene's zero border left out; tile borders at 256, 512 (, 768)
+    r = db[0] - net
+    coded = np.ones(r.shape, bool)
+
+    def layer(legacy: bool):
+        out, nbytes = np.zeros(r.shape), 0
+        for y in range(0, r.shape[0], 256):
+            for x in range(0, r.shape[1], 256):
+                t = slice(y, y + 256), slice(x, x + 256)
+                if legacy:
+                    frames = [_legacy_checkerboard_frame(r[t], coded[t], 2.5)[0],
+                              res._encode_context(r[t] / 2.5, coded[t], (4, 12), 0.0, layout=0)[0]]
+                    frame = min(frames, key=len)
+                else:
+                    frame = res.encode_residual(r[t], coded[t], 2.5)
+                nbytes += len(frame)
+                out[t] = res.decode_residual(frame, coded[t], 2.5)
+        return net + out, nbytes
+
+    new, new_bytes = layer(False)
+    old, old_bytes = layer(True)
+
+    def rel(x):  # the reconstruction's seam statistic over the source's, on the crop's tile grid inside `keep`
+        return _seam_at(x[keep], 256 - 16) / _seam_at(db[0][keep], 256 - 16)
+
+    print("seam", rel(new), rel(old), "bytes", new_bytes, old_bytes)
+    assert abs(rel(new) - 1) <= 0.05, rel(new)
+    assert rel(old) > rel(new) + 0.02, (rel(old), rel(new))
+    assert new_bytes <= 1.03 * old_bytes
+
+
+def _seam_at(db, first, tile=256):
+    """Mean |step| across the tile borders (between index first − 1 and first, then every `tile`) over the mean
+    |step| everywhere (as bench_categories.seam_statistic)."""
+    border, every = [], []
+    for axis in (0, 1):
+        d = np.abs(np.diff(db, axis=axis))
+        idx = np.arange(first - 1, db.shape[axis] - 1, tile)
+        border.append(d.take(idx, axis=axis).ravel())
+        every.append(d.ravel())
+    return float(np.concatenate(border).mean() / np.concatenate(every).mean())

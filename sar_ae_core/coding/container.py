@@ -48,8 +48,10 @@ END = b"SARZEND\0"
 # 1.2: adapted tables (codec factorized-range-adaptive), residual layers (mask id); 2.0: compact header (dictionary
 # V2, derived fields left out), LEB128 index, short footer, Rice-coded escapes (`escapes.RICE_TAG`); 3.0: u8
 # version, LEB128 header length, zstd frame without its magic, one CRC-32 of header and index, no end marker; 3.1: the
-# header's `postfilter` (coding/postfilter.py); 3.2: the residual layer's context mode (coding/residual.py, mode 2)
-FORMAT_MAJOR, FORMAT_MINOR = 3, 2
+# header's `postfilter` (coding/postfilter.py); 3.2: the residual layer's context mode (coding/residual.py, mode 2);
+# 3.3: the residual layer codes the tile's edge pixels without a one-sided prediction (checkerboard mode 3, context
+# layout 1: no steps along the tile grid)
+FORMAT_MAJOR, FORMAT_MINOR = 3, 3
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Part of the format: never edit (a new dictionary needs a new minor version). Typical header text, keys sorted.
 HEADER_DICT_V1 = (

@@ -18,9 +18,10 @@ Frame of one tile (empty when the tile has no coded pixels), little-endian::
     7 × int8    reconstruction offsets of the symbols −3 … +3 in 1/256 step (the centroid of each bin)
     …           range-coded symbols (tables.join_payload framing: word count, words, zstd int32 escapes)
 
-That is mode 0 (a mode byte first). Mode 1 (checkerboard): the black squares as mode 0, the white ones predicted
-by a factor (int8, 1/128) times the mean of their four decoded neighbours, each half with its table. Mode 2 (three
-phases, format 3.2): P0 = (even row, even column) as mode 0, then P1 = (odd, odd) predicted from the decoded P0
+That is mode 0 (a mode byte first). Mode 3 (checkerboard, format 3.3; mode 1 of formats 3.1–3.2 without the
+edges): the black squares and the tile's edge pixels as mode 0, the other white ones predicted by a factor (int8,
+1/128) times the mean of their four decoded neighbours, each half with its table. Mode 2 (three phases, format 3.2;
+layout 1 of format 3.3 puts the tile's edge pixels in P0): P0 = (even row, even column) as mode 0, then P1 = (odd, odd) predicted from the decoded P0
 pixels and P2 = the rest from P0 and P1 (least-squares weights per tile of the neighbour groups of `_LAYOUTS`: the
 pairs along each axis and the rings further out, SAR residuals are not isotropic), each phase coded with one table
 per class of its decoded neighbours' mean |symbol| (`CONTEXT_VARIANTS`), so that busy and quiet areas get their own
@@ -47,11 +48,14 @@ MAX_ALPHABET = 1024          # symbols per tile table (escape included); rarer v
 TAIL_SYMBOLS = 8             # table symbols beyond the central percentiles kept before the tail escapes instead
 OFFSET_SYMBOLS = 3           # reconstruction offsets for the symbols −3 … +3
 MIN_STEP_DB, MAX_STEP_DB = 0.01, 60.0
-MODE_PLAIN, MODE_CHECKERBOARD, MODE_CONTEXT = 0, 1, 2
+MODE_PLAIN, MODE_CONTEXT = 0, 2
+#: the checkerboard mode the encoder writes (format 3.3: the tile's edge pixels are black) and the one of files of
+#: format 3.1–3.2 (the checkerboard alone), which the decoder still reads
+MODE_CHECKERBOARD, MODE_CHECKERBOARD_32 = 3, 1
 #: mode 2's variants (layout, class thresholds on the mean |symbol| of a pixel's decoded neighbours, in quarter
 #: steps), each tried and the shortest frame kept (measured on validation residuals: 5 classes instead of 3 saved
 #: no more, the tables cost what the classes gain)
-CONTEXT_VARIANTS = ((0, (4, 12)), (0, ()))
+CONTEXT_VARIANTS = ((1, (4, 12)), (1, ()))
 MAX_CLASSES = 8
 #: the variant without classes (one table per phase) is tried only where the shortest frame so far spends fewer bits
 #: per coded pixel than this: where the layer is thin the classes' tables cost what they save (validation residuals;
@@ -129,6 +133,25 @@ def _checkerboard(shape) -> np.ndarray:
     return (yy + xx) % 2 == 0
 
 
+@functools.lru_cache(maxsize=16)
+def _tile_edge(shape) -> np.ndarray:
+    """The tile's first and last rows and columns: the pixels a tile border passes by. Coded without a prediction
+    (format 3.3) since a prediction from the tile's own pixels only is one-sided there: the two pixels across a
+    border would be predicted from opposite sides while neighbours inside a tile share their predictors, and the
+    reconstruction would show steps along the tile grid (held-out Kerala DN at 1 bpp: border steps 9 % / 6 % above
+    the source's with the one-sided prediction, 3 % / 0 % with the edges coded directly, same bytes)."""
+    e = np.zeros(shape, bool)
+    e[0], e[-1], e[:, 0], e[:, -1] = True, True, True, True
+    e.setflags(write=False)
+    return e
+
+
+def _black(shape, mode: int) -> np.ndarray:
+    """The pixels a checkerboard frame codes first (the rest are predicted from them)."""
+    black = _checkerboard(shape)
+    return black | _tile_edge(tuple(shape)) if mode == MODE_CHECKERBOARD else black
+
+
 def frame_kind(frame: bytes):
     """What a frame was coded with: (mode, number of context thresholds or None); None for an empty frame."""
     if not frame:
@@ -153,11 +176,11 @@ def encode_residual(residual: np.ndarray, coded: np.ndarray, step: float, deadzo
     enc = constriction.stream.queue.RangeEncoder()
     enc.encode(g.idx, _model(g.counts))
     frames.append((bytes([MODE_PLAIN]) + g.head + join_payload(enc, [g.escapes]), g.values()))
-    black = _checkerboard(coded.shape)
+    black = _black(coded.shape, MODE_CHECKERBOARD)
     a_sel, b_sel = coded & black, coded & ~black
     if hint is not None:
         context = context and hint[0] == MODE_CONTEXT
-    if a_sel.any() and b_sel.any() and (hint is None or hint[0] == MODE_CHECKERBOARD):  # mode 1: checkerboard
+    if a_sel.any() and b_sel.any() and (hint is None or hint[0] == MODE_CHECKERBOARD):  # mode 3: checkerboard
         ga = _Group(u[a_sel], deadzone)
         rec = np.zeros(coded.shape, np.float64)
         rec[a_sel] = ga.values()
@@ -205,25 +228,32 @@ _DIRECT = ((-1, 0), (1, 0), (0, -1), (0, 1))
 #: single weight for all four neighbours saved 1–4 % less; splitting P0 once more on its own lattice, 0–0.3 %.)
 _P1_GROUPS = (_pair(1, 1), _pair(1, -1), _ring(1, 3), _ring(3, 1), _ring(3, 3))
 _P2_GROUPS = (_pair(0, 1), _pair(1, 0), _ring(1, 2), _ring(2, 1), _pair(0, 3), _pair(3, 0))
+#: Layout 1 (format 3.3, what the encoder writes) is layout 0 (format 3.2, still read) with the tile's edge pixels in
+#: P0 (`_tile_edge`): no pixel next to a tile border is predicted from one side only.
 _LAYOUTS = {
     0: (("P0", None, ()), ("P1", _DIAGONAL, _P1_GROUPS), ("P2", _DIRECT, _P2_GROUPS)),
+    1: (("P0", None, ()), ("P1", _DIAGONAL, _P1_GROUPS), ("P2", _DIRECT, _P2_GROUPS)),
 }
+_EDGES_IN_P0 = frozenset({1})
 
 
 _REACH = 3  # the farthest offset of any layout
 
 
 @functools.lru_cache(maxsize=16)
-def _phase_masks(shape) -> dict:
+def _phase_masks(shape, edges: bool = False) -> dict:
     yy, xx = np.indices(shape)
     out = {"P0": (yy % 2 == 0) & (xx % 2 == 0), "P1": (yy % 2 == 1) & (xx % 2 == 1), "P2": (yy + xx) % 2 == 1}
+    if edges:
+        e = _tile_edge(shape)
+        out = {"P0": out["P0"] | e, "P1": out["P1"] & ~e, "P2": out["P2"] & ~e}
     for m in out.values():
         m.setflags(write=False)
     return out
 
 
-def _phase_mask(name: str, shape) -> np.ndarray:
-    return _phase_masks(tuple(shape))[name]
+def _phase_mask(name: str, shape, layout: int = 0) -> np.ndarray:
+    return _phase_masks(tuple(shape), layout in _EDGES_IN_P0)[name]
 
 
 @functools.lru_cache(maxsize=16)
@@ -280,7 +310,7 @@ class _Grid:
 
 def _grids(coded: np.ndarray, layout: int) -> list:
     """The _Grid of every phase of `layout` for a tile's coded pixels."""
-    return [_Grid(coded.shape, coded & _phase_mask(name, coded.shape)) for name, _, _ in _LAYOUTS[layout]]
+    return [_Grid(coded.shape, coded & _phase_mask(name, coded.shape, layout)) for name, _, _ in _LAYOUTS[layout]]
 
 
 def _padded_zeros(shape, dtype) -> np.ndarray:
@@ -482,10 +512,10 @@ def decode_residual(frame: bytes, coded: np.ndarray, step: float) -> np.ndarray:
     if mode == MODE_CONTEXT:
         out[coded] = (_decode_context(buf, coded)[coded] * step).astype(np.float32)
         return out
-    if mode != MODE_CHECKERBOARD or buf.size < 2:
+    if mode not in (MODE_CHECKERBOARD, MODE_CHECKERBOARD_32) or buf.size < 2:
         raise ValueError(f"residual mode {mode} is unknown")
     alpha = float(buf[1:2].view(np.int8)[0]) / 128.0
-    black = _checkerboard(coded.shape)
+    black = _black(coded.shape, mode)
     a_sel, b_sel = coded & black, coded & ~black
     la, na, ca, oa, used = _read_table(buf, 2)
     lb, nb_, cb, ob, used = _read_table(buf, used)
