@@ -416,7 +416,6 @@ def test_no_steps_along_the_tile_grid(tmp_path, kerala_dn):
     def rel(x):  # the reconstruction's seam statistic over the source's, on the crop's tile grid inside `keep`
         return _seam_at(x[keep], 256 - 16) / _seam_at(db[0][keep], 256 - 16)
 
-    print("seam", rel(new), rel(old), "bytes", new_bytes, old_bytes)
     assert abs(rel(new) - 1) <= 0.05, rel(new)
     assert rel(old) > rel(new) + 0.02, (rel(old), rel(new))
     assert new_bytes <= 1.03 * old_bytes

@@ -230,10 +230,8 @@ _P1_GROUPS = (_pair(1, 1), _pair(1, -1), _ring(1, 3), _ring(3, 1), _ring(3, 3))
 _P2_GROUPS = (_pair(0, 1), _pair(1, 0), _ring(1, 2), _ring(2, 1), _pair(0, 3), _pair(3, 0))
 #: Layout 1 (format 3.3, what the encoder writes) is layout 0 (format 3.2, still read) with the tile's edge pixels in
 #: P0 (`_tile_edge`): no pixel next to a tile border is predicted from one side only.
-_LAYOUTS = {
-    0: (("P0", None, ()), ("P1", _DIAGONAL, _P1_GROUPS), ("P2", _DIRECT, _P2_GROUPS)),
-    1: (("P0", None, ()), ("P1", _DIAGONAL, _P1_GROUPS), ("P2", _DIRECT, _P2_GROUPS)),
-}
+_LAYOUTS = {0: (("P0", None, ()), ("P1", _DIAGONAL, _P1_GROUPS), ("P2", _DIRECT, _P2_GROUPS))}
+_LAYOUTS[1] = _LAYOUTS[0]
 _EDGES_IN_P0 = frozenset({1})
 
 
