@@ -328,26 +328,8 @@ def test_a_hint_codes_only_the_mode_that_won():
 
 def _legacy_checkerboard_frame(r, coded, step):
     """A mode-1 frame as format 3.1–3.2 wrote it (the checkerboard alone, edges predicted like any white pixel)."""
-    import constriction
-
-    from sar_ae_core.coding.tables import join_payload
-
-    u = r / step
-    black = res._checkerboard(coded.shape)
-    a_sel, b_sel = coded & black, coded & ~black
-    ga = res._Group(u[a_sel], 0.0)
-    rec = np.zeros(coded.shape)
-    rec[a_sel] = ga.values()
-    nb = res._neighbour_mean(rec, a_sel)[b_sel]
-    alpha = int(np.clip(np.rint(128 * float(np.dot(u[b_sel], nb)) / float(np.dot(nb, nb))), -127, 127))
-    gb = res._Group(u[b_sel] - alpha / 128.0 * nb, 0.0)
-    enc = constriction.stream.queue.RangeEncoder()
-    enc.encode(ga.idx, res._model(ga.counts))
-    enc.encode(gb.idx, res._model(gb.counts))
-    rec[b_sel] = alpha / 128.0 * nb + gb.values()
-    frame = bytes([res.MODE_CHECKERBOARD_32]) + np.int8(alpha).tobytes() + ga.head + gb.head + \
-        join_payload(enc, [ga.escapes, gb.escapes])
-    return frame, rec[coded] * step
+    frame, values = res._encode_checkerboard(r / step, coded, 0.0, res.MODE_CHECKERBOARD_32)
+    return frame, values * step
 
 
 def test_frames_of_format_3_2_still_decode():

@@ -152,6 +152,30 @@ def _black(shape, mode: int) -> np.ndarray:
     return black | _tile_edge(tuple(shape)) if mode == MODE_CHECKERBOARD else black
 
 
+def _encode_checkerboard(u: np.ndarray, coded: np.ndarray, deadzone: float, mode: int = MODE_CHECKERBOARD):
+    """(checkerboard frame, its reconstructed values in steps at the coded pixels), or None where one half is empty;
+    `mode` MODE_CHECKERBOARD_32 writes the frames of formats 3.1–3.2 (for their tests)."""
+    import constriction
+
+    black = _black(coded.shape, mode)
+    a_sel, b_sel = coded & black, coded & ~black
+    if not (a_sel.any() and b_sel.any()):
+        return None
+    ga = _Group(u[a_sel], deadzone)
+    rec = np.zeros(coded.shape, np.float64)
+    rec[a_sel] = ga.values()
+    nb = _neighbour_mean(rec, a_sel)[b_sel]
+    den = float(np.dot(nb, nb))
+    alpha = int(np.clip(np.rint(128 * float(np.dot(u[b_sel], nb)) / den), -127, 127)) if den > 0 else 0
+    gb = _Group(u[b_sel] - alpha / 128.0 * nb, deadzone)
+    enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(ga.idx, _model(ga.counts))
+    enc.encode(gb.idx, _model(gb.counts))
+    rec[b_sel] = alpha / 128.0 * nb + gb.values()  # as decode_residual computes it
+    return (bytes([mode]) + np.int8(alpha).tobytes() + ga.head + gb.head +
+            join_payload(enc, [ga.escapes, gb.escapes]), rec[coded])
+
+
 def frame_kind(frame: bytes):
     """What a frame was coded with: (mode, number of context thresholds or None); None for an empty frame."""
     if not frame:
@@ -176,24 +200,12 @@ def encode_residual(residual: np.ndarray, coded: np.ndarray, step: float, deadzo
     enc = constriction.stream.queue.RangeEncoder()
     enc.encode(g.idx, _model(g.counts))
     frames.append((bytes([MODE_PLAIN]) + g.head + join_payload(enc, [g.escapes]), g.values()))
-    black = _black(coded.shape, MODE_CHECKERBOARD)
-    a_sel, b_sel = coded & black, coded & ~black
     if hint is not None:
         context = context and hint[0] == MODE_CONTEXT
-    if a_sel.any() and b_sel.any() and (hint is None or hint[0] == MODE_CHECKERBOARD):  # mode 3: checkerboard
-        ga = _Group(u[a_sel], deadzone)
-        rec = np.zeros(coded.shape, np.float64)
-        rec[a_sel] = ga.values()
-        nb = _neighbour_mean(rec, a_sel)[b_sel]
-        den = float(np.dot(nb, nb))
-        alpha = int(np.clip(np.rint(128 * float(np.dot(u[b_sel], nb)) / den), -127, 127)) if den > 0 else 0
-        gb = _Group(u[b_sel] - alpha / 128.0 * nb, deadzone)
-        enc = constriction.stream.queue.RangeEncoder()
-        enc.encode(ga.idx, _model(ga.counts))
-        enc.encode(gb.idx, _model(gb.counts))
-        rec[b_sel] = alpha / 128.0 * nb + gb.values()  # as decode_residual computes it
-        frames.append((bytes([MODE_CHECKERBOARD]) + np.int8(alpha).tobytes() + ga.head + gb.head +
-                       join_payload(enc, [ga.escapes, gb.escapes]), rec[coded]))
+    if hint is None or hint[0] == MODE_CHECKERBOARD:  # mode 3: checkerboard
+        frame = _encode_checkerboard(u, coded, deadzone)
+        if frame is not None:
+            frames.append(frame)
     grids: dict = {}
     n_coded = int(coded.sum())
     for layout, thresholds in (CONTEXT_VARIANTS if context else ()):  # mode 2: phases predicted by their neighbours
