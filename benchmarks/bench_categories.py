@@ -32,34 +32,46 @@ RATES = (0.25, 0.5, 1.0, 2.0)
 METRICS = ("psnr", "ssim", "epi", "enl_ratio", "rmse_db", "bright_abs_err_db")
 
 
-def seam_statistic(path: Path, tile: int = 256, reference: Path | None = None, versus: str = "all") -> float | None:
+def seam_statistic(path: Path, tile: int = 256, reference: Path | None = None, versus: str = "all",
+                   offset: int = 0) -> float | None:
     """Mean |step| between neighbouring pixels across the codec's tile borders (every `tile` rows and columns)
     over the mean |step| everywhere (`versus` 'all') or across the lines 8 and 16 pixels either side of each border
     ('near': the same ground and the same phase of the networks' 8-px latent grid and of any 2-, 4- or 8-px
     periodic texture of the source, so what the scene itself has along the few border lines cancels), in dB over
     pixels valid on both sides (of `reference`'s validity when given): 1 = borders look like the rest; tile-aligned
-    steps raise it. None for a raster of one tile."""
+    steps raise it. None for a raster of one tile. `offset`: the same statistic on the lines `offset` pixels after
+    the tile borders (a grid the codec does not have: `seam_spread`)."""
+    db, ok = _db_valid(path)
+    if reference is not None:
+        ok = ok & _db_valid(reference)[1]
+    return _seam(db, ok, tile, versus, offset)
+
+
+def _db_valid(path: Path):
+    """(dB, validity) of every band of a raster, in the units its file declares (a reconstruction's SARAE_UNITS
+    tag says dB)."""
     import numpy as np
 
     from sar_ae_core.io.raster import open_raster
     from sar_ae_core.scaling import raw_to_db, valid_mask
 
-    def db_of(p):
-        with open_raster(p) as r:  # units from the file (a reconstruction's SARAE_UNITS tag says dB)
-            raw = r.read()
-            ok = valid_mask(raw, r.units, r.nodata)
-            return raw_to_db(np.where(ok, raw, 1), r.units), ok
+    with open_raster(path) as r:
+        raw = r.read()
+        ok = valid_mask(raw, r.units, r.nodata)
+        return raw_to_db(np.where(ok, raw, 1), r.units), ok
 
-    db, ok = db_of(path)
-    if reference is not None:
-        ok = ok & db_of(reference)[1]
+
+def _seam(db, ok, tile: int, versus: str, offset: int) -> float | None:
+    """`seam_statistic` on arrays (bands, rows, cols)."""
+    import numpy as np
+
     border, other = [], []
     for axis in (1, 2):
         n = db.shape[axis]
         d = np.abs(np.diff(db, axis=axis))  # d[k]: the step between pixels k and k + 1
         m = ok.take(range(1, n), axis=axis) & ok.take(range(n - 1), axis=axis)
         pos = np.arange(1, n)
-        at = pos % tile == 0
+        at = (pos - offset) % tile == 0
         if not at.any():
             continue
         near = np.zeros(n - 1, bool)
@@ -72,6 +84,41 @@ def seam_statistic(path: Path, tile: int = 256, reference: Path | None = None, v
     if not border:
         return None
     return float(np.mean(np.concatenate(border)) / np.mean(np.concatenate(other)))
+
+
+#: the pseudo-grids `seam_spread` puts the tile grid among: the lines 8, 16, … 248 px after the tile borders
+SPREAD_OFFSETS = tuple(range(8, 256, 8))
+
+
+def seam_spread(path: Path, reference: Path | None, tile: int = 256) -> dict | None:
+    """The seam statistic of a reconstruction over its source's (`seam_statistic`, 'all' and 'near') on the codec's
+    tile grid, and where it falls among the same ratio on the 31 grids of the same spacing shifted by 8 … 248 px
+    (`SPREAD_OFFSETS`: grids the codec does not have, in the same phase of the networks' 8-px latent grid): their
+    median, 5th and 95th percentiles and how many of them lie below the tile grid's value (`rank`, 0 … 31). A
+    codec with tile-aligned steps puts its tile grid above the spread (rank near 31); a texture of the source that
+    the codec smooths away wherever it is gives the tile grid an ordinary rank. `reference` None: the statistic of
+    `path` itself (not a ratio) — where a source's own texture puts its tile-grid lines. None for a raster of one
+    tile."""
+    import numpy as np
+
+    db, ok = _db_valid(path)
+    if reference is not None:
+        src, src_ok = _db_valid(reference)
+        ok = ok & src_ok
+    out = {}
+    for versus in ("all", "near"):
+        ratios = []
+        for offset in (0,) + SPREAD_OFFSETS:
+            mine = _seam(db, ok, tile, versus, offset)
+            theirs = _seam(src, src_ok, tile, versus, offset) if reference is not None else 1.0
+            ratios.append(None if mine is None or not theirs else mine / theirs)
+        if ratios[0] is None:
+            return None
+        pseudo = np.array([x for x in ratios[1:] if x is not None])
+        out[versus] = {"at_tile_grid": ratios[0], "pseudo_median": float(np.median(pseudo)),
+                       "pseudo_p05": float(np.percentile(pseudo, 5)), "pseudo_p95": float(np.percentile(pseudo, 95)),
+                       "rank": int((pseudo < ratios[0]).sum()), "pseudo_grids": int(pseudo.size)}
+    return out
 
 
 #: the lines `seam_statistic(versus="near")` compares the tile borders with (pixels from the border)
@@ -104,15 +151,14 @@ def point(scene: Path, tmp: Path, rate: float, residual: bool, max_decoder_kmac=
     t1 = time.perf_counter()
     reconstruct_raster(sarz, rec, units="db", overwrite=True)
     t2 = time.perf_counter()
-    ref_seam, ref_near = seam_statistic(scene), seam_statistic(scene, versus="near")
-    seam, near = seam_statistic(rec, reference=scene), seam_statistic(rec, reference=scene, versus="near")
+    spread = seam_spread(rec, scene)
     macs = model_kmacs(r["model"])
     return {"bytes": r["bytes"], "bpp": r["bpp"], "model": r["model"], "gain": r["gain"],
             "encoder_kmac_px": macs["encoder"], "decoder_kmac_px": macs["decoder"],
             "residual_step_db": r.get("residual_step_db"), "passes": len(r["passes"]),
             "compress_s": t1 - t0, "reconstruct_s": t2 - t1, **_assess(scene, rec),
-            "seam_ratio_to_source": None if seam is None or not ref_seam else seam / ref_seam,
-            "seam_near_ratio_to_source": None if near is None or not ref_near else near / ref_near}
+            "seam_ratio_to_source": spread and spread["all"]["at_tile_grid"],
+            "seam_near_ratio_to_source": spread and spread["near"]["at_tile_grid"], "seam_spread": spread}
 
 
 def twin_scaling(scene: Path):

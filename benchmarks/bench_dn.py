@@ -7,12 +7,13 @@ looked at from three sides the category table cannot show:
 - **RMSE in dB** of both (the must-show: RMSE ≤ JPEG2000's at the same bytes);
 - **tile seams**: the benchmark's seam statistic (mean |step| across the codec's 256-px tile borders over the mean
   |step| everywhere, divided by the source's own: `bench_categories.seam_statistic`), the same over the steps of the
-  lines 1–2 px either side of the borders (`versus="near"`: the same ground, so the texture of the scene along
+  lines 8 and 16 px either side of the borders (`versus="near"`: the same ground, so the texture of the scene along
   those few lines cancels), both also for the JPEG2000 twin (no 256-px tiles: its values are what the scene and a
-  smoothing codec give without any tile grid), and the same measure on the
-  *error* image (reconstruction − source), at the tile borders over the other multiples of 8 (the same phase of
-  the networks' 8-px latent grid), for the codec and for JPEG2000 — which has no 256-px tiles, so its value is what
-  the source's own texture along those few lines gives.
+  smoothing codec give without any tile grid); both also on 31 grids of the same spacing shifted by 8 … 248 px
+  (`bench_categories.seam_spread`: where the tile grid's value falls among grids the codec does not have), and the
+  same measure on the *error* image (reconstruction − source), at the tile borders over the other multiples of 8
+  (the same phase of the networks' 8-px latent grid), for the codec and for JPEG2000 — which has no 256-px tiles,
+  so its value is what the source's own texture along those few lines gives.
 
     .venv/bin/python benchmarks/bench_dn.py        # → benchmarks/results/kerala_dn.json (~2 min)
 """
@@ -64,8 +65,26 @@ def error_seam(rec: np.ndarray, src: np.ndarray, ok: np.ndarray) -> float:
     return float(np.concatenate(border).mean() / np.concatenate(phase).mean())
 
 
+def _shifted(split_file: str, scene: Path, shift: int, folder: Path) -> Path:
+    """The held-out crop `scene` less its first `shift` rows and columns, written as `training.corpus.write_window`
+    writes the split's crops (untouched pixels, the GCPs moved with the window)."""
+    import dataclasses
+
+    from bench_rd import DATA
+
+    from training.corpus import load_split, write_window
+
+    for e in load_split(split_file):
+        if e.split == "test" and e.window is not None and Path(write_window(e, folder.parent / "crops", DATA)) == scene:
+            c, r, w, h = e.window
+            folder.mkdir(exist_ok=True)
+            moved = dataclasses.replace(e, window=(c + shift, r + shift, w - shift, h - shift))
+            return Path(write_window(moved, folder, DATA))
+    raise ValueError(f"{scene} is not a window of a test entry of {split_file}")
+
+
 def main(argv=None) -> int:
-    from bench_categories import seam_statistic, twin_scaling
+    from bench_categories import seam_spread, twin_scaling
     from bench_decoder_pilot import _assess
     from bench_rd import held_out
 
@@ -77,19 +96,36 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split-file", default=str(ROOT / "training" / "splits" / "broad.json"))
     ap.add_argument("--rates", nargs="+", type=float, default=list(RATES))
+    ap.add_argument("--shifts", nargs="*", type=int, default=[2],
+                    help="also code the scene cropped by this many rows and columns (its tile grid moved against the "
+                         "source's texture)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kerala_dn.json"))
     args = ap.parse_args(argv)
-    rows, t0 = [], time.perf_counter()
+    rows, shifted, t0 = [], [], time.perf_counter()
     with held_out(args.split_file, "test", ["grd_dn"]) as (tmp, scenes):
         for scene, _ in scenes:
+            for shift in args.shifts:
+                crop = _shifted(args.split_file, scene, shift, tmp / "shifted")
+                own = seam_spread(crop, None)
+                for rate in args.rates:
+                    res = compress_to_rate(crop, tmp / "s.sarz", rate, overwrite=True)
+                    reconstruct_raster(tmp / "s.sarz", tmp / "s.tif", units="db", overwrite=True)
+                    spread = seam_spread(tmp / "s.tif", crop)
+                    shifted.append({"scene": scene.name, "shift_px": shift, "target_bpp": rate, "bpp": res["bpp"],
+                                    "source_seam_spread": own, "codec_seam_spread": spread})
+                    print(f"{scene.name[:40]} shifted by {shift} px @{rate:g}: seam codec/source "
+                          f"{spread['all']['at_tile_grid']:.3f} / near {spread['near']['at_tile_grid']:.3f} (rank "
+                          f"{spread['all']['rank']} / {spread['near']['rank']}); the source's own tile-grid rank "
+                          f"{own['all']['rank']} / {own['near']['rank']}", flush=True)
+            src_spread = seam_spread(scene, None)
             src, ok = _db(scene)
             scaling = twin_scaling(scene)
-            ref_seam, ref_near = seam_statistic(scene), seam_statistic(scene, versus="near")
 
             def seams(rec):
-                return {"seam_ratio_to_source": seam_statistic(rec, reference=scene) / ref_seam,
-                        "seam_near_ratio_to_source": seam_statistic(rec, reference=scene, versus="near") /
-                        ref_near, "error_seam": error_seam(_db(rec)[0], src, ok)}
+                spread = seam_spread(rec, scene)
+                return {"seam_ratio_to_source": spread["all"]["at_tile_grid"],
+                        "seam_near_ratio_to_source": spread["near"]["at_tile_grid"], "seam_spread": spread,
+                        "error_seam": error_seam(_db(rec)[0], src, ok)}
             for rate in args.rates:
                 res = compress_to_rate(scene, tmp / "c.sarz", rate, overwrite=True)
                 reconstruct_raster(tmp / "c.sarz", tmp / "c.tif", units="db", overwrite=True)
@@ -108,21 +144,30 @@ def main(argv=None) -> int:
                                    overwrite=True)
                 payload = {"bytes": j2["bytes"], "bpp": j2["bpp"], **_assess(scene, tmp / "j2.tif")}
                 rows.append({"scene": scene.name, "target_bpp": rate, "codec": codec, "jpeg2000": same,
-                             "jpeg2000_at_bytes_less_header": payload})
+                             "jpeg2000_at_bytes_less_header": payload, "source_seam_spread": src_spread})
                 print(f"{scene.name[:40]} @{rate:g}: {codec['bpp']:.3f} bpp ({header} B header, {gcp_bytes} B GCPs) "
                       f"RMSE {codec['rmse_db']:.3f} dB | J2K same bytes {same['rmse_db']:.3f}, less header "
                       f"{payload['rmse_db']:.3f} | PSNR {codec['psnr']:.2f} / {same['psnr']:.2f} / "
                       f"{payload['psnr']:.2f} | seam codec {codec['seam_ratio_to_source']:.3f} / near "
                       f"{codec['seam_near_ratio_to_source']:.3f}, J2K {same['seam_ratio_to_source']:.3f} / "
-                      f"{same['seam_near_ratio_to_source']:.3f}, error seam codec "
+                      f"{same['seam_near_ratio_to_source']:.3f}, rank among {codec['seam_spread']['all']['pseudo_grids']} "
+                      f"shifted grids codec {codec['seam_spread']['all']['rank']} / "
+                      f"{codec['seam_spread']['near']['rank']}, J2K {same['seam_spread']['all']['rank']} / "
+                      f"{same['seam_spread']['near']['rank']}, error seam codec "
                       f"{codec['error_seam']:.3f} J2K {same['error_seam']:.3f}", flush=True)
     report = {"benchmark": "kerala_dn", "rates": args.rates, "split_file": args.split_file, "results": rows,
+              "shifted": shifted,
               "machine": platform.platform(), "seconds": time.perf_counter() - t0,
               "notes": "bpp from whole-file bytes; the JPEG2000 twin carries pixels only (no GCPs, no dB window); "
                        "error_seam: mean |step| of (reconstruction - source) dB across the 256-px tile borders over "
                        "that across the other multiples of 8 px, both axes; seam_ratio_to_source: border steps over "
                        "all steps, over the source's; seam_near_ratio_to_source: border steps over the steps "
-                       "8 and 16 px either side of the borders, over the source's (bench_categories.seam_statistic)"}
+                       "8 and 16 px either side of the borders, over the source's (bench_categories.seam_statistic); seam_spread: the same two on the tile grid and on 31 grids "
+                       "of the same spacing shifted by 8 ... 248 px (median, 5th/95th percentiles, how many lie below "
+                       "the tile grid's value: bench_categories.seam_spread); source_seam_spread: the source's own statistic on "
+                       "those grids (not a ratio; its rank says where the source's texture puts the tile-grid lines); "
+                       "shifted: the scene cropped by shift_px rows and columns (the GCPs moved with it) and coded "
+                       "again, so the codec's tile grid falls elsewhere on the same ground"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))

@@ -35,7 +35,7 @@ from sar_ae_core.options import MAX_BATCH, MAX_TILE, choice_option, device_optio
 from sar_ae_core.progress import Progress, ProgressFn
 from sar_ae_core.scaling import (ScalingParams, choose_scaling, db_to_raw, output_dtype, output_nodata,
                                  scaling_kind)
-from sar_ae_core.tiling import TilePlan, blend_weights, read_strip
+from sar_ae_core.tiling import TilePlan, blend_weights, raster_fill, read_strip
 
 
 _OUT_COLS = 1024
@@ -125,9 +125,10 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
         from sar_ae_core.scaling import raster_histogram
 
         wants_bright = bool(step) and keep_brightest > 0
-        # one pass serves the range choice and the brightest-pixel threshold
-        hist = raster_histogram(r, bundle.scaling.noise_floor) if scaling != "model" or wants_bright else None
+        # one pass serves the range choice, the brightest-pixel threshold and the fill of invalid pixels
+        hist = raster_histogram(r, bundle.scaling.noise_floor, per_band=True)
         scaling, scaling_reason = choose_scaling(r, bundle.scaling, scaling, hist=hist)
+        fill = raster_fill(hist, scaling)
         above = scaling.vmax_db
         if wants_bright:
             bright = hist.percentile(100 - float(keep_brightest))
@@ -143,7 +144,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
                 with _Runner(bundle) as runner:
                     waiting: list = []  # the network runs on LOOKAHEAD rows while the next strip is read
                     for tr in _sample_rows(plan, r.count, bundle):
-                        strip, _, _, _ = read_strip(r, plan, scaling, tr)
+                        strip, _, _, _ = read_strip(r, plan, scaling, tr, fill=fill)
                         waiting.append((tr, [_encode_strip(bundle, plan, strip[b], tr, dev, batch_size, timer,
                                                            runner, exact, skip=getattr(codec, "skip", None))
                                              for b in range(r.count)]))
@@ -182,7 +183,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
         written = os.path.join(work, "plain.sarz") if filtering else output_path
         try:
             sizes = _write_sarz(written, overwrite or filtering, inputs, header, r, plan, scaling, step, codec,
-                                bundle, dev, batch_size, timer, latent_store, sampled, exact, main)
+                                bundle, dev, batch_size, timer, latent_store, sampled, exact, main, fill)
             n_valid, n_escaped = sizes.pop("_counts")
             nbytes = os.path.getsize(written)
             filtered = None
@@ -213,7 +214,7 @@ def compress_raster(input_path: str | os.PathLike, output_path: str | os.PathLik
 
 
 def _write_sarz(path, overwrite, inputs, header, r, plan, scaling, step, codec, bundle, dev, batch_size, timer,
-                latent_store, sampled, exact, main) -> dict:
+                latent_store, sampled, exact, main, fill) -> dict:
     """The container of a compress (every tile row coded); returns its part sizes and `_counts` (valid, escaped)."""
     n_valid = n_escaped = 0
     with AtomicOutput(path, overwrite, suffix=".sarz", inputs=inputs) as out, open(out.tmp, "wb") as fh, \
@@ -226,7 +227,7 @@ def _write_sarz(path, overwrite, inputs, header, r, plan, scaling, step, codec, 
         pending: deque = deque()
         for tr in range(plan.tile_rows):
             t0 = time.perf_counter()
-            strip, valid, y0, db = read_strip(r, plan, scaling, tr, want_db=bool(step))
+            strip, valid, y0, db = read_strip(r, plan, scaling, tr, want_db=bool(step), fill=fill)
             timer.io += time.perf_counter() - t0
             cached = latent_store.get(tr) if latent_store is not None else None
             fresh = cached is None

@@ -242,6 +242,15 @@ class DbHistogram:
     def mean(self) -> float:
         return self.total / self.n
 
+    def unit_mean(self, scaling: "ScalingParams") -> float:
+        """Mean of the values scaled to [0, 1] by `scaling` (clipped; from the bin centres: error ≤ half a bin
+        over the span); 0.5 without values."""
+        if self.n == 0:
+            return 0.5
+        centres = _HIST_LO + (np.arange(_HIST_BINS) + 0.5) * _HIST_STEP
+        scaled = np.clip((centres - scaling.vmin_db) / scaling.span_db, 0.0, 1.0)
+        return float(np.dot(self.counts, scaled) / self.n)
+
     @property
     def std(self) -> float:
         return math.sqrt(max(self.total_sq / self.n - self.mean ** 2, 0.0))
@@ -257,9 +266,16 @@ def _accumulate(raster: SarRaster, hist: DbHistogram, noise_floor: float, max_pi
         chunks: Iterable[np.ndarray] = (raw[..., r:r + rows, :] for r in range(0, raw.shape[-2], rows))
     else:
         chunks = (raster.read(w) for w in raster.blocks(block))
+    bands = getattr(hist, "bands", None)
     for raw in chunks:
         valid = valid_mask(raw, raster.units, raster.nodata)
-        hist.add(raw_to_db(raw[valid], raster.units, noise_floor))
+        if bands:  # a histogram per band too (raster_histogram(per_band=True))
+            for b in range(raw.shape[0]):
+                db = raw_to_db(raw[b][valid[b]], raster.units, noise_floor)
+                hist.add(db)
+                bands[b].add(db)
+        else:
+            hist.add(raw_to_db(raw[valid], raster.units, noise_floor))
     return hist.n - before
 
 
@@ -316,10 +332,12 @@ def fit_scaling(sources: Sequence[str | os.PathLike | SarRaster], method: str = 
 
 
 def raster_histogram(raster: SarRaster, noise_floor: float = 1e-10, max_pixels: int = 1_000_000,
-                     block: int = 1024) -> DbHistogram:
+                     block: int = 1024, per_band: bool = False) -> DbHistogram:
     """Streaming dB histogram of one open raster (subsampled to about `max_pixels`): one pass serves every
-    percentile a caller needs."""
+    percentile a caller needs. `per_band`: also one histogram per band, as the list `bands` of the result."""
     hist = DbHistogram()
+    if per_band:
+        hist.bands = [DbHistogram() for _ in range(raster.count)]
     if _accumulate(raster, hist, noise_floor, max_pixels, block) == 0:
         raise SarInputError(raster.path, "no valid pixels (all nodata, NaN, infinite or <= 0)")
     return hist

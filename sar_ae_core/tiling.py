@@ -130,8 +130,17 @@ def _pad_to(block: np.ndarray, top: int, bottom: int, left: int, right: int) -> 
     return block
 
 
-def read_strip(r, plan: TilePlan, scaling: "ScalingParams", tr: int, want_db: bool = False):
-    """Scaled pixels and validity for the encode windows of tile row `tr`, mirror-padded past the edges.
+def raster_fill(hist, scaling: "ScalingParams") -> list[float]:
+    """What `read_strip` puts in a raster's invalid pixels: per band, the mean of its valid values scaled to [0, 1]
+    (from the per-band histograms of `scaling.raster_histogram(per_band=True)`), rounded to float32."""
+    return [float(np.float32(h.unit_mean(scaling))) for h in hist.bands]
+
+
+def read_strip(r, plan: TilePlan, scaling: "ScalingParams", tr: int, want_db: bool = False, fill=None):
+    """Scaled pixels and validity for the encode windows of tile row `tr`, mirror-padded past the edges; invalid
+    pixels hold `fill` (one value per band: `raster_fill`, the same for every strip, so the encoder's windows that
+    two strips share see the same pixels and the latents do not depend on the tiling), without it the strip's mean
+    valid value.
 
     Returns (scaled (bands, rows, cols), valid (bands, rows, cols), y0, db) where row 0 of the strip is raster
     row y0 and column 0 is raster column −halo; `db` (with `want_db`) holds the dB values (float32) of the
@@ -147,11 +156,13 @@ def read_strip(r, plan: TilePlan, scaling: "ScalingParams", tr: int, want_db: bo
         c0, c1 = tr * tile - ry0, min((tr + 1) * tile, plan.height) - ry0
         db = db_all[:, c0:c1].astype(np.float32)
     del db_all
-    # Fill invalid pixels with the strip's mean valid value: fewer bits than a hard 0 edge.
+    # Fill invalid pixels with the raster's (or strip's) mean valid value: fewer bits than a hard 0 edge.
     for b in range(scaled.shape[0]):
         v = valid[b]
-        fill = float(scaled[b][v].mean()) if v.any() else 0.5
-        scaled[b][~v] = fill
+        if fill is not None:
+            scaled[b][~v] = fill[b]
+        else:
+            scaled[b][~v] = float(scaled[b][v].mean()) if v.any() else 0.5
     scaled = _pad_to(scaled, ry0 - y0, y1 - ry1, -x0, x1 - plan.width)
     valid = np.pad(valid, [(0, 0), (ry0 - y0, y1 - ry1), (-x0, x1 - plan.width)], constant_values=False)
     return scaled, valid, y0, db

@@ -16,8 +16,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from sar_ae_core.scaling import choose_scaling
-from sar_ae_core.tiling import read_strip
+from sar_ae_core.scaling import choose_scaling, raster_histogram
+from sar_ae_core.tiling import raster_fill, read_strip
 from sar_ae_core.errors import SarInputError
 from sar_ae_core.nn.model_io import ModelBundle, ready_bundle
 from sar_ae_core.progress import Progress, ProgressFn
@@ -53,7 +53,9 @@ def attention_map_raster(input_path: str | os.PathLike, output_path: str | os.Pa
             plan = TilePlan(r.width, r.height, d, tile, halo_cells)
         except ValueError as exc:
             raise SarInputError(None, str(exc)) from None
-        params, scaling_reason = choose_scaling(r, bundle.scaling, scaling)
+        hist = raster_histogram(r, bundle.scaling.noise_floor, per_band=True)
+        params, scaling_reason = choose_scaling(r, bundle.scaling, scaling, hist=hist)
+        fill = raster_fill(hist, params)  # what compress puts in the invalid pixels
         name = r.band_names[0] or f"band {band}"
         tags = {"SARAE_MAP": "attention", "SARAE_MODEL": bundle.name, "SARAE_SOURCE": os.path.basename(r.path),
                 "SARAE_BAND": band, "SARAE_MODULES": ",".join(modules)}
@@ -69,7 +71,7 @@ def attention_map_raster(input_path: str | os.PathLike, output_path: str | os.Pa
                            band_names=[f"attention {name}"], tags=tags, overwrite=overwrite,
                            inputs=(input_path,)) as w:
             for tr in range(plan.tile_rows):
-                strip, valid, y0, _ = read_strip(r, plan, params, tr)
+                strip, valid, y0, _ = read_strip(r, plan, params, tr, fill=fill)
                 wy0 = tr * tile - h
                 grow = wy0 + wp - acc_y0 - num.shape[0]
                 if grow > 0:
