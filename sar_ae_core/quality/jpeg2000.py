@@ -25,8 +25,12 @@ _LEVELS = 65535
 
 def encode_jpeg2000(source: str | os.PathLike, jp2_path: str | os.PathLike, bpp: float,
                     scaling: Optional[ScalingParams] = None, bands: str | Sequence[int] = "all",
-                    units: str = "auto", block: int = 1024) -> dict:
-    """Encode the scaled source as 16-bit JPEG2000 targeting `bpp` bits per pixel; returns rate facts."""
+                    units: str = "auto", block: int = 1024, bracket_path: Optional[str] = None) -> dict:
+    """Encode the scaled source as 16-bit JPEG2000 targeting `bpp` bits per pixel; returns rate facts (the file
+    whose measured bpp is closest to the target). With `bracket_path`, where that file misses the target by more
+    than TOLERANCE, the closest file on the other side of the target is written there too, and its facts are in
+    "bracket" (None where the target is outside what OpenJPEG reaches): the two files bracket the target, so a
+    caller can interpolate the metrics at exactly the target bytes."""
     if not bpp > 0:
         raise ValueError("bpp must be > 0")
     scaling = scaling or fit_scaling([source], bands=bands, units=units)
@@ -39,24 +43,55 @@ def encode_jpeg2000(source: str | os.PathLike, jp2_path: str | os.PathLike, bpp:
                     scaled, _ = scaling.forward(r.read(win), r.units, r.nodata)
                     w.write(np.rint(scaled * _LEVELS).astype(np.uint16), win)
             pixels = r.width * r.height * r.count
-            quality = min(100.0, 100.0 * bpp / 16.0)
-            best = None
-            # OpenJPEG's rate control is approximate: a few secant steps match the measured bpp within ~1 %.
-            for attempt in range(6):
-                tmp_jp2 = os.path.join(tmp, f"try{attempt}.jp2")
-                _write_jp2(staged, tmp_jp2, quality)
-                got = os.path.getsize(tmp_jp2) * 8 / pixels
-                if best is None or abs(got - bpp) < abs(best[1] - bpp):
-                    best = (tmp_jp2, got, quality)
-                if abs(got - bpp) <= 0.01 * bpp or quality >= 100.0:
-                    break
-                quality = min(100.0, max(1e-3, quality * bpp / got))
+            best, other = _search_quality(staged, tmp, pixels, bpp)
             os.replace(best[0], jp2_path)
-            quality = best[2]
-        nbytes = os.path.getsize(jp2_path)
-        pixels = r.width * r.height * r.count
-    return {"path": os.fspath(jp2_path), "bytes": nbytes, "bpp": nbytes * 8 / pixels, "target_bpp": bpp,
+            bracket = None
+            if bracket_path is not None and other is not None and abs(best[1] - bpp) > TOLERANCE * bpp:
+                os.replace(other[0], bracket_path)
+                bracket = _facts(bracket_path, pixels, bpp, other[2], scaling)
+        return _facts(jp2_path, pixels, bpp, best[2], scaling) | {"bracket": bracket}
+
+
+#: the measured rate the search is content with (relative)
+TOLERANCE = 0.01
+
+
+def _facts(path, pixels: int, bpp: float, quality: float, scaling: ScalingParams) -> dict:
+    nbytes = os.path.getsize(path)
+    return {"path": os.fspath(path), "bytes": nbytes, "bpp": nbytes * 8 / pixels, "target_bpp": bpp,
             "quality_option": quality, "scaling": scaling.to_dict()}
+
+
+def _search_quality(staged: str, tmp: str, pixels: int, bpp: float, attempts: int = 12):
+    """OpenJPEG's QUALITY for `bpp`: its rate control is approximate and, on small rasters, coarse (one QUALITY
+    plateau can give 0.44 bpp and the next 0.52), so secant steps on the measured rate, falling back to bisection
+    inside the bracket of the closest files below and above the target. Returns ((path, bpp, quality) of the file
+    closest to the target, the closest one on the other side of the target or None)."""
+    quality = min(100.0, 100.0 * bpp / 16.0)
+    below = above = None  # (path, measured bpp, quality): the closest under / over the target
+    for attempt in range(attempts):
+        path = os.path.join(tmp, f"try{attempt}.jp2")
+        _write_jp2(staged, path, quality)
+        got = os.path.getsize(path) * 8 / pixels
+        if got <= bpp:
+            if below is None or got > below[1] or (got == below[1] and quality > below[2]):
+                below = (path, got, quality)
+        elif above is None or got < above[1] or (got == above[1] and quality < above[2]):
+            above = (path, got, quality)
+        if abs(got - bpp) <= TOLERANCE * bpp or (quality >= 100.0 and got < bpp):
+            break
+        step = min(100.0, max(1e-3, quality * bpp / got))  # secant through the origin
+        if below is not None and above is not None:
+            lo, hi = below[2], above[2]
+            if not lo < step < hi or abs(step - quality) < 1e-9:
+                step = 0.5 * (lo + hi)
+            if hi - lo < 1e-6:
+                break
+        quality = step
+    sides = [p for p in (below, above) if p is not None]
+    best = min(sides, key=lambda p: abs(p[1] - bpp))
+    other = next((p for p in sides if p is not best), None)
+    return best, other
 
 
 @contextlib.contextmanager
@@ -109,14 +144,22 @@ def decode_jpeg2000(jp2_path: str | os.PathLike, source: str | os.PathLike, out_
 def jpeg2000_twin(source: str | os.PathLike, out_tif: str | os.PathLike, bpp: float,
                   scaling: Optional[ScalingParams] = None, bands: str | Sequence[int] = "all",
                   units: str = "auto", out_units: str = "db", keep_jp2: Optional[str] = None,
-                  overwrite: bool = False) -> dict:
-    """Encode at `bpp` and decode to a GeoTIFF; returns the measured rate (from the .jp2 bytes) and paths."""
+                  overwrite: bool = False, bracket: bool = False) -> dict:
+    """Encode at `bpp` and decode to a GeoTIFF; returns the measured rate (from the .jp2 bytes) and paths. With
+    `bracket`, where the closest file misses `bpp` by more than TOLERANCE, the file on the other side of the target
+    is decoded too (to `out_tif` with a `_bracket` suffix) and its facts are in "bracket" (see encode_jpeg2000)."""
     scaling = scaling or fit_scaling([source], bands=bands, units=units)
     folder = os.path.dirname(os.path.abspath(out_tif))
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         jp2 = keep_jp2 or os.path.join(tmp, "twin.jp2")
-        facts = encode_jpeg2000(source, jp2, bpp, scaling, bands, units)
+        other = os.path.join(tmp, "bracket.jp2") if bracket else None
+        facts = encode_jpeg2000(source, jp2, bpp, scaling, bands, units, bracket_path=other)
         decode_jpeg2000(jp2, source, out_tif, scaling, bands, units, out_units, overwrite)
+        if facts["bracket"] is not None:
+            stem, ext = os.path.splitext(os.fspath(out_tif))
+            facts["bracket"]["reconstruction"] = decode_jpeg2000(other, source, f"{stem}_bracket{ext}", scaling,
+                                                                 bands, units, out_units, overwrite=True)
+            facts["bracket"]["path"] = None
     facts["reconstruction"] = os.fspath(out_tif)
     if not keep_jp2:
         facts["path"] = None
