@@ -312,3 +312,24 @@ def test_the_light_decoder_twin_of_the_top_rate_point_serves_a_decoder_budget_on
     assert model_card("sarae-q4-light")["macs"]["decoder_kmac_px"] <= 2.5
     assert load_bundle("sarae-q4-light", runtime="torch").decodes(model_card("sarae-q4")["sha256"][:16])
     assert [n for n, _ in _rate_points(exclude_models=("sarae-q4",))][-1] == "sarae-q4-light"
+
+
+def test_speckle_gets_a_residual_layer_on_a_coarser_gain_of_the_lowest_point(tmp_path, tsx_complex, monkeypatch):
+    """Single-look speckle: where the residual layer on the lowest rate point wins, the network's share is smaller
+    still at a coarser gain on that point — the search tries it and keeps the file closer to the source (here
+    TerraSAR-X SLC at 1 bpp: gain 0.5, ~0.1 dB closer than the layer on gain 1, which is what the search keeps
+    without the coarser bases)."""
+    import sar_ae_core.rate as rate
+    from sar_ae_core.rate import _rmse_db
+
+    work = tmp_path / "w"
+    work.mkdir()
+    new = compress_to_rate(tsx_complex, tmp_path / "new.sarz", 1.0, post_filter="off")
+    monkeypatch.setattr(rate, "RESIDUAL_BASE_GAINS", ())
+    old = compress_to_rate(tsx_complex, tmp_path / "old.sarz", 1.0, post_filter="off")
+    assert new["reached"] and old["reached"]
+    assert old["model"] == new["model"] == "sarae-q1" and old["gain"] == 1.0 and new["gain"] < 1.0
+    assert new["residual_step_db"] and old["residual_step_db"]
+    assert any(p["gain"] == 0.5 and not p.get("residual_step_db") for p in new["passes"])
+    e_new, e_old = (_rmse_db(tsx_complex, str(tmp_path / n), str(work)) for n in ("new.sarz", "old.sarz"))
+    assert e_new < e_old - 0.02
