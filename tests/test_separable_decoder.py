@@ -56,13 +56,15 @@ def test_the_separable_decoders_reach_stays_within_its_halo(stages):
     decoder's) but never beyond decoder_halo_cells (3 for 3 stages): strips decoded with that halo are exact."""
     m = _randomised(build_model({**SHIPPED, "stages": stages, "decoder": "separable"}).eval())
     n, f = 12, m.downsample_factor
-    y = torch.randn(1, 96, n, n)
-    y2 = y.clone()
-    y2[..., n // 2, n // 2] += 5.0
-    with torch.no_grad():
-        changed = (m.decoder(y) - m.decoder(y2)).abs()[0, 0] > 1e-6
-    rows = torch.nonzero(changed.any(1)).flatten()
-    radius = max((n // 2) * f - rows.min().item(), rows.max().item() - ((n // 2 + 1) * f - 1))
+    radius = 0
+    for seed in range(4):  # the reach is the widest over inputs (a ReLU may cut an impulse short on one of them)
+        y = torch.randn(1, 96, n, n, generator=torch.Generator().manual_seed(seed))
+        y2 = y.clone()
+        y2[..., n // 2, n // 2] += 5.0
+        with torch.no_grad():
+            changed = (m.decoder(y) - m.decoder(y2)).abs()[0, 0] > 1e-6
+        rows = torch.nonzero(changed.any(1)).flatten()
+        radius = max(radius, (n // 2) * f - rows.min().item(), rows.max().item() - ((n // 2 + 1) * f - 1))
     halo = decoder_halo_cells(m.config)
     assert halo == {2: 2, 3: 3, 4: 4}[stages]
     assert radius <= halo * f and halo * f - radius <= f, (radius, halo, f)  # enough, and at most a cell more
@@ -94,7 +96,9 @@ def test_the_active_channel_decoder_of_a_separable_model_gives_the_full_decoders
     m = _randomised(build_model({**SHIPPED, "decoder": "separable"}).eval())
     active = np.arange(0, 96, 3)
     modes = np.random.default_rng(2).integers(-2, 3, 96).astype(np.float64)
-    _, dec = export_active_networks(m, active, modes)  # checks its torch twin against the full decoder itself
+    # checks its torch twin against the full decoder itself (every weight random: the network amplifies rounding
+    # far more than a trained one, so the check's bound is the test's)
+    _, dec = export_active_networks(m, active, modes, tolerance=1e-3)
     s = ort.InferenceSession(dec, providers=["CPUExecutionProvider"])
     y = np.random.default_rng(3).integers(-3, 4, (1, 96, 10, 11)).astype(np.float32)
     inactive = np.setdiff1d(np.arange(96), active)
