@@ -4,11 +4,14 @@ the rate, on any product.
 A learned transform codes the structure of a scene well at low rates, but fully developed speckle (single-look
 SLC, RTC γ0 at full resolution) is nearly white noise: the network smooths it, and past its rate points more bits
 buy little. The residual layer codes r = source dB − network dB of every valid, non-escaped pixel with a uniform
-scalar quantizer of step `residual_db` (a slight dead zone at the encoder) and a range coder whose table is
-fitted on each tile (its counts are stored with the tile): the quantization error is at most step/2 (plus the
-dead zone's 0.15 step) everywhere, and the rate rises ~1 bit per pixel per halving of the step, like a
-transform codec's at high rates. Coding in the pixel domain keeps the skewed distribution of dB speckle that a
-linear transform would make Gaussian (up to ~0.13 bit per pixel cheaper on single-look data).
+scalar quantizer of step `residual_db` and a range coder whose table is fitted on each tile (its counts are stored
+with the tile), each symbol reconstructed at its bin's centroid: the quantization error is at most one step
+everywhere, and the rate rises ~1 bit per pixel per halving of the step, like a transform codec's at high rates.
+Coding in the pixel domain keeps the skewed distribution of dB speckle that a linear transform would make Gaussian
+(up to ~0.13 bit per pixel cheaper on single-look data); the encoder also chooses, per group of symbols, where the
+bins' edges fall (`SHIFTS`, by distortion + λ·bits): moved by a quarter step towards the short tail, the zero bin
+holds more of the skewed pixels (single-look TerraSAR-X at steps 8–16 dB: 0.16–0.27 dB closer at the same bytes).
+The decoder needs to know nothing of it.
 
 Frame of one tile (empty when the tile has no coded pixels), little-endian::
 
@@ -72,10 +75,12 @@ def quantize(residual: np.ndarray, step: float, deadzone: float = DEADZONE) -> n
 
 
 class _Group:
-    """The symbols of one group of pixels with their table and reconstruction offsets (encoder side)."""
+    """The symbols of one group of pixels with their table and reconstruction offsets (encoder side). `shift` (in
+    steps, encoder only): the bins' edges moved by it (symbol rint(u − shift)); the decoder reconstructs every
+    symbol at its bin's centroid whatever the edges (`_group` chooses them)."""
 
-    def __init__(self, u: np.ndarray, deadzone: float):
-        q = np.clip(quantize(u, 1.0, deadzone), -(1 << 26), 1 << 26)  # far beyond any dB residual
+    def __init__(self, u: np.ndarray, deadzone: float, shift: float = 0.0):
+        q = np.clip(quantize(u - shift, 1.0, deadzone), -(1 << 26), 1 << 26)  # far beyond any dB residual
         # the table covers the symbols between the 0.005 and 99.995 percentiles (all of them when that adds at
         # most TAIL_SYMBOLS): every table symbol costs a count and takes a minimum probability, the tail escapes
         lo, hi = int(q.min()), int(q.max())
@@ -106,6 +111,60 @@ class _Group:
     def values(self) -> np.ndarray:
         """Reconstructed values in steps (what the decoder computes)."""
         return _values(self.q, self.offsets.astype(np.float64) / 256.0)
+
+    def bits(self) -> float:
+        """The symbols' code length under the group's table (bits; the escapes' own bytes left out)."""
+        n = np.bincount(self.idx, minlength=len(self.counts)).astype(np.float64)
+        used = n > 0
+        return float(-(n[used] * np.log2(self.counts[used] / float(1 << PRECISION))).sum())
+
+
+#: the bins' edge shifts (in steps) the encoder tries for each group of symbols: dB speckle is skewed (a long tail of
+#: deep nulls below the local mean, a short one above), so edges moved towards the short tail put more of the pixels
+#: in the zero bin at the same step; the decoder reconstructs at the bins' centroids either way
+SHIFTS = (0.0, 0.125, 0.25, -0.125)
+
+
+#: fine bins per step of the histogram the bin edges are chosen on (the shifts fall on its edges)
+_FINE = 32
+
+
+def _group(u: np.ndarray, deadzone: float) -> "_Group":
+    """The _Group of `u` whose bin edges (SHIFTS) minimise distortion + λ·bits, λ = 2·ln 2 times the centred bins'
+    mean squared error per pixel (the slope of the rate-distortion curve, dD/dR = −2 ln 2 · D), both computed for
+    every shift from one histogram of `u` in 1/_FINE steps (its counts, sums and sums of squares: the centroids'
+    error in closed form). (Measured: λ from the group's own curve at a 10 % coarser step also shifts the edges of
+    the sparse layers of 0.5 bpp, which smooths the speckle of homogeneous areas for ±0.02 dB.)"""
+    if u.size < 64 or len(SHIFTS) < 2 or deadzone != 0.0:
+        return _Group(u, deadzone)
+    f = np.floor(u * _FINE).astype(np.int64)
+    lo = int(f.min())
+    idx = f - lo
+    if idx.max() > (1 << 22):  # a range no histogram should span (isolated huge values): centred bins
+        return _Group(u, deadzone)
+    cnt = np.bincount(idx).astype(np.float64)
+    s1 = np.bincount(idx, weights=u)
+    s2 = np.bincount(idx, weights=u * u)
+    centre = (np.arange(cnt.size) + lo + 0.5) / _FINE  # every fine bin lies inside one symbol's bin
+    costs = []
+    for shift in SHIFTS:
+        v = centre - shift
+        q = (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int64)
+        k = q - q.min()
+        n = np.bincount(k, weights=cnt)
+        a = np.bincount(k, weights=s1)
+        b = np.bincount(k, weights=s2)
+        sym = np.arange(n.size) + q.min()
+        used = n > 0
+        mean = np.divide(a, n, out=np.zeros_like(a), where=used) - sym
+        c = np.where(np.abs(sym) <= OFFSET_SYMBOLS, np.clip(np.rint(256 * mean), -127, 127) / 256.0, 0.0)
+        r = sym + c  # the value each symbol is reconstructed at
+        d = float((b - 2 * r * a + n * r * r)[used].sum())
+        bits = float(-(n[used] * np.log2(n[used] / u.size)).sum())
+        costs.append((d, bits))
+    lam = 2 * np.log(2) * costs[0][0] / u.size
+    best = min(range(len(SHIFTS)), key=lambda i: costs[i][0] + lam * costs[i][1])
+    return _Group(u, deadzone, SHIFTS[best])
 
 
 def _values(q: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -161,13 +220,13 @@ def _encode_checkerboard(u: np.ndarray, coded: np.ndarray, deadzone: float, mode
     a_sel, b_sel = coded & black, coded & ~black
     if not (a_sel.any() and b_sel.any()):
         return None
-    ga = _Group(u[a_sel], deadzone)
+    ga = _group(u[a_sel], deadzone)
     rec = np.zeros(coded.shape, np.float64)
     rec[a_sel] = ga.values()
     nb = _neighbour_mean(rec, a_sel)[b_sel]
     den = float(np.dot(nb, nb))
     alpha = int(np.clip(np.rint(128 * float(np.dot(u[b_sel], nb)) / den), -127, 127)) if den > 0 else 0
-    gb = _Group(u[b_sel] - alpha / 128.0 * nb, deadzone)
+    gb = _group(u[b_sel] - alpha / 128.0 * nb, deadzone)
     enc = constriction.stream.queue.RangeEncoder()
     enc.encode(ga.idx, _model(ga.counts))
     enc.encode(gb.idx, _model(gb.counts))
@@ -196,7 +255,7 @@ def encode_residual(residual: np.ndarray, coded: np.ndarray, step: float, deadzo
         return (b"", np.zeros(0)) if with_values else b""
     u = residual.astype(np.float64) / step
     frames = []
-    g = _Group(u[coded], deadzone)  # mode 0: every coded pixel with one table
+    g = _group(u[coded], deadzone)  # mode 0: every coded pixel with one table
     enc = constriction.stream.queue.RangeEncoder()
     enc.encode(g.idx, _model(g.counts))
     frames.append((bytes([MODE_PLAIN]) + g.head + join_payload(enc, [g.escapes]), g.values()))
@@ -391,7 +450,7 @@ def _encode_context(u: np.ndarray, coded: np.ndarray, thresholds, deadzone: floa
             parts = [cls == k for k in present]
         qs, vs = np.zeros(grid.n, np.int64), np.zeros(grid.n)
         for part in parts:
-            g = _Group(us[part] - pred[part], deadzone)
+            g = _group(us[part] - pred[part], deadzone)
             groups.append(g)
             head += g.head
             qs[part] = g.q
