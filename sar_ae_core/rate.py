@@ -621,7 +621,8 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
                   close, better, next_pass=lambda: None, coarser=None) -> dict:
     """The better (smaller RMSE in dB over the coded pixels) of `best` and a residual layer sized to the target on
     each rate point whose plain rate leaves room for one. `coarser(gain)`: the lowest rate point coded at `gain`;
-    where the layer on that point at gain 1 wins, layers on it at RESIDUAL_BASE_GAINS are tried too."""
+    where the layer on that point at gain 1 wins, or that point alone at a gain below 1 met the target, layers on it
+    at RESIDUAL_BASE_GAINS are tried too."""
     from sar_ae_core.coding import residual as res
     from sar_ae_core.refine import ResidualSource
 
