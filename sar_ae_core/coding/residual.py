@@ -153,8 +153,7 @@ def _group(u: np.ndarray, deadzone: float, shifts: bool = True) -> "_Group":
 
     def cost(shift: float) -> tuple[float, float]:
         """(squared error, bits) of the symbols with the bins' edges moved by `shift`."""
-        v = centre - shift
-        q = (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int64)
+        q = quantize(centre - shift, 1.0)
         k = q - q.min()
         n = np.bincount(k, weights=cnt)
         a = np.bincount(k, weights=s1)

@@ -21,6 +21,8 @@ from sar_ae_core.io.raster import GeoTiffWriter, open_raster
 from sar_ae_core.scaling import ScalingParams, fit_scaling
 
 _LEVELS = 65535
+#: the measured rate the search is content with (relative)
+TOLERANCE = 0.01
 
 
 def encode_jpeg2000(source: str | os.PathLike, jp2_path: str | os.PathLike, bpp: float,
@@ -50,10 +52,6 @@ def encode_jpeg2000(source: str | os.PathLike, jp2_path: str | os.PathLike, bpp:
                 os.replace(other[0], bracket_path)
                 bracket = _facts(bracket_path, pixels, bpp, other[2], scaling)
         return _facts(jp2_path, pixels, bpp, best[2], scaling) | {"bracket": bracket}
-
-
-#: the measured rate the search is content with (relative)
-TOLERANCE = 0.01
 
 
 def _facts(path, pixels: int, bpp: float, quality: float, scaling: ScalingParams) -> dict:
