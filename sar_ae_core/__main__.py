@@ -3,14 +3,16 @@
 import os
 import sys
 
-from sar_ae_core.io.output import Terminated, terminate_as_cancel
+from sar_ae_core.io.output import terminate_as_cancel, was_terminated
 
 terminate_as_cancel()  # from the first moment: a SIGTERM during start-up ends quietly too (exit 143)
 try:
     from sar_ae_core.cli import main
 
     code = main()
-except Terminated:
+except BaseException as exc:  # noqa: B036 — only a SIGTERM's own unwinding is handled here
+    if not was_terminated(exc):
+        raise
     from sar_ae_core.io.output import discard_pending
 
     discard_pending()

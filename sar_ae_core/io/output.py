@@ -197,9 +197,27 @@ def discard_pending() -> int:
     return n
 
 
+_SIGTERM_RECEIVED = False
+
+
 def _on_sigterm(signum, frame):
+    global _SIGTERM_RECEIVED
+    _SIGTERM_RECEIVED = True
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
     raise Terminated()
+
+
+def was_terminated(exc: BaseException) -> bool:
+    """`exc` is how a SIGTERM surfaced: `Terminated` itself, or another error raised while it unwound — Python wraps
+    exceptions from some hooks (a dataclass field's `__set_name__` during an import: `RuntimeError`), so the chain
+    and the handler's flag are both checked."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Terminated):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return _SIGTERM_RECEIVED
 
 
 def terminate_as_cancel() -> None:
