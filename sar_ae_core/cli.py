@@ -558,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: parse, run, map errors to exit codes with a one-line message."""
-    from sar_ae_core.io.output import Terminated, discard_pending, terminate_as_cancel
+    from sar_ae_core.io.output import discard_pending, terminate_as_cancel, was_terminated
 
     import logging
 
@@ -575,16 +575,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.func(args) or 0)
     except SarInputError as exc:
         discard_pending()
+        if was_terminated(exc):  # a SIGTERM unwinding through a reader that re-raised it as the input's error
+            print("terminated: no output written", file=sys.stderr)
+            return 143
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt):
         discard_pending()
         print("cancelled: no output written", file=sys.stderr)
         return 130
-    except Terminated:
-        discard_pending()
-        print("terminated: no output written", file=sys.stderr)
-        return 143
     except BrokenPipeError:  # e.g. `info FILE | head`: the reader left; say nothing more, as other tools do
         discard_pending()
         try:
@@ -593,3 +592,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (OSError, ValueError):
             pass
         return 141
+    except BaseException as exc:  # noqa: B036 — `Terminated`, or an error Python raised around it (see `was_terminated`)
+        if not was_terminated(exc):
+            raise
+        discard_pending()
+        print("terminated: no output written", file=sys.stderr)
+        return 143
