@@ -926,6 +926,20 @@ def _mask_rows(f: SarzFile, band: int, y0: int, y1: int, col0: int, width: int):
     return out, escaped, residual
 
 
+def escaped_pixels(f: SarzFile, col0: int, row0: int, width: int, height: int) -> np.ndarray:
+    """Which pixels of a window the decoder keeps exactly (escapes: bool, bands × height × width) — the post-filter
+    leaves them as they are, so its fit must too."""
+    out = np.zeros((f.bands, height, width), bool)
+    t = f.plan.tile
+    for b in range(f.bands):
+        for tr in range(row0 // t, (row0 + height - 1) // t + 1):  # one tile row at a time
+            y0, y1 = max(row0, tr * t), min(row0 + height, (tr + 1) * t)
+            _, escaped, _ = _mask_rows(f, b, y0, y1, col0, width)
+            if escaped is not None:
+                out[b, y0 - row0:y1 - row0] = ~np.isnan(escaped)
+    return out
+
+
 def _unit_db(f: SarzFile, unit: np.ndarray, residual, escaped) -> np.ndarray:
     """A decoded unit in dB (float32) as the post-filter gets it: the network's values, the residual layer added,
     the escaped pixels' own values in place."""

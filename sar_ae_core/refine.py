@@ -243,7 +243,7 @@ def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, ta
     file's facts (bytes, bpp, the mode), or None — nothing written — where no band can be filtered, or where an 'enl'
     fit whose unfiltered reconstruction already keeps the ENL bound does not pay for its bytes as a least-squares one
     (`postfilter.pays`)."""
-    from sar_ae_core.codec import reconstruct_raster
+    from sar_ae_core.codec import escaped_pixels, reconstruct_raster
     from sar_ae_core.coding import postfilter as pf
     from sar_ae_core.progress import Progress
 
@@ -275,8 +275,17 @@ def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, ta
             pre = os.path.join(tmp, f"prefilter{k}.tif")
             reconstruct_raster(sarz_path, pre, units="db", bundle=bundle, output_compress="none", prefilter=True,
                                window=win, progress=prog.sub(0.4 * k / len(windows), 0.4 * (k + 1) / len(windows)).step)
-            pieces.append((pre, 0, 0) if win is None else (pre, win[0], win[1]))
-        taps, constrained = pf.fit(input_path, pieces, header["source"], mode, progress=prog.sub(0.4, 0.9).step)
+            c0, r0, ww, wh = win if win is not None else (0, 0, p.width, p.height)
+            with SarzFile(sarz_path) as f:
+                kept = escaped_pixels(f, c0, r0, ww, wh)
+            pieces.append((pre, c0, r0, kept if kept.any() else None))
+        clip = (header["scaling"]["vmin_db"], header["scaling"]["vmax_db"])
+        taps, constrained = pf.fit(input_path, pieces, header["source"], mode, progress=prog.sub(0.4, 0.9).step,
+                                   clip=clip)
+        if mode == "enl":
+            # where the ENL bound holds without it, a filter that blurs the edges (EPI) is not worth its error gain
+            epis = pf.edge_fidelity(input_path, pieces, header["source"], taps, clip)
+            taps = [t if t is None or c or not e[1] < e[0] else None for t, c, e in zip(taps, constrained, epis)]
         if all(t is None for t in taps):
             return None
         # where the reconstruction keeps the speckle without a filter, the filter is for the error alone: it must pay

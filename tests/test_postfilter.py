@@ -220,7 +220,8 @@ def test_the_enl_fit_where_the_speckle_bound_is_out_of_the_family_s_reach():
     truth = 10 * np.log10(rng.gamma(1.0, 1.0, n))  # single-look speckle in dB
     feats = np.stack([np.full(n, truth.mean())] + [np.full(n, 2 * truth.mean())] * len(pf.OFFSETS)
                      + [np.ones(n)], 1) + rng.normal(0, 1e-3, (n, pf.N_TAPS))
-    a.A, a.b, a.n = feats.T @ feats, feats.T @ truth, n
-    a.hx, a.hy, a.nh = [feats.astype(np.float32)], [truth.astype(np.float32)], n
+    feats = np.c_[feats, pf.bright_excess([feats[:, k] for k in range(pf.N_TAPS)])]
+    a.A, a.b, a.n, a.yy = feats.T @ feats, feats.T @ truth, n, float(truth @ truth)
+    a.hx, a.hy, a.hk, a.nh = [feats.astype(np.float32)], [truth.astype(np.float32)], [np.zeros(n, bool)], n
     taps, needed = pf._solve(a, "enl")
-    assert needed and taps is not None and len(taps) == pf.N_TAPS
+    assert needed and taps is not None and len(taps) in (pf.N_TAPS, pf.N_TAPS + 1)

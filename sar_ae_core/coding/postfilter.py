@@ -38,8 +38,14 @@ N_TAPS = 1 + len(OFFSETS) + 1  # centre, pairs, offset
 SCALE = 4096
 MAX_TAP = 1 << 20          # |tap| / SCALE up to 256
 MAX_OFFSET = 400 * SCALE   # dB
+MAX_BRIGHT = 4 * SCALE     # the bright gain (format 3.4)
+#: the bright gains the `enl` fit tries (`bright_excess`): each with its own taps and Lagrange multiplier
+BRIGHT_GAINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 #: the fit `enl` keeps the ENL ratio of the homogeneous areas at most this (the quality target is 0.85–1.15)
-ENL_MAX = 1.12
+ENL_MAX = 1.14
+#: where the bound holds without a filter, a fit is kept only if it lowers the error by more than this share (the
+#: filter's sharpening costs edge fidelity — EPI — that a hundredth of a dB does not pay for)
+MIN_ERROR_GAIN = 0.005
 #: `auto` fits `enl` from this many bits per pixel, `mse` below (where no codec keeps speckle)
 ENL_FROM_BPP = 0.5
 MODES = ("auto", "enl", "mse", "off")
@@ -81,23 +87,51 @@ def _features(padded: np.ndarray, h: int, w: int) -> list[np.ndarray]:
 
 def apply(padded: np.ndarray, taps, rows: int = 8) -> np.ndarray:
     """The filtered h × w centre of a float32 block padded by RADIUS on every side (mirrored at the raster's edges,
-    the neighbouring pixels elsewhere), `rows` rows at a time (the temporaries stay in the CPU's cache)."""
+    the neighbouring pixels elsewhere), `rows` rows at a time (the temporaries stay in the CPU's cache). With a
+    bright gain (taps[N_TAPS]), its part of each pixel's excess over the 5 × 5 mean is added (`bright_excess`)."""
     r = RADIUS
     h, w = padded.shape[0] - 2 * r, padded.shape[1] - 2 * r
     t = (np.asarray(taps, np.float64) / SCALE).astype(np.float32)
+    bright = len(taps) > N_TAPS and taps[N_TAPS] != 0
     x = padded.astype(np.float32, copy=False)
     out = np.empty((h, w), np.float32)
     tmp = np.empty((rows, w), np.float32)
+    box = np.empty((rows, w), np.float32) if bright else None
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
         o, tm = out[y0:y1], tmp[:y1 - y0]
-        np.multiply(x[r + y0:r + y1, r:r + w], t[0], out=o)
+        centre = x[r + y0:r + y1, r:r + w]
+        np.multiply(centre, t[0], out=o)
+        if bright:
+            bx = box[:y1 - y0]
+            bx[...] = centre
         for k, (dy, dx) in enumerate(OFFSETS):
             np.add(x[r + y0 + dy:r + y1 + dy, r + dx:r + dx + w], x[r + y0 - dy:r + y1 - dy, r - dx:r - dx + w], out=tm)
+            if bright:
+                bx += tm
             tm *= t[k + 1]
             o += tm
-        o += t[-1]
+        o += t[N_TAPS - 1]
+        if bright:  # bx: the 25 pixels' sum → max(0, centre − mean) · gain
+            bx *= np.float32(-1.0 / (2 * RADIUS + 1) ** 2)
+            bx += centre
+            np.maximum(bx, 0, out=bx)
+            bx *= t[N_TAPS]
+            o += bx
     return out
+
+
+def bright_excess(features: list[np.ndarray]) -> np.ndarray:
+    """max(0, centre − the 5 × 5 mean) from `_features` (the centre and the 12 pair sums: the 25 pixels' sum).
+
+    Why: the ENL of SAR intensity is set by its bright speckle peaks (linear intensity: its variance is the upper
+    tail's), which a least-squares reconstruction in dB flattens most; lifting the peaks above the local mean puts
+    the speckle contrast back at a fraction of the error a symmetric sharpening costs (single-look TerraSAR-X at 0.5
+    bpp, ENL ratio 1.12: RMSE 4.26 dB against 4.32 for the 5 × 5 filter alone, EPI 0.875 against 0.871)."""
+    total = features[0].copy()
+    for f in features[1:1 + len(OFFSETS)]:
+        total += f
+    return np.maximum(features[0] - total / (2 * RADIUS + 1) ** 2, 0.0)
 
 
 def pad_block(block: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
@@ -142,8 +176,8 @@ def _unpack(text: str) -> list[int]:
         if not byte & 0x80:
             vals.append((z >> 1) if not z & 1 else -((z + 1) >> 1))
             z, shift = 0, 0
-    if shift or len(vals) != N_TAPS:
-        raise ValueError(f"{len(vals)} taps, not {N_TAPS}")
+    if shift or len(vals) not in (N_TAPS, N_TAPS + 1):
+        raise ValueError(f"{len(vals)} taps, not {N_TAPS} (or {N_TAPS + 1} with a bright gain)")
     vals[0] += SCALE
     return vals
 
@@ -175,7 +209,8 @@ def from_header(h, bands: int, path: str) -> Optional[list]:
             taps = _unpack(t)
         except ValueError as exc:
             bad(f"cannot be unpacked ({exc})")
-        if any(abs(v) > MAX_TAP for v in taps[:-1]) or abs(taps[-1]) > MAX_OFFSET:
+        if any(abs(v) > MAX_TAP for v in taps[:N_TAPS - 1]) or abs(taps[N_TAPS - 1]) > MAX_OFFSET or \
+                (len(taps) > N_TAPS and not 0 <= taps[N_TAPS] <= MAX_BRIGHT):
             bad("has a tap out of range")
         out.append(taps)
     return out if any(t is not None for t in out) else None
@@ -217,12 +252,14 @@ def header_bytes(header: dict, bands: int) -> int:
 
 class _Band:
     def __init__(self):
-        self.A = np.zeros((N_TAPS, N_TAPS))
-        self.b = np.zeros(N_TAPS)
+        self.A = np.zeros((N_TAPS + 1, N_TAPS + 1))  # the taps' features, then the bright excess
+        self.b = np.zeros(N_TAPS + 1)
         self.n = 0
+        self.yy = 0.0
         self.nh = 0
         self.hx: list[np.ndarray] = []
         self.hy: list[np.ndarray] = []
+        self.hk: list[np.ndarray] = []  # which of the homogeneous sample the decoder keeps as it is
 
 
 #: rasters of more pixels than this are fitted on FIT_WINDOWS tile-aligned windows spread over them (a fixed cost
@@ -251,12 +288,17 @@ def fit_windows(width: int, height: int, tile: int) -> Optional[list]:
 
 
 def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
-        progress: Optional[Callable] = None) -> tuple[list, list]:
+        progress: Optional[Callable] = None, clip: Optional[tuple] = None) -> tuple[list, list]:
     """Taps per band (None where a band is too small or has too few valid pixels) fitted against the source on the
     reconstruction as the decoder has it before the filter (dB of every pixel), given as `pieces`: (GeoTIFF path,
-    col, row) of windows of it (the whole raster: one piece at 0, 0); and per band whether the reconstruction without
-    a filter is above the ENL bound. A piece's edge inside the raster has no context beyond it: the pixels within
-    the filter's (and the homogeneity window's) reach of it are left out of the fit."""
+    col, row[, kept]) of windows of it (the whole raster: one piece at 0, 0), `kept` a bool array (bands × the
+    piece's height × width) of the pixels the decoder keeps as they are (escapes) or None; and per band whether the
+    reconstruction without a filter is above the ENL bound. The kept pixels are left out of the least squares and
+    enter the ENL with their own values, the filtered ones clipped to `clip` (the file's dB range) as the decoder
+    clips them: the brightest 0.1 % are escapes, and a fit that counted them as filtered would put the speckle
+    contrast back in them alone (single-look TerraSAR-X at 0.5 bpp: ENL ratio 1.12 on the fit's model, 1.28
+    decoded). A piece's edge inside the raster has no context beyond it: the pixels within the filter's (and the
+    homogeneity window's) reach of it are left out of the fit."""
     import rasterio
 
     from sar_ae_core.io.raster import Window, open_raster
@@ -269,10 +311,10 @@ def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
             return [None] * nb, [False] * nb
         halo = max(RADIUS, CV_WINDOW // 2) if mode == "enl" else RADIUS
         plan = []
-        for path, c0, r0 in pieces:
+        for path, c0, r0, *rest in pieces:
             with rasterio.open(path) as ds:
                 pw, ph = ds.width, ds.height
-            plan.append((path, c0, r0, pw, ph, list(M.iter_map_windows(ph, pw, block, halo))))
+            plan.append((path, c0, r0, pw, ph, list(M.iter_map_windows(ph, pw, block, halo)), rest[0] if rest else None))
         steps = sum(len(x[-1]) for x in plan) * (2 if mode == "enl" else 1)
         done = 0
 
@@ -301,7 +343,7 @@ def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
         cv_cache: dict = {}
         if mode == "enl":  # pass 1: the homogeneity threshold (assess's rule), from the source alone
             cvs = [[] for _ in range(nb)]
-            for k, (path, c0, r0, pw, ph, wins) in enumerate(plan):
+            for k, (path, c0, r0, pw, ph, wins, _) in enumerate(plan):
                 for i, win in enumerate(wins):
                     raw, ok = source_block(c0, r0, win)
                     keep = inside(c0, r0, pw, ph, win, CV_WINDOW // 2)
@@ -319,9 +361,9 @@ def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
                 c = np.concatenate(cvs[b]) if cvs[b] else np.zeros(0)
                 thr.append(M.HOMOGENEOUS_CV_FACTOR * float(np.quantile(c, M.HOMOGENEOUS_QUANTILE)) if c.size else 0.0)
         acc = [_Band() for _ in range(nb)]
-        n_px = sum(pw * ph for _, _, _, pw, ph, _ in plan)
+        n_px = sum(pw * ph for _, _, _, pw, ph, _, _ in plan)
         stride = max(1, int(0.2 * n_px) // HOM_SAMPLE)
-        for k, (path, c0, r0, pw, ph, wins) in enumerate(plan):
+        for k, (path, c0, r0, pw, ph, wins, kept) in enumerate(plan):
             with rasterio.open(path) as rec:
                 for i, win in enumerate(wins):
                     raw, ok = source_block(c0, r0, win)
@@ -333,37 +375,91 @@ def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
                     # the core padded by RADIUS: the read window's pixels, mirrored where it is the piece's edge
                     top, left = cr.start - RADIUS, cc.start - RADIUS
                     keep = inside(c0, r0, pw, ph, win, RADIUS)
+                    core_rows = slice(rows.start + cr.start, rows.start + cr.stop)
+                    core_cols = slice(cols.start + cc.start, cols.start + cc.stop)
                     for b in range(nb):
+                        fixed = None if kept is None else kept[b][core_rows, core_cols]
                         xb = pad_block(x[b], max(0, -top), max(0, (cr.stop + RADIUS) - x.shape[1]),
                                        max(0, -left), max(0, (cc.stop + RADIUS) - x.shape[2]))
                         xb = xb[max(0, top):max(0, top) + h + 2 * RADIUS, max(0, left):max(0, left) + wd + 2 * RADIUS]
-                        v = ok[b][win.core] & keep
-                        if not v.any():
+                        counted = ok[b][win.core] & keep
+                        v = counted if fixed is None else counted & ~fixed
+                        if not counted.any():
                             continue
                         feats = _features(xb, h, wd) + [np.ones((h, wd))]
+                        feats.append(bright_excess(feats))
                         X = np.stack([f[v] for f in feats], 1)
                         y = r_db[b][win.core][v]
                         a = acc[b]
                         a.A += X.T @ X
                         a.b += X.T @ y
+                        a.yy += float(y @ y)
                         a.n += len(y)
                         if thr is not None and thr[b] > 0:
                             with np.errstate(invalid="ignore"):
-                                hom = (cv_cache.pop((k, i, b)) < thr[b]) & v
+                                hom = (cv_cache.pop((k, i, b)) < thr[b]) & counted
                             if hom.any():
                                 a.nh += int(hom.sum())
                                 sel = np.flatnonzero(hom.ravel())[::stride]
                                 a.hx.append(np.stack([f.ravel()[sel] for f in feats], 1).astype(np.float32))
                                 a.hy.append(r_db[b][win.core].ravel()[sel].astype(np.float32))
+                                a.hk.append(np.zeros(len(sel), bool) if fixed is None else fixed.ravel()[sel])
                     tick()
-    solved = [_solve(a, mode) for a in acc]
+    solved = [_solve(a, mode, clip) for a in acc]
     return [t for t, _ in solved], [c for _, c in solved]
 
 
+def edge_fidelity(source_path, pieces, source: dict, taps_per_band: list, clip: Optional[tuple] = None) -> list:
+    """Per band (EPI of the reconstruction without the filter, EPI with it) against the source over `pieces` (as
+    `fit` takes them; each read whole: at most FIT_PIXELS, or FIT_WINDOWS windows of FIT_WINDOW²), the filter applied
+    as the decoder applies it (the piece mirrored at its edges, clipped to `clip`, kept pixels as they are); None for
+    a band without taps. The sums of `metrics.epi` are pooled over the pieces."""
+    import rasterio
+
+    from sar_ae_core.io.raster import Window, open_raster
+    from sar_ae_core.quality import metrics as M
+    from sar_ae_core.scaling import raw_to_db, valid_mask
+
+    nb = len(taps_per_band)
+    sums = [np.zeros((2, 3)) for _ in range(nb)]  # (without, with) × (Σ gR·gT, Σ gR², Σ gT²)
+    with open_raster(source_path, bands=source["bands"], units=source["units"]) as src:
+        for path, c0, r0, *rest in pieces:
+            kept = rest[0] if rest else None
+            with rasterio.open(path) as ds:
+                pre = ds.read().astype(np.float32)
+            raw = src.read(Window(c0, r0, pre.shape[2], pre.shape[1]))
+            ok = valid_mask(raw, src.units, src.nodata)
+            ref = raw_to_db(np.where(ok, raw, 1), src.units)
+            for b, taps in enumerate(taps_per_band):
+                if taps is None:
+                    continue
+                out = apply(np.pad(pre[b], RADIUS, mode="reflect"), taps)
+                if clip is not None:
+                    np.clip(out, clip[0], clip[1], out=out)
+                if kept is not None:
+                    out[kept[b]] = pre[b][kept[b]]
+                for k, test in enumerate((pre[b], out)):
+                    gr, gt, gv = M._gradient_pair(ref[b].astype(np.float64), test.astype(np.float64), ok[b])
+                    x, y = gr[gv], gt[gv]
+                    sums[b][k] += (float(x @ y), float(x @ x), float(y @ y))
+    out = []
+    for b, taps in enumerate(taps_per_band):
+        if taps is None:
+            out.append(None)
+            continue
+        e = [float(s[0] / math.sqrt(s[1] * s[2])) if s[1] * s[2] > 0 else float("nan") for s in sums[b]]
+        out.append((e[0], e[1]))
+    return out
+
+
 def _quantized(w: np.ndarray) -> list[int]:
-    q = np.rint(w * SCALE)
-    q[:-1] = np.clip(q[:-1], -MAX_TAP, MAX_TAP)
-    q[-1] = np.clip(q[-1], -MAX_OFFSET, MAX_OFFSET)
+    q = np.rint(np.asarray(w, np.float64) * SCALE)
+    q[:N_TAPS - 1] = np.clip(q[:N_TAPS - 1], -MAX_TAP, MAX_TAP)
+    q[N_TAPS - 1] = np.clip(q[N_TAPS - 1], -MAX_OFFSET, MAX_OFFSET)
+    if len(q) > N_TAPS:
+        q[N_TAPS] = np.clip(q[N_TAPS], 0, MAX_BRIGHT)
+        if q[N_TAPS] == 0:
+            q = q[:N_TAPS]
     return [int(v) for v in q]
 
 
@@ -372,18 +468,21 @@ def _enl(lin: np.ndarray) -> float:
     return float(lin.mean()) ** 2 / var if var > 0 else math.inf
 
 
-def _solve(a: _Band, mode: str):
+def _solve(a: _Band, mode: str, clip: Optional[tuple] = None):
     """(taps or None, whether the reconstruction without a filter is above the ENL bound: the filter is there to
     put speckle back, not only to lower the error)."""
-    w, constrained = _solve_float(a, mode)
+    w, constrained = _solve_float(a, mode, clip)
     return (None if w is None else _quantized(w)), constrained
 
 
-def _solve_float(a: _Band, mode: str):
+def _solve_float(a: _Band, mode: str, clip: Optional[tuple] = None):
+    """(weights: N_TAPS floats, or N_TAPS + 1 with a bright gain; or None) and whether the ENL bound needed the fit."""
     if a.n < MIN_PIXELS:
         return None, False
-    A, b = a.A / a.n, a.b / a.n
-    ridge = 1e-9 * np.trace(A) * np.eye(N_TAPS)
+    n = N_TAPS
+    A_ext, b_ext = a.A / a.n, a.b / a.n  # over the taps' features and the bright excess (the last column)
+    A, b, Ar = A_ext[:n, :n], b_ext[:n], A_ext[:n, n]
+    ridge = 1e-9 * np.trace(A) * np.eye(n)
     try:
         w0 = np.linalg.solve(A + ridge, b)
     except np.linalg.LinAlgError:
@@ -398,26 +497,65 @@ def _solve_float(a: _Band, mode: str):
     e_ref = _enl(np.power(10.0, y / 10.0))
     if not math.isfinite(e_ref) or e_ref <= 0:
         return w0, False
-    Xc = X - X.mean(0)
-    C = Xc.T @ Xc / len(y) * (a.nh / a.n)  # the variance over the homogeneous areas, on the scale of the MSE
+    kept = np.concatenate(a.hk)
+    clip_lo, clip_hi = clip if clip is not None else (-400.0, 400.0)
+    Xf = X[~kept]
+    if len(Xf) < 64:
+        return w0, False
+    Xc = Xf - Xf.mean(0)
+    C_ext = Xc.T @ Xc / len(y) * (a.nh / a.n)  # the variance over the homogeneous areas, on the scale of the MSE
+    C, Cr = C_ext[:n, :n], C_ext[:n, n]
 
-    def ratio(w):
-        return _enl(np.power(10.0, np.clip(X @ w, -400, 400) / 10.0)) / e_ref
+    def ratio(v):
+        db = np.where(kept, X[:, 0], np.clip(X[:, :len(v)] @ v, clip_lo, clip_hi))  # kept pixels: unfiltered
+        return _enl(np.power(10.0, db / 10.0)) / e_ref
 
-    def solve(mu):
-        try:
-            M_ = A - mu * C
-            np.linalg.cholesky(M_ + ridge)
-            return np.linalg.solve(M_ + ridge, b)
-        except np.linalg.LinAlgError:
-            return None
+    def mse(v):  # up to the constant ‖y‖²/n
+        v = np.r_[v, 0.0] if len(v) == n else v
+        return float(v @ A_ext @ v - 2 * v @ b_ext)
 
-    identity = np.zeros(N_TAPS)
+    identity = np.zeros(n)
     identity[0] = 1.0
     needed = ratio(identity) > ENL_MAX  # the reconstruction itself smooths the homogeneous areas
-    if ratio(w0) <= ENL_MAX:
-        return w0, needed
+    w = w0 if ratio(w0) <= ENL_MAX else _constrained(A, b, Ar, C, Cr, ridge, ratio, mse)
+    if not needed:  # the bound holds without a filter: one that meets it too is for the error alone
+        e0 = mse(identity) + a.yy / a.n
+        return (w if w is not None and e0 - (mse(w) + a.yy / a.n) > MIN_ERROR_GAIN * e0 else None), False
+    return (w if w is not None else w0), needed
+
+
+def _constrained(A, b, Ar, C, Cr, ridge, ratio, mse):
+    """The least-error filter meeting ENL_MAX over the bright gains BRIGHT_GAINS, each with its multiplier μ; where
+    none meets it, the one closest to it."""
+    best = None
+    for beta in BRIGHT_GAINS:
+        def solve(mu):
+            try:
+                M_ = A - mu * C
+                np.linalg.cholesky(M_ + ridge)
+                w = np.linalg.solve(M_ + ridge, b - beta * Ar + mu * beta * Cr)
+            except np.linalg.LinAlgError:
+                return None
+            return np.r_[w, beta] if beta else w
+
+        v = _lagrange(solve, ratio)
+        if v is not None and np.all(np.isfinite(v)):
+            meets = ratio(v) <= ENL_MAX
+            key = (not meets, mse(v) if meets else ratio(v))  # meeting the bound first, then the error
+            if best is None or key < best[0]:
+                best = (key, v)
+    return best[1] if best is not None else None
+
+
+def _lagrange(solve, ratio):
+    """The filter of the smallest multiplier μ (bisection) whose ENL ratio meets ENL_MAX, or the one of the largest
+    tried when none does (as far towards it as the family goes); None when not even μ = 0 solves."""
     lo, hi, w_hi = 0.0, None, None
+    w_lo = solve(0.0)
+    if w_lo is None:
+        return None
+    if ratio(w_lo) <= ENL_MAX:
+        return w_lo
     mu = 0.05
     while mu < 64:  # bracket: the smallest tried μ that meets the target
         w = solve(mu)
@@ -426,10 +564,9 @@ def _solve_float(a: _Band, mode: str):
         if ratio(w) <= ENL_MAX:
             hi, w_hi = mu, w
             break
-        lo, mu = mu, mu * 2
-    if hi is None:  # the target is out of reach: as far towards it as the family goes
-        w = solve(lo) if lo > 0 else None
-        return (w if w is not None and np.all(np.isfinite(w)) else w0), needed
+        lo, w_lo, mu = mu, w, mu * 2
+    if hi is None:
+        return w_lo
     for _ in range(14):
         m = 0.5 * (lo + hi)
         w = solve(m)
@@ -437,7 +574,7 @@ def _solve_float(a: _Band, mode: str):
             hi, w_hi = m, w
         else:
             lo = m
-    return (w_hi if np.all(np.isfinite(w_hi)) else w0), needed
+    return w_hi
 
 
 # ------------------------------------------------------------------------------------------------ the decoder
