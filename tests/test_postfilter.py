@@ -133,6 +133,50 @@ def test_the_enl_fit_keeps_the_speckle_that_least_squares_smooths(tmp_path, sar_
     assert res["auto"][1]["psnr"] >= res["off"][1]["psnr"] - 0.05
 
 
+def test_single_look_speckle_enl_is_met_as_decoded_with_the_bright_gain(tmp_path, tsx_complex, monkeypatch):
+    """Single-look TerraSAR-X (held out) at 0.5 bpp: the fit models what the decoder does — escaped pixels (the
+    brightest 0.1 %, deep nulls) kept as they are, the rest clipped — so the decoded ENL ratio meets the bound (it
+    was 1.28 where the fit counted the escapes as filtered); the bright gain reaches it at a lower error than the
+    5 × 5 taps alone, and the decoder writes exactly the taps and gain applied to the unfiltered reconstruction."""
+    from sar_ae_core.rate import compress_to_rate
+
+    res = {}
+    for name, gains in (("bright", pf.BRIGHT_GAINS), ("taps", (0.0,))):
+        monkeypatch.setattr(pf, "BRIGHT_GAINS", gains)
+        sarz = tmp_path / f"{name}.sarz"
+        r = compress_to_rate(tsx_complex, sarz, 0.5)
+        assert r["post_filter"] == "enl" and abs(r["bpp"] / 0.5 - 1) <= 0.03
+        with SarzFile(sarz) as f:
+            taps = f.postfilter[0]
+        res[name] = (taps, _rmse(tsx_complex, sarz, tmp_path / f"{name}.tif"))
+        assert 0.85 <= res[name][1]["enl_ratio"] <= pf.ENL_MAX + 0.01, (name, res[name][1]["enl_ratio"])
+    assert len(res["bright"][0]) == pf.N_TAPS + 1 and res["bright"][0][-1] > 0
+    assert len(res["taps"][0]) == pf.N_TAPS
+    assert res["bright"][1]["rmse_db"] < res["taps"][1]["rmse_db"] - 0.03
+    assert res["bright"][1]["epi"] > res["taps"][1]["epi"]
+    want, esc = _expected(tmp_path / "bright.sarz", tmp_path / "pre.tif")
+    reconstruct_raster(tmp_path / "bright.sarz", tmp_path / "db.tif", units="db", overwrite=True)
+    with rasterio.open(tmp_path / "db.tif") as ds:
+        got = ds.read(1)
+    ok = np.isfinite(got)
+    assert esc.any() and np.array_equal(got[esc & ok], want[esc & ok])
+    assert np.abs(got[ok] - want[ok]).max() < 1e-3
+
+
+def test_a_filter_the_speckle_bound_does_not_need_keeps_the_edges(tmp_path, sar_data):
+    """Dual-pol Sentinel-1 SLC covariance (held out) at 0.5 bpp: where the bound holds without a filter, none that
+    lowers the edge fidelity (EPI) is kept — the file is as edge-faithful as the unfiltered one, within the bound."""
+    from sar_ae_core.rate import compress_to_rate
+
+    src = sar_data / "s1_slc_shanghai_dualpol_cov2x2_256.npy"
+    out = {}
+    for mode in ("off", "auto"):
+        compress_to_rate(src, tmp_path / f"{mode}.sarz", 0.5, post_filter=mode)
+        out[mode] = _rmse(src, tmp_path / f"{mode}.sarz", tmp_path / f"{mode}.tif")
+    assert out["auto"]["epi"] >= out["off"]["epi"] - 0.001, (out["auto"]["epi"], out["off"]["epi"])
+    assert 0.85 <= out["auto"]["enl_ratio"] <= 1.15
+
+
 def test_small_files_get_no_filter_and_damaged_filters_are_refused(tmp_path, kerala_crop):
     with rasterio.open(kerala_crop) as src:
         prof = src.profile
@@ -209,6 +253,22 @@ def test_a_large_raster_is_fitted_on_windows_of_it(tmp_path, kerala_dn):
     off = _rmse(src_path, tmp_path / "off.sarz", tmp_path / "off.tif")["rmse_db"]
     on = _rmse(src_path, tmp_path / "on.sarz", tmp_path / "on.tif")["rmse_db"]
     assert on < off * 0.995, (on, off)
+
+
+def test_the_enl_fit_with_and_without_kept_pixels(tmp_path, kerala_crop):
+    """`fit` takes pieces with or without the decoder's kept pixels (a file without escapes has none): the same taps
+    where no pixel is kept, and the kept ones left out of the least squares otherwise."""
+    compress_raster(kerala_crop, tmp_path / "k.sarz", model="sarae-q2", post_filter="off")
+    reconstruct_raster(tmp_path / "k.sarz", tmp_path / "pre.tif", units="db", prefilter=True)
+    with SarzFile(tmp_path / "k.sarz") as f:
+        source, h, w = f.header["source"], f.plan.height, f.plan.width
+    none = np.zeros((1, h, w), bool)
+    some = none.copy()
+    some[0, ::7, ::5] = True
+    plain, _ = pf.fit(kerala_crop, [(tmp_path / "pre.tif", 0, 0)], source, "enl")
+    nothing_kept, _ = pf.fit(kerala_crop, [(tmp_path / "pre.tif", 0, 0, none)], source, "enl")
+    kept, _ = pf.fit(kerala_crop, [(tmp_path / "pre.tif", 0, 0, some)], source, "enl")
+    assert plain[0] is not None and plain == nothing_kept and kept != plain
 
 
 def test_the_enl_fit_where_the_speckle_bound_is_out_of_the_family_s_reach():

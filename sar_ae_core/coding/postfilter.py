@@ -4,7 +4,7 @@ residual layer, escapes in place) before it writes it — an adaptive loop filte
 
 The filter is 5 × 5 and point-symmetric (w(dy, dx) = w(−dy, −dx): a centre tap, 12 pair taps) plus an offset, all
 integers in units of 1/SCALE (dB for the offset), so the decoder needs no float parameters: 13 multiplies and 25
-additions per pixel (0.03 kMAC). At the raster's edges the reconstruction is mirrored (numpy's 'reflect'), the same
+additions per pixel (0.03 kMAC; with a bright gain 14 more additions, a max and a multiply). At the raster's edges the reconstruction is mirrored (numpy's 'reflect'), the same
 for a window decode as for the whole raster; escaped pixels (kept exactly) keep their values, invalid ones stay
 nodata.
 
@@ -16,7 +16,12 @@ Two fits (`fit`):
   ratio of `assess` (linear intensity, pixels whose 15 × 15 coefficient of variation is below 1.5 × its 10th
   percentile) at most ENL_MAX. Minimising ‖y − Xw‖² − μ·var_H(Xw) for μ ≥ 0 (a Lagrange multiplier on the filtered
   variance in the homogeneous areas) gives the family of filters from the Wiener filter (μ = 0) towards ones that
-  put the speckle contrast back; μ is searched (bisection) for the smallest that meets ENL_MAX.
+  put the speckle contrast back; μ is searched (bisection) for the smallest that meets ENL_MAX. The family also
+  has a bright gain β (format 3.4, a 15th value): the decoder adds β·max(0, x − the 5 × 5 mean) (`bright_excess`),
+  which lifts the speckle peaks that set the ENL of linear intensity; each β of BRIGHT_GAINS gets its own μ, and the
+  least error wins. The ENL is counted on the pixels as the decoder writes them (escapes kept, the rest clipped to
+  the file's range). Where the bound holds without a filter, one is kept only if it lowers the error by more than
+  MIN_ERROR_GAIN (and, in `refine.add_postfilter`, does not lower the EPI: `edge_fidelity`).
 
 Both accumulate their normal equations window by window (memory does not grow with the raster; the homogeneous
 pixels for the ENL are a fixed-stride sample of at most HOM_SAMPLE).
@@ -43,8 +48,8 @@ MAX_BRIGHT = 4 * SCALE     # the bright gain (format 3.4)
 BRIGHT_GAINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 #: the fit `enl` keeps the ENL ratio of the homogeneous areas at most this (the quality target is 0.85–1.15)
 ENL_MAX = 1.14
-#: where the bound holds without a filter, a fit is kept only if it lowers the error by more than this share (the
-#: filter's sharpening costs edge fidelity — EPI — that a hundredth of a dB does not pay for)
+#: a filter the ENL bound does not need is kept only if it lowers the error by more than this share (a filter's
+#: smoothing costs edge fidelity — EPI — that a hundredth of a dB does not pay for)
 MIN_ERROR_GAIN = 0.005
 #: `auto` fits `enl` from this many bits per pixel, `mse` below (where no codec keeps speckle)
 ENL_FROM_BPP = 0.5
@@ -315,7 +320,7 @@ def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
             with rasterio.open(path) as ds:
                 pw, ph = ds.width, ds.height
             plan.append((path, c0, r0, pw, ph, list(M.iter_map_windows(ph, pw, block, halo)), rest[0] if rest else None))
-        steps = sum(len(x[-1]) for x in plan) * (2 if mode == "enl" else 1)
+        steps = sum(len(x[5]) for x in plan) * (2 if mode == "enl" else 1)
         done = 0
 
         def tick():
@@ -489,8 +494,12 @@ def _solve_float(a: _Band, mode: str, clip: Optional[tuple] = None):
         return None, False
     if not np.all(np.isfinite(w0)):
         return None, False
+    def gain(w):  # the share of the unfiltered reconstruction's error (‖x‖² − 2 x·y + ‖y‖²) the filter takes away
+        e0 = float(A[0, 0] - 2 * b[0]) + a.yy / a.n
+        return (e0 - (float(w @ A @ w - 2 * w @ b) + a.yy / a.n)) / e0 if e0 > 0 else 0.0
+
     if mode != "enl" or not a.hx:
-        return w0, False
+        return (w0 if gain(w0) > MIN_ERROR_GAIN else None), False
     X, y = np.concatenate(a.hx).astype(np.float64), np.concatenate(a.hy).astype(np.float64)
     if len(y) < 64:
         return w0, False
