@@ -51,6 +51,9 @@ ENL_MAX = 1.14
 #: a filter the ENL bound does not need is kept only if it lowers the error by more than this share (a filter's
 #: smoothing costs edge fidelity — EPI — that a hundredth of a dB does not pay for)
 MIN_ERROR_GAIN = 0.005
+#: ... and only if it lowers the EPI by at most this times the share of the error it takes away (0.001 EPI for 1 %
+#: of the MSE, 0.04 dB): both are the quality targets' (EPI at least JPEG2000's, PSNR 0.5 dB above it)
+EPI_PER_ERROR = 0.1
 #: `auto` fits `enl` from this many bits per pixel, `mse` below (where no codec keeps speckle)
 ENL_FROM_BPP = 0.5
 MODES = ("auto", "enl", "mse", "off")
@@ -415,7 +418,8 @@ def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
 
 
 def edge_fidelity(source_path, pieces, source: dict, taps_per_band: list, clip: Optional[tuple] = None) -> list:
-    """Per band (EPI of the reconstruction without the filter, EPI with it) against the source over `pieces` (as
+    """Per band (EPI of the reconstruction without the filter, EPI with it, the MSE in dB² without and with it)
+    against the source over `pieces` (as
     `fit` takes them; each read whole: at most FIT_PIXELS, or FIT_WINDOWS windows of FIT_WINDOW²), the filter applied
     as the decoder applies it (the piece mirrored at its edges, clipped to `clip`, kept pixels as they are); None for
     a band without taps. The sums of `metrics.epi` are pooled over the pieces."""
@@ -426,7 +430,7 @@ def edge_fidelity(source_path, pieces, source: dict, taps_per_band: list, clip: 
     from sar_ae_core.scaling import raw_to_db, valid_mask
 
     nb = len(taps_per_band)
-    sums = [np.zeros((2, 3)) for _ in range(nb)]  # (without, with) × (Σ gR·gT, Σ gR², Σ gT²)
+    sums = [np.zeros((2, 5)) for _ in range(nb)]  # (without, with) × (Σ gR·gT, Σ gR², Σ gT², Σ error², n)
     with open_raster(source_path, bands=source["bands"], units=source["units"]) as src:
         for path, c0, r0, *rest in pieces:
             kept = rest[0] if rest else None
@@ -446,15 +450,24 @@ def edge_fidelity(source_path, pieces, source: dict, taps_per_band: list, clip: 
                 for k, test in enumerate((pre[b], out)):
                     gr, gt, gv = M._gradient_pair(ref[b].astype(np.float64), test.astype(np.float64), ok[b])
                     x, y = gr[gv], gt[gv]
-                    sums[b][k] += (float(x @ y), float(x @ x), float(y @ y))
+                    err = (test - ref[b])[ok[b]].astype(np.float64)
+                    sums[b][k] += (float(x @ y), float(x @ x), float(y @ y), float(err @ err), err.size)
     out = []
     for b, taps in enumerate(taps_per_band):
         if taps is None:
             out.append(None)
             continue
         e = [float(s[0] / math.sqrt(s[1] * s[2])) if s[1] * s[2] > 0 else float("nan") for s in sums[b]]
-        out.append((e[0], e[1]))
+        m = [float(s[3] / s[4]) if s[4] else float("nan") for s in sums[b]]
+        out.append((e[0], e[1], m[0], m[1]))
     return out
+
+
+def edges_outweigh(fidelity) -> bool:
+    """Whether a filter's loss of edge fidelity outweighs its error gain ((EPI, EPI, MSE, MSE) without and with it,
+    from `edge_fidelity`): an EPI lower by more than EPI_PER_ERROR times the share of the error it takes away."""
+    e0, e1, m0, m1 = fidelity
+    return bool(e0 - e1 > EPI_PER_ERROR * max(0.0, (m0 - m1) / m0)) if m0 > 0 else False
 
 
 def _quantized(w: np.ndarray) -> list[int]:
