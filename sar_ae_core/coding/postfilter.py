@@ -54,6 +54,9 @@ MIN_ERROR_GAIN = 0.005
 #: ... and only if it lowers the EPI by at most this times the share of the error it takes away (0.001 EPI for 1 %
 #: of the MSE, 0.04 dB): both are the quality targets' (EPI at least JPEG2000's, PSNR 0.5 dB above it)
 EPI_PER_ERROR = 0.1
+#: the `enl` fit's filter may cost at most this times the unfiltered reconstruction's error (0.41 dB): where the
+#: bound is out of reach (a reconstruction far smoother than its source), the family is followed only so far
+ENL_ERROR_CAP = 1.10
 #: `auto` fits `enl` from this many bits per pixel, `mse` below (where no codec keeps speckle)
 ENL_FROM_BPP = 0.5
 MODES = ("auto", "enl", "mse", "off")
@@ -532,23 +535,23 @@ def _solve_float(a: _Band, mode: str, clip: Optional[tuple] = None):
         db = np.where(kept, X[:, 0], np.clip(X[:, :len(v)] @ v, clip_lo, clip_hi))  # kept pixels: unfiltered
         return _enl(np.power(10.0, db / 10.0)) / e_ref
 
-    def mse(v):  # up to the constant ‖y‖²/n
+    def mse(v):  # the filtered reconstruction's mean squared error (dB²) over the fitted pixels
         v = np.r_[v, 0.0] if len(v) == n else v
-        return float(v @ A_ext @ v - 2 * v @ b_ext)
+        return float(v @ A_ext @ v - 2 * v @ b_ext) + a.yy / a.n
 
     identity = np.zeros(n)
     identity[0] = 1.0
     needed = ratio(identity) > ENL_MAX  # the reconstruction itself smooths the homogeneous areas
-    w = w0 if ratio(w0) <= ENL_MAX else _constrained(A, b, Ar, C, Cr, ridge, ratio, mse)
+    e0 = mse(identity)
+    w = w0 if ratio(w0) <= ENL_MAX else _constrained(A, b, Ar, C, Cr, ridge, ratio, mse, ENL_ERROR_CAP * e0)
     if not needed:  # the bound holds without a filter: one that meets it too is for the error alone
-        e0 = mse(identity) + a.yy / a.n
-        return (w if w is not None and e0 - (mse(w) + a.yy / a.n) > MIN_ERROR_GAIN * e0 else None), False
+        return (w if w is not None and e0 - mse(w) > MIN_ERROR_GAIN * e0 else None), False
     return (w if w is not None else w0), needed
 
 
-def _constrained(A, b, Ar, C, Cr, ridge, ratio, mse):
+def _constrained(A, b, Ar, C, Cr, ridge, ratio, mse, cap):
     """The least-error filter meeting ENL_MAX over the bright gains BRIGHT_GAINS, each with its multiplier μ; where
-    none meets it, the one closest to it."""
+    none meets it, the one closest to it — of those whose error is at most `cap` (None if none is)."""
     best = None
     for beta in BRIGHT_GAINS:
         def solve(mu):
@@ -560,8 +563,8 @@ def _constrained(A, b, Ar, C, Cr, ridge, ratio, mse):
                 return None
             return np.r_[w, beta] if beta else w
 
-        v = _lagrange(solve, ratio)
-        if v is not None and np.all(np.isfinite(v)):
+        v = _lagrange(solve, ratio, lambda w: mse(w) <= cap)
+        if v is not None and np.all(np.isfinite(v)) and mse(v) <= cap:
             meets = ratio(v) <= ENL_MAX
             key = (not meets, mse(v) if meets else ratio(v))  # meeting the bound first, then the error
             if best is None or key < best[0]:
@@ -569,9 +572,10 @@ def _constrained(A, b, Ar, C, Cr, ridge, ratio, mse):
     return best[1] if best is not None else None
 
 
-def _lagrange(solve, ratio):
+def _lagrange(solve, ratio, affordable=lambda w: True):
     """The filter of the smallest multiplier μ (bisection) whose ENL ratio meets ENL_MAX, or the one of the largest
-    tried when none does (as far towards it as the family goes); None when not even μ = 0 solves."""
+    tried when none does (as far towards it as the family goes while `affordable`); None when not even μ = 0
+    solves."""
     lo, hi, w_hi = 0.0, None, None
     w_lo = solve(0.0)
     if w_lo is None:
@@ -586,6 +590,8 @@ def _lagrange(solve, ratio):
         if ratio(w) <= ENL_MAX:
             hi, w_hi = mu, w
             break
+        if not affordable(w):  # short of the bound and already too costly
+            break
         lo, w_lo, mu = mu, w, mu * 2
     if hi is None:
         return w_lo
@@ -596,7 +602,9 @@ def _lagrange(solve, ratio):
             hi, w_hi = m, w
         else:
             lo = m
-    return w_hi
+            if w is not None and affordable(w):
+                w_lo = w
+    return w_hi if affordable(w_hi) else w_lo
 
 
 # ------------------------------------------------------------------------------------------------ the decoder
