@@ -11,6 +11,7 @@
 
     .venv/bin/python benchmarks/bench_codec.py rd --out benchmarks/results/codec_rd.json
     .venv/bin/python benchmarks/bench_codec.py speed --sizes 1024 4096 8192 --rounds 3
+    .venv/bin/python benchmarks/bench_codec.py postfilter      # the post-filter with and without its bright gain
 """
 
 from __future__ import annotations
@@ -477,6 +478,36 @@ def run_residual(args) -> dict:
             "notes": "whole processes (start-up included), alternated; the context file is smaller at the same step"}
 
 
+def run_postfilter(args) -> dict:
+    """The post-filter's own cost (`postfilter.apply`, what the decoder's row stage runs) on a real reconstruction
+    in dB: the 5 × 5 taps alone and with the bright gain (format 3.4), alternated, one thread, in process."""
+    import statistics
+
+    import rasterio
+
+    from sar_ae_core.coding import postfilter as pf
+    from sar_ae_core.scaling import raw_to_db
+
+    with rasterio.open(DATA / args.source) as ds:
+        db = raw_to_db(ds.read(1, window=((0, min(ds.height, 512)), (0, min(ds.width, 2048)))).astype(np.float64),
+                       "amplitude").astype(np.float32)
+    padded = np.pad(db, pf.RADIUS, mode="reflect")
+    taps = [4600] + [60, -40, 30, -20, 10, 50, -30, 20, -10, 40, -20, 10] + [-2000]
+    kinds = {"taps": taps, "taps_and_bright_gain": taps + [1229]}
+    times = {k: [] for k in kinds}
+    for _ in range(args.rounds):
+        for k, t in kinds.items():
+            t0 = time.perf_counter()
+            pf.apply(padded, t)
+            times[k].append(time.perf_counter() - t0)
+    px = db.size
+    mpx = {k: px / statistics.median(v) / 1e6 for k, v in times.items()}
+    return {"benchmark": "postfilter", "source": args.source, "pixels": px, "rounds": args.rounds,
+            "seconds": times, "median_mpx_per_s": mpx,
+            "ratio_bright_over_taps": statistics.median(times["taps_and_bright_gain"]) / statistics.median(times["taps"]),
+            "notes": "in process, alternated; the decoder runs this per row chunk on its row stage's thread"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -496,9 +527,13 @@ def main() -> None:
     rs.add_argument("--step", type=float, default=1.5)
     rs.add_argument("--rounds", type=int, default=7)
     rs.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "residual_decode.json"))
+    pp = sub.add_parser("postfilter", help="the post-filter's cost, with and without the bright gain")
+    pp.add_argument("--source", default="s1_iw_grdh_kerala_20180716_vv_dn.tiff")
+    pp.add_argument("--rounds", type=int, default=15)
+    pp.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "postfilter_speed.json"))
     args = p.parse_args()
     t0 = time.perf_counter()
-    report = {"rd": run_rd, "speed": run_speed, "residual": run_residual}[args.what](args)
+    report = {"rd": run_rd, "speed": run_speed, "residual": run_residual, "postfilter": run_postfilter}[args.what](args)
     report.update(machine=platform.platform(), python=platform.python_version(),
                   seconds=time.perf_counter() - t0)
     out = Path(args.out)

@@ -161,6 +161,12 @@ def test_single_look_speckle_enl_is_met_as_decoded_with_the_bright_gain(tmp_path
     ok = np.isfinite(got)
     assert esc.any() and np.array_equal(got[esc & ok], want[esc & ok])
     assert np.abs(got[ok] - want[ok]).max() < 1e-3
+    # a window decodes the same pixels as the whole raster, bit for bit (the 5 × 5 mean from the neighbouring units)
+    reconstruct_raster(tmp_path / "bright.sarz", tmp_path / "win.tif", units="db", window=(37, 51, 100, 90),
+                       overwrite=True)
+    with rasterio.open(tmp_path / "win.tif") as ds:
+        part = ds.read(1)
+    assert np.array_equal(part, got[51:141, 37:137], equal_nan=True)
 
 
 def test_a_filter_the_speckle_bound_does_not_need_keeps_the_edges(tmp_path, sar_data):
@@ -194,8 +200,10 @@ def test_small_files_get_no_filter_and_damaged_filters_are_refused(tmp_path, ker
         header, chunks = rd.header, [rd.chunk(i) for i in range(rd.chunk_count)]
     taps = pf.from_header(header["postfilter"], 1, "x")[0]
     assert pf._unpack(pf._pack(taps)) == taps
+    assert pf._unpack(pf._pack(taps + [1234])) == taps + [1234]  # with a bright gain (format 3.4)
     for bad in (pf._pack(taps)[:-5], pf._pack(taps[:-1] + [10 ** 9]), "~~~~~", [taps], {"id": "sym5"},
-                [pf._pack(taps), None]):
+                [pf._pack(taps), None], pf._pack(taps + [-1]), pf._pack(taps + [pf.MAX_BRIGHT + 1]),
+                pf._pack(taps + [1, 1])):
         h = {**header, "postfilter": bad}
         with open(tmp_path / "bad.sarz", "wb") as fh:
             w = ContainerWriter(fh, h)
