@@ -24,7 +24,7 @@ class CompressAlgorithm(SarAeAlgorithm):
         "error, a residual layer are searched so that the file has that size (within 2 %).\n"
         "<b>Quantization bits</b> (uniform coder): fewer bits, smaller file, lower quality (8 is a good default).\n"
         "<b>Post-filter</b> (advanced): a 5x5 filter fitted on the file's own reconstruction and stored in it (about "
-        "40 bytes a band): 'auto' keeps the speckle of homogeneous areas (ENL ratio at most 1.12) from 0.5 bits per "
+        "40 bytes a band): 'auto' keeps the speckle of homogeneous areas (ENL ratio at most 1.14) from 0.5 bits per "
         "pixel and minimises the error below; 'enl', 'mse' force one; 'off' for none.\n\n"
         "<b>Compressed file</b>: left at '[Save to temporary file]', the .sarz is written beside the input "
         "(scene.sarz, or scene_2.sarz if that exists) so that it outlives the QGIS session; where the input's "
