@@ -214,9 +214,9 @@ def cmd_info(args) -> int:
     sc = info["scaling"]
     print(f"  scaling   : [{sc['vmin_db']:.2f}, {sc['vmax_db']:.2f}] dB ({sc['clip_method']})")
     if info.get("post_filter"):
-        n = sum(t is not None for t in info["post_filter"])
         from sar_ae_core.coding.postfilter import N_TAPS
 
+        n = sum(t is not None for t in info["post_filter"])
         bright = sum(t is not None and len(t) > N_TAPS and t[N_TAPS] > 0 for t in info["post_filter"])
         print(f"  post-filter: 5x5 point-symmetric, fitted on the file's reconstruction, on {n} of {info['bands']} "
               f"band(s)" + (f", bright gain on {bright}" if bright else ""))
@@ -470,8 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--post-filter", choices=("auto", "enl", "mse", "off"), default="auto",
                    help="a 5x5 filter fitted on the file's own reconstruction and stored in it (about 40 bytes a "
                         "band; not on rasters where that is more than 2 %% of the file): 'mse' least squares against "
-                        "the source, 'enl' the same keeping the speckle of homogeneous areas (ENL ratio <= 1.14, bright "
-                        "speckle peaks lifted where that needs it), "
+                        "the source, 'enl' the same keeping the speckle of homogeneous areas (ENL ratio <= 1.14, "
+                        "bright speckle peaks lifted where that needs it), "
                         "'auto' (default) 'enl' from 0.5 bits per pixel and 'mse' below; not with --max-rmse-db")
     s.add_argument("--max-decoder-kmac", type=float, default=None, metavar="KMAC",
                    help="with --rate or --max-rmse-db: only rate points whose decoder costs at most KMAC thousand "
@@ -596,7 +596,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (OSError, ValueError):
             pass
         return 141
-    except BaseException as exc:  # noqa: B036 — `Terminated`, or an error Python raised around it (see `was_terminated`)
+    except BaseException as exc:  # noqa: B036 — `Terminated`, or an error raised around it (`was_terminated`)
         if not was_terminated(exc):
             raise
         discard_pending()

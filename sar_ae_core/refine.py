@@ -285,7 +285,8 @@ def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, ta
         if mode == "enl":
             # where the ENL bound holds without it, a filter that blurs the edges (EPI) is not worth its error gain
             epis = pf.edge_fidelity(input_path, pieces, header["source"], taps, clip)
-            taps = [t if t is None or c or not pf.edges_outweigh(e) else None for t, c, e in zip(taps, constrained, epis)]
+            taps = [t if t is None or c or not pf.edges_outweigh(e) else None
+                    for t, c, e in zip(taps, constrained, epis)]
         if all(t is None for t in taps):
             return None
         # where the reconstruction keeps the speckle without a filter, the filter is for the error alone: it must pay

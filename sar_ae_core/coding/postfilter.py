@@ -4,9 +4,9 @@ residual layer, escapes in place) before it writes it — an adaptive loop filte
 
 The filter is 5 × 5 and point-symmetric (w(dy, dx) = w(−dy, −dx): a centre tap, 12 pair taps) plus an offset, all
 integers in units of 1/SCALE (dB for the offset), so the decoder needs no float parameters: 13 multiplies and 25
-additions per pixel (0.03 kMAC; with a bright gain 14 more additions, a max and a multiply). At the raster's edges the reconstruction is mirrored (numpy's 'reflect'), the same
-for a window decode as for the whole raster; escaped pixels (kept exactly) keep their values, invalid ones stay
-nodata.
+additions per pixel (0.03 kMAC; with a bright gain 14 more additions, a max and a multiply). At the raster's edges
+the reconstruction is mirrored (numpy's 'reflect'), the same for a window decode as for the whole raster; escaped
+pixels (kept exactly) keep their values, invalid ones stay nodata.
 
 Two fits (`fit`):
 
@@ -21,7 +21,8 @@ Two fits (`fit`):
   which lifts the speckle peaks that set the ENL of linear intensity; each β of BRIGHT_GAINS gets its own μ, and the
   least error wins. The ENL is counted on the pixels as the decoder writes them (escapes kept, the rest clipped to
   the file's range). Where the bound holds without a filter, one is kept only if it lowers the error by more than
-  MIN_ERROR_GAIN (and, in `refine.add_postfilter`, does not lower the EPI: `edge_fidelity`).
+  MIN_ERROR_GAIN and, in `refine.add_postfilter`, lowers the EPI by at most EPI_PER_ERROR times that gain
+  (`edge_fidelity`, `edges_outweigh`).
 
 Both accumulate their normal equations window by window (memory does not grow with the raster; the homogeneous
 pixels for the ENL are a fixed-stride sample of at most HOM_SAMPLE).
@@ -138,7 +139,7 @@ def bright_excess(features: list[np.ndarray]) -> np.ndarray:
     Why: the ENL of SAR intensity is set by its bright speckle peaks (linear intensity: its variance is the upper
     tail's), which a least-squares reconstruction in dB flattens most; lifting the peaks above the local mean puts
     the speckle contrast back at a fraction of the error a symmetric sharpening costs (single-look TerraSAR-X at 0.5
-    bpp, ENL ratio 1.12: RMSE 4.26 dB against 4.32 for the 5 × 5 filter alone, EPI 0.875 against 0.871)."""
+    bpp, ENL ratio at most 1.14: RMSE 4.22 dB against 4.32 for the 5 × 5 taps alone, EPI 0.873 against 0.871)."""
     total = features[0].copy()
     for f in features[1:1 + len(OFFSETS)]:
         total += f
@@ -325,7 +326,8 @@ def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
         for path, c0, r0, *rest in pieces:
             with rasterio.open(path) as ds:
                 pw, ph = ds.width, ds.height
-            plan.append((path, c0, r0, pw, ph, list(M.iter_map_windows(ph, pw, block, halo)), rest[0] if rest else None))
+            wins = list(M.iter_map_windows(ph, pw, block, halo))
+            plan.append((path, c0, r0, pw, ph, wins, rest[0] if rest else None))
         steps = sum(len(x[5]) for x in plan) * (2 if mode == "enl" else 1)
         done = 0
 
@@ -422,10 +424,10 @@ def fit(source_path, pieces, source: dict, mode: str, *, block: int = 512,
 
 def edge_fidelity(source_path, pieces, source: dict, taps_per_band: list, clip: Optional[tuple] = None) -> list:
     """Per band (EPI of the reconstruction without the filter, EPI with it, the MSE in dB² without and with it)
-    against the source over `pieces` (as
-    `fit` takes them; each read whole: at most FIT_PIXELS, or FIT_WINDOWS windows of FIT_WINDOW²), the filter applied
-    as the decoder applies it (the piece mirrored at its edges, clipped to `clip`, kept pixels as they are); None for
-    a band without taps. The sums of `metrics.epi` are pooled over the pieces."""
+    against the source over `pieces` (as `fit` takes them; each read whole: at most FIT_PIXELS, or FIT_WINDOWS
+    windows of FIT_WINDOW²), the filter applied as the decoder applies it (the piece mirrored at its edges, clipped
+    to `clip`, kept pixels as they are); None for a band without taps. The sums of `metrics.epi` are pooled over the
+    pieces."""
     import rasterio
 
     from sar_ae_core.io.raster import Window, open_raster
