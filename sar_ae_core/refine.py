@@ -271,14 +271,15 @@ def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, ta
         # the reconstruction the filter will get: of the whole raster, or of a few windows of a large one
         windows = pf.fit_windows(p.width, p.height, p.tile) or [None]
         pieces = []
-        for k, win in enumerate(windows):
-            pre = os.path.join(tmp, f"prefilter{k}.tif")
-            reconstruct_raster(sarz_path, pre, units="db", bundle=bundle, output_compress="none", prefilter=True,
-                               window=win, progress=prog.sub(0.4 * k / len(windows), 0.4 * (k + 1) / len(windows)).step)
-            c0, r0, ww, wh = win if win is not None else (0, 0, p.width, p.height)
-            with SarzFile(sarz_path) as f:
+        with SarzFile(sarz_path) as f:  # (the decoder's kept pixels of each window, from the file's mask tiles)
+            for k, win in enumerate(windows):
+                pre = os.path.join(tmp, f"prefilter{k}.tif")
+                reconstruct_raster(sarz_path, pre, units="db", bundle=bundle, output_compress="none", prefilter=True,
+                                   window=win,
+                                   progress=prog.sub(0.4 * k / len(windows), 0.4 * (k + 1) / len(windows)).step)
+                c0, r0, ww, wh = win if win is not None else (0, 0, p.width, p.height)
                 kept = escaped_pixels(f, c0, r0, ww, wh)
-            pieces.append((pre, c0, r0, kept if kept.any() else None))
+                pieces.append((pre, c0, r0, kept if kept.any() else None))
         clip = (header["scaling"]["vmin_db"], header["scaling"]["vmax_db"])
         taps, constrained = pf.fit(input_path, pieces, header["source"], mode, progress=prog.sub(0.4, 0.9).step,
                                    clip=clip)

@@ -512,12 +512,20 @@ def _solve_float(a: _Band, mode: str, clip: Optional[tuple] = None):
         return None, False
     if not np.all(np.isfinite(w0)):
         return None, False
-    def gain(w):  # the share of the unfiltered reconstruction's error (‖x‖² − 2 x·y + ‖y‖²) the filter takes away
-        e0 = float(A[0, 0] - 2 * b[0]) + a.yy / a.n
-        return (e0 - (float(w @ A @ w - 2 * w @ b) + a.yy / a.n)) / e0 if e0 > 0 else 0.0
+
+    def mse(v):  # the filtered reconstruction's mean squared error (dB²) over the fitted pixels
+        v = np.r_[v, 0.0] if len(v) == n else v
+        return float(v @ A_ext @ v - 2 * v @ b_ext) + a.yy / a.n
+
+    identity = np.zeros(n)
+    identity[0] = 1.0
+    e0 = mse(identity)
+
+    def for_the_error(w):  # a filter the bound does not need: kept only if it lowers the error enough
+        return w if w is not None and e0 - mse(w) > MIN_ERROR_GAIN * e0 else None
 
     if mode != "enl" or not a.hx:
-        return (w0 if gain(w0) > MIN_ERROR_GAIN else None), False
+        return for_the_error(w0), False
     X, y = np.concatenate(a.hx).astype(np.float64), np.concatenate(a.hy).astype(np.float64)
     if len(y) < 64:
         return w0, False
@@ -537,17 +545,10 @@ def _solve_float(a: _Band, mode: str, clip: Optional[tuple] = None):
         db = np.where(kept, X[:, 0], np.clip(X[:, :len(v)] @ v, clip_lo, clip_hi))  # kept pixels: unfiltered
         return _enl(np.power(10.0, db / 10.0)) / e_ref
 
-    def mse(v):  # the filtered reconstruction's mean squared error (dB²) over the fitted pixels
-        v = np.r_[v, 0.0] if len(v) == n else v
-        return float(v @ A_ext @ v - 2 * v @ b_ext) + a.yy / a.n
-
-    identity = np.zeros(n)
-    identity[0] = 1.0
     needed = ratio(identity) > ENL_MAX  # the reconstruction itself smooths the homogeneous areas
-    e0 = mse(identity)
     w = w0 if ratio(w0) <= ENL_MAX else _constrained(A, b, Ar, C, Cr, ridge, ratio, mse, ENL_ERROR_CAP * e0)
     if not needed:  # the bound holds without a filter: one that meets it too is for the error alone
-        return (w if w is not None and e0 - mse(w) > MIN_ERROR_GAIN * e0 else None), False
+        return for_the_error(w), False
     return (w if w is not None else w0), needed
 
 
