@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-TILE = 256
+from sar_ae_core.defaults import TILE  # noqa: E402  (the codec's tiles)
+
 DEADZONE = 0.15
 PIXEL_STEPS = {"grd_dn": (5.0, 4.0, 2.5, 1.5, 1.0), "grd_db": (4.5, 3.0, 2.0, 1.2, 0.8), "rtc": (10.0, 8.0, 5.0, 3.0, 2.0),
                "slc_other": (14.0, 10.0, 6.0, 3.5, 2.2)}
