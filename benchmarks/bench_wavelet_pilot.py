@@ -205,26 +205,20 @@ def decode_tile(frame: bytes, shape) -> np.ndarray:
     return synthesise(y, levels, shape)
 
 
-def seam(db: np.ndarray, ok: np.ndarray) -> float:
-    """Mean |step| across the tile borders over the mean |step| everywhere (valid pixel pairs only)."""
-    border, every = [], []
-    for axis in (0, 1):
-        d = np.abs(np.diff(db, axis=axis))
-        v = np.logical_and(ok.take(range(ok.shape[axis] - 1), axis=axis), ok.take(range(1, ok.shape[axis]), axis=axis))
-        idx = np.arange(TILE - 1, db.shape[axis] - 1, TILE)
-        border.append(d.take(idx, axis=axis)[v.take(idx, axis=axis)])
-        every.append(d[v])
-    border = np.concatenate(border)
-    return float(border.mean() / np.concatenate(every).mean()) if border.size else None
+def seam(db: np.ndarray, ok: np.ndarray) -> float | None:
+    """`bench_categories`' seam statistic (tile borders against every line) of one band; None for one tile."""
+    from bench_categories import _seam
+
+    return _seam(db[None], ok[None], TILE, "all", 0)
 
 
-def _files(scene: Path, tmp: Path, step, band: int):
+def _files(scene: Path, tmp: Path, step):
     """(bytes, dB reconstruction) of a real sarae-q1 file, with a residual layer of `step` unless None."""
     from bench_categories import _db_valid
 
     f = tmp / f"p{step}.sarz"
     cmd = [sys.executable, "-m", "sar_ae_core", "compress", str(scene), str(f), "--model", "sarae-q1",
-           "--post-filter", "off", "--overwrite", "--bands", str(band)]
+           "--post-filter", "off", "--overwrite", "--bands", "1"]
     if step is not None:
         cmd += ["--residual-step", str(step)]
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
@@ -239,7 +233,7 @@ def run_scene(scene: Path, category: str, tmp: Path) -> dict:
 
     src, ok = _db_valid(scene)
     src, ok = src[0], ok[0]
-    base_bytes, base = _files(scene, tmp, None, 1)
+    base_bytes, base = _files(scene, tmp, None)
     coded = ok & np.isfinite(base)
     r = np.where(coded, src - base, 0.0)
     npx = src.size
@@ -252,7 +246,7 @@ def run_scene(scene: Path, category: str, tmp: Path) -> dict:
 
     pixel = []
     for step in PIXEL_STEPS[category]:
-        b, rec = _files(scene, tmp, step, 1)
+        b, rec = _files(scene, tmp, step)
         rm, sm = score(rec)
         pixel.append({"step_db": step, "bytes": b, "bpp": b * 8 / npx, "rmse_db": rm, "seam_ratio_to_source": sm})
     wavelet = []
