@@ -12,7 +12,9 @@ white. This pilot codes the residual of a real `sarae-q1` file (gain 1, no post-
   through a 4-level CDF 9/7 (lifting, float64, nearly orthonormal), uniformly quantized with a dead zone of 0.15 step,
   four groups of subbands each range-coded with its own table and bin centroids exactly as the layer codes a group
   (`coding.residual._Group`); bytes = the base file's + every tile's frame, each frame decoded again and checked
-  against what the encoder reconstructed.
+  against what the encoder reconstructed;
+- **wavelet, whole band**: the same coder with 2 levels on the whole band as one block — what a transform across the
+  tile borders would give (the codec's layer is coded tile by tile, so this is not a file the codec could write).
 
 Both are scored by RMSE (dB, valid non-escaped pixels) at the same bytes (log-bytes interpolation on the pixel
 curve) and by the seam statistic (mean |step| across the 256-px tile borders over the mean |step| everywhere, over
@@ -136,7 +138,8 @@ def inverse(y: np.ndarray, levels: int) -> np.ndarray:
 
 
 def group_masks(shape, levels: int) -> list[np.ndarray]:
-    """Boolean masks (Mallat layout of `shape`) of the GROUPS groups of subbands, finest first."""
+    """Boolean masks (Mallat layout of `shape`) of the groups of subbands (GROUPS, fewer for fewer levels), finest
+    first."""
     h, w = shape
     level = np.full(shape, levels, np.int64)  # the approximation band
     for k in reversed(range(levels)):
@@ -145,7 +148,8 @@ def group_masks(shape, levels: int) -> list[np.ndarray]:
         band[:hh, :ww] = True
         band[: hh // 2, : ww // 2] = False
         level[band] = k
-    return [level == g if g < GROUPS - 1 else level >= g for g in range(GROUPS)]
+    n = min(GROUPS, levels + 1)
+    return [level == g if g < n - 1 else level >= g for g in range(n)]
 
 
 def analyse(u: np.ndarray, coded: np.ndarray, levels: int) -> np.ndarray:
@@ -160,14 +164,15 @@ def synthesise(coefficients: np.ndarray, levels: int, shape) -> np.ndarray:
     return inverse(coefficients, levels)[: shape[0], : shape[1]]
 
 
-def encode_tile(u: np.ndarray, coded: np.ndarray):
-    """(frame bytes, reconstructed residual in steps) of one tile, or (b"", zeros) for a tile too small."""
+def encode_tile(u: np.ndarray, coded: np.ndarray, levels: int | None = None):
+    """(frame bytes, reconstructed residual in steps) of one tile (`levels`: default levels_for its shape), or
+    (b"", zeros) for a tile too small."""
     import constriction
 
     from sar_ae_core.coding import residual as res
     from sar_ae_core.coding.tables import join_payload
 
-    levels = levels_for(coded.shape)
+    levels = levels_for(coded.shape) if levels is None else levels
     if levels == 0 or not coded.any():
         return b"", np.zeros(coded.shape)
     y = analyse(u, coded, levels)
@@ -249,28 +254,35 @@ def run_scene(scene: Path, category: str, tmp: Path) -> dict:
         b, rec = _files(scene, tmp, step)
         rm, sm = score(rec)
         pixel.append({"step_db": step, "bytes": b, "bpp": b * 8 / npx, "rmse_db": rm, "seam_ratio_to_source": sm})
-    wavelet = []
-    for step in WAVELET_STEPS[category]:
-        out, nbytes = np.zeros(r.shape), base_bytes
-        for y in range(0, r.shape[0], TILE):
-            for x in range(0, r.shape[1], TILE):
-                t = slice(y, y + TILE), slice(x, x + TILE)
-                frame, values = encode_tile(r[t] / step, coded[t])
-                if frame:
-                    back = decode_tile(frame, coded[t].shape)
-                    assert np.array_equal(back, values), "the decoder must give what the encoder reconstructed"
-                nbytes += len(frame)
-                out[t] = values * step
-        rm, sm = score(base + np.where(coded, out, 0.0))
-        wavelet.append({"step_db": step, "bytes": nbytes, "bpp": nbytes * 8 / npx, "rmse_db": rm,
-                        "seam_ratio_to_source": sm})
-    for w in wavelet:  # the pixel layer's RMSE at the same bytes (inside its range only)
+    def wavelet(block: int, levels):
+        rows = []
+        for step in WAVELET_STEPS[category]:
+            out, nbytes = np.zeros(r.shape), base_bytes
+            for y in range(0, r.shape[0], block):
+                for x in range(0, r.shape[1], block):
+                    t = slice(y, y + block), slice(x, x + block)
+                    frame, values = encode_tile(r[t] / step, coded[t], levels)
+                    if frame:
+                        back = decode_tile(frame, coded[t].shape)
+                        assert np.array_equal(back, values), "the decoder must give what the encoder reconstructed"
+                    nbytes += len(frame)
+                    out[t] = values * step
+            rm, sm = score(base + np.where(coded, out, 0.0))
+            rows.append({"step_db": step, "bytes": nbytes, "bpp": nbytes * 8 / npx, "rmse_db": rm,
+                         "seam_ratio_to_source": sm})
         pts = sorted((math.log(p["bytes"]), p["rmse_db"]) for p in pixel)
-        lb = math.log(w["bytes"])
-        w["pixel_rmse_db_same_bytes"] = float(np.interp(lb, *zip(*pts))) if pts[0][0] <= lb <= pts[-1][0] else None
-        if w["pixel_rmse_db_same_bytes"]:
-            w["delta_psnr_db"] = 20 * math.log10(w["pixel_rmse_db_same_bytes"] / w["rmse_db"])
-    return {"scene": scene.name, "category": category, "base_bytes": base_bytes, "pixel": pixel, "wavelet": wavelet}
+        for w in rows:  # the pixel layer's RMSE at the same bytes (inside its range only)
+            lb = math.log(w["bytes"])
+            w["pixel_rmse_db_same_bytes"] = float(np.interp(lb, *zip(*pts))) if pts[0][0] <= lb <= pts[-1][0] \
+                else None
+            if w["pixel_rmse_db_same_bytes"]:
+                w["delta_psnr_db"] = 20 * math.log10(w["pixel_rmse_db_same_bytes"] / w["rmse_db"])
+        return rows
+
+    # per tile as the codec would code it; and the whole band as one block, 2 levels (what a transform across the
+    # tile borders would give: the same gain, no steps along the tile grid)
+    return {"scene": scene.name, "category": category, "base_bytes": base_bytes, "pixel": pixel,
+            "wavelet": wavelet(TILE, None), "wavelet_whole_2_levels": wavelet(1 << 30, 2)}
 
 
 def main(argv=None) -> int:
@@ -296,9 +308,10 @@ def main(argv=None) -> int:
             with tempfile.TemporaryDirectory(dir=tmp) as work:
                 row = run_scene(scene, category, Path(work))
             rows.append(row)
-            for w in row["wavelet"]:
+            for kind, w in [("tiles", w) for w in row["wavelet"]] + [("whole", w) for w in
+                                                                        row["wavelet_whole_2_levels"]]:
                 d = w.get("delta_psnr_db")
-                print(f"{category:9s} {scene.name[:44]:44s} step {w['step_db']:4.1f}: {w['bpp']:.3f} bpp RMSE "
+                print(f"{category:9s} {scene.name[:38]:38s} {kind} step {w['step_db']:4.1f}: {w['bpp']:.3f} bpp RMSE "
                       f"{w['rmse_db']:.3f} dB" + (f", {d:+.2f} dB against the pixel layer" if d is not None else "")
                       + (f", seam {w['seam_ratio_to_source']:.2f} (pixel layer "
                          f"{min(p['seam_ratio_to_source'] for p in row['pixel']):.2f}-"
@@ -308,7 +321,8 @@ def main(argv=None) -> int:
               "machine": platform.platform(), "seconds": time.perf_counter() - t0,
               "notes": "base: sarae-q1 at gain 1, no post-filter, real file; pixel: the shipped residual layer "
                        "(real files); wavelet: per-tile CDF 9/7 frames range-coded (real bytes, base file "
-                       "included), not in the product; delta_psnr_db: 20 log10 of the pixel layer's RMSE at the "
+                       "included), not in the product; wavelet_whole_2_levels: the same coder, 2 levels, the "
+                       "whole band as one block; delta_psnr_db: 20 log10 of the pixel layer's RMSE at the "
                        "same bytes over the wavelet's; seam_ratio_to_source: the tile-border statistic over the "
                        "source's"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
