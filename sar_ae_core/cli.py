@@ -221,8 +221,10 @@ def cmd_info(args) -> int:
         print(f"  post-filter: 5x5 point-symmetric, fitted on the file's reconstruction, on {n} of {info['bands']} "
               f"band(s)" + (f", bright gain on {bright}" if bright else ""))
     if info["residual_step_db"]:
-        print(f"  residual  : layer of step {info['residual_step_db']:g} dB (in the masks' bytes; every pixel within "
-              f"one step of the source)")
+        n = sum(info.get("residual_wavelet") or [])
+        bound = (f"{n} of {info['bands']} band(s) in a wavelet domain, RMSE-bounded, the rest every pixel within one "
+                 "step of the source") if n else "every pixel within one step of the source"
+        print(f"  residual  : layer of step {info['residual_step_db']:g} dB (in the masks' bytes; {bound})")
     return 0
 
 

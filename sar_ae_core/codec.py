@@ -557,7 +557,7 @@ def sarz_info(path: str | os.PathLike) -> dict:
                 "parts": {**sizes, "header+index": nbytes - sizes["latents"] - sizes["masks"]},
                 "width": p.width, "height": p.height, "bands": f.bands, "band_names": src.get("band_names"),
                 "source_name": src["name"], "source_units": src["units"], "source_dtype": src["dtype"],
-                "georef": f.georef.kind, "residual_step_db": f.residual_step,
+                "georef": f.georef.kind, "residual_step_db": f.residual_step, "residual_wavelet": f.residual_wavelet,
                 "model": f.model_name, "model_sha256": f.model_sha, "codec": f.header["codec"],
                 "tiling": f.header["tiling"], "scaling": f.header["scaling"], "created_by": f.header.get("created_by"),
                 "post_filter": f.postfilter}

@@ -518,12 +518,13 @@ def _layer_pass(rs, base: dict, work: str, step: float, passes: list, rmse_db=No
     """One search pass: `base` + a residual layer of `step` written by `rs` into `work`, recorded in `passes`;
     `rmse_db(path)` measures the file (default: the layer's own RMSE over the coded pixels). `context=False`: the
     layer without its context mode (a search's first passes: faster to code, never the file kept); `reuse_modes`:
-    each tile codes only the mode that won for it in the previous pass with the context mode (`ResidualSource.write`)."""
+    each tile codes only the mode that won for it in the previous pass with the context mode (`ResidualSource.write`).
+    Each band may get the wavelet-domain layer: a layer sized to a rate or an RMSE promises no per-pixel bound."""
     from sar_ae_core.refine import with_layer
 
     path = os.path.join(work, f"pass{len(passes)}.sarz")
     r = with_layer(base, rs.write(path, step, overwrite=True, progress=progress, context=context,
-                                  reuse_modes=reuse_modes))
+                                  reuse_modes=reuse_modes, wavelet=True))
     r.update(path=path, rmse_db=r["residual_rmse_db"] if rmse_db is None else rmse_db(path))
     passes.append({"model": base["model"], "gain": base["gain"], "residual_step_db": step, "bpp": r["bpp"],
                    "rmse_db": r["rmse_db"], "context": context})

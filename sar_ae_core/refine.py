@@ -110,11 +110,15 @@ class ResidualSource:
         return float(np.sqrt(sq / max(n, 1)))
 
     def write(self, output_path, step_db: float, *, overwrite: bool = False, inputs=(), progress=None,
-              deadzone: float = res.DEADZONE, context: bool = True, reuse_modes: bool = False) -> dict:
+              deadzone: float = res.DEADZONE, context: bool = True, reuse_modes: bool = False,
+              wavelet: bool = False) -> dict:
         """The base file with a residual layer of step `step_db` as `output_path`; returns rate facts. `context`:
         the residual frames may use the context mode (`residual.encode_residual`; off: faster, a few % larger).
         `reuse_modes`: each tile tries only the mode that won for it in this source's last write with the context
-        mode (and the plain mode) — about half the coding time, for a search's passes at nearby steps."""
+        mode (and the plain mode) — about half the coding time, for a search's passes at nearby steps. `wavelet`:
+        each band is also coded in the wavelet domain (`coding/wavelet.py`, rasters kept in memory only) and gets
+        whichever layer has the least distortion + λ·bits; a wavelet band's error is bounded in RMSE, not pixel by
+        pixel (the header says which bands, `info` too), so only layers sized to a rate or an RMSE use it."""
         from sar_ae_core.progress import Progress
 
         step = round(check_step(step_db), 4)  # the header's (short) value is the one coded with
@@ -126,6 +130,21 @@ class ResidualSource:
         n_coded = 0
         residual_bytes = 0
         sq_err = 0.0
+
+        def pixel_frame(tr, k, coded, resid):
+            """(frame, squared error in dB²) of one tile's layer in the pixel modes."""
+            hint = self._kinds.get((tr, k)) if reuse_modes and context else None
+            rframe, back = res.encode_residual(resid, coded, step, deadzone, with_values=True, context=context,
+                                               hint=hint)
+            if context:
+                kinds[(tr, k)] = res.frame_kind(rframe)
+            # the decoder's float32 values (the encoder computes them in float64)
+            err = float(np.sum((resid[coded].astype(np.float64) - back.astype(np.float32)) ** 2)) if rframe else 0.0
+            return rframe, err
+
+        chosen = self._wavelet_bands(step, pixel_frame) if wavelet and self._cache is not None else None
+        if chosen is not None and any(chosen["wavelet"]):
+            header["mask"]["residual_wavelet"] = [int(v) for v in chosen["wavelet"]]
         with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out, \
                 open(out.tmp, "wb") as fh, SarzFile(self.base_path) as f:
             writer = ContainerWriter(fh, header)
@@ -137,17 +156,14 @@ class ResidualSource:
                         mask_part, frame = esc.split_mask_chunk_bytes(
                             f.reader.chunk(_chunk_id(p, self.bands, tr, tc, b, 1)))
                         coded, resid = row[k]
+                        if chosen is not None:
+                            rframe, err = chosen["frames"][(tr, k)]
+                        else:
+                            rframe, err = pixel_frame(tr, k, coded, resid)
                         k += 1
-                        hint = self._kinds.get((tr, k - 1)) if reuse_modes and context else None
-                        rframe, back = res.encode_residual(resid, coded, step, deadzone, with_values=True,
-                                                           context=context, hint=hint)
-                        if context:
-                            kinds[(tr, k - 1)] = res.frame_kind(rframe)
                         residual_bytes += len(rframe)
                         n_coded += int(coded.sum())
-                        if rframe:  # the decoder's float32 values (the encoder computes them in float64)
-                            sq_err += float(np.sum((resid[coded].astype(np.float64) -
-                                                    back.astype(np.float32)) ** 2))
+                        sq_err += err
                         writer.add(res.encode_chunk(mask_part, frame, rframe), "masks")
                 prog.step((tr + 1) / p.tile_rows, f"coding the residual layer, tile row {tr + 1}/{p.tile_rows}")
             sizes = writer.finish()
@@ -158,6 +174,56 @@ class ResidualSource:
         return {"output": os.fspath(output_path), "bytes": nbytes, "bpp": nbytes * 8 / pixels, "pixels": pixels,
                 "parts": sizes, "residual_step_db": step, "residual_bytes": residual_bytes,
                 "residual_rmse_db": float(np.sqrt(sq_err / max(n_coded, 1)))}
+
+    def _wavelet_bands(self, step: float, pixel_frame) -> dict:
+        """Every tile's frame and squared error (dB²) of the layer of `step`, each band coded both in the pixel modes
+        (`pixel_frame`) and in the wavelet domain and given the one with the least distortion + λ·bits (λ = 2·ln 2
+        times the pixel layer's mean squared error, the slope of its rate-distortion curve):
+        {"frames": {(tile row, chunk of the row): (frame, error)}, "wavelet": [bool per band]}."""
+        from sar_ae_core.coding import wavelet
+
+        p = self.plan
+        rows = list(self.tile_rows())
+        frames, flags = {}, []
+        for b in range(self.bands):
+            r_db = np.zeros((p.height, p.width))
+            coded_band = np.zeros((p.height, p.width), bool)
+            pixel, d_pixel, bytes_pixel, n = {}, 0.0, 0, 0
+            for tr, row in rows:
+                for tc in range(p.tile_cols):
+                    k = tc * self.bands + b
+                    coded, resid = row[k]
+                    sl = slice(tr * p.tile, tr * p.tile + coded.shape[0]), slice(tc * p.tile,
+                                                                                 tc * p.tile + coded.shape[1])
+                    r_db[sl] = np.where(coded, resid, 0.0)
+                    coded_band[sl] = coded
+                    pixel[(tr, k)] = pixel_frame(tr, k, coded, resid)
+                    d_pixel += pixel[(tr, k)][1]
+                    bytes_pixel += len(pixel[(tr, k)][0])
+                    n += int(coded.sum())
+            y = wavelet.analyse(r_db / step, coded_band)
+            deq = np.zeros_like(y)
+            coded_frames, bytes_wavelet = {}, 0
+            with SarzFile(self.base_path) as f:
+                blocks = {(tr, tc): f.wavelet_block(tr, tc) for tr in range(p.tile_rows) for tc in range(p.tile_cols)}
+            for (tr, tc), (r0, r1, c0, c1) in blocks.items():
+                coded_frames[(tr, tc)], deq[r0:r1, c0:c1] = res.encode_wavelet(y[r0:r1, c0:c1], r0, c0)
+                bytes_wavelet += len(coded_frames[(tr, tc)])
+            # what the decoder reconstructs: float32 dB of the inverse transform (its windows give the same bits)
+            back = (wavelet.inverse(deq)[: p.height, : p.width] * step).astype(np.float32)
+            sq = np.where(coded_band, (r_db - back.astype(np.float64)) ** 2, 0.0)
+            lam = 2 * np.log(2) * d_pixel / max(n, 1)
+            use = n > 0 and float(sq.sum()) + lam * 8 * bytes_wavelet < d_pixel + lam * 8 * bytes_pixel
+            flags.append(bool(use))
+            for tr in range(p.tile_rows):
+                for tc in range(p.tile_cols):
+                    k = tc * self.bands + b
+                    if use:
+                        t = slice(tr * p.tile, (tr + 1) * p.tile), slice(tc * p.tile, (tc + 1) * p.tile)
+                        frames[(tr, k)] = (coded_frames[(tr, tc)], float(sq[t].sum()))
+                    else:
+                        frames[(tr, k)] = pixel[(tr, k)]
+        return {"frames": frames, "wavelet": flags}
 
     def close(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)

@@ -55,6 +55,12 @@ MODE_PLAIN, MODE_CONTEXT = 0, 2
 #: the checkerboard mode the encoder writes (format 3.3: the tile's edge pixels are black) and the one of files of
 #: format 3.1–3.2 (the checkerboard alone), which the decoder still reads
 MODE_CHECKERBOARD, MODE_CHECKERBOARD_32 = 3, 1
+#: a band's residual in a wavelet domain spanning the tile borders (format 3.5, `coding/wavelet.py`): each tile's
+#: frame holds the coefficients at its own positions, the decoder reads its neighbours' near the border
+MODE_WAVELET = 4
+#: the wavelet mode's dead zone (|coefficient| in steps is rounded down after subtracting it): most coefficients of a
+#: smooth residual are small, and zero costs least (JPEG 2000's quantizer has a whole step's dead zone)
+WAVELET_DEADZONE = 0.15
 #: mode 2's variants (layout, class thresholds on the mean |symbol| of a pixel's decoded neighbours, in quarter
 #: steps), each tried and the shortest frame kept (measured on validation residuals: 5 classes instead of 3 saved
 #: no more, the tables cost what the classes gain)
@@ -243,6 +249,45 @@ def _encode_checkerboard(u: np.ndarray, coded: np.ndarray, deadzone: float, mode
     rec[b_sel] = alpha / 128.0 * nb + gb.values()  # as decode_residual computes it
     return (bytes([mode]) + np.int8(alpha).tobytes() + ga.head + gb.head +
             join_payload(enc, [ga.escapes, gb.escapes]), rec[coded])
+
+
+def encode_wavelet(block: np.ndarray, row0: int, col0: int):
+    """(wavelet frame, the dequantized coefficients in steps) of the coefficients (in steps) at one tile's own
+    positions, `block`, whose origin (row0, col0) in the band is on the wavelet's lattice."""
+    import constriction
+
+    from sar_ae_core.coding import wavelet
+
+    masks = wavelet.groups(block.shape, row0, col0)
+    groups = [_Group(block[m], WAVELET_DEADZONE) for m in masks]
+    enc = constriction.stream.queue.RangeEncoder()
+    out = np.zeros(block.shape, np.float64)
+    for g, m in zip(groups, masks):
+        enc.encode(g.idx, _model(g.counts))
+        out[m] = g.values()
+    return bytes([MODE_WAVELET]) + b"".join(g.head for g in groups) + join_payload(enc, [g.escapes for g in groups]), out
+
+
+def decode_wavelet(frame: bytes, shape, row0: int, col0: int) -> np.ndarray:
+    """Inverse of encode_wavelet: the dequantized coefficients (in steps) of a tile's own positions."""
+    import constriction
+
+    from sar_ae_core.coding import wavelet
+
+    buf = np.frombuffer(frame, np.uint8)
+    if buf.size < 1 or int(buf[0]) != MODE_WAVELET:
+        raise ValueError("a tile of a wavelet-coded band has no wavelet frame")
+    masks = wavelet.groups(shape, row0, col0)
+    heads, used = [], 1
+    for _ in masks:
+        lo, n, counts, offsets, used = _read_table(buf, used)
+        heads.append((lo, n, counts, offsets))
+    dec, esc = split_payload(constriction, bytes(buf[used:]), shape[0] * shape[1])
+    out, k = np.zeros(shape, np.float64), 0
+    for (lo, n, counts, offsets), m in zip(heads, masks):
+        q, k = _decode_group(dec, lo, n, counts, int(m.sum()), esc, k)
+        out[m] = _values(q, offsets)
+    return out
 
 
 def frame_kind(frame: bytes):

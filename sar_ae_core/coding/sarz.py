@@ -62,6 +62,10 @@ class SarzFile:
             self.escape_above = float(mask.get("above_db", self.scaling.vmax_db))
             #: step of the residual layer (dB), 0 without one
             self.residual_step = float(mask["residual_db"]) if self.mask_id == res.RESIDUAL_MASK_ID else 0.0
+            #: per band: whether its layer is coded in the wavelet domain (error bounded in RMSE, not per pixel)
+            flags = mask.get("residual_wavelet") if self.residual_step else None
+            self.residual_wavelet = [bool(v) for v in flags] if flags else [False] * self.bands
+            self._coefficients: dict = {}  # (row, col, band) -> a wavelet tile's dequantized coefficients
             if self.residual_step and not res.MIN_STEP_DB <= self.residual_step <= res.MAX_STEP_DB:
                 raise ValueError(f"residual step {self.residual_step} dB is out of range")
             if escapes and not (0 < self.escape_step <= esc.MAX_STEP_DB and
@@ -146,10 +150,66 @@ class SarzFile:
             residual = None
             if residual_frame is not None:
                 coded = valid if escaped is None else valid & np.isnan(escaped)
-                residual = res.decode_residual(residual_frame, coded, self.residual_step)
+                if self.residual_wavelet[band]:
+                    residual = np.where(coded, self._wavelet_tile(row, col, band, residual_frame), 0.0)
+                    residual = (residual * self.residual_step).astype(np.float32)
+                else:
+                    residual = res.decode_residual(residual_frame, coded, self.residual_step)
             return valid, escaped, residual
+        except SarInputError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise SarInputError(self.path, f"mask tile ({row}, {col}) cannot be decoded ({exc})") from None
+
+    def wavelet_block(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """(row0, row1, col0, col1) of the coefficient positions a tile owns in a wavelet-coded band: its pixels,
+        and for the last tile row and column the band's padding too."""
+        from sar_ae_core.coding import wavelet
+
+        p = self.plan
+        ph, pw = wavelet.padded((p.height, p.width))
+        r1 = ph if row == p.tile_rows - 1 else (row + 1) * p.tile
+        c1 = pw if col == p.tile_cols - 1 else (col + 1) * p.tile
+        return row * p.tile, r1, col * p.tile, c1
+
+    def _tile_coefficients(self, row: int, col: int, band: int, frame=None) -> np.ndarray:
+        """A wavelet tile's dequantized coefficients (in steps), decoded once per file and kept for its neighbours
+        (the last few tile rows)."""
+        key = (row, col, band)
+        if key not in self._coefficients:
+            if frame is None:
+                payload = self.reader.chunk(_chunk_id(self.plan, self.bands, row, col, band, 1))
+                frame = res.split_chunk(payload)[2]
+            r0, r1, c0, c1 = self.wavelet_block(row, col)
+            try:
+                block = res.decode_wavelet(frame, (r1 - r0, c1 - c0), r0, c0)
+            except Exception as exc:  # noqa: BLE001
+                raise SarInputError(self.path, f"mask tile ({row}, {col}) cannot be decoded ({exc})") from None
+            keep = 3 * self.plan.tile_cols * self.bands
+            while len(self._coefficients) >= keep:
+                del self._coefficients[next(iter(self._coefficients))]
+            self._coefficients[key] = block
+        return self._coefficients[key]
+
+    def _wavelet_tile(self, row: int, col: int, band: int, frame: bytes) -> np.ndarray:
+        """The residual (in steps, float64) of one tile of a wavelet-coded band: the inverse transform of its
+        coefficients and those of its neighbours within wavelet.HALO pixels, cropped to the tile."""
+        from sar_ae_core.coding import wavelet
+
+        p = self.plan
+        r0, r1, c0, c1 = self.wavelet_block(row, col)
+        ph, pw = wavelet.padded((p.height, p.width))
+        a0, a1 = max(r0 - wavelet.HALO, 0), min(r1 + wavelet.HALO, ph)
+        b0, b1 = max(c0 - wavelet.HALO, 0), min(c1 + wavelet.HALO, pw)
+        window = np.zeros((a1 - a0, b1 - b0), np.float64)
+        for tr in range(a0 // p.tile, min((a1 - 1) // p.tile, p.tile_rows - 1) + 1):
+            for tc in range(b0 // p.tile, min((b1 - 1) // p.tile, p.tile_cols - 1) + 1):
+                block = self._tile_coefficients(tr, tc, band, frame if (tr, tc) == (row, col) else None)
+                t0, t1, u0, u1 = self.wavelet_block(tr, tc)
+                y0, y1, x0, x1 = max(t0, a0), min(t1, a1), max(u0, b0), min(u1, b1)
+                window[y0 - a0:y1 - a0, x0 - b0:x1 - b0] = block[y0 - t0:y1 - t0, x0 - u0:x1 - u0]
+        h, w = min(r1, p.height) - r0, min(c1, p.width) - c0
+        return wavelet.inverse(window)[r0 - a0:r0 - a0 + h, c0 - b0:c0 - b0 + w]
 
     def close(self) -> None:
         """Close the file."""

@@ -198,6 +198,10 @@ def validate_header(h, path: str) -> None:
     mask_id = c.str_(mask, "id", "mask", (MASK_ID, ESCAPE_MASK_ID, res.RESIDUAL_MASK_ID))
     if mask_id == res.RESIDUAL_MASK_ID:
         c.num(mask, "residual_db", "mask", res.MIN_STEP_DB, res.MAX_STEP_DB)
+        flags = mask.get("residual_wavelet")
+        if flags is not None and not (isinstance(flags, list) and len(flags) == len(h.get("source", {}).get(
+                "bands", [])) and all(v in (0, 1) and not isinstance(v, bool) for v in flags)):
+            c.fail("mask.residual_wavelet", "must be a 0/1 flag per band")
     if mask_id != MASK_ID:
         c.num(mask, "step_db", "mask", 1e-6, MAX_STEP_DB)
         above = c.num(mask, "above_db", "mask", -400.0, 400.0, default=vmax)

@@ -1,0 +1,208 @@
+"""The residual layer's wavelet mode (format 3.5): a band-wide CDF 9/7 transform whose tiles code their own
+coefficients and read their neighbours' near the border."""
+
+import numpy as np
+import pytest
+import rasterio
+
+from sar_ae_core.cli import main
+from sar_ae_core.coding import residual as res
+from sar_ae_core.coding import wavelet
+from sar_ae_core.io.raster import open_raster
+from sar_ae_core.scaling import raw_to_db, valid_mask
+
+
+def _db(path):
+    with open_raster(path) as r:
+        raw = r.read()
+        ok = valid_mask(raw, r.units, r.nodata)
+        return raw_to_db(np.where(ok, raw, 1), r.units)[0], ok[0]
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1).astype(np.float64)
+
+
+def _seam(db, first=256, tile=256):
+    """Mean |step| across the tile borders over the mean |step| everywhere."""
+    border, every = [], []
+    for axis in (0, 1):
+        d = np.abs(np.diff(db, axis=axis))
+        border.append(d.take(np.arange(first - 1, db.shape[axis] - 1, tile), axis=axis).ravel())
+        every.append(d.ravel())
+    return float(np.concatenate(border).mean() / np.concatenate(every).mean())
+
+
+def test_the_transform_is_exact_and_a_window_of_it_is_the_band_s_bit_for_bit():
+    """The inverse of the forward transform gives the band back; the inverse of a window of the coefficients that
+    reaches HALO pixels beyond a tile (or ends where the band ends) gives that tile's pixels with the same bits as the
+    whole band's inverse, and a smaller halo does not."""
+    x = np.random.default_rng(3).normal(size=(600, 900))
+    y = wavelet.forward(x)
+    whole = wavelet.inverse(y)
+    assert np.abs(whole - x).max() < 1e-12
+    assert 0.95 < float((y ** 2).sum() / (x ** 2).sum()) < 1.1  # nearly orthonormal
+    h = wavelet.HALO
+
+    def window(r0, r1, c0, c1, halo):
+        a0, a1, b0, b1 = max(r0 - halo, 0), min(r1 + halo, 600), max(c0 - halo, 0), min(c1 + halo, 900)
+        return wavelet.inverse(y[a0:a1, b0:b1])[r0 - a0:r1 - a0, c0 - b0:c1 - b0]
+
+    for t in ((256, 512, 256, 512), (512, 600, 768, 900), (0, 256, 0, 256)):
+        assert np.array_equal(window(*t, h), whole[t[0]:t[1], t[2]:t[3]])
+    assert not np.array_equal(window(256, 512, 256, 512, h // 2), whole[256:512, 256:512])
+    g = wavelet.groups((8, 8))
+    assert [int(m.sum()) for m in g] == [48, 12, 4] and np.logical_or.reduce(g).all()
+
+
+def test_wavelet_frames_round_trip_and_damage_is_refused():
+    """A tile's coefficients come back as the encoder dequantized them; a frame of another mode or a cut one is
+    refused with ValueError."""
+    rng = np.random.default_rng(4)
+    block = rng.laplace(scale=0.8, size=(256, 124))
+    frame, deq = res.encode_wavelet(block, 256, 512)
+    back = res.decode_wavelet(frame, block.shape, 256, 512)
+    np.testing.assert_array_equal(back, deq)
+    assert np.abs(back - block).max() <= 1.0
+    with pytest.raises(ValueError):
+        res.decode_wavelet(bytes([res.MODE_PLAIN]) + frame[1:], block.shape, 256, 512)
+    with pytest.raises(ValueError):
+        res.decode_wavelet(frame[: len(frame) // 2], block.shape, 256, 512)
+
+
+@pytest.fixture(scope="module")
+def kerala_layers(tmp_path_factory, kerala_dn):
+    """A 768 x 1024 crop of the smooth uncalibrated Kerala scene after sarae-q1, with layers of step 2.5 dB coded
+    with and without the wavelet mode, and pixel-mode layers of steps around it."""
+    from rasterio.windows import Window
+
+    from sar_ae_core.codec import compress_raster
+    from sar_ae_core.refine import ResidualSource
+
+    tmp = tmp_path_factory.mktemp("wavelet")
+    crop = tmp / "k.tif"
+    with rasterio.open(kerala_dn) as ds:
+        data = ds.read(1, window=Window(0, 0, 1024, 768))
+    with rasterio.open(crop, "w", driver="GTiff", width=1024, height=768, count=1, dtype=data.dtype) as dst:
+        dst.write(data, 1)
+    compress_raster(crop, tmp / "base.sarz", model="sarae-q1", post_filter="off")
+    out = {"crop": crop, "tmp": tmp}
+    with ResidualSource(tmp / "base.sarz", crop) as rs:
+        out["wavelet"] = rs.write(tmp / "w.sarz", 2.5, wavelet=True)
+        for step in (2.0, 2.5, 3.0, 3.5):
+            out[step] = rs.write(tmp / f"p{step}.sarz", step)
+    return out
+
+
+def test_smooth_dn_gets_the_wavelet_layer_closer_at_the_same_bytes_without_tile_steps(kerala_layers):
+    """On the smooth Kerala DN scene the band is coded in the wavelet domain (the header says so): at its bytes its
+    reconstruction is > 0.3 dB closer than the pixel modes' (interpolated between their steps), the layer reports
+    the error the decoder gives, and the steps across the tile borders stay within 5 % of the source's."""
+    from sar_ae_core.codec import reconstruct_raster
+    from sar_ae_core.coding.sarz import SarzFile
+
+    k, tmp = kerala_layers, kerala_layers["tmp"]
+    with SarzFile(tmp / "w.sarz") as f:
+        assert f.residual_wavelet == [True]
+    db, ok = _db(k["crop"])
+
+    def rmse(name):
+        reconstruct_raster(tmp / name, tmp / "r.tif", units="db", overwrite=True)
+        rec = _read(tmp / "r.tif")
+        return float(np.sqrt(np.mean((rec - db)[ok] ** 2))), rec
+
+    w, rec = rmse("w.sarz")
+    assert abs(w - k["wavelet"]["residual_rmse_db"]) < 0.01  # escapes aside, the layer's own error
+    pts = sorted((np.log(k[s]["bytes"]), rmse(f"p{s}.sarz")[0]) for s in (2.0, 2.5, 3.0, 3.5))
+    lb = np.log(k["wavelet"]["bytes"])
+    assert pts[0][0] < lb < pts[-1][0]
+    pixel = float(np.interp(lb, *zip(*pts)))
+    assert 20 * np.log10(pixel / w) > 0.3, (pixel, w)
+    keep = slice(16, 752), slice(16, 1008)  # the scene's zero border left out; tile borders at 256, 512 (, 768)
+    rel = _seam(rec[keep], 256 - 16) / _seam(db[keep], 256 - 16)
+    assert abs(rel - 1) <= 0.05, rel
+
+
+def test_a_window_of_a_wavelet_file_is_its_full_decode_bit_for_bit(kerala_layers, tmp_path):
+    from sar_ae_core.codec import reconstruct_raster
+
+    w = kerala_layers["tmp"] / "w.sarz"
+    reconstruct_raster(w, tmp_path / "full.tif", units="db")
+    reconstruct_raster(w, tmp_path / "win.tif", units="db", window=(200, 230, 400, 300))  # across four tiles
+    np.testing.assert_array_equal(_read(tmp_path / "full.tif")[230:530, 200:600], _read(tmp_path / "win.tif"))
+
+
+def test_speckle_keeps_the_pixel_modes(tmp_path, tsx_complex):
+    """Single-look speckle leaves a nearly white, skewed residual: the pixel modes win, and the file is the one
+    written without the wavelet mode, byte for byte."""
+    from sar_ae_core.codec import compress_raster
+    from sar_ae_core.refine import ResidualSource
+
+    compress_raster(tsx_complex, tmp_path / "b.sarz", model="sarae-q1", post_filter="off")
+    with ResidualSource(tmp_path / "b.sarz", tsx_complex) as rs:
+        rs.write(tmp_path / "w.sarz", 8.0, wavelet=True)
+        rs.write(tmp_path / "p.sarz", 8.0)
+    assert (tmp_path / "w.sarz").read_bytes() == (tmp_path / "p.sarz").read_bytes()
+
+
+def test_a_damaged_neighbour_is_named_and_a_bad_flag_refused(kerala_layers, tmp_path, capsys):
+    """A wavelet tile's pixels need its neighbours' coefficients: a neighbour whose frame is damaged (checksums
+    repaired) makes the decode an input error naming the file and that tile, nothing written; a header whose
+    per-band wavelet flags are malformed is refused naming the field."""
+    from sar_ae_core.coding.container import ContainerReader, ContainerWriter
+    from sar_ae_core.coding.sarz import SarzFile, _chunk_id
+
+    src = kerala_layers["tmp"] / "w.sarz"
+    with SarzFile(src) as f:
+        i = _chunk_id(f.plan, f.bands, 0, 1, 0, 1)
+    with ContainerReader.open(src) as r:
+        header, chunks = r.header, [r.chunk(k) for k in range(r.chunk_count)]
+
+    def write(path, header, chunks):
+        with open(path, "wb") as fh:
+            w = ContainerWriter(fh, header)
+            for c in chunks:
+                w.add(c)
+            w.finish()
+
+    mask_part, frame, rframe = res.split_chunk(chunks[i])
+    bad = list(chunks)
+    bad[i] = res.encode_chunk(mask_part, frame, rframe[:3])
+    write(tmp_path / "d.sarz", header, bad)
+    out = tmp_path / "o.tif"
+    assert main(["reconstruct", str(tmp_path / "d.sarz"), str(out), "--window", "0", "0", "100", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "d.sarz" in err and "mask tile (0, 1)" in err
+    assert not out.exists()
+    write(tmp_path / "f.sarz", {**header, "mask": {**header["mask"], "residual_wavelet": [1, 0]}}, chunks)
+    assert main(["info", str(tmp_path / "f.sarz")]) == 2
+    assert "residual_wavelet" in capsys.readouterr().err
+
+
+def test_rate_control_uses_it_and_says_so(tmp_path, kerala_dn, capsys):
+    """`--rate` sizes a layer whose band the wavelet domain codes on smooth DN, hits the target, and `info` says the
+    band's error is bounded in RMSE; an explicit `--residual-step` keeps every pixel within one step."""
+    from rasterio.windows import Window
+
+    crop = tmp_path / "k.tif"
+    with rasterio.open(kerala_dn) as ds:
+        data = ds.read(1, window=Window(0, 0, 768, 512))
+    with rasterio.open(crop, "w", driver="GTiff", width=768, height=512, count=1, dtype=data.dtype) as dst:
+        dst.write(data, 1)
+    sarz = tmp_path / "r.sarz"
+    assert main(["compress", str(crop), str(sarz), "--rate", "0.7", "--max-decoder-kmac", "2.5"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(sarz)]) == 0
+    text = capsys.readouterr().out
+    assert "1 of 1 band(s) in a wavelet domain" in text
+    bpp = sarz.stat().st_size * 8 / (768 * 512)
+    assert abs(bpp / 0.7 - 1) <= 0.03, bpp
+    assert main(["compress", str(crop), str(tmp_path / "s.sarz"), "--model", "sarae-q1", "--residual-step",
+                 "2.5"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "s.sarz")]) == 0
+    assert "every pixel within one step" in capsys.readouterr().out
+    db, ok = _db(crop)
+    assert main(["reconstruct", str(tmp_path / "s.sarz"), str(tmp_path / "s.tif"), "--units", "db"]) == 0
+    assert np.abs(_read(tmp_path / "s.tif") - db)[ok].max() <= 2.5 + 1e-3
