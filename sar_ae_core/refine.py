@@ -27,6 +27,10 @@ from sar_ae_core.io.output import AtomicOutput, check_output_path
 
 #: rasters up to this many pixels keep their residuals in memory between rate-control passes
 CACHE_PIXELS = 16_000_000
+#: rasters up to this many pixels (all bands) may get the wavelet-domain layer: its transform spans a whole band, in
+#: memory (~5 band-sized arrays). Larger rasters keep the pixel modes — and so does the search's sample of them
+#: (rate.SAMPLE_TILES tiles of 256², more than this), so that what it chooses is what the whole raster gets
+WAVELET_PIXELS = 3_000_000
 
 
 def check_step(step_db) -> float:
@@ -116,7 +120,7 @@ class ResidualSource:
         the residual frames may use the context mode (`residual.encode_residual`; off: faster, a few % larger).
         `reuse_modes`: each tile tries only the mode that won for it in this source's last write with the context
         mode (and the plain mode) — about half the coding time, for a search's passes at nearby steps. `wavelet`:
-        each band is also coded in the wavelet domain (`coding/wavelet.py`, rasters kept in memory only) and gets
+        each band is also coded in the wavelet domain (`coding/wavelet.py`; rasters up to WAVELET_PIXELS) and gets
         whichever layer has the least distortion + λ·bits; a wavelet band's error is bounded in RMSE, not pixel by
         pixel (the header says which bands, `info` too), so only layers sized to a rate or an RMSE use it."""
         from sar_ae_core.progress import Progress
@@ -142,7 +146,8 @@ class ResidualSource:
             err = float(np.sum((resid[coded].astype(np.float64) - back.astype(np.float32)) ** 2)) if rframe else 0.0
             return rframe, err
 
-        chosen = self._wavelet_bands(step, pixel_frame) if wavelet and self._cache is not None else None
+        chosen = self._wavelet_bands(step, pixel_frame) if wavelet and p.width * p.height * self.bands <= \
+            WAVELET_PIXELS else None
         if chosen is not None and any(chosen["wavelet"]):
             header["mask"]["residual_wavelet"] = [int(v) for v in chosen["wavelet"]]
         with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out, \

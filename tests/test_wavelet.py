@@ -206,3 +206,13 @@ def test_rate_control_uses_it_and_says_so(tmp_path, kerala_dn, capsys):
     db, ok = _db(crop)
     assert main(["reconstruct", str(tmp_path / "s.sarz"), str(tmp_path / "s.tif"), "--units", "db"]) == 0
     assert np.abs(_read(tmp_path / "s.tif") - db)[ok].max() <= 2.5 + 1e-3
+
+
+def test_the_search_s_sample_of_a_large_raster_keeps_the_pixel_modes_as_the_raster_does():
+    """A raster above WAVELET_PIXELS is coded in the pixel modes; the sample `--rate` searches it on must be too, or
+    the search would choose for a layer the whole raster cannot have."""
+    from sar_ae_core import rate, refine
+    from sar_ae_core.defaults import TILE
+
+    assert rate.SAMPLE_TILES * TILE * TILE > refine.WAVELET_PIXELS
+    assert rate.SAMPLE_FROM_PIXELS > refine.WAVELET_PIXELS
