@@ -514,40 +514,44 @@ FINE = 0.0075
 
 
 def _layer_pass(rs, base: dict, work: str, step: float, passes: list, rmse_db=None, progress=None,
-                context: bool = True, reuse_modes: bool = False) -> dict:
+                context: bool = True, reuse_modes: bool = False, wavelet: "bool | list" = True) -> dict:
     """One search pass: `base` + a residual layer of `step` written by `rs` into `work`, recorded in `passes`;
     `rmse_db(path)` measures the file (default: the layer's own RMSE over the coded pixels). `context=False`: the
     layer without its context mode (a search's first passes: faster to code, never the file kept); `reuse_modes`:
     each tile codes only the mode that won for it in the previous pass with the context mode (`ResidualSource.write`).
-    Each band may get the wavelet-domain layer: a layer sized to a rate or an RMSE promises no per-pixel bound."""
+    Each band may get the wavelet-domain layer: a layer sized to a rate or an RMSE promises no per-pixel bound
+    (`wavelet`: as `ResidualSource.write`'s)."""
     from sar_ae_core.refine import with_layer
 
     path = os.path.join(work, f"pass{len(passes)}.sarz")
     r = with_layer(base, rs.write(path, step, overwrite=True, progress=progress, context=context,
-                                  reuse_modes=reuse_modes, wavelet=True))
+                                  reuse_modes=reuse_modes, wavelet=wavelet))
     r.update(path=path, rmse_db=r["residual_rmse_db"] if rmse_db is None else rmse_db(path))
     passes.append({"model": base["model"], "gain": base["gain"], "residual_step_db": step, "bpp": r["bpp"],
-                   "rmse_db": r["rmse_db"], "context": context})
+                   "rmse_db": r["rmse_db"], "context": context, "residual_wavelet": r.get("residual_wavelet")})
     return r
 
 
 def _step_search(rs, base: dict, work: str, target_bpp: float, s: float, passes: list, max_passes: int, close,
-                 better, next_pass, context: bool, slope: "float | None" = None):
+                 better, next_pass, context: bool, slope: "float | None" = None, wavelet: "bool | list" = True):
     """Regula falsi on log step from log step `s` until a pass is `close` to the target (at most 10 passes);
     returns the pass nearest the target (None when the pass budget was spent). `slope` (d log rate / d log step,
     negative): where the target is not bracketed yet, the next step by it — then by the slope of the last two passes
-    — instead of one bit per pixel per halving of the step."""
+    — instead of one bit per pixel per halving of the step. With `wavelet` True (each band's layer chosen per pass),
+    a target bracketed by passes that chose differently stops the search: the rate jumps where the choice flips, and
+    the target may lie in the jump (the pass returned then says "wavelet_jump": the bands' choices at both ends)."""
     from sar_ae_core.coding import residual as res
     from sar_ae_core.refine import check_step
 
     lo_s, hi_s = math.log(res.MIN_STEP_DB), math.log(res.MAX_STEP_DB)
     f_lo = f_hi = None  # f at the small-step (high-rate) and large-step ends
+    w_lo = w_hi = None  # the bands' choices at those ends
     cand = None
     for i in range(10):
         if len(passes) >= max_passes + 10:
             break
         r = _layer_pass(rs, base, work, check_step(round(math.exp(s), 6)), passes, progress=next_pass(),
-                        context=context, reuse_modes=context and i > 0)
+                        context=context, reuse_modes=context and i > 0, wavelet=wavelet)
         cand = r if cand is None else better(r, cand)
         f = math.log(r["bpp"] / target_bpp)
         if close(r):
@@ -556,9 +560,12 @@ def _step_search(rs, base: dict, work: str, target_bpp: float, s: float, passes:
             slope = min(max((f - prev[1]) / (s - prev[0]), -8.0), -0.05)
         prev = (s, f)
         if f > 0:
-            lo_s, f_lo = s, f
+            lo_s, f_lo, w_lo = s, f, r.get("residual_wavelet")
         else:
-            hi_s, f_hi = s, f
+            hi_s, f_hi, w_hi = s, f, r.get("residual_wavelet")
+        if wavelet is True and f_lo is not None and f_hi is not None and w_lo != w_hi:
+            cand = dict(cand, wavelet_jump=[w_lo, w_hi])
+            break
         if f_lo is not None and f_hi is not None:
             t = min(max(f_lo / (f_lo - f_hi), 0.1), 0.9)
             s = lo_s + t * (hi_s - lo_s)
@@ -638,23 +645,46 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
     def layer_on(base):
         with ResidualSource(base["path"], input_path, work_dir=work) as rs:
             rmse0 = rs.base_rmse()
-            # ~1 bit per pixel per halving of the step at high rates: start there, then regula falsi on log step —
-            # first without the layer's context mode (~3× faster to code), then with it from the step found
-            # (its frames are a few per cent smaller: one or two passes more)
             extra = max(target_bpp - base["bpp"], 0.05)
             lo_s, hi_s = math.log(res.MIN_STEP_DB), math.log(res.MAX_STEP_DB)
-            s = min(max(math.log(max(rmse0, 0.05) * 3.4 / 2 ** extra), lo_s), hi_s)
-            fast = _step_search(rs, base, work, target_bpp, s, passes, max_passes,
-                                lambda r: abs(math.log(r["bpp"] / target_bpp)) < ROUGH, better, next_pass,
-                                context=False)
-            if fast is None:
-                return None
-            # the context mode's frames are smaller at the same step: a finer one fills the target
-            f = math.log(fast["bpp"] / target_bpp)
-            s = min(max(math.log(fast["residual_step_db"]) + f * fast["bpp"] * math.log(2), lo_s), hi_s)
-            return _step_search(rs, base, work, target_bpp, s, passes, max_passes,
-                                lambda r: abs(math.log(r["bpp"] / target_bpp)) < FINE, better, next_pass,
-                                context=True)
+            s0 = min(max(math.log(max(rmse0, 0.05) * 3.4 / 2 ** extra), lo_s), hi_s)
+
+            def search(wavelet):
+                # ~1 bit per pixel per halving of the step at high rates: start there, then regula falsi on log
+                # step — first without the layer's context mode (~3× faster to code), then with it from the step
+                # found (its frames are a few per cent smaller: one or two passes more)
+                fast = _step_search(rs, base, work, target_bpp, s0, passes, max_passes,
+                                    lambda r: abs(math.log(r["bpp"] / target_bpp)) < ROUGH, better, next_pass,
+                                    context=False, wavelet=wavelet)
+                if fast is None:
+                    return None, []
+                f = math.log(fast["bpp"] / target_bpp)
+                s = min(max(math.log(fast["residual_step_db"]) + f * fast["bpp"] * math.log(2), lo_s), hi_s)
+                if fast.get("wavelet_jump"):
+                    return fast
+                f = math.log(fast["bpp"] / target_bpp)
+                s = min(max(math.log(fast["residual_step_db"]) + f * fast["bpp"] * math.log(2), lo_s), hi_s)
+                return _step_search(rs, base, work, target_bpp, s, passes, max_passes,
+                                    lambda r: abs(math.log(r["bpp"] / target_bpp)) < FINE, better, next_pass,
+                                    context=True, wavelet=wavelet)
+
+            cand = search(True)
+            if cand is None or not cand.get("wavelet_jump"):
+                return cand
+            # a band switching between the pixel and the wavelet layer jumps in bytes (a smooth 100 × 100 RTC chip
+            # at 1 bpp: 1.08 against 0.75 bpp at the same step), which can leave the target inside the jump: each
+            # choice at the two ends searched on its own then (the rate is monotone in the step again), the better
+            # file kept
+            found = None
+            for forced in cand["wavelet_jump"]:
+                if len(passes) >= max_passes + 10:
+                    break
+                alt = search(list(forced))
+                if alt is not None and (found is None or (close(alt) and (not close(found) or
+                                                                          alt["rmse_db"] < found["rmse_db"]))
+                                        or (not close(found) and better(alt, found) is alt)):
+                    found = alt
+            return found if found is not None else cand
 
     def wins(cand) -> bool:
         return cand is not None and close(cand) and (not close(best) or cand["rmse_db"] < best["rmse_db"])

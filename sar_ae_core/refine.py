@@ -115,14 +115,15 @@ class ResidualSource:
 
     def write(self, output_path, step_db: float, *, overwrite: bool = False, inputs=(), progress=None,
               deadzone: float = res.DEADZONE, context: bool = True, reuse_modes: bool = False,
-              wavelet: bool = False) -> dict:
+              wavelet: "bool | list" = False) -> dict:
         """The base file with a residual layer of step `step_db` as `output_path`; returns rate facts. `context`:
         the residual frames may use the context mode (`residual.encode_residual`; off: faster, a few % larger).
         `reuse_modes`: each tile tries only the mode that won for it in this source's last write with the context
         mode (and the plain mode) — about half the coding time, for a search's passes at nearby steps. `wavelet`:
         each band is also coded in the wavelet domain (`coding/wavelet.py`; rasters up to WAVELET_PIXELS) and gets
         whichever layer has the least distortion + λ·bits; a wavelet band's error is bounded in RMSE, not pixel by
-        pixel (the header says which bands, `info` too), so only layers sized to a rate or an RMSE use it."""
+        pixel (the header says which bands, `info` too), so only layers sized to a rate or an RMSE use it. A list of
+        one bool per band forces the choice (a rate search that the choice's jump in bytes would not let converge)."""
         from sar_ae_core.progress import Progress
 
         step = round(check_step(step_db), 4)  # the header's (short) value is the one coded with
@@ -146,8 +147,9 @@ class ResidualSource:
             err = float(np.sum((resid[coded].astype(np.float64) - back.astype(np.float32)) ** 2)) if rframe else 0.0
             return rframe, err
 
-        chosen = self._wavelet_bands(step, pixel_frame) if wavelet and p.width * p.height * self.bands <= \
-            WAVELET_PIXELS else None
+        force = list(wavelet) if isinstance(wavelet, (list, tuple)) else None
+        chosen = self._wavelet_bands(step, pixel_frame, force) if (any(force) if force is not None else wavelet) \
+            and p.width * p.height * self.bands <= WAVELET_PIXELS else None
         if chosen is not None and any(chosen["wavelet"]):
             header["mask"]["residual_wavelet"] = [int(v) for v in chosen["wavelet"]]
         with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out, \
@@ -178,12 +180,13 @@ class ResidualSource:
         pixels = p.width * p.height * self.bands
         return {"output": os.fspath(output_path), "bytes": nbytes, "bpp": nbytes * 8 / pixels, "pixels": pixels,
                 "parts": sizes, "residual_step_db": step, "residual_bytes": residual_bytes,
-                "residual_rmse_db": float(np.sqrt(sq_err / max(n_coded, 1)))}
+                "residual_rmse_db": float(np.sqrt(sq_err / max(n_coded, 1))),
+                "residual_wavelet": list(chosen["wavelet"]) if chosen is not None else [False] * self.bands}
 
-    def _wavelet_bands(self, step: float, pixel_frame) -> dict:
+    def _wavelet_bands(self, step: float, pixel_frame, force=None) -> dict:
         """Every tile's frame and squared error (dB²) of the layer of `step`, each band coded both in the pixel modes
         (`pixel_frame`) and in the wavelet domain and given the one with the least distortion + λ·bits (λ = 2·ln 2
-        times the pixel layer's mean squared error, the slope of its rate-distortion curve):
+        times the pixel layer's mean squared error, the slope of its rate-distortion curve), or as `force` says:
         {"frames": {(tile row, chunk of the row): (frame, error)}, "wavelet": [bool per band]}."""
         from sar_ae_core.coding import wavelet
 
@@ -218,7 +221,8 @@ class ResidualSource:
             back = (wavelet.inverse(deq)[: p.height, : p.width] * step).astype(np.float32)
             sq = np.where(coded_band, (r_db - back.astype(np.float64)) ** 2, 0.0)
             lam = 2 * np.log(2) * d_pixel / max(n, 1)
-            use = n > 0 and float(sq.sum()) + lam * 8 * bytes_wavelet < d_pixel + lam * 8 * bytes_pixel
+            use = n > 0 and (bool(force[b]) if force is not None else
+                             float(sq.sum()) + lam * 8 * bytes_wavelet < d_pixel + lam * 8 * bytes_pixel)
             flags.append(bool(use))
             for tr in range(p.tile_rows):
                 for tc in range(p.tile_cols):

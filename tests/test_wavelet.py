@@ -216,3 +216,28 @@ def test_the_search_s_sample_of_a_large_raster_keeps_the_pixel_modes_as_the_rast
 
     assert rate.SAMPLE_TILES * TILE * TILE > refine.WAVELET_PIXELS
     assert rate.SAMPLE_FROM_PIXELS > refine.WAVELET_PIXELS
+
+
+def test_a_target_inside_the_pixel_wavelet_jump_is_still_met_with_a_layer(tmp_path, sar_data):
+    """A smooth 100 × 100 RTC chip at 1 bpp: its band's layer flips from the pixel modes (≈ 1.08 bpp) to the wavelet
+    domain (≈ 0.75 bpp) between two nearby steps, the target inside the jump. The search then searches each choice
+    on its own: the file meets the target with a residual layer, and its error is below that of the best layer-free
+    point (which the search used to fall back to)."""
+    from sar_ae_core import rate
+
+    chip = sar_data / "train" / "s1_opera_rtc_t137-292324-iw1_20211119_vv_lin.tif"
+    if not chip.exists():
+        pytest.skip(f"{chip} not found")
+    r = rate.compress_to_rate(chip, tmp_path / "c.sarz", 1.0, max_decoder_kmac=2.5)
+    assert abs(r["bpp"] - 1.0) <= 0.03, r["bpp"]
+    assert r.get("residual_step_db"), rate.search_summary(r)
+    layered = [p for p in r["passes"] if p.get("residual_wavelet") is not None]
+    # both choices were coded: the jump was met, and searched on each side
+    assert {tuple(p["residual_wavelet"]) for p in layered} == {(False,), (True,)}
+    db, ok = _db(chip)
+    rmse = lambda path: float(np.sqrt(np.mean((_read(path) - db)[ok] ** 2)))  # noqa: E731
+    assert main(["reconstruct", str(tmp_path / "c.sarz"), str(tmp_path / "c.tif"), "--units", "db"]) == 0
+    assert main(["compress", str(chip), str(tmp_path / "n.sarz"), "--rate", "1.0", "--max-decoder-kmac", "2.5",
+                 "--no-residual"]) == 0
+    assert main(["reconstruct", str(tmp_path / "n.sarz"), str(tmp_path / "n.tif"), "--units", "db"]) == 0
+    assert rmse(tmp_path / "c.tif") < 0.92 * rmse(tmp_path / "n.tif")
