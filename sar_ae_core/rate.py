@@ -657,7 +657,7 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
                                     lambda r: abs(math.log(r["bpp"] / target_bpp)) < ROUGH, better, next_pass,
                                     context=False, wavelet=wavelet)
                 if fast is None:
-                    return None, []
+                    return None
                 f = math.log(fast["bpp"] / target_bpp)
                 s = min(max(math.log(fast["residual_step_db"]) + f * fast["bpp"] * math.log(2), lo_s), hi_s)
                 if fast.get("wavelet_jump"):
