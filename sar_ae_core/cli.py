@@ -471,9 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "gains)")
     s.add_argument("--post-filter", choices=("auto", "enl", "mse", "off"), default="auto",
                    help="a 5x5 filter fitted on the file's own reconstruction and stored in it (about 40 bytes a "
-                        "band; not on rasters where that is more than 2 %% of the file): 'mse' least squares against "
+                        "band; with 'auto' not where that is more than 2-4 %% of the file): 'mse' least squares against "
                         "the source, 'enl' the same keeping the speckle of homogeneous areas (ENL ratio <= 1.14, "
-                        "bright speckle peaks lifted where that needs it), "
+                        "bright speckle peaks lifted where that needs it; asked for by name, also on small files, up "
+                        "to 15 %% of the file), "
                         "'auto' (default) 'enl' from 0.5 bits per pixel and 'mse' below; not with --max-rmse-db")
     s.add_argument("--max-decoder-kmac", type=float, default=None, metavar="KMAC",
                    help="with --rate or --max-rmse-db: only rate points whose decoder costs at most KMAC thousand "

@@ -367,7 +367,8 @@ def add_postfilter(sarz_path, input_path, output_path, mode: str = "auto", *, ta
             return None
         # where the reconstruction keeps the speckle without a filter, the filter is for the error alone: it must pay
         # for its bytes as a least-squares one
-        if mode == "enl" and not any(constrained) and not pf.pays("mse", 0.0, os.path.getsize(sarz_path), bands):
+        if mode == "enl" and not any(constrained) and not pf.pays("mse", 0.0, os.path.getsize(sarz_path), bands,
+                                                                 asked=False):
             return None
         header["postfilter"] = pf.to_header(taps)
         out_tmp = os.path.join(tmp, "filtered.sarz")
