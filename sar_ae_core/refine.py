@@ -181,18 +181,20 @@ class ResidualSource:
         return {"output": os.fspath(output_path), "bytes": nbytes, "bpp": nbytes * 8 / pixels, "pixels": pixels,
                 "parts": sizes, "residual_step_db": step, "residual_bytes": residual_bytes,
                 "residual_rmse_db": float(np.sqrt(sq_err / max(n_coded, 1))),
-                "residual_wavelet": list(chosen["wavelet"]) if chosen is not None else [False] * self.bands}
+                "residual_wavelet": list(chosen["wavelet"]) if chosen is not None else [False] * self.bands,
+                "residual_band_rd": chosen["rd"] if chosen is not None else None}
 
     def _wavelet_bands(self, step: float, pixel_frame, force=None) -> dict:
         """Every tile's frame and squared error (dB²) of the layer of `step`, each band coded both in the pixel modes
         (`pixel_frame`) and in the wavelet domain and given the one with the least distortion + λ·bits (λ = 2·ln 2
         times the pixel layer's mean squared error, the slope of its rate-distortion curve), or as `force` says:
-        {"frames": {(tile row, chunk of the row): (frame, error)}, "wavelet": [bool per band]}."""
+        {"frames": {(tile row, chunk of the row): (frame, error)}, "wavelet": [bool per band], "rd": per band
+        {"pixel": (bytes, squared error), "wavelet": (bytes, squared error), "n": coded pixels}}."""
         from sar_ae_core.coding import wavelet
 
         p = self.plan
         rows = list(self.tile_rows())
-        frames, flags = {}, []
+        frames, flags, rd = {}, [], []
         for b in range(self.bands):
             r_db = np.zeros((p.height, p.width))
             coded_band = np.zeros((p.height, p.width), bool)
@@ -205,10 +207,17 @@ class ResidualSource:
                                                                                  tc * p.tile + coded.shape[1])
                     r_db[sl] = np.where(coded, resid, 0.0)
                     coded_band[sl] = coded
+                    n += int(coded.sum())
+                    if force is not None and force[b]:  # forced into the wavelet domain: no pixel frames needed
+                        continue
                     pixel[(tr, k)] = pixel_frame(tr, k, coded, resid)
                     d_pixel += pixel[(tr, k)][1]
                     bytes_pixel += len(pixel[(tr, k)][0])
-                    n += int(coded.sum())
+            if force is not None and not force[b]:  # forced into the pixel modes
+                flags.append(False)
+                rd.append({"pixel": (bytes_pixel, d_pixel), "wavelet": None, "n": n})
+                frames.update(pixel)
+                continue
             y = wavelet.analyse(r_db / step, coded_band)
             deq = np.zeros_like(y)
             coded_frames, bytes_wavelet = {}, 0
@@ -224,15 +233,17 @@ class ResidualSource:
             use = n > 0 and (bool(force[b]) if force is not None else
                              float(sq.sum()) + lam * 8 * bytes_wavelet < d_pixel + lam * 8 * bytes_pixel)
             flags.append(bool(use))
-            for tr in range(p.tile_rows):
+            rd.append({"pixel": (bytes_pixel, d_pixel) if pixel else None, "wavelet": (bytes_wavelet, float(sq.sum())),
+                       "n": n})
+            for tr, row in rows:
                 for tc in range(p.tile_cols):
                     k = tc * self.bands + b
                     if use:
                         t = slice(tr * p.tile, (tr + 1) * p.tile), slice(tc * p.tile, (tc + 1) * p.tile)
                         frames[(tr, k)] = (coded_frames[(tr, tc)], float(sq[t].sum()))
-                    else:
-                        frames[(tr, k)] = pixel[(tr, k)]
-        return {"frames": frames, "wavelet": flags}
+                    else:  # (a band with nothing coded, forced into the wavelet domain: its empty pixel frames)
+                        frames[(tr, k)] = pixel[(tr, k)] if (tr, k) in pixel else pixel_frame(tr, k, *row[k])
+        return {"frames": frames, "wavelet": flags, "rd": rd}
 
     def close(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)
