@@ -753,8 +753,9 @@ def _choose_modes(coded_both: list, probe: dict) -> list:
 RESIDUAL_BASE_GAINS = (0.5, 0.7)
 #: … and those tried instead where that layer is in the wavelet domain (smooth products)
 RESIDUAL_FINER_GAINS = (1.5,)
-#: … below this rate only (above it the layer at gain 1 kept its lead: nothing to try)
-FINER_BELOW_BPP = 0.5
+#: … below this rate only (at 0.5 bpp the layer at gain 1 kept its lead: nothing to try; the search's target is the
+#: nominal one less the post-filter's bytes)
+FINER_BELOW_BPP = 0.45
 
 
 def search_summary(res: dict) -> str:
