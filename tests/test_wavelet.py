@@ -243,22 +243,26 @@ def test_a_target_inside_the_pixel_wavelet_jump_is_still_met_with_a_layer(tmp_pa
     assert rmse(tmp_path / "c.tif") < 0.92 * rmse(tmp_path / "n.tif")
 
 
-def test_the_layer_s_mode_is_chosen_at_equal_bytes_not_by_the_high_rate_slope():
-    """The probe passes of Kerala DN VV (test half, `sarae-q1` at gain 1.5, 0.25 bpp) as the search recorded them:
-    at the bytes the band gets, the wavelet domain has ~12 % less squared error than the pixel modes' curve there
-    (the pass-by-pass λ choice had then flipped to the pixel modes near the target: 1.102 dB against 1.086 for the
-    file the search writes now). The choice is made on both curves, per band."""
+def test_the_layer_s_mode_switches_only_on_a_clear_and_well_measured_difference():
+    """`_choose_modes` keeps the choice of the probe's pass nearest the target unless the other mode, interpolated
+    between two passes close in bytes, has clearly less error there. The probe passes of Sentinel-1 SLC Shanghai at
+    0.25 bpp as the search recorded them: interpolated across 206 … 2737 bytes the wavelet looked 4 % better at the
+    pixel layer's 932 bytes, yet coded it was 2 % worse — too far apart to switch on."""
     from sar_ae_core.rate import _choose_modes
 
-    rows = [(0.4768, (33779, 344687.1), (22780, 404765.7)), (0.3588, (23074, 440987.0), (14827, 500215.0)),
-            (0.2539, (12504, 571922.0), (7765, 617209.3))]
-    passes = [{"bpp": bpp, "residual_wavelet": [True], "band_rd": [{"pixel": px, "wavelet": wv, "n": 527974}]}
-              for bpp, px, wv in rows]
-    assert _choose_modes(passes, passes[-1]) == [True]
-    # the same curves with the wavelet's error 25 % higher: the pixel modes
-    worse = [{**p, "band_rd": [{**p["band_rd"][0], "wavelet": (p["band_rd"][0]["wavelet"][0],
-                                                                1.25 * p["band_rd"][0]["wavelet"][1])}]}
-             for p in passes]
-    assert _choose_modes(worse, worse[-1]) == [False]
-    # one pass only: its own choice
-    assert _choose_modes(passes[:1], passes[0]) == [True]
+    def passes(rows, chose):
+        return [{"bpp": bpp, "residual_wavelet": [chose], "band_rd": [{"pixel": px, "wavelet": wv, "n": 65391}]}
+                for bpp, px, wv in rows]
+
+    shanghai = passes([(0.7362, (5036, 1238244.7), (2737, 1825422.9)), (0.2535, (932, 2146528.5), (206, 2474243.6))],
+                      False)
+    assert _choose_modes(shanghai, shanghai[1]) == [False]
+    # the other mode measured on both sides of the bytes, close together: 10 % less error → switch; 1 % → keep
+    near = (0.25, (1000, 2_000_000.0), (900, 2_100_000.0))
+    for gain, expect in ((0.90, [True]), (0.99, [False])):
+        above = (0.30, (1200, 1_800_000.0), (1150, 2_000_000.0 * gain * 1000 / 1150))
+        below = (0.25, near[1], (900, 2_000_000.0 * gain * 1000 / 900))
+        ps = passes([below, above], False)
+        assert _choose_modes(ps, ps[0]) == expect, gain
+    # a pass of its own only: its own choice
+    assert _choose_modes(shanghai[:1], shanghai[0]) == [False]
