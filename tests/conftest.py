@@ -12,6 +12,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SAR_DATA = Path(os.environ.get("SARAE_DATA", ROOT.parent / "shared" / "data" / "sar"))
 
 
+def crop_band1(src, dst, width: int, height: int, col: int = 0, row: int = 0) -> Path:
+    """Band 1 of `src` from (col, row), width × height, as a plain GeoTIFF `dst` (no georeference): a real crop."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(src) as ds:
+        data = ds.read(1, window=Window(col, row, width, height))
+    with rasterio.open(dst, "w", driver="GTiff", width=width, height=height, count=1, dtype=data.dtype) as out:
+        out.write(data, 1)
+    return Path(dst)
+
+
 @pytest.fixture(scope="session")
 def sar_data() -> Path:
     """Folder with the real SAR rasters; the test run fails loudly if it is missing."""

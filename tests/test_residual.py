@@ -10,6 +10,8 @@ from sar_ae_core.coding import residual as res
 from sar_ae_core.io.raster import open_raster
 from sar_ae_core.scaling import raw_to_db, valid_mask
 
+from conftest import crop_band1
+
 
 def _db_of(path):
     with open_raster(path) as r:
@@ -359,16 +361,10 @@ def test_no_steps_along_the_tile_grid(tmp_path, kerala_dn):
     tiles at the step rate control takes there at 1 bpp: the reconstruction's steps across tile borders are within
     5 % of the source's (relative to the steps everywhere); with the one-sided predictions of format 3.2 (context
     layout 0, checkerboard mode 1) they are not, at nearly the same bytes."""
-    import rasterio
-    from rasterio.windows import Window
-
     from sar_ae_core.codec import compress_raster, reconstruct_raster
 
     crop = tmp_path / "k.tif"
-    with rasterio.open(kerala_dn) as ds:
-        data = ds.read(1, window=Window(0, 0, 1024, 768))
-    with rasterio.open(crop, "w", driver="GTiff", width=1024, height=768, count=1, dtype=data.dtype) as dst:
-        dst.write(data, 1)
+    crop_band1(kerala_dn, crop, 1024, 768)
     compress_raster(crop, tmp_path / "n.sarz", model="sarae-q1", post_filter="off")
     reconstruct_raster(tmp_path / "n.sarz", tmp_path / "n.tif", units="db")
     db, ok = _db_of(crop)

@@ -11,6 +11,8 @@ from sar_ae_core.coding import wavelet
 from sar_ae_core.io.raster import open_raster
 from sar_ae_core.scaling import raw_to_db, valid_mask
 
+from conftest import crop_band1
+
 
 def _db(path):
     with open_raster(path) as r:
@@ -75,17 +77,12 @@ def test_wavelet_frames_round_trip_and_damage_is_refused():
 def kerala_layers(tmp_path_factory, kerala_dn):
     """A 768 x 1024 crop of the smooth uncalibrated Kerala scene after sarae-q1, with layers of step 2.5 dB coded
     with and without the wavelet mode, and pixel-mode layers of steps around it."""
-    from rasterio.windows import Window
-
     from sar_ae_core.codec import compress_raster
     from sar_ae_core.refine import ResidualSource
 
     tmp = tmp_path_factory.mktemp("wavelet")
     crop = tmp / "k.tif"
-    with rasterio.open(kerala_dn) as ds:
-        data = ds.read(1, window=Window(0, 0, 1024, 768))
-    with rasterio.open(crop, "w", driver="GTiff", width=1024, height=768, count=1, dtype=data.dtype) as dst:
-        dst.write(data, 1)
+    crop_band1(kerala_dn, crop, 1024, 768)
     compress_raster(crop, tmp / "base.sarz", model="sarae-q1", post_filter="off")
     out = {"crop": crop, "tmp": tmp}
     with ResidualSource(tmp / "base.sarz", crop) as rs:
@@ -183,13 +180,8 @@ def test_a_damaged_neighbour_is_named_and_a_bad_flag_refused(kerala_layers, tmp_
 def test_rate_control_uses_it_and_says_so(tmp_path, kerala_dn, capsys):
     """`--rate` sizes a layer whose band the wavelet domain codes on smooth DN, hits the target, and `info` says the
     band's error is bounded in RMSE; an explicit `--residual-step` keeps every pixel within one step."""
-    from rasterio.windows import Window
-
     crop = tmp_path / "k.tif"
-    with rasterio.open(kerala_dn) as ds:
-        data = ds.read(1, window=Window(0, 0, 768, 512))
-    with rasterio.open(crop, "w", driver="GTiff", width=768, height=512, count=1, dtype=data.dtype) as dst:
-        dst.write(data, 1)
+    crop_band1(kerala_dn, crop, 768, 512)
     sarz = tmp_path / "r.sarz"
     assert main(["compress", str(crop), str(sarz), "--rate", "0.7", "--max-decoder-kmac", "2.5"]) == 0
     capsys.readouterr()
