@@ -333,3 +333,33 @@ def test_speckle_gets_a_residual_layer_on_a_coarser_gain_of_the_lowest_point(tmp
     assert any(p["gain"] == 0.5 and not p.get("residual_step_db") for p in new["passes"])
     e_new, e_old = (_rmse_db(tsx_complex, str(tmp_path / n), str(work)) for n in ("new.sarz", "old.sarz"))
     assert e_new < e_old - 0.02
+
+
+def test_files_tied_in_rmse_go_to_the_one_with_the_source_s_edges(tmp_path, sar_data):
+    """Two real files of a held-out OPERA RTC chip (`sarae-q1` and `sarae-q2`, each with a residual layer): given as
+    tied in RMSE, the search keeps the one whose EPI against the source is higher; 1 % apart, the smaller RMSE."""
+    import numpy as np
+
+    from sar_ae_core import rate
+    from sar_ae_core.codec import compress_raster, reconstruct_raster
+    from sar_ae_core.quality.assess import assess_rasters
+    from sar_ae_core.refine import add_residual_layer
+
+    chip = sar_data / "train" / "s1_opera_rtc_t137-292324-iw1_20211119_vv_lin.tif"
+    if not chip.exists():
+        pytest.skip(f"{chip} not found")
+    files, epi = [], []
+    for model, step in (("sarae-q1", 4.0), ("sarae-q2", 6.0)):
+        base, out = tmp_path / f"{model}_b.sarz", tmp_path / f"{model}.sarz"
+        compress_raster(chip, base, model=model, post_filter="off")
+        add_residual_layer(base, chip, out, step)
+        reconstruct_raster(out, tmp_path / f"{model}.tif", units="db")
+        files.append({"model": model, "path": str(out), "rmse_db": 1.5})
+        epi.append(assess_rasters(chip, tmp_path / f"{model}.tif")["epi"])
+    assert abs(epi[0] - epi[1]) > 1e-3, epi
+    sharper = files[int(np.argmax(epi))]
+    for first in files:
+        assert rate._edges_break_the_tie(first, files, chip, str(tmp_path)) is sharper
+    other = files[1 - int(np.argmax(epi))]
+    apart = [other, {**sharper, "rmse_db": 1.5 * 1.01}]
+    assert rate._edges_break_the_tie(other, apart, chip, str(tmp_path)) is other
