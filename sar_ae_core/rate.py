@@ -680,7 +680,7 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
                 return None
             coded_both = [p for p in passes[first:] if p.get("band_rd")]
             if not coded_both:  # a raster the wavelet mode is not for: the pixel modes as searched
-                return search(True, probe if not probe.get("wavelet_jump") else None)
+                return search(True, probe)
             # each band's layer in the mode with the smaller error at the rate it gets: every probe pass coded both
             # modes, so both curves are known there. The choice pass by pass (least distortion + λ·bits, λ from the
             # pixel layer's slope at high rates) picks the pixel modes where the wavelet is better at the same
@@ -693,9 +693,7 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
                 found = None
                 for forced in probe["wavelet_jump"]:
                     alt = search(list(forced)) if len(passes) < max_passes + 10 else None
-                    if alt is not None and (found is None or (close(alt) and (not close(found) or
-                                                                              alt["rmse_db"] < found["rmse_db"]))
-                                            or (not close(found) and better(alt, found) is alt)):
+                    if alt is not None and (found is None or _beats(alt, found, close, better)):
                         found = alt
                 return found
             forced = _choose_modes(coded_both, probe)
@@ -708,7 +706,7 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
     def wins(cand) -> bool:
         if cand is not None and close(cand):
             contenders.append(cand)
-        return cand is not None and close(cand) and (not close(best) or cand["rmse_db"] < best["rmse_db"])
+        return cand is not None and close(cand) and _beats(cand, best, close, better)
 
     # every rate point whose plain rate leaves room for a residual layer (the best split between the network and
     # the residual depends on the product: the lowest point for speckle, a higher one for multi-looked GRD)
@@ -740,6 +738,16 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
             if len(passes) >= max_passes:
                 break
     return _edges_break_the_tie(best, contenders, input_path, work)
+
+
+def _beats(a: dict, b: dict, close, better) -> bool:
+    """Whether search result `a` is the better file than `b`: the smaller RMSE where both are `close` to the target,
+    the close one where one is, else the one nearer the target (`better`)."""
+    if close(a) and close(b):
+        return a["rmse_db"] < b["rmse_db"]
+    if close(a) or close(b):
+        return close(a)
+    return better(a, b) is a
 
 
 def _edges_break_the_tie(best: dict, contenders: list, input_path, work: str) -> dict:
