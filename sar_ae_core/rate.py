@@ -652,13 +652,16 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
             lo_s, hi_s = math.log(res.MIN_STEP_DB), math.log(res.MAX_STEP_DB)
             s0 = min(max(math.log(max(rmse0, 0.05) * 3.4 / 2 ** extra), lo_s), hi_s)
 
+            def rough(wavelet, context: bool):
+                return _step_search(rs, base, work, target_bpp, s0, passes, max_passes,
+                                    lambda r: abs(math.log(r["bpp"] / target_bpp)) < ROUGH, better, next_pass,
+                                    context=context, wavelet=wavelet)
+
             def search(wavelet, probe=None):
                 # ~1 bit per pixel per halving of the step at high rates: start there, then regula falsi on log
                 # step — first without the layer's context mode (~3× faster to code), then with it from the step
                 # found (its frames are a few per cent smaller: one or two passes more)
-                fast = probe or _step_search(rs, base, work, target_bpp, s0, passes, max_passes,
-                                             lambda r: abs(math.log(r["bpp"] / target_bpp)) < ROUGH, better,
-                                             next_pass, context=False, wavelet=wavelet)
+                fast = probe or rough(wavelet, context=False)
                 if fast is None:
                     return None
                 f = math.log(fast["bpp"] / target_bpp)
@@ -673,9 +676,7 @@ def _try_residual(input_path, work, points, plain, at_unit_gain, best, target_bp
             from sar_ae_core.refine import WAVELET_PIXELS
 
             first = len(passes)
-            probe = _step_search(rs, base, work, target_bpp, s0, passes, max_passes,
-                                 lambda r: abs(math.log(r["bpp"] / target_bpp)) < ROUGH, better, next_pass,
-                                 context=rs.plan.width * rs.plan.height * rs.bands <= WAVELET_PIXELS, wavelet=True)
+            probe = rough(True, context=rs.plan.width * rs.plan.height * rs.bands <= WAVELET_PIXELS)
             if probe is None:
                 return None
             coded_both = [p for p in passes[first:] if p.get("band_rd")]
