@@ -27,10 +27,10 @@ from sar_ae_core.io.output import AtomicOutput, check_output_path
 
 #: rasters up to this many pixels keep their residuals in memory between rate-control passes
 CACHE_PIXELS = 16_000_000
-#: rasters up to this many pixels (all bands) may get the wavelet-domain layer: its transform spans a whole band, in
-#: memory (~5 band-sized arrays). Larger rasters keep the pixel modes — and so does the search's sample of them
-#: (rate.SAMPLE_TILES tiles of 256², more than this), so that what it chooses is what the whole raster gets
-WAVELET_PIXELS = 3_000_000
+#: the forward transform of a strip of a band's rows equals the whole band's on the strip's rows at least this far
+#: (pixels, a multiple of the wavelet's ALIGN) from the strip's ends, wherever those are not the band's (two levels
+#: of CDF 9/7 lifting reach 12 rows; tested bit for bit)
+FORWARD_MARGIN = 16
 
 
 def check_step(step_db) -> float:
@@ -40,6 +40,91 @@ def check_step(step_db) -> float:
         raise SarInputError(None, f"--residual-step must be a step in dB from {res.MIN_STEP_DB:g} to "
                                   f"{res.MAX_STEP_DB:g} (got {step_db})")
     return float(step_db)
+
+
+class BandWavelet:
+    """One band's wavelet-domain layer (`coding/wavelet.py`), streamed tile row by tile row: `push` the band's rows
+    of each tile row in order (coded pixels and their residual in dB, 0 elsewhere), then `result()` gives every
+    tile's frame and squared error (dB², over its coded pixels) and the bytes. The forward transform runs on strips
+    of rows reaching FORWARD_MARGIN beyond the tile row (the band's mirrored padding at its end), the inverse on
+    strips of the dequantized coefficients reaching wavelet.HALO beyond — the coefficients and the reconstruction
+    are bit for bit those of the whole band's transforms, which the decoder's windows give too. Memory: a few tile
+    rows of the band's width."""
+
+    def __init__(self, plan, step: float, blocks: dict):
+        from sar_ae_core.coding import wavelet
+
+        self.p, self.step, self.blocks, self.wv = plan, float(step), blocks, wavelet
+        self.ph, self.pw = wavelet.padded((plan.height, plan.width))
+        self.db = np.zeros((0, self.pw))           # residual dB rows [db0, …) (0 where not coded), padded columns
+        self.coded = np.zeros((0, plan.width), bool)
+        self.db0 = 0
+        self.deq = np.zeros((0, self.pw))          # dequantized coefficients (steps) of the coded tile rows
+        self.deq0 = 0
+        self.next_code = self.next_inverse = 0
+        self.frames, self.sq, self.nbytes = {}, {}, 0
+
+    def _rows(self, tr: int) -> tuple[int, int]:
+        """The coefficient rows tile row `tr` owns (the last one also the band's padding)."""
+        return tr * self.p.tile, (self.ph if tr == self.p.tile_rows - 1 else (tr + 1) * self.p.tile)
+
+    def push(self, coded: np.ndarray, resid_db: np.ndarray) -> None:
+        """The next tile row's rows of the band (coded pixels, their residual dB)."""
+        x = np.pad(resid_db, ((0, 0), (0, self.pw - resid_db.shape[1])), mode="symmetric")
+        self.db = np.concatenate([self.db, x])
+        self.coded = np.concatenate([self.coded, coded])
+        done = self.db0 + len(self.db) >= self.p.height
+        if done and self.ph > self.p.height:  # the band's mirrored padding (`wavelet.analyse`)
+            self.db = np.pad(self.db, ((0, self.ph - self.p.height), (0, 0)), mode="symmetric")
+        self._advance(done)
+
+    def _advance(self, done: bool) -> None:
+        M, H = FORWARD_MARGIN, self.wv.HALO
+        end = self.db0 + len(self.db)
+        while self.next_code < self.p.tile_rows:
+            r0, r1 = self._rows(self.next_code)
+            if not (done or r1 + M <= end):
+                break
+            a, b = max(0, r0 - M), min(self.ph, r1 + M)
+            y = self.wv.forward(self.db[a - self.db0:b - self.db0] / self.step)[r0 - a:r1 - a]
+            deq = np.zeros_like(y)
+            for tc in range(self.p.tile_cols):
+                _, _, c0, c1 = self.blocks[(self.next_code, tc)]
+                frame, deq[:, c0:c1] = res.encode_wavelet(y[:, c0:c1], r0, c0)
+                self.frames[(self.next_code, tc)] = frame
+                self.nbytes += len(frame)
+            self.deq = np.concatenate([self.deq, deq])
+            self.next_code += 1
+        coded_end = self.deq0 + len(self.deq)
+        while self.next_inverse < self.next_code:
+            tr = self.next_inverse
+            r0, r1 = self._rows(tr)
+            if not (coded_end >= min(self.ph, r1 + H)):
+                break
+            a, b = max(0, r0 - H), min(self.ph, r1 + H)
+            h = min(r1, self.p.height) - r0
+            # what the decoder reconstructs: float32 dB of the inverse transform
+            back = (self.wv.inverse(self.deq[a - self.deq0:b - self.deq0])[r0 - a:r0 - a + h, :self.p.width]
+                    * self.step).astype(np.float32)
+            err = (self.db[r0 - self.db0:r0 - self.db0 + h, :self.p.width] - back.astype(np.float64)) ** 2
+            err = np.where(self.coded[r0 - self.db0:r0 - self.db0 + h], err, 0.0)
+            for tc in range(self.p.tile_cols):
+                self.sq[(tr, tc)] = float(err[:, tc * self.p.tile:(tc + 1) * self.p.tile].sum())
+            self.next_inverse += 1
+        # rows no strip needs any more
+        keep_db = min(self.next_code * self.p.tile - M, self.next_inverse * self.p.tile)
+        keep_db = max(self.db0, min(keep_db, self.db0 + len(self.db)))
+        self.db, self.coded = self.db[keep_db - self.db0:], self.coded[keep_db - self.db0:]
+        self.db0 = keep_db
+        keep_deq = max(self.deq0, min(self.next_inverse * self.p.tile - H, coded_end))
+        self.deq = self.deq[keep_deq - self.deq0:]
+        self.deq0 = keep_deq
+
+    def result(self) -> dict:
+        """{"frames": {(tile row, tile col): frame}, "sq": {…: squared error}, "bytes": total frame bytes}."""
+        if self.next_inverse < self.p.tile_rows:
+            raise ValueError("the band's tile rows were not all pushed")
+        return {"frames": self.frames, "sq": self.sq, "bytes": self.nbytes}
 
 
 class ResidualSource:
@@ -120,7 +205,7 @@ class ResidualSource:
         the residual frames may use the context mode (`residual.encode_residual`; off: faster, a few % larger).
         `reuse_modes`: each tile tries only the mode that won for it in this source's last write with the context
         mode (and the plain mode) — about half the coding time, for a search's passes at nearby steps. `wavelet`:
-        each band is also coded in the wavelet domain (`coding/wavelet.py`; rasters up to WAVELET_PIXELS) and gets
+        each band is also coded in the wavelet domain (`coding/wavelet.py`, streamed: any raster size) and gets
         whichever layer has the least distortion + λ·bits; a wavelet band's error is bounded in RMSE, not pixel by
         pixel (the header says which bands, `info` too), so only layers sized to a rate or an RMSE use it. A list of
         one bool per band forces the choice (a rate search that the choice's jump in bytes would not let converge)."""
@@ -149,7 +234,7 @@ class ResidualSource:
 
         force = list(wavelet) if isinstance(wavelet, (list, tuple)) else None
         chosen = self._wavelet_bands(step, pixel_frame, force) if (any(force) if force is not None else wavelet) \
-            and p.width * p.height * self.bands <= WAVELET_PIXELS else None
+            else None
         if chosen is not None and any(chosen["wavelet"]):
             header["mask"]["residual_wavelet"] = [int(v) for v in chosen["wavelet"]]
         with AtomicOutput(output_path, overwrite, suffix=".sarz", inputs=inputs) as out, \
@@ -189,60 +274,57 @@ class ResidualSource:
         (`pixel_frame`) and in the wavelet domain and given the one with the least distortion + λ·bits (λ = 2·ln 2
         times the pixel layer's mean squared error, the slope of its rate-distortion curve), or as `force` says:
         {"frames": {(tile row, chunk of the row): (frame, error)}, "wavelet": [bool per band], "rd": per band
-        {"pixel": (bytes, squared error), "wavelet": (bytes, squared error), "n": coded pixels}}."""
-        from sar_ae_core.coding import wavelet
-
+        {"pixel": (bytes, squared error), "wavelet": (bytes, squared error), "n": coded pixels}}. One pass over the
+        tile rows: each band's transform is streamed (`BandWavelet`), so memory follows the raster's width."""
         p = self.plan
-        rows = list(self.tile_rows())
+        with SarzFile(self.base_path) as f:
+            blocks = {(tr, tc): f.wavelet_block(tr, tc) for tr in range(p.tile_rows) for tc in range(p.tile_cols)}
+        wants_pixel = [force is None or not force[b] for b in range(self.bands)]
+        streams = [BandWavelet(p, step, blocks) if force is None or force[b] else None for b in range(self.bands)]
+        pixel: dict = {}
+        d_pixel, bytes_pixel, n = [0.0] * self.bands, [0] * self.bands, [0] * self.bands
+        for tr, row in self.tile_rows():
+            for b in range(self.bands):
+                tiles = [row[tc * self.bands + b] for tc in range(p.tile_cols)]
+                for tc, (coded, resid) in enumerate(tiles):
+                    n[b] += int(coded.sum())
+                    if wants_pixel[b]:
+                        k = tc * self.bands + b
+                        pixel[(tr, k)] = pixel_frame(tr, k, coded, resid)
+                        d_pixel[b] += pixel[(tr, k)][1]
+                        bytes_pixel[b] += len(pixel[(tr, k)][0])
+                if streams[b] is not None:
+                    streams[b].push(np.concatenate([c for c, _ in tiles], 1),
+                                    np.concatenate([np.where(c, r, 0.0) for c, r in tiles], 1).astype(np.float64))
         frames, flags, rd = {}, [], []
         for b in range(self.bands):
-            r_db = np.zeros((p.height, p.width))
-            coded_band = np.zeros((p.height, p.width), bool)
-            pixel, d_pixel, bytes_pixel, n = {}, 0.0, 0, 0
-            for tr, row in rows:
-                for tc in range(p.tile_cols):
-                    k = tc * self.bands + b
-                    coded, resid = row[k]
-                    sl = slice(tr * p.tile, tr * p.tile + coded.shape[0]), slice(tc * p.tile,
-                                                                                 tc * p.tile + coded.shape[1])
-                    r_db[sl] = np.where(coded, resid, 0.0)
-                    coded_band[sl] = coded
-                    n += int(coded.sum())
-                    if force is not None and force[b]:  # forced into the wavelet domain: no pixel frames needed
-                        continue
-                    pixel[(tr, k)] = pixel_frame(tr, k, coded, resid)
-                    d_pixel += pixel[(tr, k)][1]
-                    bytes_pixel += len(pixel[(tr, k)][0])
-            if force is not None and not force[b]:  # forced into the pixel modes
+            if streams[b] is None:  # forced into the pixel modes
                 flags.append(False)
-                rd.append({"pixel": (bytes_pixel, d_pixel), "wavelet": None, "n": n})
-                frames.update(pixel)
+                rd.append({"pixel": (bytes_pixel[b], d_pixel[b]), "wavelet": None, "n": n[b]})
+                frames.update({key: v for key, v in pixel.items() if key[1] % self.bands == b})
                 continue
-            y = wavelet.analyse(r_db / step, coded_band)
-            deq = np.zeros_like(y)
-            coded_frames, bytes_wavelet = {}, 0
-            with SarzFile(self.base_path) as f:
-                blocks = {(tr, tc): f.wavelet_block(tr, tc) for tr in range(p.tile_rows) for tc in range(p.tile_cols)}
-            for (tr, tc), (r0, r1, c0, c1) in blocks.items():
-                coded_frames[(tr, tc)], deq[r0:r1, c0:c1] = res.encode_wavelet(y[r0:r1, c0:c1], r0, c0)
-                bytes_wavelet += len(coded_frames[(tr, tc)])
-            # what the decoder reconstructs: float32 dB of the inverse transform (its windows give the same bits)
-            back = (wavelet.inverse(deq)[: p.height, : p.width] * step).astype(np.float32)
-            sq = np.where(coded_band, (r_db - back.astype(np.float64)) ** 2, 0.0)
-            lam = 2 * np.log(2) * d_pixel / max(n, 1)
-            use = n > 0 and (bool(force[b]) if force is not None else
-                             float(sq.sum()) + lam * 8 * bytes_wavelet < d_pixel + lam * 8 * bytes_pixel)
+            wv = streams[b].result()
+            sq_total = float(sum(wv["sq"].values()))
+            lam = 2 * np.log(2) * d_pixel[b] / max(n[b], 1)
+            use = n[b] > 0 and (bool(force[b]) if force is not None else
+                                sq_total + lam * 8 * wv["bytes"] < d_pixel[b] + lam * 8 * bytes_pixel[b])
             flags.append(bool(use))
-            rd.append({"pixel": (bytes_pixel, d_pixel) if pixel else None, "wavelet": (bytes_wavelet, float(sq.sum())),
-                       "n": n})
-            for tr, row in rows:
+            rd.append({"pixel": (bytes_pixel[b], d_pixel[b]) if wants_pixel[b] else None,
+                       "wavelet": (wv["bytes"], sq_total), "n": n[b]})
+            for tr in range(p.tile_rows):
                 for tc in range(p.tile_cols):
                     k = tc * self.bands + b
                     if use:
-                        t = slice(tr * p.tile, (tr + 1) * p.tile), slice(tc * p.tile, (tc + 1) * p.tile)
-                        frames[(tr, k)] = (coded_frames[(tr, tc)], float(sq[t].sum()))
+                        frames[(tr, k)] = (wv["frames"][(tr, tc)], wv["sq"][(tr, tc)])
+                    elif (tr, k) in pixel:
+                        frames[(tr, k)] = pixel[(tr, k)]
                     else:  # (a band with nothing coded, forced into the wavelet domain: its empty pixel frames)
-                        frames[(tr, k)] = pixel[(tr, k)] if (tr, k) in pixel else pixel_frame(tr, k, *row[k])
+                        frames[(tr, k)] = None
+        if any(v is None for v in frames.values()):
+            for tr, row in self.tile_rows():
+                for k in range(p.tile_cols * self.bands):
+                    if frames.get((tr, k), 0) is None:
+                        frames[(tr, k)] = pixel_frame(tr, k, *row[k])
         return {"frames": frames, "wavelet": flags, "rd": rd}
 
     def close(self) -> None:

@@ -259,8 +259,8 @@ def test_format_1_0_files_still_decode_identically(tmp_path, tiny_bundle, spain_
     old = tmp_path / "old.sarz"
     _rewrite_as_v10(sarz, old, load_bundle(tiny_bundle).sha256, wkt)
     assert old.stat().st_size > sarz.stat().st_size + 100  # the 1.1+ header is much smaller
-    assert open(old, "rb").read(12)[8:] == bytes([1, 0, 0, 0]) and open(sarz, "rb").read(10)[8:] == bytes([3, 5])
-    assert sarz_info(old)["format"] == "1.0" and sarz_info(sarz)["format"] == "3.5"
+    assert open(old, "rb").read(12)[8:] == bytes([1, 0, 0, 0]) and open(sarz, "rb").read(10)[8:] == bytes([3, 6])
+    assert sarz_info(old)["format"] == "1.0" and sarz_info(sarz)["format"] == "3.6"
     reconstruct_raster(old, tmp_path / "old.tif", model=tiny_bundle)
     with rasterio.open(tif) as a, rasterio.open(tmp_path / "old.tif") as b:
         assert np.array_equal(a.read(), b.read(), equal_nan=True)

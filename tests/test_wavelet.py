@@ -1,4 +1,4 @@
-"""The residual layer's wavelet mode (format 3.5): a band-wide CDF 9/7 transform whose tiles code their own
+"""The residual layer's wavelet mode (format 3.5; its context frames 3.6): a band-wide CDF 9/7 transform whose tiles code their own
 coefficients and read their neighbours' near the border."""
 
 import numpy as np
@@ -71,6 +71,74 @@ def test_wavelet_frames_round_trip_and_damage_is_refused():
         res.decode_wavelet(bytes([res.MODE_PLAIN]) + frame[1:], block.shape, 256, 512)
     with pytest.raises(ValueError):
         res.decode_wavelet(frame[: len(frame) // 2], block.shape, 256, 512)
+
+
+def test_the_table_bank_is_part_of_the_format():
+    """The context mode's tables are the stored bank (its bytes are the format): 64 tables of ±40 symbols and an
+    escape, each summing to the coder's precision, within one count of the dead-zone Laplacians they were made from,
+    their scales and zero probabilities ordered."""
+    import hashlib
+
+    from sar_ae_core.coding import wavelet_context as wc
+
+    assert hashlib.sha256(wc._bank_path().read_bytes()).hexdigest() == \
+        "6b614c8e9e3949dfa5af9f6a7b6336c36a7072c750be0ff2738f8a4d614fe91c"
+    counts, cost, models, offsets = wc.bank()
+    assert counts.shape == (64, 82) and (counts.sum(1) == 1 << 14).all() and counts.min() >= 1
+    assert np.abs(counts - wc.make_bank(res.WAVELET_DEADZONE)).max() <= 1
+    zero = counts[:, wc.BANK_SYMBOLS]
+    assert (np.diff(zero) <= 0).all() and zero[0] > 16000 and zero[-1] < 200
+    # the centroid offsets run from the bin's lower edge (steep tables) to its centre (flat ones)
+    assert -0.35 < offsets[0] < -0.3 and 0.14 < offsets[-1] < 0.15 and (np.diff(offsets) > 0).all()
+
+
+def test_context_frames_are_shorter_on_a_smooth_residual_at_the_same_error(kerala_layers):
+    """The real residual of the Kerala DN crop after `sarae-q1`, in the wavelet domain at steps 1.9 and 3.5 dB: the
+    context frames (mode 5) of its tiles are at least 3 % shorter than the plain ones (mode 4) with the same error
+    (within 0.2 %), decode to what the encoder reconstructed, and `encode_wavelet` keeps the shorter frame of each
+    tile. A frame naming a table the bank does not have, or cut in its table bytes, is refused."""
+    from sar_ae_core.coding import wavelet_context as wc
+    from sar_ae_core.refine import ResidualSource
+
+    with ResidualSource(kerala_layers["tmp"] / "base.sarz", kerala_layers["crop"]) as rs:
+        p = rs.plan
+        r_db, coded = np.zeros((p.height, p.width)), np.zeros((p.height, p.width), bool)
+        for tr, row in rs.tile_rows():
+            for tc in range(p.tile_cols):
+                c, r = row[tc]
+                sl = slice(tr * p.tile, tr * p.tile + c.shape[0]), slice(tc * p.tile, tc * p.tile + c.shape[1])
+                r_db[sl], coded[sl] = np.where(c, r, 0.0), c
+    ph, pw = wavelet.padded(r_db.shape)
+    for step in (1.9, 3.5):
+        y = wavelet.analyse(r_db / step, coded)
+        deq = {4: np.zeros_like(y), 5: np.zeros_like(y)}
+        size = {4: 0, 5: 0, "kept": 0}
+        for tr in range(p.tile_rows):
+            for tc in range(p.tile_cols):
+                r0, c0 = tr * p.tile, tc * p.tile
+                r1 = ph if tr == p.tile_rows - 1 else r0 + p.tile
+                c1 = pw if tc == p.tile_cols - 1 else c0 + p.tile
+                blk = y[r0:r1, c0:c1]
+                f4, deq[4][r0:r1, c0:c1] = res._encode_wavelet_plain(blk, r0, c0)
+                f5, deq[5][r0:r1, c0:c1] = wc.encode(blk, r0, c0, res.WAVELET_DEADZONE)
+                assert f5[0] == res.MODE_WAVELET_CONTEXT
+                np.testing.assert_array_equal(res.decode_wavelet(f5, blk.shape, r0, c0), deq[5][r0:r1, c0:c1])
+                kept, _ = res.encode_wavelet(blk, r0, c0)
+                assert kept == min(f4, f5, key=len)
+                size[4], size[5], size["kept"] = size[4] + len(f4), size[5] + len(f5), size["kept"] + len(kept)
+        err = {m: float(np.sqrt(np.mean((wavelet.inverse(deq[m])[:p.height, :p.width] * step - r_db)[coded] ** 2)))
+               for m in (4, 5)}
+        assert size[5] < 0.97 * size[4], (step, size)
+        assert abs(err[5] / err[4] - 1) < 0.002, (step, err)
+        assert size["kept"] <= size[5]
+    frame = bytearray(f5)
+    used = res._read_table(np.frombuffer(bytes(frame), np.uint8), 1)[-1]
+    bad = bytearray(frame)
+    bad[used + 1 if frame[used] == wc.SINGLE else used] = wc.BANK_TABLES  # the first phase's table: past the bank
+    with pytest.raises(ValueError):
+        wc.decode(bytes(bad), blk.shape, r0, c0)
+    with pytest.raises(ValueError):
+        wc.decode(bytes(frame[:used + 1]), blk.shape, r0, c0)
 
 
 @pytest.fixture(scope="module")
@@ -200,14 +268,53 @@ def test_rate_control_uses_it_and_says_so(tmp_path, kerala_dn, capsys):
     assert np.abs(_read(tmp_path / "s.tif") - db)[ok].max() <= 2.5 + 1e-3
 
 
-def test_the_search_s_sample_of_a_large_raster_keeps_the_pixel_modes_as_the_raster_does():
-    """A raster above WAVELET_PIXELS is coded in the pixel modes; the sample `--rate` searches it on must be too, or
-    the search would choose for a layer the whole raster cannot have."""
-    from sar_ae_core import rate, refine
-    from sar_ae_core.defaults import TILE
+@pytest.mark.parametrize("height, width, tile", [(837, 1280, 256), (837, 1001, 64), (203, 333, 16)])
+def test_the_streamed_band_transform_codes_what_the_whole_band_s_does_bit_for_bit(kerala_dn, height, width, tile):
+    """`BandWavelet` (any raster size: a few tile rows in memory) against the whole band's transform on the real
+    Kerala DN scene's dB values as a residual (5 % of the pixels not coded): the same frames byte for byte and the
+    same squared error per tile, whatever the tile size against the transform's reach (tiles of 16 px are smaller
+    than FORWARD_MARGIN); with a margin shorter than the lifting's reach the frames differ (the margin is needed)."""
+    from sar_ae_core import refine
+    from sar_ae_core.tiling import TilePlan
 
-    assert rate.SAMPLE_TILES * TILE * TILE > refine.WAVELET_PIXELS
-    assert rate.SAMPLE_FROM_PIXELS > refine.WAVELET_PIXELS
+    db, _ = _db(kerala_dn)
+    resid = (db[:height, :width] - db[:height, :width].mean()).astype(np.float32)
+    coded = np.random.default_rng(0).random(resid.shape) > 0.05
+    step = 2.3
+    plan = TilePlan(width, height, 8, tile, 2)
+    ph, pw = wavelet.padded((height, width))
+    blocks = {(tr, tc): (tr * tile, ph if tr == plan.tile_rows - 1 else (tr + 1) * tile,
+                         tc * tile, pw if tc == plan.tile_cols - 1 else (tc + 1) * tile)
+              for tr in range(plan.tile_rows) for tc in range(plan.tile_cols)}
+    r_db = np.where(coded, resid, 0.0).astype(np.float64)
+    y = wavelet.analyse(r_db / step, coded)
+    deq, frames = np.zeros_like(y), {}
+    for key, (r0, r1, c0, c1) in blocks.items():
+        frames[key], deq[r0:r1, c0:c1] = res.encode_wavelet(y[r0:r1, c0:c1], r0, c0)
+    back = (wavelet.inverse(deq)[:height, :width] * step).astype(np.float32)
+    sq = np.where(coded, (r_db - back.astype(np.float64)) ** 2, 0.0)
+
+    def streamed(margin):
+        old, refine.FORWARD_MARGIN = refine.FORWARD_MARGIN, margin
+        try:
+            bw, most = refine.BandWavelet(plan, step, blocks), 0
+            for tr in range(plan.tile_rows):
+                a, b = tr * tile, min(height, (tr + 1) * tile)
+                bw.push(coded[a:b], r_db[a:b])
+                most = max(most, len(bw.db), len(bw.deq))
+            return bw.result(), most
+        finally:
+            refine.FORWARD_MARGIN = old
+
+    out, most = streamed(refine.FORWARD_MARGIN)
+    assert out["frames"] == frames
+    assert out["bytes"] == sum(len(f) for f in frames.values())
+    for (tr, tc) in frames:
+        assert out["sq"][(tr, tc)] == float(sq[tr * tile:(tr + 1) * tile, tc * tile:(tc + 1) * tile].sum())
+    # memory: the buffers hold a tile row and the margins, not the band
+    assert most <= 2 * tile + 2 * refine.FORWARD_MARGIN + wavelet.HALO
+    if height > 2 * tile:
+        assert streamed(8)[0]["frames"] != frames
 
 
 def test_a_target_inside_the_pixel_wavelet_jump_is_still_met_with_a_layer(tmp_path, sar_data):

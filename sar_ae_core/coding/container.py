@@ -52,7 +52,9 @@ END = b"SARZEND\0"
 # 3.3: the residual layer codes the tile's edge pixels without a one-sided prediction (checkerboard mode 3, context
 # layout 1: no steps along the tile grid)
 # 3.4: the post-filter's bright gain (a 15th value of a band's `postfilter`, coding/postfilter.py `bright_excess`)
-FORMAT_MAJOR, FORMAT_MINOR = 3, 5
+# 3.5: the residual layer's wavelet domain (coding/wavelet.py, frame mode 4); 3.6: its context mode (frame mode 5,
+# coding/wavelet_context.py)
+FORMAT_MAJOR, FORMAT_MINOR = 3, 6
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Part of the format: never edit (a new dictionary needs a new minor version). Typical header text, keys sorted.
 HEADER_DICT_V1 = (
