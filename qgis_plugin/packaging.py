@@ -26,7 +26,8 @@ PLUGIN_DIR = Path(__file__).resolve().parent
 ROOT = PLUGIN_DIR.parent
 # Development tools that stay out of the plugin.
 _DEV_ONLY = {"__main__.py", "packaging.py", "screenshots.py"}
-_CORE_DATA = ("models_bundled/*.pt", "models_bundled/*.onnx.zip", "models_bundled/*.json", "coding/header_dict_v2.txt")
+_CORE_DATA = ("models_bundled/*.pt", "models_bundled/*.onnx.zip", "models_bundled/*.json", "coding/header_dict_v2.txt",
+              "coding/wavelet_bank.npy")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same zip
 
 

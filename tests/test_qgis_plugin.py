@@ -650,7 +650,8 @@ def test_package_builds_a_complete_reproducible_zip(tmp_path):
         for required in ("metadata.txt", "__init__.py", "plugin.py", "provider.py", "algorithms/__init__.py",
                          "algorithms/base.py", "algorithms/compress.py", "algorithms/reconstruct.py", "styling.py",
                          "deps.py", "README.md", "icons/sarae.svg", "sar_ae_core/__init__.py",
-                         "sar_ae_core/codec.py", "sar_ae_core/quality/assess.py", "sar_ae_core/quality/attention.py"):
+                         "sar_ae_core/codec.py", "sar_ae_core/quality/assess.py", "sar_ae_core/quality/attention.py",
+                         "sar_ae_core/coding/header_dict_v2.txt", "sar_ae_core/coding/wavelet_bank.npy"):
             assert f"sarae_codec/{required}" in names, required
         for model in bundled_models():
             assert f"sarae_codec/sar_ae_core/models_bundled/{model.name}" in names
