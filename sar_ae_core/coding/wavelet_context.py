@@ -114,35 +114,45 @@ def bank() -> tuple:
     return counts, cost, models, offsets
 
 
-def _classes(mag: np.ndarray, avail: np.ndarray, offsets) -> np.ndarray:
-    """Each position's class from the mean |symbol| of its available neighbours at `offsets` (integers only)."""
-    h, w = mag.shape
-    pad = 2
-    m = np.pad(np.where(avail, mag, 0), pad)
-    a = np.pad(avail.astype(np.int64), pad)
-    s = np.zeros((h, w), np.int64)
-    n = np.zeros((h, w), np.int64)
-    for dy, dx in offsets:
-        s += m[pad + dy:pad + dy + h, pad + dx:pad + dx + w]
-        n += a[pad + dy:pad + dy + h, pad + dx:pad + dx + w]
-    cls = np.zeros((h, w), np.int64)
+_PAD = 2  # the neighbourhoods reach 2 positions
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(shape: tuple, r4: int, c4: int) -> tuple:
+    """Per detail phase of a block of `shape` whose origin is (r4, c4) mod 4: (its positions, flat and in raster
+    order; the same in the block padded by _PAD; the padded flat index of each available neighbour, or 0 — a padding
+    cell that stays 0 — where the neighbour is not available; the number of available neighbours), or None for the
+    neighbourhoods of a phase without context."""
+    h, w = shape
+    ph = phases(shape, r4, c4)
+    wp = w + 2 * _PAD
+    out = []
+    for name, ctx, offs in CONTEXTS:
+        pos = np.flatnonzero(ph[name])
+        r, c = np.divmod(pos, w)
+        padded = (r + _PAD) * wp + c + _PAD
+        if not ctx:
+            out.append((pos, padded, None, None))
+            continue
+        avail = np.zeros(shape, bool)
+        for other in ctx:
+            avail |= ph[other]
+        ok = np.pad(avail, _PAD).ravel()
+        nb = np.stack([(r + _PAD + dy) * wp + c + _PAD + dx for dy, dx in offs])
+        nb = np.where(ok[nb], nb, 0)
+        out.append((pos, padded, nb, (nb != 0).sum(0)))
+    return tuple(out)
+
+
+def _classes(mag_padded: np.ndarray, nb, n) -> np.ndarray:
+    """The class of each position of a phase from the mean |symbol| of its available neighbours (integers only)."""
+    if nb is None:
+        return np.zeros(0 if n is None else len(n), np.int64)
+    s = mag_padded[nb].sum(0)
+    cls = np.zeros(s.shape, np.int64)
     for t in CLASS_EIGHTHS:
         cls += (8 * s >= t * n) & (n > 0)
     return cls
-
-
-def _walk(shape, row0: int, col0: int):
-    """The detail phases in coding order: yields (name, mask, function of the decoded |symbols| so far → classes
-    over the block)."""
-    ph = phases(shape, row0, col0)
-    for name, ctx, offs in CONTEXTS:
-        if not ctx:
-            yield name, ph[name], (lambda mag: np.zeros(shape, np.int64))
-        else:
-            avail = np.zeros(shape, bool)
-            for c in ctx:
-                avail |= ph[c]
-            yield name, ph[name], (lambda mag, avail=avail, offs=offs: _classes(mag, avail, offs))
 
 
 def encode(block: np.ndarray, row0: int, col0: int, deadzone: float) -> tuple[bytes, np.ndarray]:
@@ -159,31 +169,33 @@ def encode(block: np.ndarray, row0: int, col0: int, deadzone: float) -> tuple[by
     enc = constriction.stream.queue.RangeEncoder()
     enc.encode(approx.idx, _model(approx.counts))
     out[ph["a"]] = approx.values()
-    mag = np.abs(q)
+    mag = np.pad(np.abs(q), _PAD).ravel()
+    qf, of = q.ravel(), out.ravel()
     heads, escapes = [], [approx.escapes]
     esc_sym = 2 * BANK_SYMBOLS + 1
-    for _, mask, classes in _walk(block.shape, row0, col0):
-        cls = np.where(mask, classes(mag), -1)
-        idx = np.where(np.abs(q) <= BANK_SYMBOLS, q + BANK_SYMBOLS, esc_sym)
-        hists = [np.bincount(idx[cls == k], minlength=esc_sym + 1) for k in range(N_CLASSES)]
+    for pos, _, nb, n in _plan(block.shape, row0 % 4, col0 % 4):
+        v_all = qf[pos]
+        cls = _classes(mag, nb, n) if nb is not None else np.zeros(pos.size, np.int64)
+        idx = np.where(np.abs(v_all) <= BANK_SYMBOLS, v_all + BANK_SYMBOLS, esc_sym)
+        hists = np.bincount(cls * (esc_sym + 1) + idx, minlength=N_CLASSES * (esc_sym + 1)).reshape(N_CLASSES, -1)
         best = [int(np.argmin(cost @ h)) if h.any() else EMPTY for h in hists]
         split_bits = sum(float(cost[t] @ h) for t, h in zip(best, hists) if t != EMPTY) + 8 * N_CLASSES
-        whole = np.sum(hists, axis=0)
+        whole = hists.sum(0)
         one = int(np.argmin(cost @ whole)) if whole.any() else EMPTY
         if one == EMPTY or float(cost[one] @ whole) + 16 <= split_bits:  # one table for the phase: two bytes
             heads += [SINGLE, one]
-            groups = [(mask, one)]
+            groups = [(np.ones(pos.size, bool), one)]
         else:
             heads += best
             groups = [(cls == k, t) for k, t in enumerate(best)]
         for sel, t in groups:
-            v = q[sel]
+            v = v_all[sel]
             if v.size == 0:
                 continue
             i = idx[sel]
             enc.encode(i.astype(np.int32), models[t])
             escapes.append(v[i == esc_sym].astype(np.int32))
-            out[sel] = np.sign(v) * (np.abs(v) + np.where(v != 0, offsets[t], 0.0))
+            of[pos[sel]] = np.sign(v) * (np.abs(v) + np.where(v != 0, offsets[t], 0.0))
     frame = bytes([MODE]) + approx.head + bytes(heads) + join_payload(enc, escapes)
     return frame, out
 
@@ -217,14 +229,15 @@ def decode(frame: bytes, shape, row0: int, col0: int) -> np.ndarray:
     out = np.zeros(shape, np.float64)
     q, k = _decode_group(dec, lo, n, a_counts, int(ph["a"].sum()), esc, 0)
     out[ph["a"]] = _values(q, a_offsets)
-    mag = np.zeros(shape, np.int64)
+    mag = np.zeros((shape[0] + 2 * _PAD) * (shape[1] + 2 * _PAD), np.int64)
+    of = out.ravel()
     esc_sym = 2 * BANK_SYMBOLS + 1
-    for h, (_, mask, classes) in zip(heads, _walk(shape, row0, col0)):
+    for h, (pos, padded, nb, cnt) in zip(heads, _plan(tuple(shape), row0 % 4, col0 % 4)):
         if h[0] == SINGLE:
-            groups = [(mask, int(h[1]))]
+            groups = [(np.ones(pos.size, bool), int(h[1]))]
         else:
-            cls = classes(mag)
-            groups = [(mask & (cls == c), int(t)) for c, t in enumerate(h)]
+            cls = _classes(mag, nb, cnt) if nb is not None else np.zeros(pos.size, np.int64)
+            groups = [(cls == c, int(t)) for c, t in enumerate(h)]
         for sel, t in groups:
             count = int(sel.sum())
             if t == EMPTY:
@@ -240,6 +253,6 @@ def decode(frame: bytes, shape, row0: int, col0: int) -> np.ndarray:
                     raise ValueError("wavelet escape values missing")
                 v[hit] = esc[k:k + m]
                 k += m
-            out[sel] = np.sign(v) * (np.abs(v) + np.where(v != 0, offsets[t], 0.0))
-            mag[sel] = np.abs(v)
+            of[pos[sel]] = np.sign(v) * (np.abs(v) + np.where(v != 0, offsets[t], 0.0))
+            mag[padded[sel]] = np.abs(v)
     return out
