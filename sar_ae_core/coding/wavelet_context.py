@@ -33,6 +33,7 @@ import numpy as np
 from sar_ae_core.coding.residual import MODE_WAVELET_CONTEXT as MODE
 from sar_ae_core.coding.residual import WAVELET_DEADZONE
 from sar_ae_core.coding.tables import join_payload, split_payload
+
 BANK_TABLES = 64
 BANK_SYMBOLS = 40               # symbols −40 … +40, then the escape
 BANK_SCALES = (0.02, 64.0)      # the Laplacian's scale (steps) of the first and last table, log-spaced
