@@ -43,7 +43,7 @@ import functools
 import numpy as np
 
 from sar_ae_core.coding.escapes import _read_varints, _unzigzag, _varints, _zigzag
-from sar_ae_core.coding.tables import _integer_counts, join_payload, split_payload
+from sar_ae_core.coding.tables import _integer_counts, decode_escaped, join_payload, split_payload
 
 RESIDUAL_MASK_ID = "packbits-zstd-escapes-residual"  # validity mask + escapes + residual layer
 PRECISION = 14
@@ -624,15 +624,7 @@ def _read_table(buf: np.ndarray, used: int):
 
 def _decode_group(dec, lo: int, n: int, counts, count: int, esc: np.ndarray, k: int):
     """(symbols, escapes used) of one group."""
-    idx = dec.decode(_model(counts), count).astype(np.int64)
-    hit = idx == n - 1
-    q = idx + lo
-    m = int(np.count_nonzero(hit))
-    if m:
-        if k + m > esc.size:
-            raise ValueError("residual escape values missing")
-        q[hit] = esc[k:k + m]
-    return q, k + m
+    return decode_escaped(dec, _model(counts), count, lo, n - 1, esc, k, "residual ")
 
 
 def decode_residual(frame: bytes, coded: np.ndarray, step: float) -> np.ndarray:

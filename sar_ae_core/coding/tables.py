@@ -262,14 +262,19 @@ def decode_grouped(dec, models, tables: EntropyTables, table_of: np.ndarray, esc
 
 def _decode_table(dec, model, tables: EntropyTables, c: int, n: int, esc: np.ndarray, k: int):
     """n values coded with table c (escape symbols replaced by the next escaped values); (values, escapes used)."""
-    n_sym = len(tables.counts[c]) - 1
+    return decode_escaped(dec, model, n, int(tables.offsets[c]), len(tables.counts[c]) - 1, esc, k)
+
+
+def decode_escaped(dec, model, n: int, lo: int, escape: int, esc: np.ndarray, k: int, what: str = ""):
+    """n symbols of `model` from `dec` as values lo + index, where the index is `escape` the next escaped values of
+    `esc` from position k; (int64 values, escapes used). ValueError (naming `what`) where `esc` runs out."""
     idx = dec.decode(model, n).astype(np.int64)
-    vals = idx + int(tables.offsets[c])
-    hit = idx == n_sym
+    vals = idx + lo
+    hit = idx == escape
     m = int(np.count_nonzero(hit))
     if m:
         if k + m > esc.size:
-            raise ValueError("escape values missing")
+            raise ValueError(f"{what}escape values missing")
         vals[hit] = esc[k:k + m]
         k += m
     return vals, k

@@ -32,7 +32,7 @@ import numpy as np
 
 from sar_ae_core.coding.residual import MODE_WAVELET_CONTEXT as MODE
 from sar_ae_core.coding.residual import WAVELET_DEADZONE
-from sar_ae_core.coding.tables import join_payload, split_payload
+from sar_ae_core.coding.tables import decode_escaped, join_payload, split_payload
 
 BANK_TABLES = 64
 BANK_SYMBOLS = 40               # symbols −40 … +40, then the escape
@@ -245,15 +245,7 @@ def decode(frame: bytes, shape, row0: int, col0: int) -> np.ndarray:
                 if count:
                     raise ValueError("wavelet context frame leaves a class without a table")
                 continue
-            idx = dec.decode(models[t], count).astype(np.int64)
-            v = idx - BANK_SYMBOLS
-            hit = idx == esc_sym
-            m = int(np.count_nonzero(hit))
-            if m:
-                if k + m > esc.size:
-                    raise ValueError("wavelet escape values missing")
-                v[hit] = esc[k:k + m]
-                k += m
+            v, k = decode_escaped(dec, models[t], count, -BANK_SYMBOLS, esc_sym, esc, k, "wavelet ")
             of[pos[sel]] = np.sign(v) * (np.abs(v) + np.where(v != 0, offsets[t], 0.0))
             mag[padded[sel]] = np.abs(v)
     return out
