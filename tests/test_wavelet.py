@@ -268,6 +268,29 @@ def test_rate_control_uses_it_and_says_so(tmp_path, kerala_dn, capsys):
     assert np.abs(_read(tmp_path / "s.tif") - db)[ok].max() <= 2.5 + 1e-3
 
 
+def test_a_sampled_search_gives_the_whole_raster_the_domain_its_sample_chose(tmp_path, kerala_dn, monkeypatch):
+    """`--rate` on a raster it searches on a sample of its tiles (the thresholds lowered so that a 1024 × 768 Kerala
+    DN crop of 12 tiles is sampled by 4): the sample's layer goes in the wavelet domain, and every pass over the
+    whole raster codes its layer in that domain only (the choice is not made again there, nor both domains coded);
+    the file meets the target and says so in `info`."""
+    from sar_ae_core import rate
+    from sar_ae_core.coding.sarz import SarzFile
+
+    monkeypatch.setattr(rate, "SAMPLE_FROM_PIXELS", 200_000)
+    monkeypatch.setattr(rate, "SAMPLE_TILES", 4)
+    crop = tmp_path / "k.tif"
+    crop_band1(kerala_dn, crop, 1024, 768)
+    r = rate.compress_to_rate(crop, tmp_path / "k.sarz", 1.0, max_decoder_kmac=2.5)
+    assert r.get("sampled") == {"tiles": 4, "tile": 256}
+    assert abs(r["bpp"] - 1.0) <= 0.03 and r.get("residual_step_db"), rate.search_summary(r)
+    sample = [p for p in r["passes"] if p.get("sample") and p.get("residual_wavelet") is not None]
+    whole = [p for p in r["passes"] if not p.get("sample") and p.get("residual_wavelet") is not None]
+    assert sample and whole
+    assert all(p["residual_wavelet"] == [True] and p["band_rd"][0]["pixel"] is None for p in whole)
+    with SarzFile(tmp_path / "k.sarz") as f:
+        assert f.residual_wavelet == [True]
+
+
 @pytest.mark.parametrize("height, width, tile", [(837, 1280, 256), (837, 1001, 64), (203, 333, 16)])
 def test_the_streamed_band_transform_codes_what_the_whole_band_s_does_bit_for_bit(kerala_dn, height, width, tile):
     """`BandWavelet` (any raster size: a few tile rows in memory) against the whole band's transform on the real
