@@ -8,6 +8,7 @@ the header declares. Anything else — another exception (a traceback in the CLI
 partial file left behind — is counted as a failure and listed.
 
     python benchmarks/fuzz_sarz.py --cases 10000 --out benchmarks/results/fuzz_sarz.json
+    python benchmarks/fuzz_sarz.py --cases 3000 --base wavelet --out benchmarks/results/fuzz_sarz_wavelet.json
 
 The test suite runs a few hundred cases (tests/test_schema.py).
 """
@@ -350,18 +351,43 @@ def make_base_gcps_residual(folder: str, size: int = 192) -> str:
     return path
 
 
+def make_base_wavelet(folder: str, size: int = 384) -> str:
+    """A `.sarz` whose residual layer is in the wavelet domain (format 3.5/3.6, frames of modes 4 and 5 in the mask
+    chunks, each tile's inverse reading its neighbours'): a crop of the smooth Kerala DN scene at `--rate 1`, 128 px
+    tiles (3 × 3)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from sar_ae_core.coding.sarz import SarzFile
+    from sar_ae_core.rate import compress_to_rate
+
+    data = Path(os.environ.get("SARAE_DATA", ROOT.parent / "shared" / "data" / "sar"))
+    crop = os.path.join(folder, "kerala_w.tif")
+    with rasterio.open(data / "s1_iw_grdh_kerala_20180716_vh_dn.tiff") as src:
+        profile = dict(driver="GTiff", width=size, height=size, count=1, dtype=src.dtypes[0], nodata=src.nodata)
+        with rasterio.open(crop, "w", **profile) as dst:
+            dst.write(src.read(1, window=Window(400, 416, size, size)), 1)
+    path = os.path.join(folder, "base.sarz")
+    compress_to_rate(crop, path, 1.0, tile=128, overwrite=True)
+    with SarzFile(path) as f:
+        if f.residual_wavelet != [True]:
+            raise RuntimeError("the wavelet base file has no wavelet-coded band")
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit-gb", type=float, default=2.0, help="address-space limit of the decoding worker")
-    ap.add_argument("--base", choices=("sample", "gcps-residual"), default="sample",
-                    help="the file to mutate: a crop of the bundled sample, or a GCP-georeferenced DN crop with "
-                         "adapted tables and a residual layer")
+    ap.add_argument("--base", choices=("sample", "gcps-residual", "wavelet"), default="sample",
+                    help="the file to mutate: a crop of the bundled sample, a GCP-georeferenced DN crop with "
+                         "adapted tables and a residual layer, or a DN crop whose layer is in the wavelet domain")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fuzz_sarz.json"))
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        base = make_base(tmp) if args.base == "sample" else make_base_gcps_residual(tmp)
+        base = {"sample": make_base, "gcps-residual": make_base_gcps_residual, "wavelet": make_base_wavelet}[
+            args.base](tmp)
         report = fuzz(base, args.cases, seed=args.seed, as_gb=args.limit_gb)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps({k: report[k] for k in ("cases", "counts", "failure_count", "seconds")}))
