@@ -257,7 +257,7 @@ def _encode_checkerboard(u: np.ndarray, coded: np.ndarray, deadzone: float, mode
 def encode_wavelet(block: np.ndarray, row0: int, col0: int):
     """(wavelet frame, the dequantized coefficients in steps) of the coefficients (in steps) at one tile's own
     positions, `block`, whose origin (row0, col0) in the band is on the wavelet's lattice: the shorter of the plain
-    frame (mode 4) and the context frame (mode 5, `coding/wavelet_context.py`; −4 … −5 % on smooth residuals at
+    frame (mode 4) and the context frame (mode 5, `coding/wavelet_context.py`; −4 … −6 % on smooth residuals at
     steps of 1–3.5 dB, longer where nearly every coefficient is zero)."""
     from sar_ae_core.coding import wavelet_context
 
