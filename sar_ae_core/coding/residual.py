@@ -268,7 +268,7 @@ def encode_wavelet(block: np.ndarray, row0: int, col0: int):
 
     ctx = wavelet_context.encode(block, row0, col0, WAVELET_DEADZONE)
     detail = ~wavelet_context.phases(block.shape, row0, col0)["a"]
-    if np.mean(quantize(block[detail], 1.0, WAVELET_DEADZONE) != 0) >= CONTEXT_ONLY_FROM:
+    if np.mean(ctx[1][detail] != 0) >= CONTEXT_ONLY_FROM:  # a dequantized value is 0 exactly where its symbol is
         return ctx
     plain = _encode_wavelet_plain(block, row0, col0)
     return ctx if len(ctx[0]) < len(plain[0]) else plain
